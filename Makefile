@@ -1,0 +1,33 @@
+# pirl: everything installs from scratch into ./.venv (Python 3.11).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(VENV)/bin/pytest -q tests
+
+demo: install
+	$(VENV)/bin/pirl_make_demo_dataset -d 500
+	$(VENV)/bin/pirl_plan_and_preprocess -d 500
+
+bench: install
+	$(PY) benchmarks/preprocess.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,29 @@
+"""Shared command-line plumbing: logging set-up and turning bad input into one line + exit code 2."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from pirl_pipeline.errors import PirlInputError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Wrap a ``main(argv)``: PirlInputError -> ``error: <message>`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        setup_logging()
+        try:
+            return int(main(argv) or 0)
+        except PirlInputError as err:
+            print(f"\nerror: {err}", file=sys.stderr)  # newline: a progress bar may be mid-line
+            return 2
+
+    return wrapper

@@ -1,0 +1,75 @@
+"""``pirl_plan_and_preprocess``: integrity check + fingerprint -> plans -> preprocessed data -> splits."""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
+from pirl_pipeline.file_io import save_json
+from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
+from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
+from pirl_pipeline.splits import load_or_create_splits
+from plans.fingerprint import extract_fingerprint, fingerprint_path
+from plans.planner import plan
+from plans.plans_manager import PLANS_FILE
+
+log = logging.getLogger("pirl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pirl_plan_and_preprocess",
+        description="Check a raw dataset, extract its fingerprint, write PIRLPlans.json and preprocess "
+                    "every training case (resumable: finished cases are skipped).")
+    p.add_argument("-d", nargs="+", required=True, metavar="DATASET",
+                   help="dataset id(s) or name(s), e.g. 501 or Dataset501_BraTS")
+    p.add_argument("-c", default="3d_fullres", choices=["3d_fullres"], help="configuration (default 3d_fullres)")
+    p.add_argument("-np", type=int, default=2, dest="num_processes", help="worker processes (default 2)")
+    p.add_argument("--clean", action="store_true", help="delete existing preprocessed data of this dataset first")
+    p.add_argument("--no_integrity_check", action="store_true",
+                   help="skip the grid/label/NaN checks (they run by default; only for data you trust)")
+    p.add_argument("--plan_only", action="store_true", help="stop after writing the plans")
+    return p
+
+
+def run_one(dataset: str, args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    name = find_dataset_name(dataset, raw_root())
+    raw = raw_root() / name
+    out = preprocessed_root() / name
+    dj = load_dataset_json(raw)
+    cases = list_cases(raw, dj, "imagesTr")
+    if args.clean and out.exists():
+        shutil.rmtree(out)
+    log.info("%s: %d training cases, channels %s", name, len(cases), dj.channel_names)
+    fingerprint = extract_fingerprint(cases, dj, args.num_processes, check=not args.no_integrity_check)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(fingerprint, fingerprint_path(out))
+    save_json(dj.to_dict(), out / "dataset.json")
+    plans = plan(fingerprint, dj, name, args.c)
+    plans.save(out / PLANS_FILE)
+    config = plans.configuration(args.c)
+    log.info("plans: spacing %s, patch %s, normalisation %s -> %s", config.spacing, config.patch_size,
+             config.normalization_schemes, out / PLANS_FILE)
+    if args.plan_only:
+        return
+    counts = preprocess_dataset(cases, plans, args.c, out, dj.label_values, args.num_processes)
+    load_or_create_splits(out, [c.name for c in cases])
+    log.info("%s: preprocessed %d, skipped %d (already done) in %.1f s -> %s", name, counts["done"],
+             counts["skipped"], time.perf_counter() - start, out / config.data_identifier)
+    log.info("next: pirl_train %s %s pretrain", name, args.c)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for dataset in args.d:
+        run_one(dataset, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

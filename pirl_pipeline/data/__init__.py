@@ -1,0 +1,1 @@
+"""Raw-dataset contracts: image I/O, dataset.json, case listing and integrity checks."""

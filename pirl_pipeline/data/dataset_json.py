@@ -1,0 +1,168 @@
+"""dataset.json (nnU-Net v2 format) and the raw-dataset layout.
+
+``channel_names`` maps channel index -> modality name (the name decides normalisation), ``labels`` maps
+name -> value or list of values (a list declares a region, e.g. BraTS whole tumour), ``numTraining`` and
+``file_ending`` as in nnU-Net. An image-only dataset (no ``labelsTr``) is valid: pre-training and
+translation need no labels.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import save_json
+
+MRI_NAMES = {"t1", "t1w", "t1n", "t1ce", "t1c", "t1gd", "t2", "t2w", "flair", "t2f", "mri", "mr", "dwi", "adc",
+             "pd", "swi", "bold"}
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+def modality_kind(channel_name: str) -> str:
+    """'CT', 'PET' or 'MRI' (the default for unknown names: per-image z-score is the safe scheme)."""
+    name = channel_name.strip().lower()
+    if name in ("ct", "ctres") or name.startswith("ct"):
+        return "CT"
+    if name in ("pet", "suv") or name.startswith("pet"):
+        return "PET"
+    return "MRI"
+
+
+@dataclass
+class DatasetJson:
+    channel_names: dict[str, str]
+    labels: dict[str, int | list[int]]
+    num_training: int
+    file_ending: str = ".nii.gz"
+    regions_class_order: list[int] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> set[int]:
+        """All integer values the label maps may contain."""
+        values: set[int] = set()
+        for v in self.labels.values():
+            values.update(v if isinstance(v, list) else [v])
+        return values
+
+    @property
+    def has_regions(self) -> bool:
+        return any(isinstance(v, list) for v in self.labels.values())
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        """Plain label values other than background (regions excluded)."""
+        return sorted(v for v in self.label_values if v != 0)
+
+    def regions(self) -> list[list[int]]:
+        """Regions as lists of label values, background excluded (plain labels become one-value regions)."""
+        return [v if isinstance(v, list) else [v] for k, v in self.labels.items()
+                if not (not isinstance(v, list) and v == 0)]
+
+    def to_dict(self) -> dict:
+        d = {"channel_names": self.channel_names, "labels": self.labels, "numTraining": self.num_training,
+             "file_ending": self.file_ending}
+        if self.regions_class_order is not None:
+            d["regions_class_order"] = self.regions_class_order
+        return {**d, **self.extra}
+
+    def save(self, folder: Path) -> None:
+        save_json(self.to_dict(), Path(folder) / "dataset.json")
+
+
+def load_dataset_json(folder: str | Path) -> DatasetJson:
+    """Load and validate ``folder/dataset.json``; every problem is a PirlInputError naming the file."""
+    path = Path(folder) / "dataset.json"
+    if not path.is_file():
+        raise PirlInputError(f"{path}: dataset.json is missing")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PirlInputError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(d, dict):
+        raise PirlInputError(f"{path}: expected a JSON object")
+    if "modality" in d and "channel_names" not in d:
+        d["channel_names"] = d["modality"]  # nnU-Net v1 name for the same field
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise PirlInputError(f"{path}: missing key(s) {', '.join(missing)}")
+    channels = d["channel_names"]
+    if not isinstance(channels, dict) or not channels:
+        raise PirlInputError(f"{path}: channel_names must be a non-empty object like {{\"0\": \"T1\"}}")
+    if sorted(channels, key=int) != [str(i) for i in range(len(channels))]:
+        raise PirlInputError(f"{path}: channel_names keys must be 0..{len(channels) - 1}, got {list(channels)}")
+    labels = d["labels"]
+    if not isinstance(labels, dict) or not all(
+            isinstance(v, int) or (isinstance(v, list) and v and all(isinstance(x, int) for x in v))
+            for v in labels.values()):
+        raise PirlInputError(f"{path}: labels must map names to integers or lists of integers")
+    if labels and 0 not in [v for v in labels.values() if isinstance(v, int)]:
+        raise PirlInputError(f"{path}: labels must declare background as 0")
+    ending = d["file_ending"]
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise PirlInputError(f"{path}: file_ending must look like '.nii.gz', got {ending!r}")
+    extra = {k: v for k, v in d.items()
+             if k not in (*REQUIRED_KEYS, "regions_class_order", "modality")}
+    dj = DatasetJson(channels, labels, int(d["numTraining"]), ending, d.get("regions_class_order"), extra)
+    if dj.has_regions and dj.regions_class_order is None:
+        raise PirlInputError(f"{path}: labels declare regions, so regions_class_order is required")
+    return dj
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """One case of a raw dataset: its channel files (index order) and optional label file."""
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+
+def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "imagesTr",
+               require_all_channels: bool = True) -> list[RawCase]:
+    """Group ``subfolder/CASE_XXXX{ending}`` files into cases and attach ``labelsTr/CASE{ending}``.
+
+    With ``require_all_channels`` a case lacking a channel is an error; otherwise missing channels are
+    left out (used by prediction, which handles modality subsets).
+    """
+    folder = Path(dataset_folder) / subfolder
+    if not folder.is_dir():
+        raise PirlInputError(f"{folder}: folder not found")
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(dj.file_ending) + "$")
+    files: dict[str, dict[int, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or f.is_dir():
+            continue
+        m = pattern.match(f.name)
+        if not m:
+            raise PirlInputError(f"{f}: name does not follow CASE_XXXX{dj.file_ending} "
+                                 f"(file_ending in dataset.json is {dj.file_ending!r})")
+        channel = int(m.group(2))
+        if channel >= dj.num_channels:
+            raise PirlInputError(f"{f}: channel {channel:04d} is not declared in channel_names "
+                                 f"(0..{dj.num_channels - 1})")
+        files.setdefault(m.group(1), {})[channel] = f
+    if not files:
+        raise PirlInputError(f"{folder}: no images (expected CASE_XXXX{dj.file_ending})")
+    labels_folder = Path(dataset_folder) / "labelsTr"
+    cases = []
+    for name, by_channel in files.items():
+        if require_all_channels:
+            missing = [c for c in range(dj.num_channels) if c not in by_channel]
+            if missing:
+                raise PirlInputError(f"{folder / name}: case is missing channel(s) "
+                                     + ", ".join(f"{name}_{c:04d}{dj.file_ending}" for c in missing))
+        label = labels_folder / f"{name}{dj.file_ending}"
+        cases.append(RawCase(name, tuple(by_channel[c] for c in sorted(by_channel)),
+                             label if subfolder == "imagesTr" and label.is_file() else None))
+    if subfolder == "imagesTr" and labels_folder.is_dir():
+        unlabeled = [c.name for c in cases if c.label is None]
+        if unlabeled and len(unlabeled) < len(cases):
+            raise PirlInputError(f"{labels_folder}: no label for case(s) {', '.join(unlabeled[:5])}")
+    return cases

@@ -1,0 +1,76 @@
+"""Integrity checks shared by the converters, the fingerprint and prediction.
+
+Each check raises PirlInputError naming the offending file: channels and label on one grid, label values
+declared in dataset.json, no NaN/Inf in images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pirl_pipeline.data.dataset_json import RawCase
+from pirl_pipeline.data.image_io import Geometry, read_image
+from pirl_pipeline.errors import PirlInputError
+
+
+def check_same_grid(reference: Geometry, reference_path: Path, other: Geometry, other_path: Path) -> None:
+    problem = reference.matches(other)
+    if problem:
+        raise PirlInputError(f"{other_path}: not on the grid of {Path(reference_path).name} ({problem})")
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise PirlInputError(f"{path}: contains {bad} NaN/Inf voxel(s)")
+
+
+def check_label_values(label: np.ndarray, path: Path, allowed: set[int]) -> None:
+    values = np.unique(label)
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise PirlInputError(f"{path}: label map has non-integer values")
+    unknown = sorted({int(v) for v in values} - allowed)
+    if unknown:
+        raise PirlInputError(f"{path}: label value(s) {unknown} not declared in dataset.json "
+                             f"(declared: {sorted(allowed)})")
+
+
+@dataclass
+class LoadedCase:
+    """A raw case in memory: images stacked (C, z, y, x) float32, label (z, y, x) or None."""
+
+    name: str
+    data: np.ndarray
+    label: np.ndarray | None
+    geometry: Geometry
+
+
+def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True) -> LoadedCase:
+    """Read a case's channels and label; with ``check`` verify grids, finiteness and label values."""
+    arrays, reference = [], None
+    for path in case.images:
+        image = read_image(path)
+        geometry = Geometry.of(image)
+        if reference is None:
+            reference = geometry
+        elif check:
+            check_same_grid(reference, case.images[0], geometry, path)
+        elif geometry.shape != reference.shape:
+            raise PirlInputError(f"{path}: shape {geometry.shape} differs from {case.images[0].name}")
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+        if check:
+            check_finite(array, path)
+        arrays.append(array)
+    label = None
+    if case.label is not None:
+        image = read_image(case.label)
+        if check:
+            check_same_grid(reference, case.images[0], Geometry.of(image), case.label)
+        label = sitk.GetArrayFromImage(image)
+        if check and allowed_labels is not None:
+            check_label_values(label, case.label, allowed_labels)
+        label = label.astype(np.int16, copy=False)
+    return LoadedCase(case.name, np.stack(arrays), label, reference)

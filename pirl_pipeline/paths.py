@@ -1,0 +1,64 @@
+"""Where pirl keeps raw data, preprocessed data and results (nnU-Net style).
+
+Environment variables ``PIRL_raw``, ``PIRL_preprocessed`` and ``PIRL_results`` win; when one is unset,
+an embedded default under ``./pirl_data/`` is used, and the log says so once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from pirl_pipeline.errors import PirlInputError
+
+log = logging.getLogger("pirl")
+
+_DEFAULTS = {"PIRL_raw": "raw", "PIRL_preprocessed": "preprocessed", "PIRL_results": "results"}
+_announced: set[str] = set()
+
+
+def _root(var: str) -> Path:
+    value = os.environ.get(var)
+    if value:
+        return Path(value)
+    path = Path.cwd() / "pirl_data" / _DEFAULTS[var]
+    if var not in _announced:
+        _announced.add(var)
+        log.info("%s is not set: using %s", var, path)
+    return path
+
+
+def raw_root() -> Path:
+    return _root("PIRL_raw")
+
+
+def preprocessed_root() -> Path:
+    return _root("PIRL_preprocessed")
+
+
+def results_root() -> Path:
+    return _root("PIRL_results")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def find_dataset_name(dataset: str | int, root: Path | None = None) -> str:
+    """Resolve ``501`` or ``Dataset501_Name`` to the folder name that exists under ``root`` (raw by default)."""
+    root = raw_root() if root is None else root
+    text = str(dataset)
+    if re.fullmatch(r"Dataset\d{3}_.+", text):
+        if (root / text).is_dir():
+            return text
+        raise PirlInputError(f"{root / text}: dataset folder not found")
+    if not text.isdigit():
+        raise PirlInputError(f"{text!r}: expected a dataset id (e.g. 501) or a name like Dataset501_Name")
+    prefix = f"Dataset{int(text):03d}_"
+    matches = sorted(p.name for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
+    if not matches:
+        raise PirlInputError(f"{root}: no dataset with id {int(text)} (expected a folder {prefix}NAME)")
+    if len(matches) > 1:
+        raise PirlInputError(f"{root}: dataset id {int(text)} is ambiguous: {', '.join(matches)}")
+    return matches[0]

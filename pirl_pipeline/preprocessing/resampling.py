@@ -1,0 +1,66 @@
+"""Resampling with SimpleITK (multi-threaded), array in and array out.
+
+The mapping preserves the image extent, like nnU-Net's skimage-based resize: the first and last voxel
+edges of input and output coincide, so resampling to a new shape and back restores the original grid.
+Images use cubic B-spline (order 3), labels linear per class (SimpleITK's ``sitkLabelLinear``, nnU-Net's
+"order 1 per class"). For anisotropic data (max/min spacing > 3) the out-of-plane axis is interpolated
+separately with nearest neighbour, nnU-Net's ``order_z=0`` rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+ANISOTROPY_THRESHOLD = 3.0
+_INTERPOLATORS = {3: sitk.sitkBSpline, 1: sitk.sitkLinear, 0: sitk.sitkNearestNeighbor}
+
+
+def _resample_3d(volume: np.ndarray, new_shape: tuple[int, ...], interpolator: int) -> np.ndarray:
+    """Extent-preserving resample of one (z, y, x) array to ``new_shape``."""
+    image = sitk.GetImageFromArray(volume)
+    old_size = np.array(image.GetSize(), float)  # x, y, z
+    new_size = np.array(new_shape[::-1], float)
+    new_spacing = old_size / new_size  # input spacing is 1 in index units
+    origin = -0.5 + 0.5 * new_spacing
+    out = sitk.Resample(image, [int(s) for s in new_size], sitk.Transform(), interpolator,
+                        origin.tolist(), new_spacing.tolist(), image.GetDirection(), 0.0, image.GetPixelID())
+    return sitk.GetArrayFromImage(out)
+
+
+def anisotropic_axis(spacing: tuple[float, ...]) -> int | None:
+    """Index of the axis whose spacing is > 3x the finest one, or None."""
+    spacing = np.asarray(spacing, float)
+    if spacing.max() / spacing.min() > ANISOTROPY_THRESHOLD:
+        return int(np.argmax(spacing))
+    return None
+
+
+def resample(array: np.ndarray, new_shape: tuple[int, ...], is_label: bool,
+             spacing: tuple[float, ...] | None = None) -> np.ndarray:
+    """Resample (C, z, y, x) or (z, y, x) to the spatial ``new_shape``.
+
+    ``spacing`` (of the input, z-y-x) enables the anisotropic rule: in-plane with the normal interpolator,
+    then nearest neighbour along the coarse axis.
+    """
+    new_shape = tuple(int(s) for s in new_shape)
+    if array.ndim == 4:
+        return np.stack([resample(c, new_shape, is_label, spacing) for c in array])
+    if tuple(array.shape) == new_shape:
+        return array
+    interpolator = sitk.sitkLabelLinear if is_label else _INTERPOLATORS[3]
+    dtype = array.dtype
+    work = array if is_label else array.astype(np.float32, copy=False)
+    axis = anisotropic_axis(spacing) if spacing is not None else None
+    if axis is not None and new_shape[axis] != array.shape[axis]:
+        in_plane = tuple(new_shape[a] if a != axis else array.shape[a] for a in range(3))
+        work = _resample_3d(work, in_plane, interpolator)
+        work = _resample_3d(work, new_shape, sitk.sitkNearestNeighbor)
+    else:
+        work = _resample_3d(work, new_shape, interpolator)
+    return work.astype(dtype, copy=False)
+
+
+def shape_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...],
+                      target_spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """The voxel shape that covers the same extent at ``target_spacing``."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))

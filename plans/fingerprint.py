@@ -1,0 +1,81 @@
+"""Dataset fingerprint: what the planner needs to know about a raw dataset.
+
+Per case: spacing and shape before and after cropping to non-zero. Per channel: foreground intensity
+statistics from a bounded random sample of voxels (at most ``SAMPLES_PER_CASE`` per case). Foreground is
+the labelled foreground when the case has a non-empty label (nnU-Net's choice, which CT normalisation
+relies on), else the non-zero mask (image-only datasets). The integrity checks run in the same pass, so
+the raw data are read once for both.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, modality_kind
+from pirl_pipeline.data.integrity import load_case
+from pirl_pipeline.parallel import parallel_map
+from pirl_pipeline.preprocessing.cropping import bounding_box, crop, nonzero_mask
+
+log = logging.getLogger("pirl")
+SAMPLES_PER_CASE = 10_000
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+
+
+def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 1234) -> dict:
+    """Read one case (checking it unless ``check`` is False) and summarise it."""
+    loaded = load_case(case, dj.label_values, check=check)
+    mask = nonzero_mask(loaded.data)
+    box = bounding_box(mask)
+    foreground = loaded.label > 0 if loaded.label is not None and (loaded.label > 0).any() else mask
+    foreground = crop(foreground, box)
+    data = crop(loaded.data, box)
+    rng = np.random.default_rng(seed)
+    n = int(foreground.sum())
+    flat_index = np.flatnonzero(foreground)
+    if n > SAMPLES_PER_CASE:
+        flat_index = rng.choice(flat_index, SAMPLES_PER_CASE, replace=False)
+    samples = [channel.ravel()[flat_index] for channel in data]
+    return {
+        "name": case.name,
+        "spacing": list(loaded.geometry.spacing),
+        "shape_before_cropping": list(loaded.geometry.shape),
+        "shape_after_cropping": list(data.shape[1:]),
+        "samples": samples,
+    }
+
+
+def intensity_statistics(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {k: 0.0 for k in ("mean", "std", "median", "min", "max", "percentile_00_5", "percentile_99_5")}
+    p005, median, p995 = np.percentile(values, [0.5, 50.0, 99.5])
+    return {"mean": float(values.mean()), "std": float(values.std()), "median": float(median),
+            "min": float(values.min()), "max": float(values.max()),
+            "percentile_00_5": float(p005), "percentile_99_5": float(p995)}
+
+
+def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: int = 2,
+                        check: bool = True) -> dict:
+    """Fingerprint of all cases (parallel over ``num_processes``); raises on the first bad case."""
+    work = partial(case_fingerprint, dj=dj, check=check)
+    per_case = parallel_map(work, cases, num_processes, desc="fingerprint")
+    channels = {}
+    for c in dj.channel_names:
+        values = np.concatenate([pc["samples"][int(c)] for pc in per_case])
+        channels[c] = intensity_statistics(values)
+    return {
+        "channel_names": dj.channel_names,
+        "modality_kinds": [modality_kind(dj.channel_names[str(i)]) for i in range(dj.num_channels)],
+        "case_names": [pc["name"] for pc in per_case],
+        "spacings": [pc["spacing"] for pc in per_case],
+        "shapes_before_cropping": [pc["shape_before_cropping"] for pc in per_case],
+        "shapes_after_cropping": [pc["shape_after_cropping"] for pc in per_case],
+        "foreground_intensity_properties_per_channel": channels,
+        "samples_per_case": SAMPLES_PER_CASE,
+    }
+
+
+def fingerprint_path(preprocessed_folder: Path) -> Path:
+    return Path(preprocessed_folder) / FINGERPRINT_FILE

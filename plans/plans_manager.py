@@ -1,0 +1,106 @@
+"""Typed access to ``PIRLPlans.json`` (the plans schema).
+
+The JSON stays the source of truth and is meant to be read and hand-edited; these dataclasses only give
+the trainers and the predictor attribute access and defaults. Unknown keys are kept, so a hand-added field
+survives a load/save round trip.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import load_json, save_json
+
+PLANS_FILE = "PIRLPlans.json"
+NORMALIZATION_SCHEMES = ("ZScoreNormalization", "CTNormalization", "PETNormalization", "NoNormalization")
+
+
+@dataclass
+class ConfigurationPlans:
+    """One configuration (e.g. ``3d_fullres``) of the plans."""
+
+    name: str
+    data_identifier: str
+    spacing: list[float]
+    patch_size: list[int]
+    batch_size: int
+    median_image_size_in_voxels: list[float]
+    normalization_schemes: list[str]
+    use_mask_for_norm: list[bool]
+    resampling: dict
+    network: dict
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> ConfigurationPlans:
+        keys = [f for f in cls.__dataclass_fields__ if f not in ("name", "extra")]
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise PirlInputError(f"plans configuration {name!r}: missing key(s) {', '.join(missing)}")
+        for scheme in d["normalization_schemes"]:
+            if scheme not in NORMALIZATION_SCHEMES:
+                raise PirlInputError(f"plans configuration {name!r}: unknown normalization scheme {scheme!r}")
+        if any(int(s) % 32 for s in d["patch_size"]):
+            raise PirlInputError(f"plans configuration {name!r}: every patch_size side must be a multiple "
+                                 f"of 32 (SwinUNETR), got {d['patch_size']}")
+        return cls(name=name, **{k: d[k] for k in keys}, extra={k: v for k, v in d.items() if k not in keys})
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("name", "extra")}
+        return {**d, **self.extra}
+
+
+@dataclass
+class Plans:
+    """The whole plans file: dataset-level facts plus one entry per configuration."""
+
+    dataset_name: str
+    plans_name: str
+    channel_names: dict[str, str]
+    modality_kinds: list[str]
+    labels: dict
+    regions_class_order: list[int] | None
+    foreground_intensity_properties_per_channel: dict[str, dict[str, float]]
+    configurations: dict[str, ConfigurationPlans]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_input_channels(self) -> int:
+        return len(self.channel_names)
+
+    def configuration(self, name: str) -> ConfigurationPlans:
+        if name not in self.configurations:
+            raise PirlInputError(f"{self.plans_name}: no configuration {name!r} "
+                                 f"(available: {', '.join(self.configurations)})")
+        return self.configurations[name]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plans:
+        keys = [f for f in cls.__dataclass_fields__ if f not in ("configurations", "extra")]
+        missing = [k for k in keys + ["configurations"] if k not in d]
+        if missing:
+            raise PirlInputError(f"plans: missing key(s) {', '.join(missing)}")
+        configs = {n: ConfigurationPlans.from_dict(n, c) for n, c in d["configurations"].items()}
+        extra = {k: v for k, v in d.items() if k not in keys and k != "configurations"}
+        return cls(**{k: d[k] for k in keys}, configurations=configs, extra=extra)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("configurations", "extra")}
+        d["configurations"] = {n: c.to_dict() for n, c in self.configurations.items()}
+        return {**d, **self.extra}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plans:
+        path = Path(path)
+        if not path.is_file():
+            raise PirlInputError(f"{path}: plans file not found (run pirl_plan_and_preprocess first)")
+        try:
+            return cls.from_dict(load_json(path))
+        except PirlInputError as err:
+            raise PirlInputError(f"{path}: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise PirlInputError(f"{path}: invalid plans ({err})") from None
+
+    def save(self, path: str | Path) -> None:
+        save_json(self.to_dict(), path)

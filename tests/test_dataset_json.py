@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+
+from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json, modality_kind
+from pirl_pipeline.errors import PirlInputError
+from tests.synthetic import write_image, write_raw_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_raw_dataset(tmp_path, num_cases=2, shape=(8, 9, 10))
+
+
+def test_loads_valid_dataset_and_lists_cases(dataset):
+    dj = load_dataset_json(dataset)
+    assert dj.num_channels == 4 and dj.label_values == {0, 1, 2} and not dj.has_regions
+    cases = list_cases(dataset, dj)
+    assert [c.name for c in cases] == ["case000", "case001"]
+    assert len(cases[0].images) == 4 and cases[0].label.name == "case000.nii.gz"
+
+
+def test_regions_need_class_order(dataset):
+    d = json.loads((dataset / "dataset.json").read_text())
+    d["labels"] = {"background": 0, "whole": [1, 2], "core": 1}
+    (dataset / "dataset.json").write_text(json.dumps(d))
+    with pytest.raises(PirlInputError, match="regions_class_order"):
+        load_dataset_json(dataset)
+    d["regions_class_order"] = [2, 1]
+    (dataset / "dataset.json").write_text(json.dumps(d))
+    dj = load_dataset_json(dataset)
+    assert dj.has_regions and dj.regions() == [[1, 2], [1]] and dj.label_values == {0, 1, 2}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "dataset.json is missing"),
+    ("{not json", "invalid JSON"),
+    ('{"labels": {"background": 0}}', "missing key"),
+    ('{"channel_names": {"1": "T1"}, "labels": {"background": 0}, "numTraining": 1, "file_ending": ".nii.gz"}',
+     "keys must be 0"),
+    ('{"channel_names": {"0": "T1"}, "labels": {"tumour": 1}, "numTraining": 1, "file_ending": ".nii.gz"}',
+     "background"),
+    ('{"channel_names": {"0": "T1"}, "labels": {"background": 0}, "numTraining": 1, "file_ending": "nii"}',
+     "file_ending"),
+])
+def test_bad_dataset_json(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content)
+    with pytest.raises(PirlInputError, match=message) as err:
+        load_dataset_json(tmp_path)
+    assert "dataset.json" in str(err.value)
+
+
+def test_missing_channel_is_named(dataset):
+    (dataset / "imagesTr" / "case001_0002.nii.gz").unlink()
+    with pytest.raises(PirlInputError, match=r"case001.*missing channel.*case001_0002\.nii\.gz"):
+        list_cases(dataset, load_dataset_json(dataset))
+
+
+def test_wrong_file_ending_and_unknown_channel(dataset):
+    dj = load_dataset_json(dataset)
+    write_image(np.zeros((4, 4, 4), np.float32), dataset / "imagesTr" / "case000_0009.nii.gz")
+    with pytest.raises(PirlInputError, match="channel 0009 is not declared"):
+        list_cases(dataset, dj)
+    (dataset / "imagesTr" / "case000_0009.nii.gz").unlink()
+    dj.file_ending = ".nrrd"
+    with pytest.raises(PirlInputError, match="does not follow CASE_XXXX.nrrd"):
+        list_cases(dataset, dj)
+
+
+def test_empty_images_and_missing_label(dataset):
+    dj = load_dataset_json(dataset)
+    (dataset / "labelsTr" / "case001.nii.gz").unlink()
+    with pytest.raises(PirlInputError, match="no label for case.*case001"):
+        list_cases(dataset, dj)
+    for f in (dataset / "imagesTr").iterdir():
+        f.unlink()
+    with pytest.raises(PirlInputError, match="no images"):
+        list_cases(dataset, dj)
+
+
+def test_subset_listing_for_prediction(dataset):
+    (dataset / "imagesTr" / "case000_0001.nii.gz").unlink()
+    cases = list_cases(dataset, load_dataset_json(dataset), require_all_channels=False)
+    assert [p.name[-11:] for p in cases[0].images] == ["0000.nii.gz", "0002.nii.gz", "0003.nii.gz"]
+
+
+@pytest.mark.parametrize("name, kind", [("T1", "MRI"), ("FLAIR", "MRI"), ("CT", "CT"), ("CTres", "CT"),
+                                        ("PET", "PET"), ("SUV", "PET"), ("whatever", "MRI")])
+def test_modality_kind(name, kind):
+    assert modality_kind(name) == kind

@@ -1,0 +1,174 @@
+"""End to end: raw dataset -> fingerprint -> plans -> preprocessed cases -> splits, and bad input."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pirl_pipeline.cli.plan_and_preprocess import main
+from pirl_pipeline.file_io import load_json
+from plans.plans_manager import Plans
+from tests.synthetic import make_case, write_image, write_raw_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    monkeypatch.setenv("PIRL_raw", str(raw))
+    monkeypatch.setenv("PIRL_preprocessed", str(pre))
+    return raw, pre
+
+
+def test_end_to_end_resumable(roots):
+    raw, pre = roots
+    write_raw_dataset(raw, 901, num_cases=3, spacing=(1.0, 1.0, 2.0))
+    assert main(["-d", "901", "-np", "2"]) == 0
+    out = pre / "Dataset901_Synthetic"
+    plans = Plans.load(out / "PIRLPlans.json")
+    config = plans.configuration("3d_fullres")
+    assert config.spacing == [2.0, 1.0, 1.0]  # numpy (z, y, x) order: sitk x spacing 1, z spacing 2
+    fingerprint = load_json(out / "dataset_fingerprint.json")
+    assert fingerprint["modality_kinds"] == ["MRI"] * 4 and len(fingerprint["spacings"]) == 3
+    folder = out / config.data_identifier
+    data = np.load(folder / "case000.npy")
+    seg = np.load(folder / "case000_seg.npy")
+    props = load_json(folder / "case000.json")
+    assert data.dtype == np.float32 and data.shape[0] == 4 and seg.shape == (1, *data.shape[1:])
+    assert set(np.unique(seg)) <= {-1, 0, 1, 2} and (seg == 1).any()
+    inside = seg[0] >= 0
+    assert abs(data[0][inside].mean()) < 0.05 and (data[0][~inside] == 0).all()
+    assert props["geometry"]["sitk_spacing"] == [1.0, 1.0, 2.0]
+    assert len(props["class_locations"]["1"]) == (seg == 1).sum()
+    splits = load_json(out / "splits_final.json")
+    assert len(splits) == 3 and sorted(c for s in splits for c in s["val"]) == ["case000", "case001", "case002"]
+    assert not list(out.rglob(".tmp-*"))
+    # resumable: a second run skips every finished case and leaves the files untouched
+    mtime = (folder / "case000.npy").stat().st_mtime_ns
+    assert main(["-d", "Dataset901_Synthetic", "-np", "1"]) == 0
+    assert (folder / "case000.npy").stat().st_mtime_ns == mtime
+    # a half-finished case (array but no properties) is redone
+    (folder / "case001.json").unlink()
+    assert main(["-d", "901", "-np", "1"]) == 0
+    assert (folder / "case001.json").is_file() and (folder / "case000.npy").stat().st_mtime_ns == mtime
+
+
+def test_image_only_dataset_gets_foreground_masks(roots):
+    raw, pre = roots
+    write_raw_dataset(raw, 902, name="NoLabels", num_cases=2, with_labels=False)
+    assert main(["-d", "902", "-np", "1", "--clean"]) == 0
+    folder = pre / "Dataset902_NoLabels" / "pirl_plans_3d_fullres"
+    seg = np.load(folder / "case000_seg.npy")
+    assert set(np.unique(seg)) == {-1, 0}
+    assert len(load_json(pre / "Dataset902_NoLabels" / "splits_final.json")) == 2
+
+
+def _corrupt(kind: str, folder: Path) -> str:
+    """Damage a raw dataset in one way; returns the text the error must contain."""
+    images = folder / "imagesTr"
+    if kind == "missing_dataset_json":
+        (folder / "dataset.json").unlink()
+        return "dataset.json is missing"
+    if kind == "invalid_dataset_json":
+        (folder / "dataset.json").write_text("{")
+        return "invalid JSON"
+    if kind == "missing_keys":
+        (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+        return "missing key(s) channel_names"
+    if kind == "missing_channel":
+        (images / "case001_0003.nii.gz").unlink()
+        return "case001_0003.nii.gz"
+    if kind == "channel_grid":
+        data, _ = make_case((24, 28, 26), seed=1)
+        write_image(data[2], images / "case001_0002.nii.gz", spacing=(1.0, 1.0, 1.5))
+        return "case001_0002.nii.gz: not on the grid"
+    if kind == "label_grid":
+        _, label = make_case((24, 28, 26), seed=1)
+        write_image(label, folder / "labelsTr" / "case001.nii.gz", origin=(5.0, 0.0, 0.0))
+        return "case001.nii.gz: not on the grid"
+    if kind == "undeclared_label":
+        _, label = make_case((24, 28, 26), seed=1)
+        label[0, 0, 0] = 7
+        write_image(label, folder / "labelsTr" / "case001.nii.gz")
+        return "label value(s) [7] not declared"
+    if kind == "nan":
+        # ITK's NIfTI reader turns NaN/Inf into 0, so the check matters for formats that keep them (NRRD, MHA)
+        shutil.rmtree(folder)
+        write_raw_dataset(folder.parent, 903, name="Bad", num_cases=2, file_ending=".nrrd")
+        data, _ = make_case((24, 28, 26), seed=1)
+        data[0, 3, 3, 3] = np.inf
+        write_image(data[0], images / "case001_0000.nrrd")
+        return "case001_0000.nrrd: contains 1 NaN/Inf"
+    if kind == "unreadable":
+        (images / "case001_0001.nii.gz").write_bytes(b"this is not an image")
+        return "case001_0001.nii.gz: not a readable image"
+    if kind == "empty_images":
+        shutil.rmtree(images)
+        images.mkdir()
+        return "no images"
+    if kind == "wrong_file_ending":
+        d = json.loads((folder / "dataset.json").read_text())
+        d["file_ending"] = ".nrrd"
+        (folder / "dataset.json").write_text(json.dumps(d))
+        return "does not follow CASE_XXXX.nrrd"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing_dataset_json", "invalid_dataset_json", "missing_keys",
+                                  "missing_channel", "channel_grid", "label_grid", "undeclared_label", "nan",
+                                  "unreadable", "empty_images", "wrong_file_ending"])
+def test_bad_input_is_one_clear_line_and_writes_nothing(roots, capsys, kind):
+    raw, pre = roots
+    folder = write_raw_dataset(raw, 903, name="Bad", num_cases=2)
+    expected = _corrupt(kind, folder)
+    assert main(["-d", "903", "-np", "1"]) == 2
+    err = capsys.readouterr().err  # progress bars share stderr; the error is one line of its own
+    lines = [line[line.index("error: "):] for line in err.splitlines() if "error: " in line]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert not (pre / "Dataset903_Bad").exists()
+
+
+def test_unknown_dataset_id(roots, capsys):
+    raw, _ = roots
+    raw.mkdir(parents=True)
+    assert main(["-d", "555"]) == 2
+    assert "no dataset with id 555" in capsys.readouterr().err
+
+
+def test_no_integrity_check_skips_the_checks(roots):
+    raw, pre = roots
+    folder = write_raw_dataset(raw, 904, name="Unchecked", num_cases=2)
+    _corrupt("undeclared_label", folder)
+    assert main(["-d", "904", "-np", "1", "--no_integrity_check"]) == 0
+    assert (pre / "Dataset904_Unchecked" / "PIRLPlans.json").is_file()
+
+
+@pytest.mark.shared_data
+def test_real_brats_cases_end_to_end(roots):
+    """Real BraTS-2020 cases (int16, negative values, an LPS-like direction) through the whole step."""
+    source = SHARED / "brats2020_style"
+    if not source.is_dir():
+        pytest.skip(f"shared real data not found at {source}")
+    raw, pre = roots
+    folder = raw / "Dataset905_RealBraTS"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for case in sorted(p.name for p in source.iterdir()):
+        for i, m in enumerate(("t1", "t1ce", "t2", "flair")):
+            (folder / "imagesTr" / f"{case}_{i:04d}.nii.gz").symlink_to(source / case / f"{case}_{m}.nii.gz")
+        (folder / "labelsTr" / f"{case}.nii.gz").symlink_to(source / case / f"{case}_seg.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+        "labels": {"background": 0, "NCR": 1, "ED": 2}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    assert main(["-d", "905", "-np", "2"]) == 0
+    plans = Plans.load(pre / "Dataset905_RealBraTS" / "PIRLPlans.json")
+    config = plans.configuration("3d_fullres")
+    assert config.spacing == [1.0, 1.0, 1.0] and config.patch_size == [96, 96, 96]
+    for case in ("TCGA-DU-7294", "AURORA-MET-0001"):
+        props = load_json(pre / "Dataset905_RealBraTS" / config.data_identifier / f"{case}.json")
+        data = np.load(pre / "Dataset905_RealBraTS" / config.data_identifier / f"{case}.npy", mmap_mode="r")
+        box = props["bbox_used_for_cropping"]
+        assert list(data.shape[1:]) == [b - a for a, b in box] and props["shape_before_cropping"] == [155, 240, 240]
+    assert props["geometry"]["sitk_direction"] == [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]

@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.errors import PirlInputError
+from plans.planner import patch_size_for, plan, target_spacing
+from plans.plans_manager import Plans
+
+
+def test_target_spacing_is_median_for_isotropic_data():
+    spacings = [[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [0.8, 1.0, 1.0]]
+    assert target_spacing(spacings, [[100, 100, 100]] * 3) == [1.0, 1.0, 1.0]
+
+
+def test_target_spacing_anisotropic_rule_takes_10th_percentile():
+    spacings = np.array([[s, 0.8, 0.8] for s in (3.0, 5.0, 5.0, 6.0, 6.0)])
+    shapes = [[20, 256, 256]] * 5
+    assert target_spacing(spacings, shapes)[0] == pytest.approx(np.percentile([3, 5, 5, 6, 6], 10))
+    # coarse spacing but not a thin stack: plain median
+    assert target_spacing(spacings, [[200, 256, 256]] * 5)[0] == 5.0
+
+
+@pytest.mark.parametrize("median, patch", [((200, 180, 150), [96, 96, 96]), ((70, 100, 40), [64, 96, 64]),
+                                           ((90, 85, 20), [96, 96, 64])])
+def test_patch_size_multiple_of_32_and_shrinks(median, patch):
+    assert patch_size_for(list(median)) == patch
+
+
+def _fingerprint(kinds=("MRI", "CT")):
+    props = {"mean": 1.0, "std": 2.0, "median": 1.0, "min": 0.0, "max": 5.0,
+             "percentile_00_5": 0.1, "percentile_99_5": 4.0}
+    return {"spacings": [[1.0, 1.0, 1.0]] * 3, "shapes_after_cropping": [[60, 70, 80]] * 3,
+            "shapes_before_cropping": [[100, 100, 100]] * 3, "modality_kinds": list(kinds),
+            "foreground_intensity_properties_per_channel": {"0": props, "1": props}}
+
+
+def test_plan_round_trips_and_explains_itself(tmp_path):
+    dj = DatasetJson({"0": "T1", "1": "CT"}, {"background": 0, "lesion": 1}, 3)
+    plans = plan(_fingerprint(), dj, "Dataset901_X")
+    config = plans.configuration("3d_fullres")
+    assert config.patch_size == [64, 64, 96] and config.normalization_schemes == ["ZScoreNormalization",
+                                                                                  "CTNormalization"]
+    assert config.use_mask_for_norm == [True, False]
+    assert "explanation" in config.network and "patch_size" in config.extra["explanation"]
+    plans.save(tmp_path / "p.json")
+    loaded = Plans.load(tmp_path / "p.json")
+    assert loaded.to_dict() == plans.to_dict() and loaded.num_input_channels == 2
+    with pytest.raises(PirlInputError, match="no configuration '2d'"):
+        loaded.configuration("2d")
+
+
+def test_hand_edited_plans_are_validated(tmp_path):
+    dj = DatasetJson({"0": "T1", "1": "CT"}, {"background": 0}, 3)
+    d = plan(_fingerprint(), dj, "Dataset901_X").to_dict()
+    d["configurations"]["3d_fullres"]["patch_size"] = [96, 96, 100]
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(PirlInputError, match=r"p\.json.*multiple of 32"):
+        Plans.load(tmp_path / "p.json")
+    with pytest.raises(PirlInputError, match="plans file not found"):
+        Plans.load(tmp_path / "missing.json")
