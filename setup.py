@@ -3,6 +3,7 @@ from setuptools import find_packages, setup
 
 CONSOLE_SCRIPTS = [
     "pirl_plan_and_preprocess=pirl_pipeline.cli.plan_and_preprocess:main",
+    "pirl_train=pirl_pipeline.cli.train:main",
     "pirl_convert_brats=dataset_conversion.brats:main",
     "pirl_convert_autopet=dataset_conversion.autopet:main",
     "pirl_convert_folder=dataset_conversion.generic_folder:main",
@@ -28,6 +29,7 @@ setup(
         "tqdm",
         "matplotlib",
         "nilearn",
+        "nibabel",
     ],
     extras_require={"test": ["pytest", "ruff==0.17.5"]},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},

@@ -93,8 +93,12 @@ def _corrupt(kind: str, folder: Path) -> str:
         label[0, 0, 0] = 7
         write_image(label, folder / "labelsTr" / "case001.nii.gz")
         return "label value(s) [7] not declared"
+    if kind == "nan_nifti":  # ITK's NIfTI reader turns NaN into 0: the stored values are checked too
+        data, _ = make_case((24, 28, 26), seed=1)
+        data[0, 3, 3, 3] = np.nan
+        write_image(data[0], images / "case001_0000.nii.gz")
+        return "case001_0000.nii.gz: contains 1 NaN/Inf"
     if kind == "nan":
-        # ITK's NIfTI reader turns NaN/Inf into 0, so the check matters for formats that keep them (NRRD, MHA)
         shutil.rmtree(folder)
         write_raw_dataset(folder.parent, 903, name="Bad", num_cases=2, file_ending=".nrrd")
         data, _ = make_case((24, 28, 26), seed=1)
@@ -117,7 +121,7 @@ def _corrupt(kind: str, folder: Path) -> str:
 
 
 @pytest.mark.parametrize("kind", ["missing_dataset_json", "invalid_dataset_json", "missing_keys",
-                                  "missing_channel", "channel_grid", "label_grid", "undeclared_label", "nan",
+                                  "missing_channel", "channel_grid", "label_grid", "undeclared_label", "nan", "nan_nifti",
                                   "unreadable", "empty_images", "wrong_file_ending"])
 def test_bad_input_is_one_clear_line_and_writes_nothing(roots, capsys, kind):
     raw, pre = roots

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -26,6 +27,16 @@ def check_finite(array: np.ndarray, path: Path) -> None:
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise PirlInputError(f"{path}: contains {bad} NaN/Inf voxel(s)")
+
+
+def check_nifti_finite(path: Path, image: sitk.Image) -> None:
+    """NaN/Inf check on the values stored in a float NIfTI file.
+
+    SimpleITK's NIfTI reader (ITK 5.4) silently turns NaN and Inf into 0, so the array it returns cannot
+    show them; nibabel reads the stored values (integer files cannot hold NaN and are not re-read).
+    """
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and path.name.endswith((".nii", ".nii.gz")):
+        check_finite(np.asanyarray(nibabel.load(path).dataobj), path)
 
 
 def check_label_values(label: np.ndarray, path: Path, allowed: set[int]) -> None:
@@ -63,6 +74,7 @@ def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True
         array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
         if check:
             check_finite(array, path)
+            check_nifti_finite(Path(path), image)
         arrays.append(array)
     label = None
     if case.label is not None:

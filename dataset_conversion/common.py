@@ -1,0 +1,246 @@
+"""What every converter shares: the command-line output options and a safe writer for one raw dataset.
+
+``RawDatasetWriter`` writes ``DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}`` into a hidden temp
+folder beside the target, checks every case as it writes it (channels and label on one grid, no NaN/Inf,
+label values expected), writes ``dataset.json`` last, re-reads the result with the pipeline's own reader,
+and only then renames the folder into place. A failed conversion therefore leaves nothing behind.
+
+Unlabelled cases (rule of ``split_labeled``): when some cases of a source have labels, the labelled ones go
+to ``imagesTr``/``labelsTr`` and the unlabelled ones to ``imagesTs``; when no case has a label, all go to
+``imagesTr`` and the dataset is image-only (no ``labelsTr``), ready for pre-training and translation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from pirl_pipeline.data.dataset_json import DatasetJson, list_cases, load_dataset_json
+from pirl_pipeline.data.image_io import Geometry, read_image, write_array
+from pirl_pipeline.data.integrity import check_finite, check_label_values, check_nifti_finite, check_same_grid
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.paths import dataset_folder_name, raw_root
+
+log = logging.getLogger(__name__)
+FILE_ENDING = ".nii.gz"
+_NOT_IN_CASE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sanitise_case_name(text: str) -> str:
+    """Keep letters, digits, '_' and '-'; every other run of characters becomes one '-'."""
+    return _NOT_IN_CASE_NAME.sub("-", text).strip("-_") or "case"
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default_name: str | None = None,
+                         default_id: int | None = None, name_flags: Sequence[str] = ("-n", "--name")) -> None:
+    """-d/--dataset_id, -n/--name, -o/--output_root and --overwrite, the same for every converter."""
+    parser.add_argument("-d", "--dataset_id", type=int, default=default_id, required=default_id is None,
+                        help="dataset id 1-999: writes Dataset{ID:03d}_{NAME}"
+                        + (f" (default {default_id})" if default_id else ""))
+    parser.add_argument(*name_flags, dest="name", default=default_name, required=default_name is None,
+                        help="dataset name" + (f" (default {default_name})" if default_name else ""))
+    parser.add_argument("-o", "--output_root", type=Path, default=None,
+                        help="raw-data root (default: $PIRL_raw, else ./pirl_data/raw)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """One case as found in a source folder: channel files in output order, optional label and mask.
+
+    ``label_map`` lists every label value allowed in the source and the value it becomes; None keeps
+    the values (they are then checked against the declared labels, or collected when none are declared).
+    """
+
+    name: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+    mask: Path | None = None
+    label_map: Mapping[int, int] | None = None
+
+
+def split_labeled(cases: Sequence[SourceCase]) -> list[tuple[SourceCase, str]]:
+    """Pair each case with 'Tr' or 'Ts' following the unlabelled-cases rule of the module docstring."""
+    if not any(c.label for c in cases):
+        return [(c, "Tr") for c in cases]
+    return [(c, "Tr" if c.label else "Ts") for c in cases]
+
+
+def remap_labels(label: np.ndarray, path: Path, mapping: Mapping[int, int]) -> np.ndarray:
+    """Map source label values to output values; a value not in ``mapping`` is an error naming ``path``."""
+    values = _integer_values(label, path)
+    unknown = sorted(values - set(mapping))
+    if unknown:
+        raise PirlInputError(f"{path}: label value(s) {unknown} not expected (expected {sorted(mapping)})")
+    out = np.zeros(label.shape, np.uint8)
+    for source, target in mapping.items():
+        if target and source in values:
+            out[label == source] = target
+    return out
+
+
+def _integer_values(label: np.ndarray, path: Path) -> set[int]:
+    values = np.unique(label)
+    if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
+        raise PirlInputError(f"{path}: label map has non-integer values")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise PirlInputError(f"{path}: label values must lie in 0..255, found {values.min()}..{values.max()}")
+    return {int(v) for v in values}
+
+
+class RawDatasetWriter:
+    """Context manager writing one raw dataset; on success it appears at once, on error not at all.
+
+    ``labels`` are the dataset.json labels; None means "collect the values found" (background=0 plus
+    label_K for each value K). ``source`` (the folder converted) is never written into.
+    """
+
+    def __init__(self, dataset_id: int, name: str, channel_names: Sequence[str],
+                 labels: dict[str, int | list[int]] | None = None, *, source: Path | None = None,
+                 root: Path | None = None, overwrite: bool = False,
+                 regions_class_order: list[int] | None = None, extra: dict | None = None) -> None:
+        if not 1 <= dataset_id <= 999:
+            raise PirlInputError(f"dataset id {dataset_id}: must be 1..999")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise PirlInputError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+        self.root = Path(root) if root is not None else raw_root()
+        self.target = self.root / dataset_folder_name(dataset_id, name)
+        self.channel_names = list(channel_names)
+        self.labels = labels
+        self.regions_class_order = regions_class_order
+        self.extra = extra or {}
+        self.overwrite = overwrite
+        self.counts = {"Tr": 0, "Ts": 0}
+        self._found_labels: set[int] = {0}
+        self._declared = None if labels is None else DatasetJson({}, labels, 0).label_values
+        self._names: set[str] = set()
+        self._tmp: Path | None = None
+        self._check_target(dataset_id, source)
+
+    def _check_target(self, dataset_id: int, source: Path | None) -> None:
+        target = self.target.resolve()
+        if source is not None:
+            source = Path(source).resolve()
+            if target.is_relative_to(source) or source.is_relative_to(target):
+                raise PirlInputError(f"{self.target}: output must lie outside the source folder {source}")
+        others = [p.name for p in self.root.glob(f"Dataset{dataset_id:03d}_*") if p.name != self.target.name]
+        if others:
+            raise PirlInputError(f"{self.root / others[0]}: dataset id {dataset_id} is already used")
+        if self.target.exists() and not self.overwrite:
+            raise PirlInputError(f"{self.target}: dataset folder already exists (use --overwrite to replace it)")
+
+    def __enter__(self) -> Self:
+        self._tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}-{self.target.name}"
+        self._tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._tmp is not None and self._tmp.exists():
+                shutil.rmtree(self._tmp)
+
+    def add_files(self, case: SourceCase, subset: str = "Tr") -> None:
+        """Read, check and convert one source case (float64 -> float32; voxels outside the mask -> 0)."""
+        arrays, reference = [], None
+        for path in case.images:
+            array, geometry = self._read(path, reference)
+            reference = reference or (geometry, path)
+            if array.dtype == np.float64:
+                array = array.astype(np.float32)
+            check_finite(array, path)
+            arrays.append(array)
+        outside = None
+        if case.mask is not None:
+            outside = self._read(case.mask, reference)[0] <= 0
+            for array in arrays:
+                array[outside] = 0
+        label = None
+        if case.label is not None:
+            label = self._read(case.label, reference)[0]
+            label = (remap_labels(label, case.label, case.label_map) if case.label_map is not None
+                     else self._check_plain_labels(label, case.label))
+            if outside is not None and (lost := int(np.count_nonzero(label[outside]))):
+                log.warning("%s: %d labelled voxel(s) lie outside the mask %s (kept in the label)",
+                            case.label, lost, case.mask.name)
+        self._write(sanitise_case_name(case.name), arrays, reference[0], label, subset, case.images[0])
+
+    def add_arrays(self, name: str, images: Sequence[np.ndarray], geometry: Geometry,
+                   label: np.ndarray | None = None, subset: str = "Tr") -> None:
+        """Write one case held in memory (z, y, x arrays on ``geometry``), with the same checks."""
+        for index, array in enumerate(images):
+            if array.shape != geometry.shape:
+                raise PirlInputError(f"{name} channel {index}: shape {array.shape} != {geometry.shape}")
+            check_finite(array, Path(f"{name}_{index:04d}{FILE_ENDING}"))
+        if label is not None:
+            if label.shape != geometry.shape:
+                raise PirlInputError(f"{name} label: shape {label.shape} != {geometry.shape}")
+            label = self._check_plain_labels(label, Path(f"{name}{FILE_ENDING}"))
+        self._write(name, list(images), geometry, label, subset, Path(name))
+
+    @staticmethod
+    def _read(path: Path, reference: tuple[Geometry, Path] | None) -> tuple[np.ndarray, Geometry]:
+        image = read_image(path)
+        check_nifti_finite(path, image)
+        geometry = Geometry.of(image)
+        if reference is not None:
+            check_same_grid(reference[0], reference[1], geometry, path)
+        return sitk.GetArrayFromImage(image), geometry
+
+    def _check_plain_labels(self, label: np.ndarray, path: Path) -> np.ndarray:
+        if self._declared is None:
+            self._found_labels |= _integer_values(label, path)
+        else:
+            check_label_values(label, path, self._declared)
+        return label.astype(np.uint8)
+
+    def _write(self, name: str, images: list[np.ndarray], geometry: Geometry, label: np.ndarray | None,
+               subset: str, origin: Path) -> None:
+        assert self._tmp is not None, "use RawDatasetWriter as a context manager"
+        if name in self._names:
+            raise PirlInputError(f"{origin}: case name {name} is already used by another case")
+        self._names.add(name)
+        assert len(images) == len(self.channel_names), f"{name}: wrong number of channels"
+        for index, array in enumerate(images):
+            write_array(array, geometry, self._tmp / f"images{subset}" / f"{name}_{index:04d}{FILE_ENDING}")
+        if label is not None:
+            write_array(label, geometry, self._tmp / f"labels{subset}" / f"{name}{FILE_ENDING}")
+        self.counts[subset] += 1
+
+    def _finish(self) -> None:
+        assert self._tmp is not None
+        if not self.counts["Tr"]:
+            raise PirlInputError(f"{self.target}: no training cases to write")
+        labels = self.labels if self.labels is not None else {
+            "background": 0, **{f"label_{v}": v for v in sorted(self._found_labels - {0})}}
+        DatasetJson({str(i): n for i, n in enumerate(self.channel_names)}, labels, self.counts["Tr"],
+                    FILE_ENDING, self.regions_class_order, self.extra).save(self._tmp)
+        list_cases(self._tmp, load_dataset_json(self._tmp))  # the pipeline must accept what was written
+        old = self.root / f".old-{uuid.uuid4().hex[:8]}-{self.target.name}"
+        if self.target.exists():
+            os.replace(self.target, old)
+        os.replace(self._tmp, self.target)
+        if old.exists():
+            shutil.rmtree(old)
+        log.info("wrote %d training and %d test case(s) to %s", self.counts["Tr"], self.counts["Ts"], self.target)
+
+
+def write_raw_dataset(writer: RawDatasetWriter, cases: Sequence[SourceCase]) -> Path:
+    """Convert ``cases`` (labelled -> Tr, unlabelled -> Ts, see ``split_labeled``) with a progress bar."""
+    with writer:
+        for case, subset in tqdm(split_labeled(cases), desc=f"writing {writer.target.name}", unit="case"):
+            writer.add_files(case, subset)
+    return writer.target

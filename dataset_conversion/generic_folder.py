@@ -1,0 +1,106 @@
+"""Convert any one-folder-per-case layout into a pirl raw dataset.
+
+Usage::
+
+    pirl_convert_folder -i SRC -d 503 -n Name --channel FLAIR='Flair*.nii.gz' --channel T1c='T1c*.nii.gz'
+        [--label 'OTMultiClass.nii.gz'] [--labels background=0 necrosis=1 ...] [--mask 'brainmask.nii.gz']
+
+Every sub-folder of SRC is one case (its name is the case name). Each glob is matched inside a case folder
+and must match exactly one file. Channels are written in the order given; the channel NAME decides
+normalisation later (MRI names -> z-score, CT, PET). Without ``--labels`` the label names are the values
+found across cases (background=0, label_K=K). Label maps stored as floats are accepted when their values
+are integers. ``--mask``: voxels where the mask is 0 are set to 0 in every channel (the label is kept);
+use it for images whose background is not 0 (e.g. z-scored images with a constant background), because
+preprocessing crops to the non-zero region. Without ``--label`` the dataset is image-only.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dataset_conversion.common import RawDatasetWriter, SourceCase, add_output_arguments, write_raw_dataset
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.errors import PirlInputError
+
+log = logging.getLogger(__name__)
+
+
+def _name_value(text: str, what: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise PirlInputError(f"{what} {text!r}: expected NAME=VALUE")
+    return name, value
+
+
+def parse_labels(items: list[str] | None) -> dict[str, int | list[int]] | None:
+    """``["background=0", "tumour=1"]`` -> {"background": 0, "tumour": 1}; background=0 added if absent."""
+    if not items:
+        return None
+    labels: dict[str, int | list[int]] = {}
+    for item in items:
+        name, value = _name_value(item, "--labels")
+        if not value.isdigit() or int(value) > 255:
+            raise PirlInputError(f"--labels {item!r}: the value must be an integer 0..255")
+        labels[name] = int(value)
+    if 0 not in labels.values():
+        labels = {"background": 0, **labels}
+    return labels
+
+
+def match_one(folder: Path, pattern: str, what: str) -> Path:
+    """The single file of ``folder`` matching ``pattern``; otherwise an error naming folder and glob."""
+    matches = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if len(matches) != 1:
+        found = f": {', '.join(p.name for p in matches[:4])}" if matches else ""
+        raise PirlInputError(f"{folder}: {len(matches)} files match {pattern!r} for {what}, expected exactly "
+                             f"one{found}")
+    return matches[0]
+
+
+def find_cases(source: Path, channels: list[tuple[str, str]], label: str | None,
+               mask: str | None) -> list[SourceCase]:
+    if not source.is_dir():
+        raise PirlInputError(f"{source}: source folder not found")
+    folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise PirlInputError(f"{source}: no case folders (expected one sub-folder per case)")
+    return [SourceCase(folder.name,
+                       tuple(match_one(folder, pattern, f"channel {name}") for name, pattern in channels),
+                       match_one(folder, label, "the label") if label else None,
+                       match_one(folder, mask, "the mask") if mask else None)
+            for folder in folders]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pirl_convert_folder", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("-i", "--input", type=Path, required=True, help="folder with one sub-folder per case")
+    add_output_arguments(parser)
+    parser.add_argument("--channel", action="append", required=True, metavar="NAME=GLOB",
+                        help="one channel: modality name and file glob inside a case folder (repeat, in order)")
+    parser.add_argument("--label", metavar="GLOB", help="label map glob inside a case folder")
+    parser.add_argument("--labels", nargs="+", metavar="NAME=VALUE",
+                        help="label names (default: background=0 and label_K for every value K found)")
+    parser.add_argument("--mask", metavar="GLOB", help="mask glob: voxels outside it are set to 0 in the images")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    channels = [_name_value(item, "--channel") for item in args.channel]
+    if args.labels and not args.label:
+        raise PirlInputError("--labels: needs --label GLOB (the label files to read)")
+    writer = RawDatasetWriter(args.dataset_id, args.name, [name for name, _ in channels],
+                              parse_labels(args.labels), source=args.input, root=args.output_root,
+                              overwrite=args.overwrite)
+    cases = find_cases(args.input, channels, args.label, args.mask)
+    log.info("found %d case folder(s) in %s", len(cases), args.input)
+    write_raw_dataset(writer, cases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
