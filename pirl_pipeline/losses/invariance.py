@@ -1,0 +1,40 @@
+"""L_inv: X_h' of every modality of a subject is pulled to a detached running anchor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InvarianceLoss(nn.Module):
+    """L_inv = mean((X_h' - sg(anchor))^2); x_h and anchor (B, C, *grid) -> scalar.
+
+    The anchor is per subject: the first modality seen sets it, each later one is compared with it and
+    then updates it, anchor <- (anchor + sg(X_h')) / 2 (Algorithm 1/2). Both are in the un-rotated frame:
+    the caller applies phi^-1 to the bottleneck grid before (exact for Φ, see GeometricTransforms).
+    """
+
+    def forward(self, x_h: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(x_h.float(), anchor.detach().float())
+
+    @staticmethod
+    def update_anchor(anchor: torch.Tensor | None, x_h: torch.Tensor) -> torch.Tensor:
+        """The new (detached) anchor after seeing x_h."""
+        return x_h.detach() if anchor is None else (anchor + x_h.detach()) / 2
+
+    def across_modalities(self, x_h: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Algorithm 2's L_inv over the modalities of each subject.
+
+        x_h (N, C, *grid): one row per (subject, modality) in the order they are visited (e.g.
+        PIRLOutput.x_h_modalities); owner (N,) subject index. Mean over all comparisons (rows that
+        are not the first of their subject); 0 (still attached to x_h) when no subject has two rows.
+        """
+        terms = []
+        for subject in torch.unique(owner):
+            anchor = None
+            for row in x_h[owner == subject]:
+                if anchor is not None:
+                    terms.append(self(row, anchor))
+                anchor = self.update_anchor(anchor, row)
+        return torch.stack(terms).mean() if terms else x_h.sum() * 0

@@ -1,0 +1,200 @@
+"""PIRLObjective: the losses of one Algorithm-1 pre-training step, with the Table-7 ablation switches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from pirl_pipeline.losses.contrastive import InfoNCELoss
+from pirl_pipeline.losses.decomposition import DecompositionLoss
+from pirl_pipeline.losses.equivariance import EquivarianceLoss
+from pirl_pipeline.losses.geometric import GeometricTransforms
+from pirl_pipeline.losses.invariance import InvarianceLoss
+from pirl_pipeline.losses.views import ViewAugmentation
+from pirl_pipeline.networks.modalities import repeat_modality
+
+TERMS = ("contrastive", "equivariance", "invariance", "decomposition")
+
+# Supplementary Table 7, rows 1-6: which constraints are on and whether the prior O is used.
+TABLE7: dict[int, dict[str, bool]] = {
+    1: {"contrastive": True, "decomposition": True, "equivariance": True, "invariance": False, "prior": False},
+    2: {"contrastive": True, "decomposition": True, "equivariance": False, "invariance": True, "prior": False},
+    3: {"contrastive": True, "decomposition": True, "equivariance": True, "invariance": True, "prior": False},
+    4: {"contrastive": True, "decomposition": True, "equivariance": True, "invariance": False, "prior": True},
+    5: {"contrastive": True, "decomposition": True, "equivariance": False, "invariance": True, "prior": True},
+    6: {"contrastive": True, "decomposition": True, "equivariance": True, "invariance": True, "prior": True},
+}
+
+
+@dataclass
+class PIRLLossConfig:
+    """Switches (Table 7), weights and hyper-parameters of L_pre = Σ_t w_t · L_t.
+
+    ``prior`` is an architecture switch: build the model with PIRLNet(use_prior=config.prior); the
+    objective checks that they agree. ``views``: augmented views per modality (Algorithm 1: 2);
+    ``view_grad``: back-propagate through the views' encoder passes (False: they are fixed keys, as in
+    MoCo; it saves their backward and activation memory).
+    """
+
+    contrastive: bool = True
+    equivariance: bool = True
+    invariance: bool = True
+    decomposition: bool = True
+    prior: bool = True
+    weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TERMS})  # missing terms: 1
+    temperature: float = 0.2
+    queue_size: int = 256
+    views: int = 2
+    view_grad: bool = False
+    foreground_weight: float = 10.0
+    augmentation: ViewAugmentation = field(default_factory=ViewAugmentation)
+
+    @classmethod
+    def table7(cls, row: int, **overrides: object) -> PIRLLossConfig:
+        """The configuration of Table 7's row 1-6 (6 = full PIRL), with optional overrides."""
+        return replace(cls(**TABLE7[row]), **overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PIRLLossConfig:
+        """Inverse of ``to_dict`` (e.g. a config saved with a checkpoint)."""
+        data = dict(data)
+        augmentation = ViewAugmentation(**data.pop("augmentation", {}))
+        return cls(**data, augmentation=augmentation)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    def enabled(self) -> list[str]:
+        """The enabled loss terms, in TERMS order."""
+        return [t for t in TERMS if getattr(self, t)]
+
+
+@dataclass
+class StepResult:
+    """loss: Σ_t w_t · terms[t] (detached when the objective ran the backward passes itself);
+    terms: each enabled term, unweighted, averaged over the modalities where it is defined (detached);
+    order: the modality order visited."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    order: list[int]
+
+
+class PIRLObjective(nn.Module):
+    """One Algorithm-1 step for a batch of subjects with all M modalities.
+
+    For each modality i in random order: x = X^i repeated into C_in channels; t ~ U(Φ) per subject;
+    E(phi_t(x)) gives z (-> L_equ, query of L_contr), the views Augment(phi_t(x)) give the positives;
+    X_h' is taken back to the un-rotated frame with phi_t^-1 on the bottleneck grid for L_inv (per-subject
+    running anchor, first modality sets it); D(X_h') -> phi_t^-1 -> L_decom against all modalities.
+    Each term is averaged over the modalities where it is defined (L_inv: M - 1 of them).
+
+    Optimisation scheme (fix: the reference never zeroes gradients between its per-modality steps):
+    ONE optimizer step per subject batch, on L_pre = Σ_t w_t · mean_i L_t^i. With ``backward`` given,
+    each modality's share is back-propagated as soon as it is computed (the anchor and the queue are
+    detached, so the accumulated gradient equals that of the sum) and only one modality's graph is alive.
+    The caller zeroes the gradients before and steps the optimizer after.
+    """
+
+    def __init__(
+        self, config: PIRLLossConfig, patch_size: Sequence[int], num_transforms: int = 4, proj_dim: int = 512
+    ) -> None:
+        super().__init__()
+        if not config.enabled():
+            raise ValueError("at least one pre-training loss must be enabled")
+        if config.contrastive and config.views < 1:
+            raise ValueError("the contrastive loss needs at least one augmented view")
+        self.config = config
+        self.transforms = GeometricTransforms(patch_size, num_transforms)
+        self.augment = config.augmentation
+        self.contrastive = InfoNCELoss(proj_dim, config.temperature, config.queue_size)
+        self.equivariance = EquivarianceLoss()
+        self.invariance = InvarianceLoss()
+        self.decomposition = DecompositionLoss(config.foreground_weight)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, config: PIRLLossConfig) -> PIRLObjective:
+        """The objective matching a PIRLNet (or a DDP wrapper of one)."""
+        net = getattr(model, "module", model)
+        return cls(config, net.patch_size, net.num_transforms, net.proj_dim)
+
+    def forward(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        backward: Callable[[torch.Tensor], None] | None = None,
+    ) -> StepResult:
+        """images (B, M, *patch) all modalities; mask (B, 1, *patch) foreground or None.
+
+        backward: e.g. ``lambda loss: scaler.scale(loss).backward()``; called once per modality (under
+        ``model.no_sync()`` except for the last one when the model is DDP-wrapped). None: the returned
+        loss carries the whole graph and the caller back-propagates it.
+        """
+        net = getattr(model, "module", model)
+        cfg = self.config
+        if net.use_prior != cfg.prior:
+            raise ValueError(f"config.prior={cfg.prior} but the model has use_prior={net.use_prior}")
+        if cfg.decomposition and images.shape[1] != net.out_channels:
+            raise ValueError(f"L_decom predicts all {images.shape[1]} modalities; model has {net.out_channels} outputs")
+        modalities = images.shape[1]
+        counts = {t: modalities for t in TERMS} | {"invariance": max(modalities - 1, 1)}
+        order = torch.randperm(modalities).tolist()
+        sums: dict[str, torch.Tensor] = {}
+        total = images.new_zeros((), dtype=torch.float)
+        anchor, queries = None, []
+        for step, m in enumerate(order):
+            defer_sync = backward is not None and step < modalities - 1 and hasattr(model, "no_sync")
+            with model.no_sync() if defer_sync else nullcontext():
+                terms, anchor, proj = self._modality(model, net, images, m, mask, anchor)
+                loss = sum((cfg.weights.get(t, 1.0) * v / counts[t] for t, v in terms.items()), total.new_zeros(()))
+                if backward is not None and loss.requires_grad:
+                    # fix: gradients accumulate over the modalities of ONE batch; the caller zeroes and steps once
+                    backward(loss)
+                    loss = loss.detach()
+            total = total + loss
+            for t, v in terms.items():
+                sums[t] = sums.get(t, 0) + v.detach()
+            if proj is not None:
+                queries.append(proj.detach())
+        if queries:
+            self.contrastive.enqueue(torch.cat(queries))
+        return StepResult(total, {t: v / counts[t] for t, v in sums.items()}, order)
+
+    def _modality(
+        self,
+        model: nn.Module,
+        net: nn.Module,
+        images: torch.Tensor,
+        m: int,
+        mask: torch.Tensor | None,
+        anchor: torch.Tensor | None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        cfg, phi = self.config, self.transforms
+        batch = images.shape[0]
+        t = phi.sample(batch)
+        x = phi.apply_batch(repeat_modality(images, m, net.in_channels), t)
+        views = torch.cat([self.augment(x) for _ in range(cfg.views)]) if cfg.contrastive else None
+        heads = cfg.contrastive or cfg.equivariance
+        out = model(x, views=views, view_grad=cfg.view_grad, decode=cfg.decomposition, heads=heads)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.contrastive:
+            terms["contrastive"] = self.contrastive(
+                torch.cat([out.proj[None], out.view_proj.view(cfg.views, batch, -1)])
+            )
+        if cfg.equivariance:
+            terms["equivariance"] = self.equivariance(out.equ_logits, t)
+        if cfg.invariance:
+            x_h = phi.inverse_batch(out.x_h, t)  # un-rotated frame: phi^-1 is exact on the bottleneck grid
+            if anchor is not None:
+                terms["invariance"] = self.invariance(x_h, anchor)
+            anchor = self.invariance.update_anchor(anchor, x_h)
+        if cfg.decomposition:
+            terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), images, mask)
+        return terms, anchor, out.proj if cfg.contrastive else None

@@ -1,0 +1,67 @@
+"""Build any network pirl trains from a JSON-able description ``{"kind": ..., **kwargs}``.
+
+Checkpoints store that description, so ``build_network(ckpt["network_kwargs"])`` rebuilds the model alone.
+Kinds: ``pirl`` (PIRLNet), ``swinunetr`` (plain MONAI SwinUNETR, the baseline) and ``dynunet`` (MONAI
+DynUNet configured like nnU-Net's plain 3D U-Net, the other baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.networks.nets import DynUNet, SwinUNETR
+from torch import nn
+
+from pirl_pipeline.networks.pirl_net import PIRLNet
+
+KINDS = ("pirl", "swinunetr", "dynunet")
+
+
+def dynunet_kwargs(in_channels: int, out_channels: int, feature_size: int) -> dict[str, Any]:
+    """nnU-Net-like: 5 resolution levels, 3x3x3 convs, instance norm, filters doubling up to 320
+    (32 at the top for feature_size 48, scaled down with smaller feature sizes for CPU runs)."""
+    base = max(8, 32 * feature_size // 48)
+    return {
+        "spatial_dims": 3,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kernel_size": [[3, 3, 3]] * 5,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4,
+        "upsample_kernel_size": [[2, 2, 2]] * 4,
+        "filters": [min(320, base * 2**i) for i in range(5)],
+        "norm_name": "instance",
+        "res_block": False,
+    }
+
+
+def create(
+    kind: str, in_channels: int, out_channels: int, patch_size: list[int], feature_size: int, **pirl_options: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A new network of ``kind`` and the description that rebuilds it."""
+    if kind == "pirl":
+        net = PIRLNet(in_channels, out_channels, patch_size, feature_size, **pirl_options)
+        return net, {"kind": "pirl", **net.config}
+    if kind == "swinunetr":
+        description = {
+            "kind": "swinunetr",
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "feature_size": feature_size,
+        }
+    elif kind == "dynunet":
+        description = {"kind": "dynunet", **dynunet_kwargs(in_channels, out_channels, feature_size)}
+    else:
+        raise ValueError(f"unknown network kind {kind!r}; choose from {KINDS}")
+    return build_network(description), description
+
+
+def build_network(description: dict[str, Any]) -> nn.Module:
+    kwargs = dict(description)
+    kind = kwargs.pop("kind")
+    if kind == "pirl":
+        return PIRLNet(**kwargs)
+    if kind == "swinunetr":
+        return SwinUNETR(**kwargs)
+    if kind == "dynunet":
+        return DynUNet(**kwargs)
+    raise ValueError(f"unknown network kind {kind!r}; choose from {KINDS}")

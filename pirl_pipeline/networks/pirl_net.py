@@ -1,0 +1,208 @@
+"""PIRLNet: SwinUNETR encoder/decoder + population prior O + heads on z (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from pirl_pipeline.networks.heads import EquivarianceHead, ProjectionHead
+from pirl_pipeline.networks.modalities import repeat_modality, scatter_mean, split_modalities
+from pirl_pipeline.networks.prior import PriorFusion
+from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state
+
+
+@dataclass
+class PIRLOutput:
+    """What one forward pass computed; fields a flag switched off are None.
+
+    z:          (B, 16fs, *grid) deepest encoder state, before O (equivariance/contrastive act here).
+    x_h:        (B, 16fs, *grid) X_h' = Fuse(z, T(Attn(z, O))), or z itself with use_prior=False.
+    output:     (B, C_out, *patch) decoder output (decode=True).
+    equ_logits: (B, |Φ|) equivariance logits on pool(z) (heads=True).
+    proj:       (B, proj_dim) un-normalised contrastive projection of pool(z) (heads=True).
+    view_proj:  (V*B, proj_dim) projections of the extra ``views`` inputs (heads=True and views given).
+    x_h_modalities, owner: per-(subject, modality) X_h' (N, 16fs, *grid) and its subject index (N,) —
+                set by the modality path (``available`` given), for L_inv across modalities.
+    """
+
+    z: torch.Tensor
+    x_h: torch.Tensor
+    output: torch.Tensor | None = None
+    equ_logits: torch.Tensor | None = None
+    proj: torch.Tensor | None = None
+    view_proj: torch.Tensor | None = None
+    x_h_modalities: torch.Tensor | None = None
+    owner: torch.Tensor | None = None
+
+
+class PIRLNet(nn.Module):
+    """Encoder E (MONAI SwinTransformer), prior O + fusion, SwinUNETR decoder D, heads on z.
+
+    Submodules ``swinViT, encoder1..4, encoder10, decoder5..1, out`` are MONAI's own SwinUNETR modules
+    (taken from a SwinUNETR instance, same names), so the weights exchange with a plain SwinUNETR.
+    D receives X_h' where SwinUNETR receives its deepest hidden state; the skips come from E.
+    With ``use_prior=False`` there is no O and X_h' = z: the network is exactly SwinUNETR plus heads.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        patch_size: Sequence[int] = (64, 64, 64),
+        feature_size: int = 12,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        use_prior: bool = True,
+        attn_heads: int = 3,
+        num_transforms: int = 4,
+        proj_dim: int = 512,
+        norm_name: str | tuple = "instance",
+        dropout_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        patch_size = tuple(int(p) for p in patch_size)
+        if len(patch_size) != 3 or any(p % 32 for p in patch_size):
+            raise ValueError(f"patch_size must be 3 sides, each a multiple of 32; got {patch_size}")
+        self.config: dict[str, Any] = {
+            "in_channels": in_channels, "out_channels": out_channels, "patch_size": list(patch_size),
+            "feature_size": feature_size, "depths": list(depths), "num_heads": list(num_heads),
+            "use_prior": use_prior, "attn_heads": attn_heads, "num_transforms": num_transforms,
+            "proj_dim": proj_dim, "norm_name": norm_name, "dropout_path_rate": dropout_path_rate,
+            "use_checkpoint": use_checkpoint,
+        }  # fmt: skip
+        self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
+        self.use_prior, self.num_transforms, self.proj_dim = use_prior, num_transforms, proj_dim
+        base = SwinUNETR(**self.swinunetr_kwargs())
+        for name in SWINUNETR_MODULES:
+            setattr(self, name, getattr(base, name))
+        channels = 16 * feature_size
+        grid = tuple(p // 32 for p in patch_size)
+        self.prior_fusion = PriorFusion(channels, grid, attn_heads) if use_prior else None
+        self.equivariance_head = EquivarianceHead(channels, num_transforms)
+        self.projection_head = ProjectionHead(channels, proj_dim)
+
+    @classmethod
+    def from_plans(
+        cls, network: Mapping[str, Any], in_channels: int, out_channels: int, patch_size: Sequence[int], **overrides
+    ) -> PIRLNet:
+        """Build from the plans' network block (e.g. {"architecture": "PIRLNet", "feature_size": 48, ...}).
+
+        Keys that are not constructor arguments (``architecture``, ``explanation``, ...) are ignored;
+        ``overrides`` win over the block.
+        """
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        kwargs = {k: v for k, v in network.items() if k in accepted}
+        kwargs.update(in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size))
+        return cls(**(kwargs | overrides))
+
+    @property
+    def prior(self) -> nn.Parameter | None:
+        """The learnable prior O (16fs, *grid), or None with use_prior=False."""
+        return None if self.prior_fusion is None else self.prior_fusion.prior
+
+    # ---- SwinUNETR compatibility -------------------------------------------------------------
+    def swinunetr_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the plain MONAI SwinUNETR whose weights match this network."""
+        keys = ("in_channels", "out_channels", "feature_size", "depths", "num_heads", "norm_name",
+                "dropout_path_rate", "use_checkpoint")  # fmt: skip
+        return {k: self.config[k] for k in keys}
+
+    def to_swinunetr_state_dict(self, include_out: bool = True) -> dict[str, torch.Tensor]:
+        """Encoder + decoder (+ output head) weights, loadable into SwinUNETR(**swinunetr_kwargs())."""
+        return filter_swinunetr_state(self.state_dict(), include_out)
+
+    def load_swinunetr_state_dict(self, state: Mapping[str, torch.Tensor], include_out: bool = True) -> None:
+        """Load SwinUNETR weights (strict on the SwinUNETR part); O and the heads keep their values."""
+        wanted = filter_swinunetr_state(self.state_dict(), include_out)
+        given = filter_swinunetr_state(state, include_out)
+        missing, unexpected = sorted(set(wanted) - set(given)), sorted(set(given) - set(wanted))
+        if missing or unexpected:
+            raise KeyError(f"SwinUNETR weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(given, strict=False)
+
+    @classmethod
+    def from_swinunetr(cls, swin: SwinUNETR | Mapping[str, torch.Tensor], **kwargs: Any) -> PIRLNet:
+        """A PIRLNet(**kwargs) whose encoder/decoder/out weights are those of ``swin`` (module or state dict)."""
+        net = cls(**kwargs)
+        net.load_swinunetr_state_dict(swin.state_dict() if isinstance(swin, nn.Module) else swin)
+        return net
+
+    # ---- forward ------------------------------------------------------------------------------
+    def bottleneck(self, z: torch.Tensor) -> torch.Tensor:
+        """X_h' from z: the prior fusion, or z itself without the prior."""
+        return z if self.prior_fusion is None else self.prior_fusion(z)
+
+    def _skips(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]), self.encoder4(hidden[2]),
+                hidden[3]]  # fmt: skip
+
+    def _decode(self, x_h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        enc0, enc1, enc2, enc3, hid3 = skips
+        dec3 = self.decoder5(self.encoder10(x_h), hid3)
+        dec0 = self.decoder2(self.decoder3(self.decoder4(dec3, enc3), enc2), enc1)
+        return self.out(self.decoder1(dec0, enc0))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        available: torch.Tensor | Sequence[int] | None = None,
+        fuse: bool = True,
+        views: torch.Tensor | None = None,
+        view_grad: bool = True,
+        decode: bool = True,
+        heads: bool = True,
+    ) -> PIRLOutput:
+        """Run the network.
+
+        x: (B, C_in, *patch) network input; or, with ``available``, a modality stack (B, M, *patch).
+        available: (B, M) bool mask or list of modality indices. Each available (subject, modality) is fed
+            alone (repeated into C_in channels). fuse=True: X_h', z and every decoder skip are averaged over
+            a subject's available modalities and decoded once -> output (B, ...); fuse=False: each pair is
+            decoded on its own -> output (N, ...) with ``owner`` mapping rows to subjects.
+        views: extra inputs (V*B, C_in, *patch) encoded by E only; their projections land in ``view_proj``
+            (Algorithm 1's augmented views); computed without gradient when ``view_grad`` is False.
+        decode / heads: skip the decoder / the heads on z when not needed.
+        """
+        if self.prior_fusion is not None and tuple(x.shape[2:]) != self.patch_size:
+            raise ValueError(f"input {tuple(x.shape[2:])} != patch {self.patch_size}: the prior grid fixes the size")
+        view_proj = None
+        if heads and views is not None:  # first: gradient-free views then never coexist with the main graph
+            with torch.set_grad_enabled(view_grad and torch.is_grad_enabled()):
+                view_proj = self.projection_head(self.swinViT(views, normalize=True)[4])
+        owner = None
+        if available is not None:
+            batch = x.shape[0]
+            x, owner, _ = split_modalities(x, available, self.in_channels)
+        hidden = self.swinViT(x, normalize=True)
+        z = hidden[4]
+        x_h = self.bottleneck(z)
+        skips = self._skips(x, hidden) if decode else []
+        result = PIRLOutput(z=z, x_h=x_h, view_proj=view_proj)
+        if owner is not None:
+            result.x_h_modalities, result.owner = x_h, owner
+            if fuse:
+                z, x_h = scatter_mean(z, owner, batch), scatter_mean(x_h, owner, batch)
+                skips = [scatter_mean(s, owner, batch) for s in skips]
+                result.z, result.x_h = z, x_h
+        if decode:
+            result.output = self._decode(x_h, skips)
+        if heads:  # fix: both heads act on z, before O (the reference puts them after O; Table 7 row 3 vs 6)
+            result.equ_logits = self.equivariance_head(z)
+            result.proj = self.projection_head(z)
+        return result
+
+    def encode_single_modality(self, x: torch.Tensor, index: int, **kwargs: Any) -> PIRLOutput:
+        """Forward modality ``index`` of x (B, M, *patch) alone, repeated into all C_in input channels."""
+        return self(repeat_modality(x, index, self.in_channels), **kwargs)
+
+    def encode_modalities(self, x: torch.Tensor, available: torch.Tensor | Sequence[int], **kwargs: Any) -> PIRLOutput:
+        """Missing-modality path: encode each available modality of x (B, M, *patch) alone, fuse X_h' (mean)."""
+        return self(x, available=available, **kwargs)

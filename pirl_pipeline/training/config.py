@@ -1,0 +1,99 @@
+"""Trainer hyper-parameters as one dataclass: defaults here, overrides from the command line, saved with
+every checkpoint (``config.json`` beside it), so a run is reproducible without subclassing anything."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pirl_pipeline.errors import PirlInputError
+
+TASKS = ("pretrain", "seg", "translate")
+ABLATIONS = ("contrastive", "decomposition", "equivariance", "invariance", "prior")
+
+
+@dataclass
+class TrainerConfig:
+    """Everything a training run depends on besides the plans and the data."""
+
+    task: str = "pretrain"
+    trainer: str = ""  # registry name; empty -> the task's default trainer
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 20
+    lr: float = 2e-4  # the paper's learning rate (supplementary F.2)
+    weight_decay: float = 1e-5
+    lr_schedule: str = "poly"  # "poly" (nnU-Net, exponent 0.9) or "constant"
+    grad_clip: float = 12.0
+    batch_size: int | None = None  # None -> plans
+    patch_size: list[int] | None = None  # None -> plans; multiples of 32
+    feature_size: int | None = None  # None -> plans; multiple of 12
+    seed: int = 12345
+    num_workers: int = 2
+    amp: bool = True  # autocast on CUDA (bf16 when supported); ignored on CPU
+    oversample_foreground: float = 1 / 3
+    augment: bool = True
+    save_every: int = 1  # epochs between checkpoint_latest.pth writes
+    # PIRL loss weights (Algorithm 1) and the Table-7 ablation switches
+    w_contrastive: float = 1.0
+    w_equivariance: float = 1.0
+    w_invariance: float = 1.0
+    w_decomposition: float = 1.0
+    use_prior: bool = True
+    disabled: list[str] = field(default_factory=list)  # subset of ABLATIONS switched off
+    temperature: float = 0.2
+    # fine-tuning (Algorithm 2)
+    w_inv_finetune: float = 1.0
+    modality_dropout: bool = True  # random non-empty modality subsets per sample
+    translate_loss: str = "l1"  # "l1" or "mse", on the foreground
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise PirlInputError(f"task must be one of {TASKS}, got {self.task!r}")
+        unknown = sorted(set(self.disabled) - set(ABLATIONS))
+        if unknown:
+            raise PirlInputError(f"unknown ablation(s) {unknown}; choose from {ABLATIONS}")
+        if "prior" in self.disabled:
+            self.use_prior = False
+        if self.patch_size is not None and (len(self.patch_size) != 3 or any(p % 32 for p in self.patch_size)):
+            raise PirlInputError(f"--patch-size needs 3 sides, each a multiple of 32; got {self.patch_size}")
+        if self.feature_size is not None and self.feature_size % 12:
+            raise PirlInputError(f"--feature-size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
+        if self.lr_schedule not in ("poly", "constant"):
+            raise PirlInputError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainerConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def with_overrides(self, pairs: list[str]) -> TrainerConfig:
+        """Apply ``key=value`` strings (``--set lr=1e-3``), parsed with the field's type."""
+        d = self.to_dict()
+        types = {f.name: f.type for f in fields(self)}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in d:
+                raise PirlInputError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(d)}")
+            d[key] = _parse(value, types[key])
+        return TrainerConfig.from_dict(d)
+
+
+def _parse(value: str, annotation: str) -> Any:
+    if value.lower() in ("none", "null"):
+        return None
+    if annotation.startswith("bool"):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise PirlInputError(f"expected a boolean, got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if annotation.startswith("list"):
+        items = [v for v in value.split(",") if v]
+        return [int(v) for v in items] if "int" in annotation else items
+    if annotation.startswith("int"):
+        return int(value)
+    if annotation.startswith("float"):
+        return float(value)
+    return value

@@ -1,0 +1,73 @@
+"""Access to one preprocessed configuration folder (``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``).
+
+Per case: ``CASE.npy`` float32 (C, z, y, x), ``CASE_seg.npy`` int8 (1, z, y, x) (labels; -1 outside the body
+mask) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling). Arrays are opened
+with ``np.load(mmap_mode="r")`` on every access, so only the patches read are paged in and worker processes
+share the page cache; the (small) foreground locations are cached per process.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import load_json
+
+
+class PreprocessedDataset:
+    """The preprocessed cases ``case_names`` (e.g. one fold's training split) of ``folder``.
+
+    ``case_names=None`` takes every finished case (every ``CASE.json``) in the folder.
+    """
+
+    def __init__(self, folder: str | Path, case_names: list[str] | None = None, cache_size: int = 256) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise PirlInputError(f"{self.folder}: preprocessed folder not found (run pirl_plan_and_preprocess)")
+        if case_names is None:
+            case_names = sorted(p.stem for p in self.folder.glob("*.json")
+                                if not p.name.startswith(".") and p.with_suffix(".npy").is_file())
+        self.case_names = list(case_names)
+        if not self.case_names:
+            raise PirlInputError(f"{self.folder}: no cases to load")
+        missing = [n for n in self.case_names
+                   if not all((self.folder / f"{n}{s}").is_file() for s in (".npy", "_seg.npy", ".json"))]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise PirlInputError(f"{self.folder}: preprocessed case(s) missing or incomplete: {shown} "
+                                 "(rerun pirl_plan_and_preprocess)")
+        self._cache_size = cache_size
+        self._locations: OrderedDict[str, dict[int, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.case_names)
+
+    def __getitem__(self, index: int) -> str:
+        return self.case_names[index]
+
+    def arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(data (C, z, y, x) float32, seg (1, z, y, x) int8), both read-only memory maps."""
+        data = np.load(self.folder / f"{name}.npy", mmap_mode="r")
+        seg = np.load(self.folder / f"{name}_seg.npy", mmap_mode="r")
+        if data.ndim != 4 or seg.shape != (1, *data.shape[1:]):
+            raise PirlInputError(f"{self.folder / name}: data {data.shape} and seg {seg.shape} do not match "
+                                 "(expected (C, z, y, x) and (1, z, y, x))")
+        return data, seg
+
+    def properties(self, name: str) -> dict:
+        """The full ``CASE.json`` (geometry, crop box, normalisation, class locations, ...)."""
+        return load_json(self.folder / f"{name}.json")
+
+    def foreground_locations(self, name: str) -> dict[int, np.ndarray]:
+        """{class: (N, 3) int32 voxel positions (z, y, x)} from ``class_locations`` (cached, LRU)."""
+        if name in self._locations:
+            self._locations.move_to_end(name)
+            return self._locations[name]
+        raw = self.properties(name).get("class_locations", {})
+        locations = {int(c): np.asarray(v, dtype=np.int32).reshape(-1, 3) for c, v in raw.items()}
+        self._locations[name] = locations
+        if len(self._locations) > self._cache_size:
+            self._locations.popitem(last=False)
+        return locations

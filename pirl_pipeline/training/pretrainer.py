@@ -1,0 +1,58 @@
+"""PIRL pre-training (Algorithm 1): all modalities of each subject, the four constraints, prior O."""
+from __future__ import annotations
+
+import torch
+
+from pirl_pipeline.losses.objective import TERMS, PIRLLossConfig, PIRLObjective
+from pirl_pipeline.networks import PIRLNet
+from pirl_pipeline.training.base_trainer import BaseTrainer
+
+
+def loss_config_from(config) -> PIRLLossConfig:
+    """The objective's switches and weights from the trainer config (Table-7 ablations by name)."""
+    on = {t: t not in config.disabled for t in TERMS}
+    weights = {"contrastive": config.w_contrastive, "equivariance": config.w_equivariance,
+               "invariance": config.w_invariance, "decomposition": config.w_decomposition}
+    return PIRLLossConfig(**on, prior=config.use_prior, weights=weights, temperature=config.temperature)
+
+
+class PIRLPretrainer(BaseTrainer):
+    name = "PIRLPretrainer"
+
+    def build_network(self) -> torch.nn.Module:
+        block = self.ctx.plans.configuration(self.ctx.configuration).network
+        net = PIRLNet.from_plans(block, in_channels=self.num_modalities, out_channels=self.num_modalities,
+                                 patch_size=self.patch_size, feature_size=self.feature_size,
+                                 use_prior=self.config.use_prior)
+        self.objective = PIRLObjective.for_model(net, loss_config_from(self.config)).to(self.device)
+        return net
+
+    def network_kwargs(self) -> dict:
+        return {"kind": "pirl", **self.network.config}
+
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["data"].to(self.device, non_blocking=True)
+        mask = (batch["target"] >= 0).to(self.device, non_blocking=True)
+        return images, mask
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        images, mask = self._inputs(batch)
+        self.objective.train()
+        with self.autocast():
+            result = self.objective(self.model, images, mask, backward=self.backward)
+        return {"loss": float(result.loss), **{t: float(v) for t, v in result.terms.items()}}
+
+    def validation_step(self, batch: dict, step: int) -> dict[str, float]:
+        images, mask = self._inputs(batch)
+        self.objective.eval()  # no queue update from validation data
+        with self.autocast():
+            result = self.objective(self.network, images, mask)
+        loss = float(result.loss)
+        return {"loss": loss, "metric": -loss, **{t: float(v) for t, v in result.terms.items()}}
+
+    def extra_state(self) -> dict:
+        return {"objective": self.objective.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "objective" in state:
+            self.objective.load_state_dict(state["objective"])

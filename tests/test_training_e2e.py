@@ -1,0 +1,132 @@
+"""pirl_train end to end on a tiny generated dataset: pretrain -> seg / translate, baselines, resume, errors.
+
+Tiny but real: the same CLI, trainers, loader and networks as a full run; 64^3 patches (the smallest that
+SwinUNETR's instance norm accepts), feature_size 12, batch 1, one iteration per epoch.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
+from pirl_pipeline.cli.train import main as train_main
+from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.training.checkpoint import load_checkpoint
+from tests.synthetic import write_raw_dataset
+
+TINY = ["--epochs", "1", "--iters", "1", "--val-iters", "1", "--patch-size", "64", "64", "64", "--feature-size",
+        "12", "--batch-size", "1", "-npa", "0", "-device", "cpu", "--set", "augment=false"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        write_raw_dataset(root / "raw", 920, "TinyTrain", num_cases=3, shape=(40, 44, 42),
+                          channels={"0": "T1", "1": "FLAIR"})
+        assert plan_main(["-d", "920", "-np", "1"]) == 0
+        yield root, env
+
+
+def fold_folder(root: Path, trainer: str, fold: str) -> Path:
+    return root / "res" / "Dataset920_TinyTrain" / f"{trainer}__PIRLPlans__3d_fullres" / f"fold_{fold}"
+
+
+def test_pretrain_then_finetune_all_tasks(roots):
+    root, _ = roots
+    assert train_main(["920", "3d_fullres", "pretrain", *TINY]) == 0
+    pre = fold_folder(root, "PIRLPretrainer", "all")
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth", "progress.png",
+                 "training_log.txt", "config.json", "validation/summary.json"):
+        assert (pre / name).is_file(), name
+    state = load_checkpoint(pre / "checkpoint_final.pth")
+    assert state["epoch"] == 1 and state["trainer_name"] == "PIRLPretrainer"
+    assert {"train/contrastive", "train/equivariance", "train/invariance", "train/decomposition"} <= set(
+        state["history"][0])
+    net = build_network(state["network_kwargs"])  # a checkpoint rebuilds its model alone
+    net.load_state_dict(state["network_weights"])
+    ckpt = str(pre / "checkpoint_final.pth")
+    tiny_inherit = [a for a in TINY if a not in ("--patch-size", "64", "--feature-size", "12")]  # from ckpt
+    for task, trainer in (("seg", "PIRLSegTrainer"), ("translate", "PIRLTranslateTrainer"),
+                          ("seg", "SwinUNETRFromPIRLSegTrainer")):
+        assert train_main(["920", "3d_fullres", task, "-f", "0", "-tr", trainer, "--pretrained", ckpt,
+                           *tiny_inherit]) == 0
+        state = load_checkpoint(fold_folder(root, trainer, "0") / "checkpoint_final.pth")
+        assert state["network_kwargs"]["feature_size"] == 12
+        assert "val/metric" in state["history"][0]
+    log = (fold_folder(root, "PIRLSegTrainer", "0") / "training_log.txt").read_text()
+    assert "rank 0 first batch" in log
+
+
+def test_pretrained_weights_of_another_size_are_refused(roots, capsys):
+    root, _ = roots
+    ckpt = fold_folder(root, "PIRLPretrainer", "all") / "checkpoint_final.pth"
+    if not ckpt.is_file():
+        assert train_main(["920", "3d_fullres", "pretrain", *TINY]) == 0
+    args = [a if a != "12" else "24" for a in TINY]
+    assert train_main(["920", "3d_fullres", "seg", "--pretrained", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert "pretrained weights do not fit" in err and "shape mismatch" in err and "swinViT" in err
+
+
+def _train_cmd(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "pirl_pipeline.cli.train", "920", "3d_fullres", "seg", "-f", "0",
+            "-tr", "DynUNetSegTrainer", "--epochs", "4", "--iters", "6", "--val-iters", "1", "--patch-size", "32",
+            "32", "32", "--feature-size", "12", "--batch-size", "2", "-npa", "0", "-device", "cpu", *extra]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(roots, tmp_path):
+    _, env = roots
+    runs = {}
+    for name in ("straight", "killed"):
+        run_env = {**os.environ, **env, "PIRL_results": str(tmp_path / name), "PYTHONPATH": str(REPO)}
+        out = tmp_path / name / "Dataset920_TinyTrain" / "DynUNetSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
+        if name == "killed":
+            proc = subprocess.Popen(_train_cmd(), env=run_env, cwd=REPO, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 300
+            while not (out / "checkpoint_latest.pth").is_file() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            state = load_checkpoint(out / "checkpoint_latest.pth")
+            assert 1 <= state["epoch"] < 4, "the kill should land before the last epoch"
+            subprocess.run(_train_cmd("--c"), env=run_env, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+        else:
+            subprocess.run(_train_cmd(), env=run_env, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+        runs[name] = load_checkpoint(out / "checkpoint_final.pth")
+    a, b = runs["straight"]["network_weights"], runs["killed"]["network_weights"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in runs["killed"]["history"]] == [0, 1, 2, 3]
+
+
+def test_corrupt_latest_checkpoint_is_reported(roots, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIRL_results", str(tmp_path))
+    out = tmp_path / "Dataset920_TinyTrain" / "DynUNetSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
+    out.mkdir(parents=True)
+    (out / "checkpoint_latest.pth").write_bytes(b"PK\x03\x04 truncated")
+    assert train_main(_train_cmd("--c")[3:]) == 2
+    assert "checkpoint_latest.pth: corrupt or partially written" in capsys.readouterr().err
+
+
+def test_ddp_two_cpu_processes(roots, tmp_path):
+    _, env = roots
+    run_env = {**os.environ, **env, "PIRL_results": str(tmp_path), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pirl_pipeline.cli.train",
+           *_train_cmd()[3:]]
+    cmd[cmd.index("--epochs") + 1], cmd[cmd.index("--iters") + 1] = "1", "2"
+    subprocess.run(cmd, env=run_env, cwd=REPO, check=True, capture_output=True, timeout=600)
+    out = tmp_path / "Dataset920_TinyTrain" / "DynUNetSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
+    log = (out / "training_log.txt").read_text()
+    assert log.count("DynUNetSegTrainer:") == 1, "only rank 0 writes"
+    firsts = [line.split(": ", 1)[1] for line in log.splitlines() if "first batch" in line]
+    assert len(firsts) == 2 and firsts[0] != firsts[1], "ranks must draw different patches"
+    assert load_checkpoint(out / "checkpoint_final.pth")["epoch"] == 1

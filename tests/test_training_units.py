@@ -1,0 +1,70 @@
+"""Trainer building blocks: config overrides, checkpoints, weight transfer, trainer registry."""
+import pytest
+import torch
+
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.networks.factory import build_network, create
+from pirl_pipeline.training.checkpoint import load_checkpoint, save_checkpoint, transfer_weights
+from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.training.downstream import random_subsets
+from pirl_pipeline.training.registry import resolve_trainer
+
+
+def test_config_overrides_parse_types_and_reject_unknown():
+    config = TrainerConfig(task="seg").with_overrides(["lr=0.001", "augment=false", "patch_size=64,64,96",
+                                                       "disabled=prior,contrastive"])
+    assert config.lr == 1e-3 and config.augment is False and config.patch_size == [64, 64, 96]
+    assert config.use_prior is False  # switching off the prior ablation removes O
+    with pytest.raises(PirlInputError, match="FIELD=VALUE"):
+        config.with_overrides(["nonsense=1"])
+    with pytest.raises(PirlInputError, match="multiple of 32"):
+        TrainerConfig(patch_size=[64, 64, 50])
+    with pytest.raises(PirlInputError, match="multiple of 12"):
+        TrainerConfig(feature_size=16)
+    with pytest.raises(PirlInputError, match="unknown ablation"):
+        TrainerConfig(disabled=["magic"])
+    assert TrainerConfig.from_dict(config.to_dict()) == config
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    state = {"network_weights": {"w": torch.ones(2)}, "trainer_name": "X", "network_kwargs": {"kind": "dynunet"},
+             "config": {}, "plans": {}, "epoch": 3}
+    save_checkpoint(state, tmp_path / "c.pth")
+    assert load_checkpoint(tmp_path / "c.pth")["epoch"] == 3
+    data = (tmp_path / "c.pth").read_bytes()
+    (tmp_path / "partial.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PirlInputError, match=r"partial\.pth: corrupt or partially written"):
+        load_checkpoint(tmp_path / "partial.pth")
+    torch.save({"weights": 1}, tmp_path / "foreign.pth")
+    with pytest.raises(PirlInputError, match="not a pirl checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pth")
+    with pytest.raises(PirlInputError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_transfer_weights_reinitialises_only_the_head():
+    source, _ = create("dynunet", 4, 4, [64, 64, 64], 12)
+    target, description = create("dynunet", 4, 3, [64, 64, 64], 12)
+    reinit = transfer_weights(target, source.state_dict(), "src.pth", reinit_prefixes=("output_block.",))
+    assert reinit and all(k.startswith("output_block.") for k in reinit)
+    key = "input_block.conv1.conv.weight"
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])
+    other_channels, _ = create("dynunet", 2, 3, [64, 64, 64], 12)
+    with pytest.raises(PirlInputError, match=r"src\.pth: .*shape mismatch.*input_block"):
+        transfer_weights(other_channels, source.state_dict(), "src.pth", reinit_prefixes=("output_block.",))
+    assert isinstance(build_network(description), type(target))
+
+
+def test_random_subsets_are_non_empty_and_cover_all():
+    torch.manual_seed(0)
+    subsets = random_subsets(2000, 4)
+    assert subsets.any(1).all()
+    assert len({tuple(s.tolist()) for s in subsets}) == 15
+
+
+def test_registry_checks_task():
+    assert resolve_trainer("seg", None) == "PIRLSegTrainer"
+    with pytest.raises(PirlInputError, match="is for task 'seg'"):
+        resolve_trainer("translate", "SwinUNETRSegTrainer")
+    with pytest.raises(PirlInputError, match="unknown trainer"):
+        resolve_trainer("seg", "Nope")
