@@ -27,5 +27,10 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], num_processes: int, d
     if processes == 1:
         return [fn(x) for x in tqdm(items, desc=desc)]
     threads = max(1, (os.cpu_count() or 1) // processes)
-    with get_context("spawn").Pool(processes, initializer=_init_worker, initargs=(threads,)) as pool:
-        return list(tqdm(pool.imap(fn, items), total=len(items), desc=desc))
+    with (get_context("spawn").Pool(processes, initializer=_init_worker, initargs=(threads,)) as pool,
+          tqdm(total=len(items), desc=desc) as bar):
+        results = []
+        for result in pool.imap(fn, items):
+            results.append(result)
+            bar.update()
+        return results

@@ -3,7 +3,8 @@
 Per case: spacing and shape before and after cropping to non-zero. Per channel: foreground intensity
 statistics from a bounded random sample of voxels (at most ``SAMPLES_PER_CASE`` per case). Foreground is
 the labelled foreground when the case has a non-empty label (nnU-Net's choice, which CT normalisation
-relies on), else the non-zero mask (image-only datasets). The integrity checks run in the same pass, so
+relies on), else the non-zero mask (image-only datasets). The same statistics over the whole non-zero
+(body) mask are kept too: translation returns synthesised modalities in those units. The integrity checks run in the same pass, so
 the raw data are read once for both.
 """
 from __future__ import annotations
@@ -33,18 +34,23 @@ def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 12
     foreground = crop(foreground, box)
     data = crop(loaded.data, box)
     rng = np.random.default_rng(seed)
-    n = int(foreground.sum())
-    flat_index = np.flatnonzero(foreground)
-    if n > SAMPLES_PER_CASE:
-        flat_index = rng.choice(flat_index, SAMPLES_PER_CASE, replace=False)
-    samples = [channel.ravel()[flat_index] for channel in data]
+    samples, body_samples = sample_voxels(data, foreground, rng), sample_voxels(data, crop(mask, box), rng)
     return {
         "name": case.name,
         "spacing": list(loaded.geometry.spacing),
         "shape_before_cropping": list(loaded.geometry.shape),
         "shape_after_cropping": list(data.shape[1:]),
         "samples": samples,
+        "body_samples": body_samples,
     }
+
+
+def sample_voxels(data: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per channel, the values of at most SAMPLES_PER_CASE random voxels of ``mask``."""
+    flat_index = np.flatnonzero(mask)
+    if flat_index.size > SAMPLES_PER_CASE:
+        flat_index = rng.choice(flat_index, SAMPLES_PER_CASE, replace=False)
+    return [channel.ravel()[flat_index] for channel in data]
 
 
 def intensity_statistics(values: np.ndarray) -> dict[str, float]:
@@ -61,10 +67,10 @@ def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: in
     """Fingerprint of all cases (parallel over ``num_processes``); raises on the first bad case."""
     work = partial(case_fingerprint, dj=dj, check=check)
     per_case = parallel_map(work, cases, num_processes, desc="fingerprint")
-    channels = {}
-    for c in dj.channel_names:
-        values = np.concatenate([pc["samples"][int(c)] for pc in per_case])
-        channels[c] = intensity_statistics(values)
+    def statistics(key: str) -> dict[str, dict[str, float]]:
+        return {c: intensity_statistics(np.concatenate([pc[key][int(c)] for pc in per_case]))
+                for c in dj.channel_names}
+
     return {
         "channel_names": dj.channel_names,
         "modality_kinds": [modality_kind(dj.channel_names[str(i)]) for i in range(dj.num_channels)],
@@ -72,7 +78,8 @@ def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: in
         "spacings": [pc["spacing"] for pc in per_case],
         "shapes_before_cropping": [pc["shape_before_cropping"] for pc in per_case],
         "shapes_after_cropping": [pc["shape_after_cropping"] for pc in per_case],
-        "foreground_intensity_properties_per_channel": channels,
+        "foreground_intensity_properties_per_channel": statistics("samples"),
+        "nonzero_intensity_properties_per_channel": statistics("body_samples"),
         "samples_per_case": SAMPLES_PER_CASE,
     }
 

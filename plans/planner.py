@@ -103,6 +103,7 @@ def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: s
         regions_class_order=dj.regions_class_order,
         foreground_intensity_properties_per_channel=fingerprint["foreground_intensity_properties_per_channel"],
         configurations={configuration: config},
-        extra={"original_median_spacing": [float(v) for v in np.median(spacings, 0)],
+        extra={"nonzero_intensity_properties_per_channel": fingerprint["nonzero_intensity_properties_per_channel"],
+               "original_median_spacing": [float(v) for v in np.median(spacings, 0)],
                "original_median_shape_after_cropping": [float(v) for v in np.median(shapes, 0)]},
     )

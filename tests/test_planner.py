@@ -33,7 +33,8 @@ def _fingerprint(kinds=("MRI", "CT")):
              "percentile_00_5": 0.1, "percentile_99_5": 4.0}
     return {"spacings": [[1.0, 1.0, 1.0]] * 3, "shapes_after_cropping": [[60, 70, 80]] * 3,
             "shapes_before_cropping": [[100, 100, 100]] * 3, "modality_kinds": list(kinds),
-            "foreground_intensity_properties_per_channel": {"0": props, "1": props}}
+            "foreground_intensity_properties_per_channel": {"0": props, "1": props},
+            "nonzero_intensity_properties_per_channel": {"0": props, "1": props}}
 
 
 def test_plan_round_trips_and_explains_itself(tmp_path):

@@ -70,6 +70,8 @@ def test_label_resampling_keeps_values_and_volume():
 
 def test_anisotropic_rule_uses_nearest_along_the_coarse_axis():
     assert anisotropic_axis((5.0, 1.0, 1.0)) == 0 and anisotropic_axis((2.0, 1.0, 1.0)) is None
+    assert anisotropic_axis((1.0, 1.0, 1.0), (3.5, 1.0, 1.0)) == 0  # the target's coarse axis counts too
+    assert anisotropic_axis((4.0, 4.0, 1.0)) is None  # two coarse axes: no separate axis (nnU-Net)
     seg = np.zeros((4, 8, 8), np.int16)
     seg[1] = 1
     seg[2] = 2

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-size", type=int, dest="feature_size")
     p.add_argument("--seed", type=int)
     p.add_argument("-npa", type=int, dest="num_workers", help="data augmentation worker processes")
+    p.add_argument("--npz", dest="save_probabilities", action="store_true",
+                   help="save the final validation's probabilities (CASE.npz) next to its predictions")
     p.add_argument("--disable", nargs="+", default=None, choices=ABLATIONS, metavar="TERM",
                    help=f"Table-7 ablations: switch off any of {', '.join(ABLATIONS)}")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -58,6 +60,8 @@ def make_config(args: argparse.Namespace, pretrained_state: dict | None) -> Trai
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if args.disable:
         overrides["disabled"] = list(args.disable)
+    if args.save_probabilities:
+        overrides["save_probabilities"] = True
     if pretrained_state is not None:  # the backbone's size comes from the pre-trained network by default
         source = pretrained_state["network_kwargs"]
         for key in ("feature_size", "patch_size"):

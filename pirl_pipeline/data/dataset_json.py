@@ -85,6 +85,11 @@ def load_dataset_json(folder: str | Path) -> DatasetJson:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PirlInputError(f"{path}: invalid JSON ({err})") from None
+    return parse_dataset_json(d, path)
+
+
+def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
+    """Validate a dataset.json dictionary (``path`` names its source in error messages)."""
     if not isinstance(d, dict):
         raise PirlInputError(f"{path}: expected a JSON object")
     if "modality" in d and "channel_names" not in d:
@@ -124,14 +129,9 @@ class RawCase:
     label: Path | None = None
 
 
-def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "imagesTr",
-               require_all_channels: bool = True) -> list[RawCase]:
-    """Group ``subfolder/CASE_XXXX{ending}`` files into cases and attach ``labelsTr/CASE{ending}``.
-
-    With ``require_all_channels`` a case lacking a channel is an error; otherwise missing channels are
-    left out (used by prediction, which handles modality subsets).
-    """
-    folder = Path(dataset_folder) / subfolder
+def group_channel_files(folder: str | Path, dj: DatasetJson) -> dict[str, dict[int, Path]]:
+    """``{case: {channel: path}}`` for the ``CASE_XXXX{file_ending}`` files of one folder."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise PirlInputError(f"{folder}: folder not found")
     pattern = re.compile(r"(.+)_(\d{4})" + re.escape(dj.file_ending) + "$")
@@ -150,6 +150,18 @@ def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "im
         files.setdefault(m.group(1), {})[channel] = f
     if not files:
         raise PirlInputError(f"{folder}: no images (expected CASE_XXXX{dj.file_ending})")
+    return files
+
+
+def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "imagesTr",
+               require_all_channels: bool = True) -> list[RawCase]:
+    """Group ``subfolder/CASE_XXXX{ending}`` files into cases and attach ``labelsTr/CASE{ending}``.
+
+    With ``require_all_channels`` a case lacking a channel is an error; otherwise missing channels are
+    left out (used by prediction, which handles modality subsets).
+    """
+    folder = Path(dataset_folder) / subfolder
+    files = group_channel_files(folder, dj)
     labels_folder = Path(dataset_folder) / "labelsTr"
     cases = []
     for name, by_channel in files.items():

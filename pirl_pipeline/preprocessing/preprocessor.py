@@ -53,21 +53,29 @@ def class_locations(seg: np.ndarray, classes: list[int], rng: np.random.Generato
 
 
 def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: tuple[float, ...], plans: Plans,
-                      config: ConfigurationPlans) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Crop, normalise, resample in-memory arrays (also used by prediction). Returns data, seg, properties."""
+                      config: ConfigurationPlans, channels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Crop, normalise, resample in-memory arrays (also used by prediction). Returns data, seg, properties.
+
+    ``channels``: the channels actually present (prediction with missing modalities); the others must be
+    all-zero in ``data`` and stay 0, un-normalised.
+    """
     shape_before = list(data.shape[1:])
     data, seg, box = crop_to_nonzero(data, seg)
     mask = seg >= 0
-    norm_params = []
+    norm_params: list[dict | None] = []
     for c in range(data.shape[0]):
+        if channels is not None and c not in channels:
+            norm_params.append(None)
+            continue
         props = plans.foreground_intensity_properties_per_channel[str(c)]
         data[c], params = normalize_channel(data[c], config.normalization_schemes[c], mask, props,
                                             config.use_mask_for_norm[c])
         norm_params.append(params)
     new_shape = shape_for_spacing(data.shape[1:], spacing, config.spacing)
     shape_after_crop = list(data.shape[1:])
-    data = resample(data, new_shape, is_label=False, spacing=spacing).astype(np.float32, copy=False)
-    seg = resample(seg, new_shape, is_label=True, spacing=spacing)
+    target = tuple(config.spacing)
+    data = resample(data, new_shape, False, spacing, target_spacing=target).astype(np.float32, copy=False)
+    seg = resample(seg, new_shape, True, spacing, target_spacing=target)
     properties = {"shape_before_cropping": shape_before, "bbox_used_for_cropping": box,
                   "shape_after_cropping_and_before_resampling": shape_after_crop,
                   "spacing_before_resampling": list(spacing), "spacing_after_resampling": list(config.spacing),

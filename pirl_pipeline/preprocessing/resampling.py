@@ -3,8 +3,8 @@
 The mapping preserves the image extent, like nnU-Net's skimage-based resize: the first and last voxel
 edges of input and output coincide, so resampling to a new shape and back restores the original grid.
 Images use cubic B-spline (order 3), labels linear per class (SimpleITK's ``sitkLabelLinear``, nnU-Net's
-"order 1 per class"). For anisotropic data (max/min spacing > 3) the out-of-plane axis is interpolated
-separately with nearest neighbour, nnU-Net's ``order_z=0`` rule.
+"order 1 per class"). For anisotropic data (max/min of the input or target spacing > 3) the out-of-plane
+axis is interpolated separately with nearest neighbour, nnU-Net's ``order_z=0`` rule.
 """
 from __future__ import annotations
 
@@ -27,33 +27,41 @@ def _resample_3d(volume: np.ndarray, new_shape: tuple[int, ...], interpolator: i
     return sitk.GetArrayFromImage(out)
 
 
-def anisotropic_axis(spacing: tuple[float, ...]) -> int | None:
-    """Index of the axis whose spacing is > 3x the finest one, or None."""
-    spacing = np.asarray(spacing, float)
-    if spacing.max() / spacing.min() > ANISOTROPY_THRESHOLD:
-        return int(np.argmax(spacing))
+def anisotropic_axis(spacing: tuple[float, ...], target_spacing: tuple[float, ...] | None = None) -> int | None:
+    """The axis to interpolate separately (nearest neighbour), nnU-Net's rule: the coarse axis of the input
+    spacing when it is > 3x the finest, else that of the target spacing; None when none or not unique."""
+    for candidate in (spacing, target_spacing):
+        if candidate is None:
+            continue
+        candidate = np.asarray(candidate, float)
+        if candidate.max() / candidate.min() > ANISOTROPY_THRESHOLD:
+            coarse = np.flatnonzero(candidate == candidate.max())
+            return int(coarse[0]) if coarse.size == 1 else None
     return None
 
 
 def resample(array: np.ndarray, new_shape: tuple[int, ...], is_label: bool,
-             spacing: tuple[float, ...] | None = None) -> np.ndarray:
+             spacing: tuple[float, ...] | None = None, order: int = 3,
+             target_spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """Resample (C, z, y, x) or (z, y, x) to the spatial ``new_shape``.
 
-    ``spacing`` (of the input, z-y-x) enables the anisotropic rule: in-plane with the normal interpolator,
-    then nearest neighbour along the coarse axis.
+    ``spacing``/``target_spacing`` (z-y-x) enable the anisotropic rule (:func:`anisotropic_axis`): in-plane
+    with the normal interpolator, then nearest neighbour along the coarse axis. ``order`` (3, 1 or 0)
+    applies to images.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if array.ndim == 4:
-        return np.stack([resample(c, new_shape, is_label, spacing) for c in array])
+        return np.stack([resample(c, new_shape, is_label, spacing, order, target_spacing) for c in array])
     if tuple(array.shape) == new_shape:
         return array
-    interpolator = sitk.sitkLabelLinear if is_label else _INTERPOLATORS[3]
+    interpolator = sitk.sitkLabelLinear if is_label else _INTERPOLATORS[order]
     dtype = array.dtype
     work = array if is_label else array.astype(np.float32, copy=False)
-    axis = anisotropic_axis(spacing) if spacing is not None else None
+    axis = anisotropic_axis(spacing, target_spacing) if spacing is not None else None
     if axis is not None and new_shape[axis] != array.shape[axis]:
         in_plane = tuple(new_shape[a] if a != axis else array.shape[a] for a in range(3))
-        work = _resample_3d(work, in_plane, interpolator)
+        if in_plane != work.shape:  # skip the in-plane pass when only the coarse axis changes
+            work = _resample_3d(work, in_plane, interpolator)
         work = _resample_3d(work, new_shape, sitk.sitkNearestNeighbor)
     else:
         work = _resample_3d(work, new_shape, interpolator)

@@ -221,7 +221,7 @@ class BaseTrainer:
             distributed.barrier(self.ctx.dist)
 
     def write_validation_summary(self) -> None:
-        """Patch-level validation of the final model (full sliding-window validation: pirl_predict)."""
+        """Patch-level validation of the final model; fine-tuning trainers replace it with whole volumes."""
         metrics = self.validate(shard=False)
         save_json({"kind": "patch-level validation (random patches of the validation cases)",
                    "cases": self.ctx.val_cases, "patches": self.config.val_iters * self.batch_size,

@@ -34,6 +34,7 @@ class TrainerConfig:
     oversample_foreground: float = 1 / 3
     augment: bool = True
     save_every: int = 1  # epochs between checkpoint_latest.pth writes
+    save_probabilities: bool = False  # --npz: keep the final validation's probabilities (seg)
     # PIRL loss weights (Algorithm 1) and the Table-7 ablation switches
     w_contrastive: float = 1.0
     w_equivariance: float = 1.0

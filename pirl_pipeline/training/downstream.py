@@ -25,6 +25,7 @@ from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.checkpoint import load_checkpoint, transfer_weights
 from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.training.final_validation import validate_fold
 
 log = logging.getLogger("pirl")
 
@@ -79,6 +80,12 @@ class DownstreamTrainer(BaseTrainer):
 
     def network_kwargs(self) -> dict:
         return self.description
+
+    def write_validation_summary(self) -> None:
+        """Whole validation volumes through the sliding-window predictor (patch-level if raw data are absent)."""
+        if validate_fold(self.network, self.network_kind, self.config.task, self.ctx, self.patch_size,
+                         self.config.save_probabilities) is None:
+            super().write_validation_summary()
 
     # ---- one step ------------------------------------------------------------------------------
     def _forward(self, model: torch.nn.Module, images: torch.Tensor,

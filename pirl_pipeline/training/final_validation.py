@@ -1,0 +1,54 @@
+"""End-of-fold validation of a fine-tuned model on whole volumes: the fold's validation cases are read
+from the raw dataset, predicted with the full sliding window (no TTA) exactly as ``pirl_predict`` does and scored as
+``pirl_evaluate`` does, into ``validation/``: segmentation from all modalities (predictions + summary),
+translation from every single source modality to every other one (PSNR/SSIM matrices, as
+``pirl_evaluate_missing``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.data.image_io import read_array
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.evaluate import write_summary
+from pirl_pipeline.evaluation.missing_modalities import translation_matrix, translation_table, write_results
+from pirl_pipeline.evaluation.segmentation import segmentation_metrics
+from pirl_pipeline.inference.model_folder import TrainedModel
+from pirl_pipeline.inference.predictor import PIRLPredictor
+from pirl_pipeline.paths import raw_root
+
+log = logging.getLogger("pirl")
+
+
+def validate_fold(network: torch.nn.Module, kind: str, task: str, ctx, patch_size: list[int],
+                  save_probabilities: bool = False) -> Path | None:
+    """Predict and score ``ctx.val_cases``; returns the summary path, or None when the raw data are absent."""
+    dj = ctx.dataset_json
+    raw = raw_root() / ctx.plans.dataset_name
+    try:
+        files = group_channel_files(raw / "imagesTr", dj)
+    except PirlInputError as err:
+        log.warning("full-volume validation skipped (%s); the patch-level summary stays", err)
+        return None
+    model = TrainedModel([network.eval()], kind, task, ctx.plans, ctx.configuration, dj, patch_size, ["current"])
+    predictor = PIRLPredictor(model, ctx.device, mirror=False, save_probabilities=save_probabilities)
+    out = ctx.output_folder / "validation"
+    info = {"kind": "full-volume sliding-window validation (no TTA)", "task": task, "cases": len(ctx.val_cases)}
+    if task == "translate":  # every single source modality -> every other modality (Table 10 layout)
+        table = translation_table(predictor, {case: files[case] for case in ctx.val_cases})
+        write_results(table, {"translation_psnr": translation_matrix(table, "PSNR"),
+                              "translation_ssim": translation_matrix(table, "SSIM")}, out, info)
+        return out / "summary.json"
+    rows = {}
+    for case in ctx.val_cases:  # all modalities in
+        images, geometry = predictor.read_case(case, files[case])
+        result = predictor.predict_case(images, geometry)
+        predictor.export(case, result, geometry, out, dj.file_ending)
+        reference, _ = read_array(raw / "labelsTr" / f"{case}{dj.file_ending}")
+        rows[case] = segmentation_metrics(result.segmentation, reference.astype(int), dj)
+    write_summary(pd.DataFrame.from_dict(rows, orient="index"), out / "summary.json", info)
+    return out / "summary.json"
