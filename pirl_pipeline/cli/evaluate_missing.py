@@ -1,0 +1,106 @@
+"""``pirl_evaluate_missing``: Table-11 (segmentation, every modality subset) or Table-10 (translation,
+every source -> target) matrices of a trained fold, predicted and scored on real images."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.predict import model_folder_from
+from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.missing_modalities import (
+    segmentation_matrix,
+    segmentation_table,
+    translation_matrix,
+    translation_table,
+    write_results,
+)
+from pirl_pipeline.file_io import load_json
+from pirl_pipeline.inference.predictor import PIRLPredictor
+from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
+
+log = logging.getLogger("pirl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pirl_evaluate_missing",
+        description="Predict the validation cases of a fold from every modality subset (seg) or every single "
+                    "source modality (translate) and write the metric matrix as CSV + PNG heat map.")
+    p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    p.add_argument("-f", dest="fold", default="0", help="fold (its model and its validation cases)")
+    p.add_argument("-t", dest="task", choices=["seg", "translate"], required=True)
+    p.add_argument("-c", dest="configuration", default="3d_fullres")
+    p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-i", dest="images", type=Path, help="images folder (default: raw imagesTr, validation cases)")
+    p.add_argument("-ref", dest="references", type=Path, help="label folder for seg (default: raw labelsTr)")
+    p.add_argument("-o", dest="output", type=Path, help="output folder (default: inside the fold folder)")
+    p.add_argument("--max_cases", type=int, help="evaluate at most this many cases")
+    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--step_size", type=float, default=0.5)
+    p.add_argument("--disable_tta", action="store_true")
+    return p
+
+
+def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str, dict[int, Path]]:
+    dj = predictor.model.dataset_json
+    name = find_dataset_name(args.dataset, raw_root())
+    images = args.images or raw_root() / name / "imagesTr"
+    cases = group_channel_files(images, dj)
+    if args.images is None:  # the fold's validation cases, which its model never trained on
+        splits_file = preprocessed_root() / name / "splits_final.json"
+        if args.fold == "all" or not splits_file.is_file():
+            raise PirlInputError(f"{splits_file}: no validation split for fold {args.fold}; pass -i (and -ref)")
+        val = load_json(splits_file)[int(args.fold)]["val"]
+        cases = {k: v for k, v in cases.items() if k in val}
+    incomplete = [k for k, v in cases.items() if len(v) != predictor.num_modalities]
+    if incomplete:
+        raise PirlInputError(f"{images}: case(s) {', '.join(incomplete[:5])} lack channels; every subset needs all")
+    names = sorted(cases)[: args.max_cases]
+    if not names:
+        raise PirlInputError(f"{images}: no cases to evaluate")
+    return {k: cases[k] for k in names}
+
+
+def run(args: argparse.Namespace) -> None:
+    args.model_folder = None
+    folder = model_folder_from(args)
+    predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device,
+                                                step_size=args.step_size, mirror=not args.disable_tta)
+    if predictor.task != args.task:
+        raise PirlInputError(f"{folder}: the model was trained for {predictor.task}, not {args.task}")
+    cases = select_cases(args, predictor)
+    name = find_dataset_name(args.dataset, raw_root())
+    info = {"model": str(folder), "fold": args.fold, "cases": len(cases), "case_names": sorted(cases),
+            "tta": not args.disable_tta, "step_size": args.step_size}
+    if args.task == "seg":
+        refs = args.references or raw_root() / name / "labelsTr"
+        references = {k: refs / f"{k}{predictor.model.dataset_json.file_ending}" for k in cases}
+        missing = [str(p) for p in references.values() if not p.is_file()]
+        if missing:
+            raise PirlInputError(f"{missing[0]}: reference label not found")
+        table = segmentation_table(predictor, cases, references)
+        matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice")}
+    else:
+        table = translation_table(predictor, cases)
+        matrices = {"translation_psnr": translation_matrix(table, "PSNR"),
+                    "translation_ssim": translation_matrix(table, "SSIM")}
+    out = args.output or folder / f"fold_{args.fold}" / ("missing_modalities" if args.task == "seg"
+                                                          else "translation_matrix")
+    write_results(table, matrices, out, info)
+    for matrix_name, matrix in matrices.items():
+        log.info("%s:\n%s", matrix_name, matrix.round(3).to_string())
+    log.info("wrote %s", out)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""``pirl_predict``: segment or translate every case of a folder, from whatever channels each case has."""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.inference.predictor import PIRLPredictor
+from pirl_pipeline.paths import find_dataset_name, results_root
+from pirl_pipeline.training.registry import DEFAULT_TRAINER
+
+log = logging.getLogger("pirl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pirl_predict",
+        description="Predict every case of INPUT_DIR (CASE_XXXX.nii.gz; a case may lack channels: the "
+                    "model's missing-modality path is used). Outputs lie on the input's grid.")
+    p.add_argument("-i", dest="input", type=Path, required=True, help="input folder (raw naming)")
+    p.add_argument("-o", dest="output", type=Path, required=True, help="output folder (never the input)")
+    p.add_argument("-d", dest="dataset", help="dataset id or name (with -c, -tr); or give -m")
+    p.add_argument("-c", dest="configuration", default="3d_fullres")
+    p.add_argument("-t", dest="task", choices=["seg", "translate"], help="must match the model (default: its task)")
+    p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
+    p.add_argument("-m", dest="model_folder", type=Path, help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr")
+    p.add_argument("-f", dest="folds", nargs="+", help="folds to ensemble (default: all trained folds)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--step_size", type=float, default=0.5, help="window step as a fraction of the patch (0.5)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
+    p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg)")
+    p.add_argument("--channels", help="use only these channels, e.g. 0,2 (others present are ignored)")
+    p.add_argument("-np", dest="num_processes", type=int, default=2, help="reading/writing threads")
+    p.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
+    return p
+
+
+def model_folder_from(args: argparse.Namespace) -> Path:
+    if args.model_folder:
+        return args.model_folder
+    if not args.dataset or not args.task:
+        raise PirlInputError("give -m MODEL_FOLDER, or -d DATASET with -t TASK (and optionally -c, -tr)")
+    name = find_dataset_name(args.dataset, results_root())
+    trainer = args.trainer or DEFAULT_TRAINER[args.task]
+    return results_root() / name / f"{trainer}__PIRLPlans__{args.configuration}"
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> None:
+    if not input_dir.is_dir():
+        raise PirlInputError(f"{input_dir}: input folder not found")
+    inp, out = input_dir.resolve(), output_dir.resolve()
+    if out == inp or inp in out.parents:
+        raise PirlInputError(f"{output_dir}: the output folder must not be (inside) the input folder")
+
+
+def run(args: argparse.Namespace) -> None:
+    check_folders(args.input, args.output)
+    folds = None if args.folds in (None, ["all"]) else args.folds
+    predictor = PIRLPredictor.from_model_folder(model_folder_from(args), folds, args.checkpoint, args.device,
+                                                step_size=args.step_size, mirror=not args.disable_tta,
+                                                save_probabilities=args.save_probabilities)
+    if args.task and args.task != predictor.task:
+        raise PirlInputError(f"-t {args.task}: the model was trained for {predictor.task}")
+    dj = predictor.model.dataset_json
+    cases = group_channel_files(args.input, dj)
+    if args.channels:
+        keep = {int(c) for c in args.channels.split(",")}
+        cases = {k: {c: p for c, p in v.items() if c in keep} for k, v in cases.items()}
+        cases = {k: v for k, v in cases.items() if v}
+        if not cases:
+            raise PirlInputError(f"{args.input}: no case has any of channels {sorted(keep)}")
+    outputs = {k: expected_outputs(k, predictor, dj.file_ending, args.output) for k in cases}
+    todo = [k for k in cases if not (args.resume and all(p.is_file() for p in outputs[k]))]
+    log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task,
+             predictor.model.folds, "on" if predictor.mirror else "off")
+    args.output.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(1, args.num_processes)) as pool:  # reading ahead and writing behind
+        queue = iter(todo)
+        reads: deque = deque()
+
+        def read_next() -> None:
+            case = next(queue, None)
+            if case is not None:
+                reads.append((case, pool.submit(predictor.read_case, case, cases[case])))
+
+        for _ in range(max(1, args.num_processes)):
+            read_next()
+        exports = []
+        with tqdm(total=len(todo), desc="predict") as bar:
+            while reads:
+                case, future = reads.popleft()
+                images, geometry = future.result()
+                read_next()
+                log.info("%s: channels %s", case, sorted(images))
+                result = predictor.predict_case(images, geometry)
+                exports.append(pool.submit(predictor.export, case, result, geometry, args.output, dj.file_ending))
+                bar.update()
+        for future in exports:
+            future.result()
+    log.info("wrote %s", args.output)
+
+
+def expected_outputs(case: str, predictor: PIRLPredictor, ending: str, folder: Path) -> list[Path]:
+    if predictor.task == "seg":
+        return [folder / f"{case}{ending}"]
+    return [folder / f"{case}_{c:04d}{ending}" for c in range(predictor.num_modalities)]
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

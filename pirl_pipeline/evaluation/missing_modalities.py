@@ -1,0 +1,110 @@
+"""The paper's missing-modality tables, measured on real predictions.
+
+- segmentation (Table 11): Dice per region/label for each of the 2^M - 1 non-empty modality subsets;
+- translation (Table 10): PSNR/SSIM for every source -> target pair (one source modality in).
+Each case is read once; every subset is predicted from the same arrays with the model's own
+missing-modality path. Results: per-case CSV, matrix CSV, heat-map PNG and summary JSON.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.data.image_io import read_array
+from pirl_pipeline.evaluation.segmentation import segmentation_metrics
+from pirl_pipeline.evaluation.translation import channel_targets, reference_mask, translation_metrics
+from pirl_pipeline.file_io import atomic_path, save_json
+from pirl_pipeline.inference.predictor import PIRLPredictor
+
+
+def modality_subsets(num: int) -> list[tuple[int, ...]]:
+    """All non-empty subsets, smallest first (4 modalities -> 15)."""
+    return [s for r in range(1, num + 1) for s in itertools.combinations(range(num), r)]
+
+
+def subset_name(subset: tuple[int, ...], dj: DatasetJson) -> str:
+    return "+".join(dj.channel_names[str(c)] for c in subset)
+
+
+def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]],
+                       references: dict[str, Path]) -> pd.DataFrame:
+    """One row per (subset, case) with every segmentation metric."""
+    dj = predictor.model.dataset_json
+    rows = []
+    for case, files in tqdm(cases.items(), desc="cases"):
+        images, geometry = predictor.read_case(case, files)
+        reference, _ = read_array(references[case], dtype=np.int16)
+        for subset in modality_subsets(predictor.num_modalities):
+            result = predictor.predict_case({c: images[c] for c in subset}, geometry)
+            metrics = segmentation_metrics(result.segmentation, reference, dj)
+            rows.append({"subset": subset_name(subset, dj), "case": case, **metrics})
+    return pd.DataFrame(rows)
+
+
+def translation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]]) -> pd.DataFrame:
+    """One row per (source, target, case): the source modality alone in, every other one out."""
+    dj = predictor.model.dataset_json
+    names = channel_targets(dj)
+    rows = []
+    for case, files in tqdm(cases.items(), desc="cases"):
+        images, geometry = predictor.read_case(case, files)
+        reference = np.stack([images[c] for c in range(predictor.num_modalities)])
+        mask = reference_mask(reference)  # from the reference images only
+        for source in range(predictor.num_modalities):
+            result = predictor.predict_case({source: images[source]}, geometry)
+            for target in range(predictor.num_modalities):
+                if target == source:
+                    continue
+                metrics = translation_metrics(result.images[target], reference[target], mask, ["x"])
+                rows.append({"source": names[source], "target": names[target], "case": case,
+                             **{k.split("/")[0]: v for k, v in metrics.items()}})
+    return pd.DataFrame(rows)
+
+
+def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}") -> None:
+    fig, ax = plt.subplots(figsize=(1.2 * matrix.shape[1] + 3, 0.45 * matrix.shape[0] + 1.8))
+    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), matrix.index)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        if np.isfinite(value):
+            ax.text(j, i, fmt.format(value), ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(image, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: Path, info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "per_case.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    for name, matrix in matrices.items():
+        with atomic_path(out / f"{name}.csv") as tmp:
+            matrix.to_csv(tmp)
+        heatmap(matrix, out / f"{name}.png", f"{name} ({info['cases']} case(s))")
+    save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / "summary.json")
+
+
+def segmentation_matrix(table: pd.DataFrame, metric: str = "Dice") -> pd.DataFrame:
+    """Rows: subsets (in enumeration order); columns: targets; values: mean ``metric`` over cases."""
+    columns = [c for c in table.columns if c.startswith(f"{metric}/")]
+    matrix = table.groupby("subset", sort=False)[columns].mean()
+    matrix.columns = [c.split("/", 1)[1] for c in columns]
+    return matrix
+
+
+def translation_matrix(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows: source; columns: target; values: mean ``metric`` over cases."""
+    return table.pivot_table(index="source", columns="target", values=metric, aggfunc="mean", sort=False)

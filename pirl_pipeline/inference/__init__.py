@@ -1,0 +1,1 @@
+"""Prediction: trained folds -> sliding-window inference on any modality subset -> original geometry."""

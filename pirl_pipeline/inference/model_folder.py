@@ -1,0 +1,61 @@
+"""Trained folds of one model folder (``TRAINER__PIRLPlans__CONFIG``), rebuilt from their checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.training.checkpoint import load_checkpoint
+from pirl_pipeline.training.config import TrainerConfig
+from plans.plans_manager import Plans
+
+
+@dataclass
+class TrainedModel:
+    """Everything prediction needs, all taken from the checkpoints (no access to training data)."""
+
+    networks: list[torch.nn.Module]  # one per fold, eval mode
+    kind: str  # "pirl", "swinunetr" or "dynunet"
+    task: str  # "seg" or "translate"
+    plans: Plans
+    configuration: str
+    dataset_json: DatasetJson
+    patch_size: list[int]
+    folds: list[str]
+
+
+def _folds_in(folder: Path, checkpoint: str) -> list[str]:
+    return sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint).is_file())
+
+
+def load_model_folder(folder: str | Path, folds: list[str] | None = None,
+                      checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu") -> TrainedModel:
+    """Load the given folds (default: every fold with ``checkpoint``) of a model folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PirlInputError(f"{folder}: model folder not found")
+    folds = folds or _folds_in(folder, checkpoint)
+    if not folds:
+        raise PirlInputError(f"{folder}: no fold_*/{checkpoint} (train first, or pick another -chk)")
+    networks, first = [], None
+    for fold in folds:
+        state = load_checkpoint(folder / f"fold_{fold}" / checkpoint)
+        if first is None:
+            first = state
+        elif state["network_kwargs"] != first["network_kwargs"]:
+            raise PirlInputError(f"{folder / f'fold_{fold}'}: network differs from fold {folds[0]}; cannot ensemble")
+        net = build_network(state["network_kwargs"])
+        net.load_state_dict(state["network_weights"])
+        networks.append(net.to(device).eval())
+    config = TrainerConfig.from_dict(first["config"])
+    if config.task == "pretrain":
+        raise PirlInputError(f"{folder}: a pre-training model; fine-tune it for seg or translate first")
+    plans = Plans.from_dict(first["plans"])
+    dataset_json = parse_dataset_json(first["dataset_json"], folder / f"fold_{folds[0]}" / checkpoint)
+    patch = list(config.patch_size or plans.configuration(first["configuration"]).patch_size)
+    return TrainedModel(networks, first["network_kwargs"]["kind"], config.task, plans, first["configuration"],
+                        dataset_json, patch, folds)
