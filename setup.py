@@ -4,6 +4,11 @@ from setuptools import find_packages, setup
 CONSOLE_SCRIPTS = [
     "pirl_plan_and_preprocess=pirl_pipeline.cli.plan_and_preprocess:main",
     "pirl_train=pirl_pipeline.cli.train:main",
+    "pirl_predict=pirl_pipeline.cli.predict:main",
+    "pirl_evaluate=pirl_pipeline.cli.evaluate:main",
+    "pirl_evaluate_missing=pirl_pipeline.cli.evaluate_missing:main",
+    "pirl_report=pirl_pipeline.cli.report:main",
+    "pirl_demo=pirl_pipeline.demo:main",
     "pirl_convert_brats=dataset_conversion.brats:main",
     "pirl_convert_autopet=dataset_conversion.autopet:main",
     "pirl_convert_folder=dataset_conversion.generic_folder:main",

@@ -1,0 +1,117 @@
+"""``pirl_demo``: the whole pipeline on the embedded demo dataset, sized for a laptop CPU.
+
+Dataset500_DemoBrain (simulated contrasts on real MNI152 anatomy) -> plan + preprocess -> PIRL
+pre-training -> fine-tuning for segmentation and translation -> prediction of the held-out cases with all
+modalities and with one modality -> evaluation -> missing-modality matrices -> report. Each stage is a
+pirl command (printed, so it can be re-run by hand); finished stages are skipped on a rerun.
+
+The CPU configuration overrides the plans on the command line: patch 64^3, feature_size 12, batch 1 and a
+few iterations per stage. It shows every step working on real anatomy; its numbers are a smoke test, far
+from the paper's (1000 epochs on 4 GPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dataset_conversion import demo_brain
+from pirl_pipeline.cli import evaluate, evaluate_missing, plan_and_preprocess, predict, report, train
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import save_json
+from pirl_pipeline.paths import raw_root, results_root
+
+log = logging.getLogger("pirl")
+DATASET = "Dataset500_DemoBrain"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pirl_demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", type=int, default=8, help="training cases of the demo dataset (default 8)")
+    p.add_argument("--downsample", type=int, default=2, help="demo voxel size in mm (default 2)")
+    p.add_argument("--pretrain-iters", type=int, default=24, help="pre-training iterations (default 24)")
+    p.add_argument("--finetune-iters", type=int, default=24, help="iterations per fine-tuning (default 24)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per training stage (default 3)")
+    p.add_argument("--feature-size", type=int, default=12)
+    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
+    return p
+
+
+class Stages:
+    """Runs pirl commands in order, timing each; a stage whose output exists is skipped."""
+
+    def __init__(self) -> None:
+        self.timings: list[dict] = []
+
+    def run(self, name: str, main: Callable[[list[str]], int], argv: list[str], done: Path | None = None) -> None:
+        command = f"{main.__module__.rsplit('.', 1)[-1]} {shlex.join(argv)}"
+        if done is not None and done.exists():
+            log.info("[%s] already done (%s exists), skipping", name, done)
+            self.timings.append({"stage": name, "seconds": 0.0, "skipped": True, "command": command})
+            return
+        log.info("[%s] %s", name, command)
+        start = time.perf_counter()
+        if main(argv) != 0:
+            raise PirlInputError(f"demo stage {name!r} failed: {command}")
+        self.timings.append({"stage": name, "seconds": round(time.perf_counter() - start, 1), "skipped": False,
+                             "command": command})
+
+
+def run(args: argparse.Namespace) -> None:
+    total = time.perf_counter()
+    raw = raw_root() / DATASET
+    res = results_root() / DATASET
+    preds = res / "predictions"
+    stages = Stages()
+    stages.run("dataset", demo_brain.main, ["-d", "500", "-n", str(args.cases), "--downsample", str(args.downsample)],
+               raw / "dataset.json")
+    stages.run("plan+preprocess", plan_and_preprocess.main, ["-d", "500", "-np", "2"])
+    size = ["--patch-size", "64", "64", "64", "--batch-size", "1", "--epochs", str(args.epochs), "-npa", "1",
+            "-device", args.device, "--val-iters", "2"]
+    pre_iters = str(max(1, args.pretrain_iters // args.epochs))
+    fine_iters = str(max(1, args.finetune_iters // args.epochs))
+    pre_folder = res / "PIRLPretrainer__PIRLPlans__3d_fullres" / "fold_all"
+    stages.run("pretrain", train.main, ["500", "3d_fullres", "pretrain", "--iters", pre_iters, "--feature-size",
+                                        str(args.feature_size), *size], pre_folder / "checkpoint_final.pth")
+    ckpt = str(pre_folder / "checkpoint_final.pth")
+    for task, trainer in (("seg", "PIRLSegTrainer"), ("translate", "PIRLTranslateTrainer")):
+        folder = res / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0"
+        stages.run(f"finetune {task}", train.main, ["500", "3d_fullres", task, "-f", "0", "--pretrained", ckpt,
+                                                    "--iters", fine_iters, *size], folder / "checkpoint_final.pth")
+    images_ts, labels_ts = raw / "imagesTs", raw / "labelsTs"
+    common = ["-d", "500", "-device", args.device, "--disable_tta"]
+    for name, task, extra in (("seg_all", "seg", []), ("seg_flair", "seg", ["--channels", "3"]),
+                              ("translate_t1", "translate", ["--channels", "0"])):
+        stages.run(f"predict {name}", predict.main, ["-i", str(images_ts), "-o", str(preds / name), "-t", task,
+                                                     *common, *extra], preds / name / "summary.json")
+        reference = labels_ts if task == "seg" else images_ts
+        stages.run(f"evaluate {name}", evaluate.main, ["-ref", str(reference), "-pred", str(preds / name),
+                                                       "-d", "500", "-t", task], preds / name / "summary.json")
+    for task, trainer, folder in (("seg", "PIRLSegTrainer", "missing_modalities"),
+                                  ("translate", "PIRLTranslateTrainer", "translation_matrix")):
+        done = res / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0" / folder / "summary.json"
+        stages.run(f"missing modalities {task}", evaluate_missing.main,
+                   ["-d", "500", "-f", "0", "-t", task, "--max_cases", "1", "--disable_tta", "-device", args.device],
+                   done)
+    stages.run("report", report.main, ["-d", "500"])
+    elapsed = time.perf_counter() - total
+    save_json({"total_seconds": round(elapsed, 1), "stages": stages.timings, "settings": vars(args)},
+              res / "demo_timing.json")
+    width = max(len(t["stage"]) for t in stages.timings)
+    lines = [f"  {t['stage']:<{width}}  " + ("skipped" if t["skipped"] else f"{t['seconds']:7.1f} s")
+             for t in stages.timings]
+    log.info("demo finished in %.1f min:\n%s\nreport: %s", elapsed / 60, "\n".join(lines), res / "report" / "report.md")
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

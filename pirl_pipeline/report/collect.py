@@ -1,0 +1,304 @@
+"""Find and read what a dataset's results folder holds; nothing here raises for a missing or damaged file.
+
+Every trained fold ``TRAINER__PLANS__CONFIG/fold_F/`` becomes a :class:`TrainerRun` (history and config
+from ``checkpoint_final.pth``, else ``checkpoint_latest.pth``, else ``training_log.txt`` + ``config.json``;
+``validation/summary.json``; the ``missing_modalities/`` and ``translation_matrix/`` CSVs of
+``pirl_evaluate_missing``). Each prediction folder becomes a :class:`PredictionFolder` with its
+``pirl_evaluate`` ``summary.json`` when there is one. What could not be read is recorded as a sentence in
+``problems`` for the report's "missing" list.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger("pirl")
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth")
+_FOLDER = re.compile(r"(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>.+)")
+_LOG_LINE = re.compile(r"^epoch (\d+) \| lr (\S+) \| (\S+)s((?: \| \S+ \S+)*)\s*$")
+
+
+@dataclass
+class TrainerRun:
+    """One trained (or training) fold."""
+
+    trainer: str
+    plans: str
+    configuration: str
+    fold: str
+    folder: Path
+    source: str = "nothing"  # checkpoint file name, "training_log.txt" or "nothing"
+    history: list[dict] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    network: dict = field(default_factory=dict)
+    plans_configuration: dict = field(default_factory=dict)
+    dataset_json: dict | None = None
+    epochs_done: int | None = None
+    device: str | None = None  # from the first line of training_log.txt
+    logged: dict = field(default_factory=dict)  # patch/batch/feature size from that line (fallback)
+    validation: dict | None = None
+    missing_dice: pd.DataFrame | None = None
+    translation: dict[str, pd.DataFrame] = field(default_factory=dict)
+    matrix_cases: dict[str, int] = field(default_factory=dict)  # "seg"/"translate" -> cases evaluated
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.trainer} fold {self.fold}"
+
+    def matrix_title(self, task: str) -> str:
+        """"TRAINER fold F, mean over N case(s)" for the pirl_evaluate_missing matrix of ``task``."""
+        n = self.matrix_cases.get(task)
+        return self.name + (f", mean over {n} case(s)" if n is not None else "")
+
+    @property
+    def task(self) -> str:
+        if self.config.get("task"):
+            return str(self.config["task"])
+        low = self.trainer.lower()
+        return "pretrain" if "pretrain" in low else "seg" if "seg" in low else "translate" if "translat" in low \
+            else "?"
+
+    @property
+    def finished(self) -> bool:
+        return self.source == "checkpoint_final.pth"
+
+    @property
+    def patch_size(self) -> list[int] | None:
+        return self.config.get("patch_size") or self.network.get("patch_size") or \
+            self.plans_configuration.get("patch_size") or self.logged.get("patch_size")
+
+    @property
+    def feature_size(self) -> int | None:
+        return self.config.get("feature_size") or self.network.get("feature_size") or \
+            self.plans_configuration.get("network", {}).get("feature_size") or self.logged.get("feature_size")
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.config.get("batch_size") or self.plans_configuration.get("batch_size") or \
+            self.logged.get("batch_size")
+
+    @property
+    def training_time(self) -> float:
+        return float(sum(r.get("epoch_time", 0.0) or 0.0 for r in self.history))
+
+    @property
+    def iterations(self) -> int | None:
+        iters = self.config.get("iters_per_epoch")
+        done = self.epochs_done if self.epochs_done is not None else len(self.history)
+        return None if iters is None else int(iters) * int(done)
+
+
+@dataclass
+class PredictionFolder:
+    """A ``pirl_predict`` output folder and its ``pirl_evaluate`` summary (if evaluated)."""
+
+    label: str  # e.g. "seg_all"
+    folder: Path
+    task: str  # "seg" or "translate"
+    summary: dict | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+    def files(self, file_ending: str = ".nii.gz") -> list[Path]:
+        return sorted(f for f in self.folder.iterdir() if f.name.endswith(file_ending)) if self.exists else []
+
+
+def read_json(path: Path, problems: list[str]) -> Any | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        problems.append(f"`{path}` could not be read ({type(err).__name__})")
+        return None
+
+
+def read_matrix(path: Path, problems: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        matrix = pd.read_csv(path, index_col=0)
+        return matrix.apply(pd.to_numeric, errors="coerce")
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        problems.append(f"`{path}` could not be read ({type(err).__name__})")
+        return None
+
+
+def history_from_log(path: Path) -> list[dict]:
+    """Epoch rows parsed back from ``training_log.txt`` lines (``epoch N | lr X | Ts | key value | ...``)."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line.strip())
+        if not m:
+            continue
+        try:
+            row: dict[str, float] = {"epoch": int(m.group(1)), "lr": float(m.group(2)),
+                                     "epoch_time": float(m.group(3))}
+            for part in m.group(4).split(" | ")[1:]:
+                key, value = part.rsplit(" ", 1)
+                row[key] = float(value)
+        except ValueError:
+            continue
+        rows.append(row)
+    return rows
+
+
+def load_checkpoint_meta(path: Path) -> dict:
+    """Everything but the tensors of a checkpoint (memory-mapped: the weights are never read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # mmap needs the zip format; older files load whole
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError("not a dictionary")
+    return {k: v for k, v in state.items()
+            if k not in ("network_weights", "optimizer_state", "grad_scaler_state", "extra_state")}
+
+
+def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
+    m = _FOLDER.fullmatch(trainer_folder.name)
+    trainer, plans, configuration = (m.group("trainer"), m.group("plans"), m.group("configuration")) if m else \
+        (trainer_folder.name, "?", "?")
+    run = TrainerRun(trainer, plans, configuration, fold_folder.name.removeprefix("fold_"), fold_folder)
+    for name in CHECKPOINTS:
+        path = fold_folder / name
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint_meta(path)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for damaged files
+            run.problems.append(f"{run.name}: `{name}` is unreadable ({type(err).__name__}); skipped")
+            continue
+        run.source = name
+        run.history = [dict(r) for r in state.get("history") or []]
+        run.config = dict(state.get("config") or {})
+        run.network = dict(state.get("network_kwargs") or {})
+        run.dataset_json = state.get("dataset_json")
+        run.epochs_done = state.get("epoch")
+        plans = state.get("plans") or {}
+        run.plans_configuration = dict(plans.get("configurations", {}).get(state.get("configuration",
+                                                                                     configuration), {}))
+        run.trainer = str(state.get("trainer_name") or run.trainer)
+        break
+    if run.source == "nothing":
+        log_file = fold_folder / "training_log.txt"
+        if log_file.is_file():
+            run.history = history_from_log(log_file)
+            run.source = "training_log.txt"
+            run.epochs_done = len(run.history)
+        config = read_json(fold_folder / "config.json", run.problems)
+        run.config = config if isinstance(config, dict) else {}
+        run.problems.append(f"{run.name}: no readable checkpoint"
+                            + (" (history from training_log.txt)" if run.history else ""))
+    elif run.source != "checkpoint_final.pth":
+        run.problems.append(f"{run.name}: no checkpoint_final.pth (training unfinished? "
+                            f"reported from {run.source}, epoch {run.epochs_done})")
+    log_file = fold_folder / "training_log.txt"
+    if log_file.is_file():
+        head = log_file.read_text(errors="replace")[:4000]
+        m = re.search(r"\bdevice (\S+)", head)
+        run.device = m.group(1) if m else None
+        m = re.search(r"patch \[([\d, ]+)\], batch (\d+), feature_size (\d+)", head)
+        if m:
+            run.logged = {"patch_size": [int(p) for p in m.group(1).split(",")], "batch_size": int(m.group(2)),
+                          "feature_size": int(m.group(3))}
+    summary = read_json(fold_folder / "validation" / "summary.json", run.problems)
+    run.validation = summary if isinstance(summary, dict) else None
+    run.missing_dice = read_matrix(fold_folder / "missing_modalities" / "missing_modalities_dice.csv", run.problems)
+    for metric in ("psnr", "ssim"):
+        matrix = read_matrix(fold_folder / "translation_matrix" / f"translation_{metric}.csv", run.problems)
+        if matrix is not None:
+            run.translation[metric.upper()] = square(matrix)
+    for task, sub in (("seg", "missing_modalities"), ("translate", "translation_matrix")):
+        info = read_json(fold_folder / sub / "summary.json", run.problems)
+        if isinstance(info, dict) and isinstance(info.get("cases"), int):
+            run.matrix_cases[task] = info["cases"]
+    return run
+
+
+def square(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Columns in the order of the rows where both name the same modalities (the diagonal on the diagonal)."""
+    rows = [str(i) for i in matrix.index]
+    columns = [c for c in rows if c in matrix.columns] + [c for c in matrix.columns if c not in rows]
+    return matrix[columns]
+
+
+def _fold_key(folder: Path) -> tuple[int, str]:
+    fold = folder.name.removeprefix("fold_")
+    return (int(fold), "") if fold.isdigit() else (10**6, fold)
+
+
+def collect_runs(results_dir: Path) -> list[TrainerRun]:
+    """Every ``TRAINER__PLANS__CONFIG/fold_*`` folder below ``results_dir`` (pre-training first)."""
+    runs = []
+    if not results_dir.is_dir():
+        return runs
+    for trainer_folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and _FOLDER.fullmatch(p.name)):
+        for fold_folder in sorted((p for p in trainer_folder.glob("fold_*") if p.is_dir()), key=_fold_key):
+            runs.append(read_run(trainer_folder, fold_folder))
+    order = {"pretrain": 0, "seg": 1, "translate": 2}
+    return sorted(runs, key=lambda r: order.get(r.task, 3))
+
+
+def read_prediction_folder(label: str, folder: Path, task: str, problems: list[str]) -> PredictionFolder:
+    pred = PredictionFolder(label, folder, task)
+    summary = read_json(folder / "summary.json", problems)
+    if isinstance(summary, dict):
+        pred.summary = summary
+        pred.task = str(summary.get("task", task))
+    return pred
+
+
+def summary_table(summary: dict) -> pd.DataFrame:
+    """``pirl_evaluate`` summary -> targets x metrics table of "mean ± std" strings."""
+    mean, std = summary.get("mean") or {}, summary.get("std") or {}
+    rows: dict[str, dict[str, str]] = {}
+    for target, metrics in mean.items():
+        for metric, value in metrics.items():
+            s = (std.get(target) or {}).get(metric)
+            rows.setdefault(target, {})[metric] = format_value(value) + (
+                f" ± {format_value(s)}" if _finite(s) and summary.get("num_cases", 0) > 1 else "")
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """Numbers to short strings (None/NaN -> "–", "inf" kept); anything else as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        if abs(value) >= 1e5:
+            return f"{value:.{digits - 1}e}"
+        if value != 0 and abs(value) < 10 ** -digits:  # two significant digits, no exponent: 0.000052
+            return np.format_float_positional(value, precision=2, unique=False, fractional=False, trim="-")
+        return f"{value:.{digits}f}" if abs(value) < 10 else f"{value:.2f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
