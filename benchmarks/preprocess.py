@@ -1,0 +1,960 @@
+"""Benchmark ``pirl_plan_and_preprocess`` against ``nnUNetv2_plan_and_preprocess -c 3d_fullres``.
+
+What it does (everything it writes lies under ``--workdir``, outside the tracked tree):
+1. builds an nnU-Net-v2-format raw dataset from the real 4-modality BraTS cases in ``../shared/data``
+   (``brats2020_style``: ``_t1 _t1ce _t2 _flair _seg``; ``brats2023_style``: ``-t1n -t1c -t2w -t2f -seg``);
+   channels 0 T1, 1 T1ce, 2 T2, 3 FLAIR; labels declared {0, 1, 2, 3}. Images are symlinks; a label is a
+   symlink too when it is already an integer map within {0, 1, 2, 3}, else a converted copy (4 -> 3, uint8).
+   ``--replicate K`` repeats every case K times under other case names (symlinks) to reduce timing noise;
+2. runs pirl (``python -m pirl_pipeline.cli.plan_and_preprocess -d ID -np N --clean``) and, when nnU-Net v2
+   is available in a separate venv (installed there on first use unless ``--no-install``),
+   ``nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np N -npfp N --clean [--verify_dataset_integrity]``
+   ``--repeats`` times each (preprocessed output deleted before every run, tools interleaved), measuring
+   wall time, CPU time and peak memory;
+3. compares the results: target spacing, normalisation schemes, mask use, preprocessed shapes per case, and
+   the voxel-wise difference of the preprocessed arrays (data and seg) per distinct case;
+4. optionally (``--profile``) times each per-case step of both tools in one process (read, check,
+   fingerprint, crop, normalise, resample, class locations, save) and the import time of each CLI.
+
+Memory: the process tree (the CLI and its worker processes) is polled every ``--poll-interval`` seconds
+through /proc; "peak MB" is the largest sum of PSS (proportional set size, shared pages split between the
+processes that map them) over the tree; the largest sum of RSS and the peak RSS of the largest single process
+(``wait4`` rusage, i.e. what ``/usr/bin/time -v`` reports) are in the JSON too.
+
+Run: ``.venv/bin/python benchmarks/preprocess.py [-np 1 2] [--repeats 3] [--replicate 2] [--profile]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+CHANNELS = {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+LABELS = {"background": 0, "label_1": 1, "label_2": 2, "label_3": 3}
+NAMINGS = {  # channel index -> file suffix, then the label suffix
+    "brats2020": (["_t1", "_t1ce", "_t2", "_flair"], "_seg"),
+    "brats2023": (["-t1n", "-t1c", "-t2w", "-t2f"], "-seg"),
+}
+LABEL_MAP = {4: 3}  # BraTS <= 2021 enhancing tumour -> the 2023 value
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+def find_source_cases(data_root: Path) -> list[dict]:
+    """Every folder under ``data_root/brats20*_style`` holding a complete 4-modality case with a label."""
+    cases = []
+    for folder in sorted(data_root.glob("brats20*_style/*")):
+        for naming, (suffixes, seg_suffix) in NAMINGS.items():
+            images = [folder / f"{folder.name}{s}.nii.gz" for s in suffixes]
+            label = folder / f"{folder.name}{seg_suffix}.nii.gz"
+            if all(p.is_file() for p in images) and label.is_file():
+                cases.append({"source": str(folder), "naming": naming, "images": images, "label": label})
+                break
+    return cases
+
+
+def prepare_label(label: Path, out: Path) -> str:
+    """Symlink the label when it is already an integer map within LABELS, else write a converted copy."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(label))
+    array = sitk.GetArrayViewFromImage(image)
+    values = {int(v) for v in np.unique(array)}
+    integer = np.issubdtype(array.dtype, np.integer)
+    if integer and values <= set(LABELS.values()):
+        out.symlink_to(label)
+        return "symlink"
+    mapped = np.asarray(array).copy()
+    for old, new in LABEL_MAP.items():
+        mapped[mapped == old] = new
+    unknown = {int(v) for v in np.unique(mapped)} - set(LABELS.values())
+    if unknown:
+        raise SystemExit(f"{label}: label values {sorted(unknown)} cannot be mapped to {sorted(LABELS.values())}")
+    converted = sitk.GetImageFromArray(mapped.astype(np.uint8))
+    converted.CopyInformation(image)
+    sitk.WriteImage(converted, str(out), True)
+    return f"converted ({sorted(values)} -> uint8, {LABEL_MAP})"
+
+
+def build_dataset(data_root: Path, raw_root: Path, dataset_id: int, replicate: int) -> dict:
+    sources = find_source_cases(data_root)
+    if not sources:
+        raise SystemExit(f"{data_root}: no 4-modality BraTS cases found (brats2020_style/, brats2023_style/)")
+    folder = raw_root / f"Dataset{dataset_id:03d}_BenchBraTS"
+    for stale in raw_root.glob(f"Dataset{dataset_id:03d}_*"):
+        shutil.rmtree(stale)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    mapping, label_handling = {}, {}
+    for i, src in enumerate(sources):
+        base = f"case{i:03d}"
+        first_label = folder / "labelsTr" / f"{base}.nii.gz"
+        label_handling[base] = prepare_label(src["label"], first_label)
+        for k in range(replicate):
+            name = base if k == 0 else f"{base}rep{k}"
+            for c, image in enumerate(src["images"]):
+                (folder / "imagesTr" / f"{name}_{c:04d}.nii.gz").symlink_to(image)
+            if k:
+                (folder / "labelsTr" / f"{name}.nii.gz").symlink_to(first_label.resolve())
+            mapping[name] = {"source": src["source"], "naming": src["naming"], "replica_of": base if k else None}
+    dataset_json = {"channel_names": CHANNELS, "labels": LABELS, "numTraining": len(mapping),
+                    "file_ending": ".nii.gz", "name": "BenchBraTS",
+                    "description": "real BraTS cases from ../shared/data (symlinks), for benchmarks/preprocess.py"}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
+    return {"folder": str(folder), "name": folder.name, "num_cases": len(mapping),
+            "distinct_cases": len(sources), "replicate": replicate, "cases": mapping, "labels": label_handling}
+
+
+# ------------------------------------------------------------------------------------------ measurement
+def _process_table() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return parents
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _process_table().items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of one process; (0, 0) when it is gone."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+    except OSError:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                rss = pss = int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return rss, pss
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
+
+
+class TreeMemoryPoller(threading.Thread):
+    """Samples the summed RSS and PSS of a process tree until stopped; keeps the peaks."""
+
+    def __init__(self, root: int, interval: float):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.peak_rss = self.peak_pss = self.max_processes = self.samples = 0
+        self.largest = {"rss_mb": 0.0, "cmd": ""}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            pids = _tree(self.root)
+            usage = [_memory(p) for p in pids]
+            self.peak_rss = max(self.peak_rss, sum(u[0] for u in usage))
+            self.peak_pss = max(self.peak_pss, sum(u[1] for u in usage))
+            self.max_processes = max(self.max_processes, len(pids))
+            top = max(range(len(pids)), key=lambda i: usage[i][0])
+            if usage[top][0] / 2**20 > self.largest["rss_mb"]:
+                self.largest = {"rss_mb": usage[top][0] / 2**20, "cmd": _cmdline(pids[top])}
+            self.samples += 1
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+class OutputRecorder(threading.Thread):
+    """Copies a child's output to a log, each line prefixed by the seconds since start (phase timing)."""
+
+    def __init__(self, fd: int, log, start: float):
+        super().__init__(daemon=True)
+        self.fd, self.log, self.t0 = fd, log, start
+        self.lines: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        pending, began = b"", 0.0  # a line is stamped when its first byte arrived (tqdm ends lines late)
+        while chunk := os.read(self.fd, 65536):
+            now = time.perf_counter() - self.t0
+            parts = chunk.replace(b"\r", b"\n").split(b"\n")
+            for i, part in enumerate(parts):
+                if not pending:
+                    began = now
+                pending += part
+                if i < len(parts) - 1:
+                    self._emit(began, pending)
+                    pending = b""
+        self._emit(began, pending)
+
+    def _emit(self, stamp: float, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip()
+        if line:
+            self.lines.append((stamp, line))
+            self.log.write(f"[{stamp:8.2f}] {line}\n")
+
+
+def phases(lines: list[tuple[float, str]], markers: list[tuple[str, str]], total: float) -> dict[str, float]:
+    """Seconds per phase: a phase starts at the first output line containing its marker text."""
+    starts = [("startup (interpreter, imports, dataset listing)", 0.0)]
+    for text, phase in markers:
+        hit = next((t for t, line in lines if text in line), None)
+        if hit is not None:
+            starts.append((phase, hit))
+    starts.sort(key=lambda x: x[1])
+    ends = [t for _, t in starts[1:]] + [total]
+    out: dict[str, float] = {}
+    for (phase, t0), t1 in zip(starts, ends):
+        out[phase] = out.get(phase, 0.0) + t1 - t0
+    return out
+
+
+def measure(cmd: list[str], env: dict, log_file: Path, interval: float, cwd: Path,
+            markers: list[tuple[str, str]]) -> dict:
+    """Run ``cmd``; wall and CPU seconds, phase seconds, peak tree PSS/RSS, largest single-process RSS (MB)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    with open(log_file, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        read_fd, write_fd = os.pipe()
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, cwd=cwd, stdout=write_fd,
+                                stderr=write_fd)
+        os.close(write_fd)
+        recorder = OutputRecorder(read_fd, log, start)
+        recorder.start()
+        poller = TreeMemoryPoller(proc.pid, interval)
+        poller.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        poller.stop()
+        recorder.join(timeout=30)
+        os.close(read_fd)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"rc": proc.returncode, "seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "phase_seconds": phases(recorder.lines, markers, wall),
+            "peak_tree_pss_mb": poller.peak_pss / 2**20, "peak_tree_rss_mb": poller.peak_rss / 2**20,
+            "peak_single_process_rss_mb": usage.ru_maxrss / 1024,
+            "largest_process_seen": poller.largest, "max_processes": poller.max_processes,
+            "memory_samples": poller.samples, "load_average_1min_before": load_before,
+            "load_average_1min_after": os.getloadavg()[0], "log": str(log_file)}
+
+
+def tail(path: str, lines: int = 15) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------------------------ nnU-Net
+def nnunet_available(venv: Path, install: bool, log_file: Path) -> tuple[bool, str]:
+    """Make sure ``venv`` holds nnunetv2 (installing it when allowed); returns (ok, why not / version)."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", ("import nnunetv2, torch, importlib.metadata as m; "
+                                 "print(m.version('nnunetv2'), torch.__version__)")]
+    if python.is_file():
+        done = subprocess.run(probe, check=False, capture_output=True, text=True)
+        if done.returncode == 0:
+            return True, "nnunetv2 " + done.stdout.strip().replace(" ", ", torch ")
+        if not install:
+            return False, f"{venv}: nnunetv2 does not import ({done.stderr.strip().splitlines()[-1:]})"
+    elif not install:
+        return False, f"{venv}: no venv (run without --no-install to create it)"
+    constraints = venv.parent / f"{venv.name}_constraints.txt"
+    torch_pin = os.environ.get("BENCH_TORCH_PIN", "torch==2.13.0")
+    steps = [[sys.executable if sys.version_info[:2] == (3, 11) else "python3.11", "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", torch_pin],
+             [str(python), "-m", "pip", "install", "-c", str(constraints), "nnunetv2"]]
+    print(f"installing nnunetv2 into {venv} (log: {log_file}) ...", flush=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    constraints.write_text(torch_pin + "\n")  # keeps pip from replacing the local CPU torch
+    with open(log_file, "w") as log:
+        for step in steps:
+            if step[0] != str(python) and python.is_file():
+                continue  # venv exists already
+            log.write("$ " + " ".join(step) + "\n")
+            log.flush()
+            if subprocess.run(step, check=False, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                return False, f"`{' '.join(step)}` failed (see {log_file}): {tail(str(log_file), 3)}"
+    done = subprocess.run(probe, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        return False, f"nnunetv2 installed but does not import: {done.stderr.strip()[-300:]}"
+    return True, "nnunetv2 " + done.stdout.strip().replace(" ", ", torch ")
+
+
+# ---------------------------------------------------------------------- helpers run inside the tool venvs
+def internal_compare(spec: dict) -> dict:
+    """Runs in the nnU-Net venv (blosc2): shapes and voxel-wise differences of both preprocessed outputs."""
+    import pickle
+
+    import blosc2
+
+    out = {"cases": {}}
+    for case in spec["cases"]:
+        pirl_data = np.load(Path(spec["pirl_folder"]) / f"{case}.npy")
+        pirl_seg = np.load(Path(spec["pirl_folder"]) / f"{case}_seg.npy")
+        pirl_props = json.loads((Path(spec["pirl_folder"]) / f"{case}.json").read_text())
+        nn_data = blosc2.open(urlpath=str(Path(spec["nnunet_folder"]) / f"{case}.b2nd"), mode="r")[:]
+        nn_seg = blosc2.open(urlpath=str(Path(spec["nnunet_folder"]) / f"{case}_seg.b2nd"), mode="r")[:]
+        with open(Path(spec["nnunet_folder"]) / f"{case}.pkl", "rb") as f:
+            nn_props = pickle.load(f)
+        row = {"pirl_shape": list(pirl_data.shape), "nnunet_shape": list(nn_data.shape),
+               "pirl_seg_shape": list(pirl_seg.shape), "nnunet_seg_shape": list(nn_seg.shape),
+               "pirl_dtype": str(pirl_data.dtype), "nnunet_dtype": str(nn_data.dtype),
+               "pirl_bbox": pirl_props.get("bbox_used_for_cropping"),
+               "nnunet_bbox": [list(map(int, b)) for b in nn_props["bbox_used_for_cropping"]],
+               "nnunet_spacing": [float(s) for s in nn_props["spacing"]],
+               "pirl_class_location_counts": {k: len(v) for k, v in pirl_props.get("class_locations", {}).items()},
+               "nnunet_class_location_counts": {str(k): len(v) for k, v in nn_props["class_locations"].items()}}
+        if pirl_data.shape == nn_data.shape:
+            diff = np.abs(pirl_data.astype(np.float64) - nn_data.astype(np.float64))
+            row["data_mean_abs_diff"] = float(diff.mean())
+            row["data_max_abs_diff"] = float(diff.max())
+            row["data_mean_abs_diff_per_channel"] = [float(d.mean()) for d in diff]
+            row["data_voxels_differing_gt_1e-3"] = int((diff.max(0) > 1e-3).sum())
+            row["nnunet_data_mean_abs"] = float(np.abs(nn_data).mean())
+            inside = (pirl_seg[0] >= 0) & (nn_seg[0] >= 0)
+            row["data_mean_abs_diff_inside_both_masks"] = float(diff[:, inside].mean()) if inside.any() else 0.0
+        if pirl_seg.shape == nn_seg.shape:
+            a, b = pirl_seg.astype(np.int16), nn_seg.astype(np.int16)
+            row["seg_voxels_differing"] = int((a != b).sum())
+            row["seg_voxels"] = int(a.size)
+            row["seg_minus1_pirl_0_nnunet"] = int(((a == -1) & (b == 0)).sum())
+            row["seg_0_pirl_minus1_nnunet"] = int(((a == 0) & (b == -1)).sum())
+            row["seg_foreground_differing"] = int(((a > 0) != (b > 0)).sum())
+            row["seg_dice_per_class"] = {int(c): float(2 * ((a == c) & (b == c)).sum() / max(1, (a == c).sum()
+                                                                                            + (b == c).sum()))
+                                         for c in np.unique(np.concatenate([a[a > 0], b[b > 0]]))}
+        out["cases"][case] = row
+    return out
+
+
+def _timed(fn, repeats: int):
+    """(median seconds, last result) of ``fn()`` over ``repeats`` calls."""
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def _pirl_case_steps(case, ctx: dict, add) -> None:
+    """Time pirl's per-case steps on one case (the same calls its CLI makes, in the same order)."""
+    import hashlib
+
+    from pirl_pipeline.data.integrity import load_case
+    from pirl_pipeline.file_io import save_json, save_npy
+    from pirl_pipeline.preprocessing.cropping import crop_to_nonzero
+    from pirl_pipeline.preprocessing.normalization import normalize_channel
+    from pirl_pipeline.preprocessing.preprocessor import class_locations, plans_fingerprint
+    from pirl_pipeline.preprocessing.resampling import resample, shape_for_spacing
+    from plans.fingerprint import case_fingerprint
+
+    dj, plans, config, r, tmp = ctx["dj"], ctx["plans"], ctx["config"], ctx["repeats"], ctx["tmp"]
+    t_read, loaded = _timed(lambda: load_case(case, dj.label_values, check=False), r)
+    t_checked, _ = _timed(lambda: load_case(case, dj.label_values, check=True), r)
+    add("read (SimpleITK + float32 stack)", t_read)
+    add("integrity check (extra over read)", t_checked - t_read)
+    t_fp, _ = _timed(lambda: case_fingerprint(case, dj, check=True), r)
+    add("fingerprint pass total (read+check+stats)", t_fp)
+    add("fingerprint stats (extra over read+check)", t_fp - t_checked)
+    t, (data, seg, _) = _timed(lambda: crop_to_nonzero(loaded.data.copy(), loaded.label), r)
+    add("crop to non-zero", t)
+    mask = seg >= 0
+
+    def normalise():
+        out = data.copy()
+        for c in range(out.shape[0]):
+            props = plans.foreground_intensity_properties_per_channel[str(c)]
+            out[c], _ = normalize_channel(out[c], config.normalization_schemes[c], mask, props,
+                                          config.use_mask_for_norm[c])
+        return out
+    t, normed = _timed(normalise, r)
+    add("normalise", t)
+    spacing = loaded.geometry.spacing
+    new_shape = shape_for_spacing(normed.shape[1:], spacing, config.spacing)
+    t, res = _timed(lambda: resample(normed, new_shape, is_label=False, spacing=spacing).astype(np.float32), r)
+    add("resample data", t)
+    t, res_seg = _timed(lambda: resample(seg, new_shape, is_label=True, spacing=spacing), r)
+    add("resample seg", t)
+    rng = np.random.default_rng(int(hashlib.sha1(case.name.encode()).hexdigest()[:8], 16))
+    t, locs = _timed(lambda: class_locations(res_seg, ctx["foreground"], rng), r)
+    add("class locations", t)
+    props = {"class_locations": locs, "plans_fingerprint": plans_fingerprint(plans, config),
+             "geometry": loaded.geometry.to_dict()}
+    t, _ = _timed(lambda: save_npy(res, tmp / f"{case.name}.npy"), r)
+    add("save data .npy", t)
+    t, _ = _timed(lambda: save_npy(res_seg[None].astype(np.int8), tmp / f"{case.name}_seg.npy"), r)
+    add("save seg .npy", t)
+    t, _ = _timed(lambda: save_json(props, tmp / f"{case.name}.json", indent=None), r)
+    add("save properties .json", t)
+
+
+def internal_profile_pirl(spec: dict) -> dict:
+    """Runs under pirl's python: per-case step times of pirl's fingerprint and preprocessing passes."""
+    import tempfile
+
+    import SimpleITK as sitk
+
+    from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
+    from plans.plans_manager import Plans
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(spec["threads"])
+    raw = Path(spec["raw_folder"])
+    dj = load_dataset_json(raw)
+    plans = Plans.load(spec["plans_file"])
+    tmp = Path(tempfile.mkdtemp(dir=spec["tmp"]))
+    ctx = {"dj": dj, "plans": plans, "config": plans.configuration("3d_fullres"), "repeats": spec["repeats"],
+           "tmp": tmp, "foreground": sorted(v for v in dj.label_values if v > 0)}
+    steps: dict[str, list[float]] = {}
+    for case in list_cases(raw, dj):
+        if case.name in spec["cases"]:
+            _pirl_case_steps(case, ctx, lambda step, seconds: steps.setdefault(step, []).append(seconds))
+    shutil.rmtree(tmp)
+    return {"median_seconds_per_case": {k: statistics.median(v) for k, v in steps.items()}, "per_case": steps}
+
+
+def _nnunet_case_steps(name: str, ctx: dict, add) -> None:
+    """Time nnU-Net's per-case steps on one case through its own functions (DefaultPreprocessor's order)."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.verify_dataset_integrity import check_cases
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+
+    raw, pm, cm, pre, r, tmp = (ctx[k] for k in ("raw", "pm", "cm", "pre", "repeats", "tmp"))
+    images = [str(raw / "imagesTr" / f"{name}_{c:04d}.nii.gz") for c in range(len(CHANNELS))]
+    label = str(raw / "labelsTr" / f"{name}.nii.gz")
+    rw = SimpleITKIO()
+
+    def read():
+        data, props = rw.read_images(images)
+        seg, _ = rw.read_seg(label)
+        return data, seg, props
+    t_read, (data, seg, props) = _timed(read, r)
+    add("read (SimpleITK + float32 stack)", t_read)
+    t, _ = _timed(lambda: check_cases(images, label, len(CHANNELS), SimpleITKIO), r)
+    add("integrity check (verify_dataset_integrity, incl. its own read)", t)
+    t, _ = _timed(lambda: DatasetFingerprintExtractor.analyze_case(images, label, SimpleITKIO, 10000), r)
+    add("fingerprint pass total (read+stats), 10,000 samples per channel", t)
+    per_case = int(DatasetFingerprintExtractor(ctx["dataset_name"], 1).num_foreground_voxels_for_intensitystats
+                   // ctx["num_cases"])
+    t, _ = _timed(lambda: DatasetFingerprintExtractor.analyze_case(images, label, SimpleITKIO, per_case), r)
+    add(f"fingerprint pass total, CLI's 1e8/{ctx['num_cases']} = {per_case:,} samples per channel", t)
+    data = data.astype(np.float32).transpose([0, *[i + 1 for i in pm.transpose_forward]])
+    seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
+    spacing = [props["spacing"][i] for i in pm.transpose_forward]
+    t, (cdata, cseg, _) = _timed(lambda: crop_to_nonzero(data.copy(), seg.copy()), r)
+    add("crop to non-zero (incl. binary_fill_holes)", t)
+    t, normed = _timed(lambda: pre._normalize(cdata.copy(), cseg, cm, pm.foreground_intensity_properties_per_channel),
+                       r)
+    add("normalise", t)
+    new_shape = compute_new_shape(normed.shape[1:], spacing, cm.spacing)
+    t, res = _timed(lambda: cm.resampling_fn_data(normed, new_shape, spacing, cm.spacing), r)
+    add("resample data", t)
+    t, res_seg = _timed(lambda: cm.resampling_fn_seg(cseg, new_shape, spacing, cm.spacing), r)
+    add("resample seg", t)
+    t, locs = _timed(lambda: pre._sample_foreground_locations(res_seg, ctx["regions"]), r)
+    add("class locations", t)
+    res = res.astype(np.float32, copy=False)
+    res_seg = res_seg.astype(np.int8)
+
+    def save():
+        bd, cd = comp_blosc2_params(res.shape, tuple(cm.patch_size), res.itemsize)
+        bs, cs = comp_blosc2_params(res_seg.shape, tuple(cm.patch_size), res_seg.itemsize)
+        for suffix in (".b2nd", "_seg.b2nd"):
+            (tmp / f"{name}{suffix}").unlink(missing_ok=True)
+        nnUNetDatasetBlosc2.save_case(res, res_seg, {"class_locations": locs}, str(tmp / name),
+                                      chunks=cd, blocks=bd, chunks_seg=cs, blocks_seg=bs)
+    t, _ = _timed(save, r)
+    add("save (blosc2 data+seg, pkl)", t)
+
+
+def internal_profile_nnunet(spec: dict) -> dict:
+    """Runs in the nnU-Net venv: the same per-case steps through nnU-Net's own functions."""
+    import tempfile
+
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    raw = Path(spec["raw_folder"])
+    pm = PlansManager(json.loads(Path(spec["plans_file"]).read_text()))
+    lm = pm.get_label_manager(json.loads((raw / "dataset.json").read_text()))
+    tmp = Path(tempfile.mkdtemp(dir=spec["tmp"]))
+    ctx = {"raw": raw, "pm": pm, "dataset_name": raw.name, "num_cases": spec["num_cases"], "cm": pm.get_configuration("3d_fullres"), "pre": DefaultPreprocessor(verbose=False),
+           "repeats": spec["repeats"], "tmp": tmp,
+           "regions": lm.foreground_regions if lm.has_regions else lm.foreground_labels}
+    steps: dict[str, list[float]] = {}
+    for name in spec["cases"]:
+        _nnunet_case_steps(name, ctx, lambda step, seconds: steps.setdefault(step, []).append(seconds))
+    shutil.rmtree(tmp)
+    return {"median_seconds_per_case": {k: statistics.median(v) for k, v in steps.items()}, "per_case": steps}
+
+
+def internal_preprocess_pirl(spec: dict) -> dict:
+    """Runs under pirl's python: pirl's preprocessing alone with PIRLPlans.json's target spacing replaced."""
+    import logging
+
+    from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
+    from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
+    from plans.plans_manager import Plans
+
+    logging.basicConfig(level=logging.INFO)
+    raw = Path(spec["raw_folder"])
+    dj = load_dataset_json(raw)
+    plans = Plans.load(spec["plans_file"])
+    config = plans.configuration("3d_fullres")
+    config.spacing = [float(v) for v in spec["spacing"]]
+    config.data_identifier = spec["data_identifier"]
+    counts = preprocess_dataset(list_cases(raw, dj), plans, "3d_fullres", Path(spec["out"]), dj.label_values,
+                                spec["num_processes"])
+    print("pirl preprocess-only done", counts, file=sys.stderr)
+    return counts
+
+
+INTERNAL = {"compare": internal_compare, "preprocess_pirl": internal_preprocess_pirl, "profile_pirl": internal_profile_pirl,
+            "profile_nnunet": internal_profile_nnunet}
+
+
+def run_internal(python: str, mode: str, spec: dict, cwd: Path, env: dict | None = None) -> dict:
+    """Run one of the INTERNAL helpers in another interpreter; returns its JSON (or an 'error')."""
+    done = subprocess.run([python, str(Path(__file__).resolve()), "--internal", mode, json.dumps(spec)],
+                          check=False, capture_output=True, text=True, cwd=cwd, env=env)
+    if done.returncode != 0:
+        return {"error": f"{mode} failed (rc {done.returncode}): {done.stderr.strip()[-1500:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def tool_commands(args, tool: str, dataset_id: int, n: int, verify: bool) -> list[str]:
+    if tool == "pirl":
+        return [args.pirl_python, "-m", "pirl_pipeline.cli.plan_and_preprocess", "-d", str(dataset_id),
+                "-np", str(n), "--clean"]
+    cmd = [str(args.nnunet_venv / "bin" / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id),
+           "-c", "3d_fullres", "-np", str(n), "-npfp", str(n), "--clean"]
+    return cmd + (["--verify_dataset_integrity"] if verify else [])
+
+
+def phase_markers(tool: str, verify: bool) -> list[tuple[str, str]]:
+    """(text of the output line that starts a phase, phase name), from each CLI's own log lines."""
+    if tool == "pirl":
+        return [(" training cases, channels", "integrity check + fingerprint + planning"),
+                ("INFO plans:", "preprocessing (+ splits)"), ("skipped 0 (already done) in", "exit")]
+    return [("Fingerprint extraction...", "integrity check" if verify else "fingerprint"),
+            ("verify_dataset_integrity Done", "fingerprint"), ("Experiment planning...", "planning"),
+            ("Preprocessing...", "preprocessing")]
+
+
+def summarise(runs: list[dict], num_cases: int) -> dict:
+    ok = [r for r in runs if r["rc"] == 0]
+    if not ok:
+        return {"failed": True}
+    seconds = statistics.median(r["seconds"] for r in ok)
+    return {"failed": len(ok) < len(runs), "median_seconds": seconds, "cases_per_second": num_cases / seconds,
+            "min_seconds": min(r["seconds"] for r in ok), "max_seconds": max(r["seconds"] for r in ok),
+            "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in ok),
+            "peak_tree_pss_mb": max(r["peak_tree_pss_mb"] for r in ok),
+            "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in ok),
+            "peak_single_process_rss_mb": max(r["peak_single_process_rss_mb"] for r in ok),
+            "median_phase_seconds": {k: statistics.median(r["phase_seconds"].get(k, 0.0) for r in ok)
+                                     for k in ok[0]["phase_seconds"]},
+            "load_average_1min": [min(r["load_average_1min_before"] for r in ok),
+                                  max(r["load_average_1min_after"] for r in ok)]}
+
+
+def import_seconds(python: str, module: str, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([python, "-c", f"import {module}"], check=True, cwd=REPO)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def quality(args, work: Path, dataset: dict, nn_ok: bool) -> dict:
+    name = dataset["name"]
+    pirl_root = work / "pirl_preprocessed" / name
+    pirl_plans = json.loads((pirl_root / "PIRLPlans.json").read_text())
+    pc = pirl_plans["configurations"]["3d_fullres"]
+    q: dict = {"pirl": {"spacing": pc["spacing"], "normalization_schemes": pc["normalization_schemes"],
+                        "use_mask_for_norm": pc["use_mask_for_norm"], "patch_size": pc["patch_size"],
+                        "median_image_size_in_voxels": pc["median_image_size_in_voxels"]}}
+    pirl_folder = pirl_root / pc["data_identifier"]
+    if not nn_ok:
+        q["pirl"]["shapes"] = {c: list(np.load(pirl_folder / f"{c}.npy", mmap_mode="r").shape)
+                               for c in dataset["cases"]}
+        return q
+    nn_root = work / "nnunet_preprocessed" / name
+    nn_plans = json.loads((nn_root / "nnUNetPlans.json").read_text())
+    nc = nn_plans["configurations"]["3d_fullres"]
+    q["nnunet"] = {"spacing": nc["spacing"], "normalization_schemes": nc["normalization_schemes"],
+                   "use_mask_for_norm": nc["use_mask_for_norm"], "patch_size": nc["patch_size"],
+                   "median_image_size_in_voxels": nc["median_image_size_in_voxels"],
+                   "transpose_forward": nn_plans["transpose_forward"],
+                   "resampling_fn_data": nc.get("resampling_fn_data"),
+                   "resampling_fn_data_kwargs": nc.get("resampling_fn_data_kwargs"),
+                   "resampling_fn_seg_kwargs": nc.get("resampling_fn_seg_kwargs")}
+    q["same_spacing"] = bool(np.allclose(pc["spacing"], nc["spacing"]))
+    q["same_normalization"] = pc["normalization_schemes"] == nc["normalization_schemes"]
+    q["same_use_mask_for_norm"] = pc["use_mask_for_norm"] == nc["use_mask_for_norm"]
+    q["note"] = ("nnU-Net arrays are stored (C, *transposed axes) with transpose_forward "
+                 f"{nn_plans['transpose_forward']}; pirl stores (C, z, y, x). They are compared as stored, "
+                 "which is the same axis order only when transpose_forward is [0, 1, 2].")
+    if nn_plans["transpose_forward"] != [0, 1, 2]:
+        q["note"] += " transpose_forward is not the identity here: the voxel comparison is skipped."
+        return q
+    distinct = [c for c, m in dataset["cases"].items() if m["replica_of"] is None]
+    spec = {"cases": distinct, "pirl_folder": str(pirl_folder), "nnunet_folder": str(nn_root / nc["data_identifier"])}
+    q["arrays"] = run_internal(str(args.nnunet_venv / "bin" / "python"), "compare", spec, cwd=work)
+    return q
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    head = f"{'tool':<34} {'-np':>3} {'cases':>5} {'median s':>9} {'cases/s':>8} {'cpu s':>7} {'peak MB':>8}"
+    print(f"\n{title}\n{head}\n{'-' * len(head)}")
+    for r in rows:
+        s = r["summary"]
+        if s.get("failed") and "median_seconds" not in s:
+            print(f"{r['label']:<34} {r['np']:>3} {r['cases']:>5}   FAILED (see {r['runs'][-1]['log']})")
+            continue
+        print(f"{r['label']:<34} {r['np']:>3} {r['cases']:>5} {s['median_seconds']:>9.2f} "
+              f"{s['cases_per_second']:>8.3f} {s['median_cpu_seconds']:>7.1f} {s['peak_tree_pss_mb']:>8.0f}")
+
+
+def fit_scaling(rows: list[dict]) -> dict:
+    """Least-squares time = fixed + per_case * cases per tool and -np, when several dataset sizes ran."""
+    out = {}
+    for key in dict.fromkeys(f"{r['label']} -np {r['np']}" for r in rows):
+        mine = [r for r in rows if f"{r['label']} -np {r['np']}" == key and "median_seconds" in r["summary"]]
+        cases = [r["cases"] for r in mine]
+        if len(set(cases)) >= 2:
+            slope, intercept = np.polyfit(cases, [r["summary"]["median_seconds"] for r in mine], 1)
+            cpu_slope, cpu_intercept = np.polyfit(cases, [r["summary"]["median_cpu_seconds"] for r in mine], 1)
+            out[key] = {"fixed_seconds": float(intercept), "seconds_per_case": float(slope),
+                        "marginal_cases_per_second": float(1 / slope) if slope > 0 else float("inf"),
+                        "fixed_cpu_seconds": float(cpu_intercept), "cpu_seconds_per_case": float(cpu_slope),
+                        "points": [(r["cases"], r["summary"]["median_seconds"], r["summary"]["median_cpu_seconds"])
+                                   for r in mine]}
+    return out
+
+
+def print_phases(rows: list[dict]) -> None:
+    print("\nwhere the wall time goes (median seconds per phase, from time-stamped CLI output)")
+    for r in rows:
+        phases_ = r["summary"].get("median_phase_seconds")
+        if phases_:
+            print(f"  {r['label']}, {r['cases']} cases, -np {r['np']}: " + ", ".join(f"{k} {v:.1f}" for k, v in phases_.items()))
+        big = max((run["largest_process_seen"] for run in r["runs"]), key=lambda x: x["rss_mb"])
+        print(f"    largest process seen: {big['rss_mb']:.0f} MB RSS: {big['cmd'][:110]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " See the module docstring for what is measured and how.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-np", type=int, nargs="+", default=[2], dest="num_processes",
+                   help="process counts to measure (each tool gets the same -np; nnU-Net also -npfp)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per tool and -np (median reported)")
+    p.add_argument("--replicate", type=int, nargs="+", default=[1],
+                   help="each real case appears this many times (symlinks, other case names); several values run "
+                        "several dataset sizes and fit time = fixed + per_case * cases (marginal throughput)")
+    p.add_argument("--dataset-id", type=int, default=990, help="dataset id used in the work folder")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared real data")
+    p.add_argument("--workdir", type=Path, default=RESULTS / "preprocess_work",
+                   help="raw/preprocessed folders of both tools (deleted and rebuilt)")
+    p.add_argument("--json-out", type=Path, default=RESULTS / "preprocess.json", help="results JSON")
+    p.add_argument("--pirl-python", default=sys.executable, help="interpreter with pirl installed")
+    p.add_argument("--nnunet-venv", type=Path, default=RESULTS / "nnunet_venv",
+                   help="separate venv holding nnunetv2")
+    p.add_argument("--no-install", action="store_true", help="do not try to install nnunetv2 when missing")
+    p.add_argument("--no-nnunet", action="store_true", help="benchmark pirl alone")
+    p.add_argument("--nnunet-integrity", choices=["on", "off", "both"], default="on",
+                   help="nnU-Net's --verify_dataset_integrity (pirl checks by default, so 'on' is the fair one)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each per-case step of both tools in one process, and their import times")
+    p.add_argument("--profile-repeats", type=int, default=2, help="calls per step in --profile (median)")
+    p.add_argument("--resample-check", nargs="+", default=[], metavar="Z,Y,X",
+                   help="target spacings (e.g. 1.5,1.5,1.5 3.5,1,1) at which both tools' preprocessing alone is run "
+                        "and compared voxel-wise: the real cases are 1 mm isotropic, so the plain run never resamples")
+    p.add_argument("--poll-interval", type=float, default=0.1, help="seconds between memory samples")
+    p.add_argument("--internal", nargs=2, metavar=("MODE", "SPEC"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.internal:
+        print(json.dumps(INTERNAL[args.internal[0]](json.loads(args.internal[1]))))
+        return 0
+    work = args.workdir.resolve()
+    args.nnunet_venv = args.nnunet_venv.resolve()
+    for sub in ("raw", "pirl_preprocessed", "nnunet_preprocessed", "results", "logs", "tmp"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        (work / sub).mkdir(parents=True)
+    nn_ok, nn_why = (False, "--no-nnunet given") if args.no_nnunet else \
+        nnunet_available(args.nnunet_venv, not args.no_install, work / "logs" / "nnunet_install.log")
+    print(("nnU-Net: " if nn_ok else "nnU-Net is left out: ") + nn_why, flush=True)
+
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PIRL_", "nnUNet_"))}
+    env = {**base_env, "PIRL_raw": str(work / "raw"), "PIRL_preprocessed": str(work / "pirl_preprocessed"),
+           "PIRL_results": str(work / "results"), "nnUNet_raw": str(work / "raw"),
+           "nnUNet_preprocessed": str(work / "nnunet_preprocessed"), "nnUNet_results": str(work / "results")}
+    tools = [("pirl", "pirl (integrity check on)", False)]
+    if nn_ok:
+        if args.nnunet_integrity in ("on", "both"):
+            tools.append(("nnunet", "nnU-Net (--verify_dataset_integrity)", True))
+        if args.nnunet_integrity in ("off", "both"):
+            tools.append(("nnunet", "nnU-Net (no integrity check)", False))
+
+    rows, datasets = [], []
+    for replicate in args.replicate:
+        dataset = build_dataset(args.data, work / "raw", args.dataset_id, replicate)
+        datasets.append(dataset)
+        n_cases = dataset["num_cases"]
+        print(f"dataset {dataset['name']}: {n_cases} cases = {dataset['distinct_cases']} real cases x "
+              f"{replicate} (replicas are symlinks under other names); labels: {dataset['labels']}", flush=True)
+        for n in args.num_processes:
+            group = [{"tool": t, "label": label, "verify": v, "np": n, "cases": n_cases, "replicate": replicate,
+                      "runs": []} for t, label, v in tools]
+            for rep in range(args.repeats):  # interleaved, so slow drift hits every tool alike
+                for row in group:
+                    out = work / ("pirl_preprocessed" if row["tool"] == "pirl" else "nnunet_preprocessed")
+                    shutil.rmtree(out / dataset["name"], ignore_errors=True)
+                    cmd = tool_commands(args, row["tool"], args.dataset_id, n, row["verify"])
+                    log = work / "logs" / (f"{row['tool']}{'_verify' if row['verify'] else ''}_{n_cases}cases_"
+                                           f"np{n}_run{rep}.log")
+                    result = measure(cmd, env, log, args.poll_interval, REPO, phase_markers(row["tool"], row["verify"]))
+                    row["runs"].append(result)
+                    status = "ok" if result["rc"] == 0 else f"FAILED rc={result['rc']}:\n{tail(result['log'])}"
+                    print(f"  {row['label']:<36} {n_cases} cases -np {n} run {rep + 1}/{args.repeats}: "
+                          f"{result['seconds']:.2f} s, peak PSS {result['peak_tree_pss_mb']:.0f} MB  {status}",
+                          flush=True)
+            for row in group:
+                row["summary"] = summarise(row["runs"], n_cases)
+            rows.extend(group)
+
+    print_table(rows, f"plan_and_preprocess on {dataset['distinct_cases']} real cases x {args.replicate} (replicas: "
+                      f"symlinks), {os.cpu_count()} CPUs, median of {args.repeats}; peak MB = peak summed PSS of the "
+                      "process tree")
+    print_phases(rows)
+    loads = [x for r in rows for run in r["runs"] for x in (run["load_average_1min_before"],
+                                                              run["load_average_1min_after"])]
+    if loads and max(loads) > (os.cpu_count() or 1):
+        print(f"\nWARNING: 1-min load average reached {max(loads):.1f} on {os.cpu_count()} CPUs during the runs: other "
+              "processes competed for the CPUs, so absolute times are inflated; the tools were interleaved, so "
+              "their ratio is the more robust number.")
+    ratios = {}
+    for pirl_row in (r for r in rows if r["tool"] == "pirl" and "median_seconds" in r["summary"]):
+        for r in rows:
+            if r["tool"] == "nnunet" and r["np"] == pirl_row["np"] and r["cases"] == pirl_row["cases"] \
+                    and "median_seconds" in r["summary"]:
+                ratio = r["summary"]["median_seconds"] / pirl_row["summary"]["median_seconds"]
+                ratios[f"{r['cases']} cases, np{r['np']}: pirl / {r['label']}"] = ratio
+                print(f"throughput ratio pirl / {r['label']}, {r['cases']} cases, -np {r['np']}: {ratio:.2f}x "
+                      "(goal >= 1.5x)")
+    scaling = fit_scaling(rows)
+    for key, fit in scaling.items():
+        print(f"scaling {key}: wall = {fit['fixed_seconds']:.1f} s + {fit['seconds_per_case']:.2f} s x cases "
+              f"(marginal {fit['marginal_cases_per_second']:.3f} cases/s); CPU = {fit['fixed_cpu_seconds']:.1f} s + "
+              f"{fit['cpu_seconds_per_case']:.2f} s x cases")
+    for n in args.num_processes:
+        pirl_fit = scaling.get(f"pirl (integrity check on) -np {n}")
+        for key, fit in scaling.items():
+            if pirl_fit and key.startswith("nnU-Net") and key.endswith(f"-np {n}"):
+                ratio = fit["seconds_per_case"] / pirl_fit["seconds_per_case"]
+                cpu_ratio = fit["cpu_seconds_per_case"] / pirl_fit["cpu_seconds_per_case"]
+                ratios[f"marginal per case, np{n}: pirl / {key}"] = ratio
+                ratios[f"marginal CPU per case, np{n}: pirl / {key}"] = cpu_ratio
+                print(f"marginal (per extra case) ratio pirl / {key}: wall {ratio:.2f}x, CPU {cpu_ratio:.2f}x "
+                      "(nnU-Net draws 1e8 intensity samples in total whatever the case count, so its fingerprint "
+                      "cost is mostly in 'fixed' and spreads better over more workers as cases grow: its wall "
+                      "slope is biased low; under CPU contention trust the CPU slope)")
+
+    q = None
+    pirl_done = any(r["tool"] == "pirl" and r["runs"][-1]["rc"] == 0 for r in rows)
+    nn_done = nn_ok and any(r["tool"] == "nnunet" and r["runs"][-1]["rc"] == 0 for r in rows)
+    if pirl_done:
+        q = quality(args, work, dataset, nn_done)
+        print_quality(q)
+
+    checks = []
+    if args.resample_check and pirl_done and nn_done:
+        for i, text in enumerate(args.resample_check):
+            checks.append(resample_check(args, work, dataset, env, [float(v) for v in text.split(",")], i))
+            print_resample_check(checks[-1])
+
+    profile = None
+    if args.profile and pirl_done:
+        profile = run_profile(args, work, dataset, nn_done, env)
+        print_profile(profile)
+
+    report = {"datasets": datasets, "cpus": os.cpu_count(), "repeats": args.repeats, "scaling": scaling,
+              "nnunet": {"available": nn_ok, "detail": nn_why, "venv": str(args.nnunet_venv)},
+              "memory_method": f"peak over /proc polling every {args.poll_interval:.2f} s of the summed PSS (and "
+                               "RSS) of the CLI process and all its descendants; single-process peak from wait4 "
+                               "rusage ru_maxrss (= /usr/bin/time -v)",
+              "results": rows, "throughput_ratio_pirl_over_nnunet": ratios, "quality": q, "resample_checks": checks,
+              "profile": profile}
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.json_out}")
+    return 0 if pirl_done else 1
+
+
+def resample_check(args, work: Path, dataset: dict, env: dict, spacing: list[float], index: int) -> dict:
+    """Preprocessing only (no fingerprint/planning), both tools, at a forced target spacing; then compare."""
+    name, n = dataset["name"], max(args.num_processes)
+    ident = f"resample{index}_3d_fullres"
+    nn_root = work / "nnunet_preprocessed" / name
+    nn_plans = json.loads((nn_root / "nnUNetPlans.json").read_text())
+    nn_plans["plans_name"] = f"nnUNetPlansResample{index}"
+    cfg = nn_plans["configurations"]["3d_fullres"]
+    cfg["spacing"], cfg["data_identifier"] = spacing, ident
+    (nn_root / f"nnUNetPlansResample{index}.json").write_text(json.dumps(nn_plans, indent=2))
+    spec = {"raw_folder": str(work / "raw" / name), "plans_file": str(work / "pirl_preprocessed" / name /
+                                                                        "PIRLPlans.json"),
+            "spacing": spacing, "data_identifier": ident, "out": str(work / "pirl_preprocessed" / name),
+            "num_processes": n}
+    runs = {}
+    for tool in ("pirl", "nnunet"):
+        if tool == "pirl":
+            cmd = [args.pirl_python, str(Path(__file__).resolve()), "--internal", "preprocess_pirl", json.dumps(spec)]
+            markers = [("preprocess:   0%", "preprocessing")]
+        else:
+            cmd = [str(args.nnunet_venv / "bin" / "nnUNetv2_preprocess"), "-d", str(args.dataset_id),
+                   "-plans_name", f"nnUNetPlansResample{index}", "-c", "3d_fullres", "-np", str(n)]
+            markers = [("Preprocessing cases:   0%", "preprocessing")]
+        shutil.rmtree(work / f"{tool}_preprocessed" / name / ident, ignore_errors=True)
+        runs[tool] = measure(cmd, env, work / "logs" / f"{tool}_resample{index}.log", args.poll_interval, REPO,
+                             markers)
+        print(f"  resample check {spacing}: {tool} preprocessing only, -np {n}: {runs[tool]['seconds']:.2f} s "
+              f"(rc {runs[tool]['rc']})", flush=True)
+    out = {"spacing": spacing, "num_processes": n, "runs": runs}
+    if all(r["rc"] == 0 for r in runs.values()):
+        distinct = [c for c, m in dataset["cases"].items() if m["replica_of"] is None]
+        out["arrays"] = run_internal(str(args.nnunet_venv / "bin" / "python"), "compare",
+                                     {"cases": distinct, "pirl_folder": str(work / "pirl_preprocessed" / name / ident),
+                                      "nnunet_folder": str(nn_root / ident)}, cwd=work)
+    return out
+
+
+def print_resample_check(check: dict) -> None:
+    r = check["runs"]
+    print(f"\nresample check, target spacing {check['spacing']} (preprocessing only, -np {check['num_processes']}): "
+          f"pirl {r['pirl']['seconds']:.2f} s ({r['pirl']['cpu_seconds']:.1f} CPU s), nnU-Net "
+          f"{r['nnunet']['seconds']:.2f} s ({r['nnunet']['cpu_seconds']:.1f} CPU s); ratio "
+          f"{r['nnunet']['seconds'] / r['pirl']['seconds']:.2f}x wall, "
+          f"{r['nnunet']['cpu_seconds'] / r['pirl']['cpu_seconds']:.2f}x CPU")
+    print_quality({"arrays": check.get("arrays", {})}, arrays_only=True)
+
+
+def print_quality(q: dict, arrays_only: bool = False) -> None:
+    if arrays_only:
+        q = {"arrays": q["arrays"]}
+        _print_arrays(q)
+        return
+    print("\nresult quality")
+    keys = ("spacing", "normalization_schemes", "use_mask_for_norm", "patch_size", "median_image_size_in_voxels")
+    for k in keys:
+        print(f"  {k:<28} pirl {q['pirl'][k]}" + (f"  | nnU-Net {q['nnunet'][k]}" if "nnunet" in q else ""))
+    if "nnunet" not in q:
+        print("  shapes (pirl):", q["pirl"]["shapes"])
+        return
+    print(f"  same spacing: {q['same_spacing']}, same normalisation: {q['same_normalization']}, "
+          f"same mask use: {q['same_use_mask_for_norm']}; nnU-Net transpose_forward "
+          f"{q['nnunet']['transpose_forward']}, resampling {q['nnunet']['resampling_fn_data']} "
+          f"{q['nnunet']['resampling_fn_data_kwargs']}")
+    _print_arrays(q)
+
+
+def _print_arrays(q: dict) -> None:
+    arrays = q.get("arrays", {})
+    if "error" in arrays:
+        print("  array comparison failed:", arrays["error"])
+    for case, row in arrays.get("cases", {}).items():
+        line = f"  {case}: shape pirl {row['pirl_shape']} nnU-Net {row['nnunet_shape']}"
+        if "data_mean_abs_diff" in row:
+            line += (f"; data |diff| mean {row['data_mean_abs_diff']:.2e} max {row['data_max_abs_diff']:.2e} "
+                     f"({row['data_voxels_differing_gt_1e-3']} voxels > 1e-3)")
+        if "seg_voxels_differing" in row:
+            line += (f"; seg differs in {row['seg_voxels_differing']} voxels (pirl -1 / nnU-Net 0: "
+                     f"{row['seg_minus1_pirl_0_nnunet']}, pirl 0 / nnU-Net -1: {row['seg_0_pirl_minus1_nnunet']}, "
+                     f"foreground differs: {row['seg_foreground_differing']}, Dice per class "
+                     + ", ".join(f"{k}: {v:.4f}" for k, v in row["seg_dice_per_class"].items()) + ")")
+        if row["pirl_bbox"] != row["nnunet_bbox"]:
+            line += f"; crop box pirl {row['pirl_bbox']} nnU-Net {row['nnunet_bbox']}"
+        print(line)
+
+
+def run_profile(args, work: Path, dataset: dict, nn_done: bool, env: dict) -> dict:
+    distinct = [c for c, m in dataset["cases"].items() if m["replica_of"] is None]
+    name = dataset["name"]
+    out = {"note": f"one process, SimpleITK threads as a pirl worker at -np {max(args.num_processes)} gets"}
+    threads = max(1, (os.cpu_count() or 1) // max(1, min(max(args.num_processes), dataset["num_cases"])))
+    spec = {"raw_folder": str(work / "raw" / name), "cases": distinct, "repeats": args.profile_repeats,
+            "num_cases": dataset["num_cases"],
+            "tmp": str(work / "tmp"), "threads": threads,
+            "plans_file": str(work / "pirl_preprocessed" / name / "PIRLPlans.json")}
+    out["pirl"] = run_internal(args.pirl_python, "profile_pirl", spec, cwd=REPO, env=env)
+    out["import_seconds"] = {"pirl": import_seconds(args.pirl_python, "pirl_pipeline.cli.plan_and_preprocess")}
+    if nn_done:
+        nn_python = str(args.nnunet_venv / "bin" / "python")
+        spec = {**spec, "plans_file": str(work / "nnunet_preprocessed" / name / "nnUNetPlans.json")}
+        out["nnunet"] = run_internal(nn_python, "profile_nnunet", spec, cwd=work, env=env)
+        out["import_seconds"]["nnunet"] = import_seconds(
+            nn_python, "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints")
+    return out
+
+
+def print_profile(profile: dict) -> None:
+    print(f"\nper-case step times, median over the distinct cases (seconds; {profile['note']})")
+    for tool in ("pirl", "nnunet"):
+        if tool not in profile:
+            continue
+        if "error" in profile[tool]:
+            print(f"  {tool}: {profile[tool]['error']}")
+            continue
+        print(f"  {tool}:")
+        for step, seconds in profile[tool]["median_seconds_per_case"].items():
+            print(f"    {step:<62} {seconds:8.3f}")
+    print("  import time of the CLI module:",
+          ", ".join(f"{k} {v:.2f} s" for k, v in profile["import_seconds"].items()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
