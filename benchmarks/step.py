@@ -5,7 +5,7 @@
     python benchmarks/step.py --device cuda --amp --sizes 48:96
 
 Both methods take one AdamW step per repetition on a batch of subjects with 4 modalities: the floor runs
-4 forward+backward passes of SwinUNETR(4 -> 4 channels) first; PIRL runs PIRLObjective (all losses, 2 views).
+4 forward+backward passes of SwinUNETR(4 -> 4 channels); PIRL runs PIRLObjective (all losses, 2 views).
 Time: one child process builds both models and alternates their steps (after one warm-up step each), so
 that a changing machine load hits both alike; the median wall time is reported, and the ratio of the
 median process CPU times (robust to other load, most so with --threads 1). Memory: one fresh child per method
@@ -164,8 +164,9 @@ def main() -> None:
         rows.append(row)
         floor, pirl = row["floor"], row["pirl"]
         print(f"{fs:>3} {patch:>4}³ | {floor['median_s']:>8.2f} {pirl['median_s']:>8.2f} {row['time_ratio']:>6.2f} | "
-              f"{row['cpu_time_ratio']:>9.2f} | {floor['peak_mib']:>9.0f} {pirl['peak_mib']:>9.0f} {row['memory_ratio']:>6.2f} | "
-              f"{floor['step_mib']:>10.0f} {pirl['step_mib']:>9.0f}", flush=True)  # fmt: skip
+              f"{row['cpu_time_ratio']:>9.2f} | {floor['peak_mib']:>9.0f} {pirl['peak_mib']:>9.0f} "
+              f"{row['memory_ratio']:>6.2f} | {floor['step_mib']:>10.0f} {pirl['step_mib']:>9.0f}",
+              flush=True)  # fmt: skip
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "fs", "patch", "out")}
     settings["torch_threads"] = torch.get_num_threads()
     args.out.parent.mkdir(parents=True, exist_ok=True)

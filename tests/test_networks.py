@@ -6,16 +6,26 @@ from monai.networks.nets import SwinUNETR
 
 from pirl_pipeline.networks import PIRLNet, attention_heads, repeat_modality
 
-SMALL = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16}
+SMALL = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: as fast for these tiny tensors and immune to oversubscription on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
-    ("patch", "fs", "cin", "cout"),
-    [((64, 64, 64), 12, 4, 4), ((64, 32, 32), 12, 2, 3), ((32, 32, 64), 24, 1, 2)],
+    ("patch", "fs", "cin", "cout", "window"),
+    [((64, 64, 64), 12, 4, 4, 7), ((64, 32, 32), 12, 2, 3, 4), ((32, 32, 64), 24, 1, 2, 4)],
 )
-def test_shapes(patch, fs, cin, cout):
+def test_shapes(patch, fs, cin, cout, window):
     torch.manual_seed(0)
-    net = PIRLNet(cin, cout, patch, feature_size=fs, depths=(1, 1, 1, 1), proj_dim=16, num_transforms=8)
+    net = PIRLNet(cin, cout, patch, feature_size=fs, depths=(1, 1, 1, 1), window_size=window, proj_dim=16,
+                  num_transforms=8)  # fmt: skip
     with torch.no_grad():
         out = net(torch.randn(2, cin, *patch), views=torch.randn(4, cin, *patch))
     grid = (2, 16 * fs, *(p // 32 for p in patch))
@@ -59,10 +69,13 @@ def test_gradients_reach_prior_encoder_decoder_and_heads():
     x = torch.randn(1, 2, 64, 32, 32)
     out = net(x, views=torch.randn(1, 2, 64, 32, 32))
     (_all_losses(out) + out.view_proj.square().mean()).backward()
-    for name in ["prior_fusion.prior", "prior_fusion.attn.in_proj_weight", "prior_fusion.transform.0.weight",
-                 "prior_fusion.fuse.weight", "swinViT.patch_embed.proj.weight", "swinViT.layers4.0.blocks.0.attn.qkv.weight",
-                 "encoder1.layer.conv1.conv.weight", "encoder10.layer.conv1.conv.weight", "decoder1.transp_conv.conv.weight",
-                 "out.conv.conv.weight", "equivariance_head.fc.weight", "projection_head.mlp.2.weight"]:  # fmt: skip
+    names = [
+        "prior_fusion.prior", "prior_fusion.attn.in_proj_weight", "prior_fusion.transform.0.weight",
+        "prior_fusion.fuse.weight", "swinViT.patch_embed.proj.weight", "swinViT.layers4.0.blocks.0.attn.qkv.weight",
+        "encoder1.layer.conv1.conv.weight", "encoder10.layer.conv1.conv.weight", "decoder1.transp_conv.conv.weight",
+        "out.conv.conv.weight", "equivariance_head.fc.weight", "projection_head.mlp.2.weight",
+    ]  # fmt: skip
+    for name in names:
         grad = dict(net.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -104,9 +117,9 @@ def test_swinunetr_weight_round_trip():
 
 def test_without_prior_equals_swinunetr():
     torch.manual_seed(0)
-    swin = SwinUNETR(2, 2, feature_size=12, depths=(1, 1, 1, 1)).eval()
+    swin = SwinUNETR(2, 2, feature_size=12, depths=(1, 1, 1, 1), window_size=4).eval()
     net = PIRLNet.from_swinunetr(swin, in_channels=2, out_channels=2, patch_size=(64, 32, 32), use_prior=False,
-                                 feature_size=12, depths=(1, 1, 1, 1)).eval()  # fmt: skip
+                                 feature_size=12, depths=(1, 1, 1, 1), window_size=4).eval()  # fmt: skip
     x = torch.randn(1, 2, 64, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net(x).output, swin(x), atol=1e-5)

@@ -12,10 +12,19 @@ from pirl_pipeline.networks import PIRLNet
 PATCH = (64, 32, 32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: as fast for these tiny tensors and immune to oversubscription on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _setup(seed=0, modalities=2, **config):
     torch.manual_seed(seed)
     config = {"views": 1} | config
-    net = PIRLNet(modalities, modalities, PATCH, feature_size=12, depths=(1, 1, 1, 1), proj_dim=32,
+    net = PIRLNet(modalities, modalities, PATCH, feature_size=12, depths=(1, 1, 1, 1), window_size=4, proj_dim=32,
                   use_prior=config.get("prior", True))  # fmt: skip
     objective = PIRLObjective.for_model(net, PIRLLossConfig(**config))
     images = torch.randn(1, modalities, *PATCH)

@@ -58,6 +58,7 @@ class PIRLNet(nn.Module):
         feature_size: int = 12,
         depths: Sequence[int] = (2, 2, 2, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
         use_prior: bool = True,
         attn_heads: int = 3,
         num_transforms: int = 4,
@@ -73,9 +74,9 @@ class PIRLNet(nn.Module):
         self.config: dict[str, Any] = {
             "in_channels": in_channels, "out_channels": out_channels, "patch_size": list(patch_size),
             "feature_size": feature_size, "depths": list(depths), "num_heads": list(num_heads),
-            "use_prior": use_prior, "attn_heads": attn_heads, "num_transforms": num_transforms,
-            "proj_dim": proj_dim, "norm_name": norm_name, "dropout_path_rate": dropout_path_rate,
-            "use_checkpoint": use_checkpoint,
+            "window_size": window_size, "use_prior": use_prior, "attn_heads": attn_heads,
+            "num_transforms": num_transforms, "proj_dim": proj_dim, "norm_name": norm_name,
+            "dropout_path_rate": dropout_path_rate, "use_checkpoint": use_checkpoint,
         }  # fmt: skip
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
         self.use_prior, self.num_transforms, self.proj_dim = use_prior, num_transforms, proj_dim
@@ -110,7 +111,7 @@ class PIRLNet(nn.Module):
     # ---- SwinUNETR compatibility -------------------------------------------------------------
     def swinunetr_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the plain MONAI SwinUNETR whose weights match this network."""
-        keys = ("in_channels", "out_channels", "feature_size", "depths", "num_heads", "norm_name",
+        keys = ("in_channels", "out_channels", "feature_size", "depths", "num_heads", "window_size", "norm_name",
                 "dropout_path_rate", "use_checkpoint")  # fmt: skip
         return {k: self.config[k] for k in keys}
 
