@@ -23,11 +23,10 @@ test: install lint
 	$(VENV)/bin/pytest -q tests
 
 demo: install
-	$(VENV)/bin/pirl_make_demo_dataset -d 500
-	$(VENV)/bin/pirl_plan_and_preprocess -d 500
+	$(VENV)/bin/pirl_demo
 
 bench: install
-	$(PY) benchmarks/preprocess.py
+	$(PY) -m benchmarks.run_all
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pirl_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=8, help="training cases of the demo dataset (default 8)")
     p.add_argument("--downsample", type=int, default=2, help="demo voxel size in mm (default 2)")
-    p.add_argument("--pretrain-iters", type=int, default=24, help="pre-training iterations (default 24)")
-    p.add_argument("--finetune-iters", type=int, default=24, help="iterations per fine-tuning (default 24)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per training stage (default 3)")
+    p.add_argument("--pretrain-iters", type=int, default=8, help="pre-training iterations (default 8)")
+    p.add_argument("--finetune-iters", type=int, default=8, help="iterations per fine-tuning (default 8)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per training stage (default 2)")
     p.add_argument("--feature-size", type=int, default=12)
     p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
     return p
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     stages.run("dataset", demo_brain.main, ["-d", "500", "-n", str(args.cases), "--downsample", str(args.downsample)],
                raw / "dataset.json")
     stages.run("plan+preprocess", plan_and_preprocess.main, ["-d", "500", "-np", "2"])
-    size = ["--patch-size", "64", "64", "64", "--batch-size", "1", "--epochs", str(args.epochs), "-npa", "1",
+    size = ["--patch-size", "64", "64", "64", "--batch-size", "1", "--epochs", str(args.epochs), "-npa", "0",
             "-device", args.device, "--val-iters", "2"]
     pre_iters = str(max(1, args.pretrain_iters // args.epochs))
     fine_iters = str(max(1, args.finetune_iters // args.epochs))
