@@ -1,0 +1,645 @@
+"""Per-case wall time and peak memory of pirl's prediction vs the floor: MONAI's sliding window alone.
+
+    python -m benchmarks.predict                          # CPU, fs 12, roi 96^3, 1 repeat, TTA on one window
+    python -m benchmarks.predict --repeats 3 --fs 24      # medians over 3 interleaved repeats
+    python -m benchmarks.predict --tta full               # TTA on the whole volume (9 more passes over the case)
+    python -m benchmarks.predict --device cuda            # on a GPU (memory: torch.cuda.max_memory_allocated)
+
+The case: ``../shared/data/brats2020_style/TCGA-DU-7294`` (240x240x155, 1 mm, 4 channels ``_t1 _t1ce _t2
+_flair``), given to pirl as a raw-format input folder of symlinks ``CASE_0000..0003.nii.gz``.
+
+The model: a real pirl model folder made cheaply with the real code path, under ``--workdir`` (git-ignored):
+a raw dataset of the shared 4-modality BraTS cases (symlinks; ``benchmarks/preprocess.py``'s
+``build_dataset``), ``pirl_plan_and_preprocess``, then ``pirl_train ... seg -f 0`` for ONE iteration at the
+chosen feature size and patch (``--epochs 1 --iters 1 --val-iters 0``). The weights are untrained (timing
+only): the network's cost does not depend on its weights. Training runs with ``PIRL_raw`` pointing at an
+empty folder so that the trainer's end-of-fold full-volume validation (minutes) is skipped. The model
+folder is reused by later runs with the same fs and roi (``--retrain`` makes a new one).
+
+Measured, each in a fresh child process (``--repeats`` times, floor and pirl interleaved):
+- floor: the model folder loaded with pirl's loader (same network object), the case read and preprocessed
+  once OUTSIDE the timer with pirl's own code, then only
+  ``sliding_window_inference(volume, roi, 1, window_predictor(...), overlap=0.5, mode="gaussian")`` under
+  ``torch.no_grad()`` is timed (``window_predictor`` is pirl's network wrapper: a PIRLNet sees each available
+  modality alone and fuses them);
+- pirl: what ``pirl_predict`` does per case: ``PIRLPredictor.read_case`` + ``predict_case`` (TTA off) +
+  ``export``, broken down into read / stack channels / preprocess / sliding window / restore (probabilities,
+  resampling back, uncrop, label map) / export (NIfTI write); the phases inside ``predict_case`` are timed by
+  wrapping the two functions it calls (``preprocess_arrays``, ``predict_volume``). Model loading is timed
+  apart (once per run, not per case);
+- ``pirl_predict`` end to end once (interpreter start, imports, model load, read-ahead thread, export);
+- TTA cost: ``predict_volume`` with and without mirroring (8 passes) on a centred crop of the preprocessed
+  volume (default: one window, ``--tta-crop`` to change, ``--tta full`` for the whole volume), extrapolated
+  to the whole case.
+Memory: a thread samples the process's resident set (/proc/self/statm) every 10 ms and keeps the peak per
+phase; ``ru_maxrss`` (the process's peak) is reported too; on CUDA ``torch.cuda.max_memory_allocated``.
+CPU time (``time.process_time``, all threads) is reported next to wall time: other jobs on a shared machine
+inflate wall time more than CPU time; the 1-minute load average is recorded before and after every child.
+Checks: the pirl sliding-window output equals the floor's (max |difference|), the CLI's label map equals
+the API's. Results: a table on stdout and ``benchmarks/results/predict.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2020_style" / "TCGA-DU-7294"
+NAMINGS = (("_t1", "_t1ce", "_t2", "_flair"), ("-t1n", "-t1c", "-t2w", "-t2f"))
+DATASET_ID = 991
+TRAINER = "PIRLSegTrainer"
+GOAL = 1.1
+
+
+def _preprocess_bench():
+    """``benchmarks/preprocess.py`` (its dataset builder and process-tree measurement), importable from a script."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import benchmarks.preprocess as module
+
+    return module
+
+
+# ------------------------------------------------------------------------------------------- children
+class PhaseMemory(threading.Thread):
+    """Samples this process's RSS every ``interval`` s; keeps the peak of each phase (``set_phase``)."""
+
+    def __init__(self, interval: float = 0.01):
+        super().__init__(daemon=True)
+        self.interval, self.phase, self.peaks = interval, "start", {}
+        self._page = resource.getpagesize()
+        self._stop_event = threading.Event()
+
+    def rss_mib(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page / 2**20
+
+    def sample(self) -> None:
+        rss = self.rss_mib()
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def set_phase(self, phase: str) -> None:
+        self.sample()  # the end of the previous phase
+        self.phase = phase
+        self.sample()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> dict:
+        self._stop_event.set()
+        self.join()
+        self.sample()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
+
+
+def _setup_child(spec: dict):
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    return torch
+
+
+def _sync(torch, device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _load(spec: dict):
+    from pirl_pipeline.inference.predictor import PIRLPredictor
+
+    predictor = PIRLPredictor.from_model_folder(spec["model"], [spec["fold"]], device=spec["device"], mirror=False,
+                                                step_size=spec["step_size"])
+    if spec.get("flash_attention"):  # experiment: MONAI's SDPA path of the Swin window attention (no-grad only)
+        for network in predictor.model.networks:
+            for module in network.modules():
+                if hasattr(module, "use_flash_attention"):
+                    module.use_flash_attention = True
+    return predictor
+
+
+def _files(spec: dict) -> dict[int, Path]:
+    return {int(c): Path(p) for c, p in spec["files"].items()}
+
+
+def preprocessed_volume(predictor, images: dict, geometry):
+    """The array ``predict_case`` hands to the sliding window: same stacking, same ``preprocess_arrays`` call."""
+    import numpy as np
+
+    from pirl_pipeline.preprocessing.preprocessor import preprocess_arrays
+
+    available = sorted(images)
+    data = np.zeros((predictor.num_modalities, *geometry.shape), np.float32)
+    for c, array in images.items():
+        data[c] = array
+    pre, _, _ = preprocess_arrays(data, None, geometry.spacing, predictor.model.plans, predictor.config, available)
+    return pre, available
+
+
+def _cuda_peak(torch, device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def child_floor(spec: dict) -> dict:
+    """Raw MONAI sliding window on the already-preprocessed volume, pirl's network wrapper, nothing else timed."""
+    torch = _setup_child(spec)
+    import numpy as np
+    from monai.inferers import sliding_window_inference
+
+    from pirl_pipeline.inference.sliding_window import window_predictor
+
+    memory = PhaseMemory()
+    memory.start()
+    predictor = _load(spec)
+    images, geometry = predictor.read_case(spec["case"], _files(spec))
+    volume, available = preprocessed_volume(predictor, images, geometry)
+    del images
+    gc.collect()
+    network = predictor.model.networks[0]
+    predict = window_predictor(network, predictor.model.kind, available, predictor.num_modalities)
+    windows = [0]
+
+    def counted(x):
+        windows[0] += x.shape[0]
+        return predict(x)
+
+    tensor = torch.from_numpy(volume)[None].to(spec["device"])
+    roi = predictor.model.patch_size
+    if spec["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    memory.set_phase("sliding window")
+    before = memory.rss_mib()
+    load0 = os.getloadavg()[0]
+    with torch.no_grad():
+        _sync(torch, spec["device"])
+        start, cpu0 = time.perf_counter(), time.process_time()
+        out = sliding_window_inference(tensor, roi, 1, counted, overlap=1 - spec["step_size"], mode="gaussian")
+        _sync(torch, spec["device"])
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    memory.set_phase("after")
+    peaks = memory.stop()
+    if spec.get("save_logits"):
+        np.save(spec["save_logits"], out[0].float().cpu().numpy())
+    return {"seconds": seconds, "cpu_seconds": cpu, "windows": windows[0], "roi": list(roi),
+            "preprocessed_shape": list(volume.shape), "rss_before_mib": round(before, 1),
+            "peak_rss_sliding_window_mib": peaks["sliding window"],
+            "peak_rss_above_start_mib": round(peaks["sliding window"] - before, 1),
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cuda_peak_mib": _cuda_peak(torch, spec["device"]), "load_1min": [load0, os.getloadavg()[0]],
+            "torch_threads": torch.get_num_threads()}
+
+
+def child_pirl(spec: dict) -> dict:
+    """``pirl_predict``'s per-case work through the Python API, phase by phase."""
+    torch = _setup_child(spec)
+    import numpy as np
+
+    import pirl_pipeline.inference.predictor as predictor_module
+
+    memory = PhaseMemory()
+    memory.start()
+    marks: list[tuple[str, float, float]] = []  # (phase that starts now, wall, cpu)
+    kept = {}
+
+    def mark(phase: str) -> None:
+        _sync(torch, spec["device"])
+        marks.append((phase, time.perf_counter(), time.process_time()))
+        memory.set_phase(phase)
+
+    def wrap(fn, phase: str, after: str):
+        def timed(*args, **kwargs):
+            mark(phase)
+            out = fn(*args, **kwargs)
+            mark(after)
+            if phase == "sliding window" and spec.get("save_logits"):
+                kept["logits"] = out  # saved after the timed part (pirl holds it until predict_case returns)
+            return out
+        return timed
+
+    predictor_module.preprocess_arrays = wrap(predictor_module.preprocess_arrays, "preprocess", "between")
+    predictor_module.predict_volume = wrap(predictor_module.predict_volume, "sliding window", "restore")
+    out_dir = Path(spec["output"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    load0 = os.getloadavg()[0]
+    mark("load model")
+    predictor = _load(spec)
+    if spec["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    mark("read")
+    images, geometry = predictor.read_case(spec["case"], _files(spec))
+    mark("stack channels")
+    result = predictor.predict_case(images, geometry)
+    mark("export")
+    written = predictor.export(spec["case"], result, geometry, out_dir, spec["file_ending"])
+    mark("end")
+    peaks = memory.stop()
+    phases: dict[str, dict] = {}
+    for (phase, t0, c0), (_, t1, c1) in itertools.pairwise(marks):
+        row = phases.setdefault(phase, {"seconds": 0.0, "cpu_seconds": 0.0})
+        row["seconds"] += t1 - t0
+        row["cpu_seconds"] += c1 - c0
+    for phase, row in phases.items():
+        row["peak_rss_mib"] = peaks.get(phase)
+    between = phases.pop("between")  # (~0 s) from the end of preprocessing to the window loop: count as restore
+    phases["restore"]["seconds"] += between["seconds"]
+    phases["restore"]["cpu_seconds"] += between["cpu_seconds"]
+    order = {"load model": "load model", "read": "read", "stack channels": "stack channels",
+             "preprocess": "preprocess", "sliding window": "sliding window",
+             "restore": "restore (probabilities, resample back, uncrop, labels)", "export": "export"}
+    phases = {label: phases[key] for key, label in order.items()}
+    case_phases = [p for p in phases if p != "load model"]
+    if "logits" in kept:
+        np.save(spec["save_logits"], kept["logits"].float().cpu().numpy())
+    return {"seconds": sum(phases[p]["seconds"] for p in case_phases),
+            "cpu_seconds": sum(phases[p]["cpu_seconds"] for p in case_phases),
+            "phases": phases, "peak_rss_case_mib": max(phases[p]["peak_rss_mib"] or 0 for p in case_phases),
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cuda_peak_mib": _cuda_peak(torch, spec["device"]), "written": [str(p) for p in written],
+            "load_1min": [load0, os.getloadavg()[0]], "torch_threads": torch.get_num_threads()}
+
+
+def child_tta(spec: dict) -> dict:
+    """``predict_volume`` without and with mirroring (8 passes) on a centred crop of the preprocessed case."""
+    torch = _setup_child(spec)
+    from pirl_pipeline.inference.sliding_window import predict_volume
+
+    predictor = _load(spec)
+    images, geometry = predictor.read_case(spec["case"], _files(spec))
+    volume, available = preprocessed_volume(predictor, images, geometry)
+    del images
+    shape = volume.shape[1:]
+    crop = shape if spec["crop"] is None else [min(c, s) for c, s in zip(spec["crop"], shape)]
+    lo = [(s - c) // 2 for s, c in zip(shape, crop)]
+    sub = torch.from_numpy(volume[(slice(None),) + tuple(slice(a, a + c) for a, c in zip(lo, crop))].copy())
+    model = predictor.model
+    out = {"crop": list(crop), "preprocessed_shape": list(volume.shape), "load_1min": [os.getloadavg()[0]]}
+
+    def timed(mirror: bool) -> dict:
+        _sync(torch, spec["device"])
+        start, cpu0 = time.perf_counter(), time.process_time()
+        predict_volume(model.networks, model.kind, sub, available, model.patch_size, spec["step_size"], mirror,
+                       device=spec["device"])
+        _sync(torch, spec["device"])
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu0}
+
+    if spec["crop"] is None:  # whole volume (slow): one pass each, the first-pass set-up cost is negligible
+        out["no_tta_runs"], out["tta"] = [timed(False)], timed(True)
+    else:
+        out["warm_up"] = timed(False)  # first pass of a process: allocator and oneDNN set-up, not counted
+        runs = [timed(False), timed(True), timed(False)]  # no-TTA before and after: drift of the load cancels
+        out["no_tta_runs"], out["tta"] = [runs[0], runs[2]], runs[1]
+    n = len(out["no_tta_runs"])
+    out["no_tta"] = {k: sum(r[k] for r in out["no_tta_runs"]) / n for k in ("seconds", "cpu_seconds")}
+    out["load_1min"].append(os.getloadavg()[0])
+    out["factor"] = out["tta"]["seconds"] / out["no_tta"]["seconds"]
+    out["cpu_factor"] = out["tta"]["cpu_seconds"] / out["no_tta"]["cpu_seconds"]
+    return out
+
+
+CHILDREN = {"floor": child_floor, "pirl": child_pirl, "tta": child_tta}
+
+
+def run_child(mode: str, spec: dict, log: Path, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.predict", "--internal", mode, json.dumps(spec)]
+    load = os.getloadavg()[0]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}")
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} child failed (rc {done.returncode}); log {log}:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_1min_parent"] = [load, os.getloadavg()[0]]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def case_files(case_dir: Path) -> dict[int, Path]:
+    for suffixes in NAMINGS:
+        files = {c: case_dir / f"{case_dir.name}{s}.nii.gz" for c, s in enumerate(suffixes)}
+        if all(p.is_file() for p in files.values()):
+            return files
+    raise SystemExit(f"{case_dir}: no 4-modality BraTS case ({' '.join(NAMINGS[0])} or {' '.join(NAMINGS[1])})")
+
+
+def run_logged(cmd: list[str], env: dict, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"`{' '.join(cmd)}` failed (rc {rc}), log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def prepare_model(args, work: Path, env: dict) -> tuple[Path, dict]:
+    """A pirl seg model folder for (fs, roi): raw dataset -> plan_and_preprocess -> 1-iteration training."""
+    roi_tag = "x".join(map(str, args.roi))
+    results = work / f"models_fs{args.fs}_roi{roi_tag}"
+    dataset = f"Dataset{DATASET_ID:03d}_BenchBraTS"
+    model = results / dataset / f"{TRAINER}__PIRLPlans__3d_fullres"
+    info = {"model_folder": str(model), "trainer": TRAINER, "fold": "0",
+            "weights": "untrained: 1 training iteration (timing only; the cost does not depend on the weights)"}
+    raw, pre = work / "raw", work / "preprocessed"
+    setup_env = {**env, "PIRL_raw": str(raw), "PIRL_preprocessed": str(pre), "PIRL_results": str(results)}
+    if args.retrain:
+        shutil.rmtree(model, ignore_errors=True)
+    if not (pre / dataset / "PIRLPlans.json").is_file():
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(pre, ignore_errors=True)
+        built = _preprocess_bench().build_dataset(args.data, raw, DATASET_ID, 1)
+        print(f"dataset {built['name']}: {built['num_cases']} real BraTS cases (symlinks)", flush=True)
+        info["plan_and_preprocess_seconds"] = run_logged(
+            [sys.executable, "-m", "pirl_pipeline.cli.plan_and_preprocess", "-d", str(DATASET_ID), "-np", "2"],
+            setup_env, work / "logs" / "plan_and_preprocess.log")
+    if not (model / "fold_0" / "checkpoint_final.pth").is_file():
+        no_raw = work / "no_raw"  # no raw data: the trainer skips its full-volume validation
+        shutil.rmtree(no_raw, ignore_errors=True)
+        no_raw.mkdir()
+        print(f"training a 1-iteration model (fs {args.fs}, patch {roi_tag}) ...", flush=True)
+        info["train_seconds"] = run_logged(
+            [sys.executable, "-m", "pirl_pipeline.cli.train", str(DATASET_ID), "3d_fullres", "seg", "-f", "0",
+             "--epochs", "1", "--iters", "1", "--val-iters", "0", "--feature-size", str(args.fs),
+             "--patch-size", *map(str, args.roi), "--batch-size", "1", "-npa", "0", "-device", args.device,
+             "--set", "augment=false"], {**setup_env, "PIRL_raw": str(no_raw)}, work / "logs" / f"train_{roi_tag}.log")
+    else:
+        info["reused"] = True
+    return model, info
+
+
+def machine_info() -> dict:
+    import monai
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- main
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def summarise(args, floor_runs: list[dict], pirl_runs: list[dict], cli: dict | None, tta: dict | None) -> dict:
+    floor_s = median([r["seconds"] for r in floor_runs])
+    pirl_s = median([r["seconds"] for r in pirl_runs])
+    phase_names = list(pirl_runs[0]["phases"])
+    phases = {p: {"median_seconds": median([r["phases"][p]["seconds"] for r in pirl_runs]),
+                  "median_cpu_seconds": median([r["phases"][p]["cpu_seconds"] for r in pirl_runs]),
+                  "peak_rss_mib": max(r["phases"][p]["peak_rss_mib"] or 0 for r in pirl_runs)} for p in phase_names}
+    out = {
+        "floor": {"median_seconds": floor_s, "median_cpu_seconds": median([r["cpu_seconds"] for r in floor_runs]),
+                  "peak_rss_sliding_window_mib": max(r["peak_rss_sliding_window_mib"] for r in floor_runs),
+                  "ru_maxrss_mib": max(r["ru_maxrss_mib"] for r in floor_runs),
+                  "windows": floor_runs[0]["windows"], "seconds_per_window": floor_s / floor_runs[0]["windows"]},
+        "pirl": {"median_seconds": pirl_s, "median_cpu_seconds": median([r["cpu_seconds"] for r in pirl_runs]),
+                 "peak_rss_case_mib": max(r["peak_rss_case_mib"] for r in pirl_runs),
+                 "ru_maxrss_mib": max(r["ru_maxrss_mib"] for r in pirl_runs), "phases": phases},
+    }
+    if args.device.startswith("cuda"):
+        out["floor"]["cuda_peak_mib"] = max(r["cuda_peak_mib"] for r in floor_runs)
+        out["pirl"]["cuda_peak_mib"] = max(r["cuda_peak_mib"] for r in pirl_runs)
+    sw = phases["sliding window"]["median_seconds"]
+    ratios = {"pirl_per_case_over_floor": pirl_s / floor_s,
+              "pirl_per_case_over_floor_cpu": out["pirl"]["median_cpu_seconds"] / out["floor"]["median_cpu_seconds"],
+              "pirl_sliding_window_over_floor": sw / floor_s,
+              "pirl_overhead_seconds": pirl_s - sw,
+              "pirl_over_floor_at_equal_window_loop": (floor_s + pirl_s - sw) / floor_s,
+              "pirl_peak_rss_over_floor": out["pirl"]["peak_rss_case_mib"] / out["floor"]["peak_rss_sliding_window_mib"]}
+    if cli:
+        ratios["cli_over_floor"] = cli["seconds"] / floor_s
+    out["ratios"] = ratios
+    out["goal"] = f"pirl per case <= {GOAL}x the floor (TTA off)"
+    out["goal_met"] = ratios["pirl_per_case_over_floor"] <= GOAL
+    if tta:
+        out["tta"] = {**tta, "estimated_full_case_seconds": pirl_s - sw + sw * tta["factor"],
+                      "estimated_full_case_seconds_cpu_factor": pirl_s - sw + sw * tta["cpu_factor"],
+                      "note": "TTA repeats the sliding window only: estimate = per-case time - sliding window + "
+                              "sliding window x factor measured on the crop (wall factor; with the CPU-time factor "
+                              "too, more robust to other load)"}
+    return out
+
+
+def print_table(report: dict) -> None:
+    s, case = report["summary"], report["case"]
+    fl, pi, r = s["floor"], s["pirl"], s["ratios"]
+    st = report["settings"]
+    print(f"\nprediction of {case['name']} (x y z {'x'.join(map(str, case['shape'][::-1]))}, {case['channels']} "
+          f"channels; preprocessed z y x {'x'.join(map(str, case['preprocessed_shape'][1:]))}), fs {st['fs']}, roi "
+          f"{'x'.join(map(str, st['roi']))}, {fl['windows']} windows, overlap {1 - st['step_size']:.2f} Gaussian, "
+          f"sw_batch 1, TTA off, {st['device']}{', flash attention ON' if st.get('flash_attention') else ''}, "
+          f"torch threads {report['torch_threads']}, median of "
+          f"{st['repeats']}; untrained weights")
+    head = f"{'':<58} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'x floor':>8}"
+    print(head + "\n" + "-" * len(head))
+    print(f"{'floor: MONAI sliding_window_inference alone':<58} {fl['median_seconds']:8.2f} "
+          f"{fl['median_cpu_seconds']:8.2f} {fl['peak_rss_sliding_window_mib']:13.0f} {1:8.2f}")
+    print(f"{'pirl per case (read + predict_case + export)':<58} {pi['median_seconds']:8.2f} "
+          f"{pi['median_cpu_seconds']:8.2f} {pi['peak_rss_case_mib']:13.0f} {r['pirl_per_case_over_floor']:8.2f}")
+    for phase, row in pi["phases"].items():
+        if phase == "load model":
+            continue
+        print(f"{'  ' + phase:<58} {row['median_seconds']:8.2f} {row['median_cpu_seconds']:8.2f} "
+              f"{row['peak_rss_mib']:13.0f} {row['median_seconds'] / fl['median_seconds']:8.3f}")
+    lm = pi["phases"]["load model"]
+    print(f"{'pirl: load model folder (once per run, not per case)':<58} {lm['median_seconds']:8.2f} "
+          f"{lm['median_cpu_seconds']:8.2f} {lm['peak_rss_mib']:13.0f}")
+    if report.get("cli"):
+        c = report["cli"]
+        print(f"{'pirl_predict CLI, end to end (1 case)':<58} {c['seconds']:8.2f} "
+              f"{c['cpu_seconds']:8.2f} {c['peak_tree_pss_mb']:13.0f} {r['cli_over_floor']:8.2f}")
+        for phase, seconds in c["phase_seconds"].items():
+            print(f"{'  ' + phase:<58} {seconds:8.2f}")
+    print(f"\npirl / floor: {r['pirl_per_case_over_floor']:.3f}x wall, {r['pirl_per_case_over_floor_cpu']:.3f}x CPU "
+          f"(goal <= {GOAL}x: {'met' if s['goal_met'] else 'NOT met'}); pirl's sliding window alone "
+          f"{r['pirl_sliding_window_over_floor']:.3f}x; overhead outside the window loop "
+          f"{r['pirl_overhead_seconds']:.2f} s, i.e. {r['pirl_over_floor_at_equal_window_loop']:.3f}x the floor when "
+          f"both window loops cost the same (same code, same output); peak RSS {r['pirl_peak_rss_over_floor']:.2f}x")
+    if "tta" in s:
+        t = s["tta"]
+        print(f"TTA (mirroring, 8 passes) on a {'x'.join(map(str, t['crop']))} crop: {t['no_tta']['seconds']:.2f} s -> "
+              f"{t['tta']['seconds']:.2f} s = {t['factor']:.2f}x wall ({t['cpu_factor']:.2f}x CPU); estimated "
+              f"whole case with TTA: {t['estimated_full_case_seconds']:.0f} s "
+              f"({t['estimated_full_case_seconds_cpu_factor']:.0f} s with the CPU factor)")
+    ch = report["checks"]
+    if "max_abs_logit_difference" in ch:
+        print(f"checks: pirl vs floor sliding-window output max |diff| {ch['max_abs_logit_difference']:.3g}"
+              + (f"; CLI label map == API label map: {ch['cli_labels_equal_api']}" if "cli_labels_equal_api" in ch
+                 else ""))
+    loads = report["load_average_1min"]
+    print(f"1-min load average: {loads['start']:.2f} at start, {loads['end']:.2f} at end, max seen {loads['max']:.2f} "
+          f"on {os.cpu_count()} CPUs" + (" -- other jobs competed for the CPUs: wall times are inflated, CPU times "
+                                         "and ratios are the more robust numbers" if loads["max"] > (os.cpu_count() or 1)
+                                         else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", type=Path, default=DEFAULT_CASE, help="BraTS case folder (4 modalities)")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                   help="shared data root (its brats20*_style cases make the 1-iteration training set)")
+    p.add_argument("--fs", type=int, default=12, help="network feature size (12)")
+    p.add_argument("--roi", type=int, nargs="+", default=[96], help="patch = window size: 1 or 3 ints (96)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of floor and pirl, interleaved (median)")
+    p.add_argument("--step-size", type=float, default=0.5, help="window step as a fraction of roi (0.5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tta", choices=["crop", "full", "off"], default="crop",
+                   help="TTA cost on a centred crop (default), on the whole volume, or not measured")
+    p.add_argument("--tta-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="crop size for --tta crop (default: one window, roi)")
+    p.add_argument("--no-cli", action="store_true", help="skip the end-to-end pirl_predict run")
+    p.add_argument("--flash-attention", action="store_true",
+                   help="experiment: switch MONAI's use_flash_attention on in the loaded networks (floor, pirl API "
+                        "and TTA alike; the CLI run, which cannot, is skipped)")
+    p.add_argument("--retrain", action="store_true", help="make a new model folder even when one exists")
+    p.add_argument("--workdir", type=Path, default=RESULTS / "predict_work", help="work folder (git-ignored)")
+    p.add_argument("--json-out", type=Path, default=RESULTS / "predict.json")
+    p.add_argument("--internal", nargs=2, metavar=("MODE", "SPEC"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.internal:
+        print(json.dumps(CHILDREN[args.internal[0]](json.loads(args.internal[1]))))
+        return 0
+    if len(args.roi) == 1:
+        args.roi = args.roi * 3
+    if len(args.roi) != 3:
+        raise SystemExit("--roi takes 1 or 3 integers")
+    if not args.case.is_dir():
+        raise SystemExit(f"{args.case}: case folder not found (shared data absent?)")
+    import numpy as np
+    import SimpleITK as sitk
+
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    loads = [load_start]
+    work = args.workdir.resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIRL_")}
+    env |= {"PIRL_raw": str(work / "raw"), "PIRL_preprocessed": str(work / "preprocessed"),
+            "PIRL_results": str(work / "results"), "PYTHONUNBUFFERED": "1"}
+    model, setup = prepare_model(args, work, env)
+
+    files = case_files(args.case)
+    name = args.case.name
+    inputs = work / "input"
+    shutil.rmtree(inputs, ignore_errors=True)
+    inputs.mkdir()
+    for c, path in files.items():
+        (inputs / f"{name}_{c:04d}.nii.gz").symlink_to(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(files[0]))
+    reader.ReadImageInformation()
+    shape = list(reversed(reader.GetSize()))
+    spec = {"model": str(model), "fold": "0", "device": args.device, "threads": args.threads,
+            "step_size": args.step_size, "case": name, "file_ending": ".nii.gz",
+            "flash_attention": args.flash_attention,
+            "files": {str(c): str(inputs / f"{name}_{c:04d}.nii.gz") for c in files}}
+    floor_runs, pirl_runs = [], []
+    for rep in range(args.repeats):  # interleaved: slow drift in the machine's load hits both alike
+        save = {"save_logits": str(work / "floor_logits.npy")} if rep == 0 else {}
+        floor_runs.append(run_child("floor", {**spec, **save}, work / "logs" / f"floor_{rep}.log", env))
+        print(f"  run {rep + 1}/{args.repeats} floor: {floor_runs[-1]['seconds']:.2f} s "
+              f"({floor_runs[-1]['windows']} windows)", flush=True)
+        save = {"save_logits": str(work / "pirl_logits.npy")} if rep == 0 else {}
+        pirl_runs.append(run_child("pirl", {**spec, **save, "output": str(work / "out_api")},
+                                   work / "logs" / f"pirl_{rep}.log", env))
+        print(f"  run {rep + 1}/{args.repeats} pirl:  {pirl_runs[-1]['seconds']:.2f} s per case", flush=True)
+        loads += [x for r in (floor_runs[-1], pirl_runs[-1]) for x in r["load_1min"] + r["load_1min_parent"]]
+
+    cli = None
+    if not args.no_cli and not args.flash_attention:
+        out_cli = work / "out_cli"
+        shutil.rmtree(out_cli, ignore_errors=True)
+        cmd = [sys.executable, "-m", "pirl_pipeline.cli.predict", "-i", str(inputs), "-o", str(out_cli),
+               "-m", str(model), "-f", "0", "--disable_tta", "-device", args.device, "-np", "2"]
+        markers = [("to predict", "read + predict + export"), ("wrote", "exit")]
+        cli_env = env if not args.threads else {**env, "OMP_NUM_THREADS": str(args.threads)}
+        cli = _preprocess_bench().measure(cmd, cli_env, work / "logs" / "cli.log", 0.1, REPO, markers)
+        if cli["rc"] != 0:
+            raise SystemExit(f"pirl_predict failed (rc {cli['rc']}), log {cli['log']}")
+        cli["command"] = " ".join(cmd)
+        cli["phase_seconds"] = {("startup (interpreter, imports, model load, case listing)" if k.startswith("startup")
+                                 else k): v for k, v in cli["phase_seconds"].items()}
+        loads += [cli["load_average_1min_before"], cli["load_average_1min_after"]]
+        print(f"  pirl_predict end to end: {cli['seconds']:.2f} s", flush=True)
+
+    tta = None
+    if args.tta != "off":
+        crop = None if args.tta == "full" else (args.tta_crop or args.roi)
+        tta = run_child("tta", {**spec, "crop": crop}, work / "logs" / "tta.log", env)
+        loads += tta["load_1min"] + tta["load_1min_parent"]
+        print(f"  TTA on {tta['crop']}: {tta['no_tta']['seconds']:.2f} s -> {tta['tta']['seconds']:.2f} s", flush=True)
+
+    checks: dict = {}
+    floor_logits, pirl_logits = work / "floor_logits.npy", work / "pirl_logits.npy"
+    if floor_logits.is_file() and pirl_logits.is_file():
+        a, b = np.load(floor_logits), np.load(pirl_logits)
+        checks["max_abs_logit_difference"] = float(np.abs(a - b).max()) if a.shape == b.shape else math.inf
+        checks["logit_shape"] = list(a.shape)
+    api_seg = work / "out_api" / f"{name}.nii.gz"
+    if cli and api_seg.is_file():
+        api = sitk.GetArrayFromImage(sitk.ReadImage(str(api_seg)))
+        via_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out_cli" / f"{name}.nii.gz")))
+        checks["cli_labels_equal_api"] = bool(np.array_equal(api, via_cli))
+        checks["output_shape"] = list(api.shape)
+
+    loads.append(os.getloadavg()[0])
+    report = {
+        "benchmark": "predict",
+        "settings": {"fs": args.fs, "roi": args.roi, "repeats": args.repeats, "step_size": args.step_size,
+                     "overlap": 1 - args.step_size, "blend": "gaussian", "sw_batch_size": 1, "tta": "off (timed "
+                     "runs); cost measured apart", "device": args.device, "threads": args.threads,
+                     "tta_mode": args.tta, "flash_attention": args.flash_attention},
+        "machine": machine_info(), "torch_threads": floor_runs[0]["torch_threads"],
+        "case": {"name": name, "source": str(args.case), "shape": shape, "shape_order": "z y x", "channels": len(files),
+                 "preprocessed_shape": floor_runs[0]["preprocessed_shape"]},
+        "model": setup,
+        "floor_runs": floor_runs, "pirl_runs": pirl_runs, "cli": cli, "tta_run": tta,
+        "summary": summarise(args, floor_runs, pirl_runs, cli, tta), "checks": checks,
+        "load_average_1min": {"start": load_start, "end": loads[-1], "max": max(loads)},
+        "memory_method": "RSS of the child process sampled every 10 ms (/proc/self/statm), peak per phase; "
+                         "floor: peak during the sliding window (model + preprocessed array held); pirl: peak "
+                         "over the per-case phases; CLI: peak summed PSS of its process tree (polled 0.1 s)",
+        "total_benchmark_seconds": time.perf_counter() - t_start,
+    }
+    print_table(report)
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
