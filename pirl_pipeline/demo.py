@@ -32,7 +32,7 @@ DATASET = "Dataset500_DemoBrain"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pirl_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=8, help="training cases of the demo dataset (default 8)")
-    p.add_argument("--downsample", type=int, default=2, help="demo voxel size in mm (default 2)")
+    p.add_argument("--downsample", type=int, default=3, help="demo voxel size in mm (default 3)")
     p.add_argument("--pretrain-iters", type=int, default=8, help="pre-training iterations (default 8)")
     p.add_argument("--finetune-iters", type=int, default=8, help="iterations per fine-tuning (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per training stage (default 2)")
