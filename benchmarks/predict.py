@@ -10,7 +10,7 @@ _flair``), given to pirl as a raw-format input folder of symlinks ``CASE_0000..0
 
 The model: a real pirl model folder made cheaply with the real code path, under ``--workdir`` (git-ignored):
 a raw dataset of the shared 4-modality BraTS cases (symlinks; ``benchmarks/preprocess.py``'s
-``build_dataset``), ``pirl_plan_and_preprocess``, then ``pirl_train ... seg -f 0`` for ONE iteration at the
+``bench_dataset.build_dataset``), ``pirl_plan_and_preprocess``, then ``pirl_train ... seg -f 0`` for ONE iteration at the
 chosen feature size and patch (``--epochs 1 --iters 1 --val-iters 0``). The weights are untrained (timing
 only): the network's cost does not depend on its weights. Training runs with ``PIRL_raw`` pointing at an
 empty folder so that the trainer's end-of-fold full-volume validation (minutes) is skipped. The model
@@ -65,13 +65,13 @@ TRAINER = "PIRLSegTrainer"
 GOAL = 1.1
 
 
-def _preprocess_bench():
-    """``benchmarks/preprocess.py`` (its dataset builder and process-tree measurement), importable from a script."""
+def _bench_module(name: str):
+    """``benchmarks/<name>.py`` (dataset builder, process-tree measurement), importable from a script."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    import benchmarks.preprocess as module
+    import importlib
 
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 # ------------------------------------------------------------------------------------------- children
@@ -364,7 +364,7 @@ def prepare_model(args, work: Path, env: dict) -> tuple[Path, dict]:
     if not (pre / dataset / "PIRLPlans.json").is_file():
         shutil.rmtree(raw, ignore_errors=True)
         shutil.rmtree(pre, ignore_errors=True)
-        built = _preprocess_bench().build_dataset(args.data, raw, DATASET_ID, 1)
+        built = _bench_module("bench_dataset").build_dataset(args.data, raw, DATASET_ID, 1)
         print(f"dataset {built['name']}: {built['num_cases']} real BraTS cases (symlinks)", flush=True)
         info["plan_and_preprocess_seconds"] = run_logged(
             [sys.executable, "-m", "pirl_pipeline.cli.plan_and_preprocess", "-d", str(DATASET_ID), "-np", "2"],
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
                "-m", str(model), "-f", "0", "--disable_tta", "-device", args.device, "-np", "2"]
         markers = [("to predict", "read + predict + export"), ("wrote", "exit")]
         cli_env = env if not args.threads else {**env, "OMP_NUM_THREADS": str(args.threads)}
-        cli = _preprocess_bench().measure(cmd, cli_env, work / "logs" / "cli.log", 0.1, REPO, markers)
+        cli = _bench_module("process_monitor").measure(cmd, cli_env, work / "logs" / "cli.log", 0.1, REPO, markers)
         if cli["rc"] != 0:
             raise SystemExit(f"pirl_predict failed (rc {cli['rc']}), log {cli['log']}")
         cli["command"] = " ".join(cmd)
