@@ -61,10 +61,14 @@ def network_block(patch_size: list[int], feature_size: int = 48) -> dict:
     }
 
 
-def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: str = "3d_fullres") -> Plans:
+def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: str = "3d_fullres",
+         spacing_override: list[float] | None = None) -> Plans:
+    """Plans from a fingerprint; ``spacing_override`` replaces the rule-based target spacing (e.g. a coarser
+    grid for CPU experiments, like nnU-Net's ``-overwrite_target_spacing``)."""
     spacings = np.array(fingerprint["spacings"], float)
     shapes = np.array(fingerprint["shapes_after_cropping"], float)
-    spacing = target_spacing(spacings, shapes)
+    rule_spacing = target_spacing(spacings, shapes)
+    spacing = [float(s) for s in spacing_override] if spacing_override else rule_spacing
     resampled = np.array([shape_for_spacing(sh, sp, spacing) for sh, sp in zip(shapes, spacings)], float)
     median_shape = [float(v) for v in np.median(resampled, axis=0)]
     patch = patch_size_for(median_shape)
@@ -85,7 +89,9 @@ def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: s
         resampling={"data_order": 3, "label": "linear per class", "anisotropy_threshold": ANISOTROPY_THRESHOLD},
         network=network_block(patch),
         extra={"explanation": {
-            "spacing": "median spacing of the training cases (10th percentile on a coarse anisotropic axis)",
+            "spacing": ("median spacing of the training cases (10th percentile on a coarse anisotropic axis)"
+                        if not spacing_override else
+                        f"set by the user (--spacing); the rule would give {[round(v, 3) for v in rule_spacing]}"),
             "patch_size": f"default {DEFAULT_PATCH}^3 (paper); a side shrinks toward the median resampled "
                           f"shape {[round(s) for s in median_shape]} when smaller, multiple of 32, >= {MIN_PATCH}",
             "batch_size": "2 subjects per step (nnU-Net's 3d_fullres default); each subject yields one "

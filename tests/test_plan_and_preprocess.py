@@ -176,3 +176,23 @@ def test_real_brats_cases_end_to_end(roots):
         box = props["bbox_used_for_cropping"]
         assert list(data.shape[1:]) == [b - a for a, b in box] and props["shape_before_cropping"] == [155, 240, 240]
     assert props["geometry"]["sitk_direction"] == [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_spacing_override_resamples_and_redoes_cases(roots):
+    raw, pre = roots
+    write_raw_dataset(raw, 905, name="Coarse", num_cases=2, spacing=(1.0, 1.0, 1.0))
+    assert main(["-d", "905", "-np", "1"]) == 0
+    out = pre / "Dataset905_Coarse"
+    fine_shape = np.load(out / "pirl_plans_3d_fullres" / "case000.npy", mmap_mode="r").shape
+    assert main(["-d", "905", "-np", "1", "--spacing", "2", "2", "2"]) == 0
+    config = Plans.load(out / "PIRLPlans.json").configuration("3d_fullres")
+    assert config.spacing == [2.0, 2.0, 2.0] and "--spacing" in config.extra["explanation"]["spacing"]
+    coarse_shape = np.load(out / config.data_identifier / "case000.npy", mmap_mode="r").shape
+    assert [round(f / c) for f, c in zip(fine_shape[1:], coarse_shape[1:])] == [2, 2, 2]
+
+
+def test_spacing_override_must_be_positive(roots, capsys):
+    raw, _ = roots
+    write_raw_dataset(raw, 906, name="Bad", num_cases=1)
+    assert main(["-d", "906", "--spacing", "1", "0", "1"]) == 2
+    assert "--spacing" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import time
 
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
 from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_integrity_check", action="store_true",
                    help="skip the grid/label/NaN checks (they run by default; only for data you trust)")
     p.add_argument("--plan_only", action="store_true", help="stop after writing the plans")
+    p.add_argument("--spacing", type=float, nargs=3, metavar="S",
+                   help="override the target spacing (mm, in the plans' axis order; like nnU-Net's "
+                        "-overwrite_target_spacing), e.g. 2 2 2 for a coarser CPU-sized grid")
     return p
 
 
@@ -49,7 +53,9 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_json(fingerprint, fingerprint_path(out))
     save_json(dj.to_dict(), out / "dataset.json")
-    plans = plan(fingerprint, dj, name, args.c)
+    if args.spacing and any(v <= 0 for v in args.spacing):
+        raise PirlInputError(f"--spacing {args.spacing}: every value must be > 0")
+    plans = plan(fingerprint, dj, name, args.c, spacing_override=args.spacing)
     plans.save(out / PLANS_FILE)
     config = plans.configuration(args.c)
     log.info("plans: spacing %s, patch %s, normalisation %s -> %s", config.spacing, config.patch_size,
