@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean-venv
+.PHONY: install test lint demo bench experiments experiments-quick clean-venv
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks.run_all
+
+experiments: install
+	$(PY) -m experiments.run
+
+experiments-quick: install
+	$(PY) -m experiments.run --quick
 
 clean-venv:
 	rm -rf $(VENV)

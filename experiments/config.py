@@ -1,0 +1,96 @@
+"""What the experiments run: the budget (one dataclass, a full and a quick preset) and the compared models.
+
+Equal optimisation budget: every fine-tuning runs the same number of optimiser steps (``finetune_iters``)
+with the same learning rate, batch, patch, augmentation and seed. PIRL additionally ran ``pretrain_iters``
+steps of Algorithm 1 before, so one baseline gets those steps too ("equal total steps"): pre-training must
+beat spending the same number of steps on the task itself.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from pirl_pipeline.losses.objective import TABLE7
+
+TRANSLATION_ID, TRANSLATION_NAME = 601, "RealBraTS4"
+SEGMENTATION_ID, SEGMENTATION_NAME = 602, "BraTS2015Expert"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes and step counts of one experiment run (CPU-feasible by default)."""
+
+    spacing: float = 2.0  # mm, isotropic target spacing (pirl_plan_and_preprocess --spacing)
+    patch: int = 64
+    feature_size: int = 12
+    batch_size: int = 1
+    epochs: int = 4
+    pretrain_iters_per_epoch: int = 4  # 16 steps: the whole run fits ~1.5 h on 2 CPU cores
+    finetune_iters_per_epoch: int = 4
+    val_iters: int = 1
+    translation_folds: tuple[int, ...] = (0,)
+    seg_folds: tuple[int, ...] = (0, 1)
+    ablation_rows: tuple[int, ...] = (1, 2, 3, 4, 5)  # Table-7 rows besides row 6 (= full PIRL)
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pretrain_steps(self) -> int:
+        return self.epochs * self.pretrain_iters_per_epoch
+
+    @property
+    def finetune_steps(self) -> int:
+        return self.epochs * self.finetune_iters_per_epoch
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "pretrain_steps": self.pretrain_steps, "finetune_steps": self.finetune_steps}
+
+
+FULL = Budget()
+QUICK = Budget(spacing=3.0, epochs=1, pretrain_iters_per_epoch=2, finetune_iters_per_epoch=2,
+               translation_folds=(0,), seg_folds=(0,), ablation_rows=(4,))
+
+
+@dataclass(frozen=True)
+class Model:
+    """One compared model: its trainer, its pre-training (None: from scratch) and its step count."""
+
+    key: str  # folder and table id
+    label: str
+    network: str  # "PIRL" or "SwinUNETR"
+    disabled: tuple[str, ...] | None  # Table-7 terms switched off in pre-training; None = no pre-training
+    equal_total_steps: bool = False  # fine-tune for pretrain_steps + finetune_steps
+
+    def trainer(self, task: str) -> str:
+        return f"{self.network}{'Seg' if task == 'seg' else 'Translate'}Trainer"
+
+    def steps(self, budget: Budget) -> int:
+        return budget.finetune_steps + (budget.pretrain_steps if self.equal_total_steps else 0)
+
+    def iters_per_epoch(self, budget: Budget) -> int:
+        return self.steps(budget) // budget.epochs
+
+    @property
+    def pretrain_key(self) -> str | None:
+        """Folder of the pre-training this model starts from (shared by the tasks' fine-tunings)."""
+        return None if self.disabled is None else self.key
+
+
+COMPARISON = (
+    Model("pirl", "PIRL pre-train -> fine-tune", "PIRL", ()),
+    Model("pirl_scratch", "PIRLNet from scratch", "PIRL", None),
+    Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
+    Model("swin_scratch_long", "SwinUNETR from scratch, equal total steps", "SwinUNETR", None, True),
+)
+
+
+def ablation_model(row: int) -> Model:
+    """Table-7 row ``row`` (1-5): PIRL pre-training with the row's terms off, then translation fine-tuning."""
+    off = tuple(term for term, on in TABLE7[row].items() if not on)
+    return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off)
+
+
+def table7_terms(row: int) -> str:
+    """``+ Contrastive + Decomposition + ...`` as in the paper's Table 7."""
+    names = {"contrastive": "Contrastive", "decomposition": "Decomposition", "equivariance": "Equivariance",
+             "invariance": "Invariance", "prior": "O"}
+    return " ".join(f"+ {names[t]}" for t, on in TABLE7[row].items() if on)

@@ -1,0 +1,158 @@
+"""The experiments' tables in the paper's layouts, from the per-case CSVs of ``pirl_evaluate_missing``.
+
+- Table 10 layout (translation): one row per model; for each source -> target pair PSNR, NMSE, SSIM;
+- Table 8 layout (segmentation): one row per (modality subset, model); Dice, TPR, TNR, FNR, FPR per region;
+- Table 7 layout (ablation): one row per pre-training variant (its terms); translation metrics averaged
+  over all pairs.
+Every value is a mean over the evaluated cases (and folds); ``n`` says over how many.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from experiments.config import COMPARISON, ablation_model, table7_terms
+from pirl_pipeline.file_io import atomic_path
+
+OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
+IMAGE = ("PSNR", "NMSE", "SSIM")
+REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
+
+
+def load_per_case(work: Path, task: str, model_keys: list[str]) -> pd.DataFrame:
+    """All per-case rows of ``task`` for the given models (columns ``model`` and ``fold`` added)."""
+    frames = []
+    for key in model_keys:
+        for csv in sorted((work / "eval" / key).glob(f"{task}_fold*/per_case.csv")):
+            frame = pd.read_csv(csv)
+            frames.append(frame.assign(model=key, fold=int(csv.parent.name.rsplit("fold", 1)[1])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Table 10 layout: index model label, columns (``SRC->TGT``, metric), means over cases."""
+    rows = rows.assign(pair=rows["source"] + "->" + rows["target"])
+    pairs = list(dict.fromkeys(rows["pair"]))
+    table = rows.groupby(["model", "pair"], sort=False)[list(IMAGE)].mean().unstack("pair")
+    table = table.swaplevel(axis=1)[[(p, m) for p in pairs for m in IMAGE]]
+    return table.rename(index=labels)
+
+
+def translation_summary(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Per model: each metric's mean and std over all (pair, case) rows, and the number of rows."""
+    stats = rows.groupby("model", sort=False)[list(IMAGE)].agg(["mean", "std"])
+    stats.columns = [f"{m} {s}" for m, s in stats.columns]
+    stats["n (pairs x cases)"] = rows.groupby("model", sort=False).size()
+    return stats.rename(index=labels)
+
+
+def pair_wins(rows: pd.DataFrame, model: str, other: str, metric: str) -> tuple[int, int]:
+    """On how many source -> target pairs ``model`` beats ``other`` (mean over cases); NMSE: lower wins."""
+    means = rows.groupby(["model", "source", "target"])[metric].mean()
+    if model not in means.index.get_level_values(0) or other not in means.index.get_level_values(0):
+        return 0, 0
+    a, b = means[model], means[other].reindex(means[model].index)
+    better = (a < b) if metric == "NMSE" else (a > b)
+    return int(better.sum()), int(b.notna().sum())
+
+
+def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Table 8 layout: index (subset, model label); columns (region, metric) plus the mean over regions."""
+    regions = [r for r in REGIONS if f"Dice/{r}" in rows.columns]
+    columns = [f"{m}/{r}" for r in regions for m in OVERLAP]
+    table = rows.groupby(["subset", "model"], sort=False)[columns].mean()
+    order = pd.MultiIndex.from_product([list(dict.fromkeys(rows["subset"])), list(dict.fromkeys(rows["model"]))])
+    table = table.reindex([i for i in order if i in table.index])
+    table.columns = pd.MultiIndex.from_tuples([tuple(reversed(c.split("/"))) for c in columns])
+    for metric in OVERLAP:
+        table[("mean over regions", metric)] = table.xs(metric, axis=1, level=1).mean(axis=1)
+    table[("n cases", "")] = rows.groupby(["subset", "model"]).size().reindex(table.index)
+    return table.rename(index=labels, level="model")
+
+
+def ablation_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 7 layout on translation: ID, pre-training terms, mean metrics over all pairs and cases."""
+    keys = {**{ablation_model(r).key: r for r in range(1, 6)}, "pirl": 6}
+    rows = rows[rows["model"].isin(keys)]
+    table = rows.groupby("model")[list(IMAGE)].mean()
+    table.insert(0, "Pretrain", [table7_terms(keys[k]) for k in table.index])
+    table.index = [keys[k] for k in table.index]
+    table.index.name = "ID"
+    table["n (pairs x cases)"] = rows.groupby("model").size().to_numpy()
+    return table.sort_index()
+
+
+def model_labels(keys: list[str] | None = None) -> dict[str, str]:
+    labels = {m.key: m.label for m in COMPARISON}
+    labels.update({ablation_model(r).key: ablation_model(r).label for r in range(1, 6)})
+    return labels if keys is None else {k: labels[k] for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_translation(rows: pd.DataFrame, labels: dict[str, str], path: Path, metric: str = "PSNR") -> None:
+    """Source x target heat maps of ``metric``, one panel per model (shared colour scale)."""
+    models = [k for k in labels if k in set(rows["model"])]
+    order = list(dict.fromkeys(rows["source"]))  # channel order, so the empty diagonal is the diagonal
+    mats = {k: rows[rows["model"] == k].pivot_table(index="source", columns="target", values=metric,
+                                                    aggfunc="mean").reindex(index=order, columns=order)
+            for k in models}
+    values = np.concatenate([m.to_numpy(float).ravel() for m in mats.values()])
+    vmin, vmax = np.nanmin(values), np.nanmax(values)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], models, strict=True):
+        mat = mats[key]
+        image = ax.imshow(mat.to_numpy(float), vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=30)
+        ax.set_yticks(range(mat.shape[0]), mat.index)
+        for (i, j), v in np.ndenumerate(mat.to_numpy(float)):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.set_title(labels[key], fontsize=9)
+        ax.set_xlabel("target")
+    axes[0][0].set_ylabel("source (the only input)")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=metric)
+    fig.suptitle(f"Translation {metric} (mean over held-out cases)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_bars(table: pd.DataFrame, path: Path, title: str, ylabel: str) -> None:
+    """Grouped bars: one group per index entry, one bar per column."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 3.8))
+    width = 0.8 / max(1, table.shape[1])
+    for j, column in enumerate(table.columns):
+        ax.bar(np.arange(len(table)) + j * width, table[column].to_numpy(float), width, label=str(column))
+    ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, [str(i) for i in table.index], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    _save(fig, path)
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A pandas table as GitHub markdown (no extra dependency: tabulate is not installed)."""
+    frame = table.copy()
+    if isinstance(frame.columns, pd.MultiIndex):
+        frame.columns = [" ".join(str(c) for c in col if str(c)) for col in frame.columns]
+    index_names = [n or "" for n in (frame.index.names if frame.index.nlevels > 1 else [frame.index.name])]
+    header = [*index_names, *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, *row in frame.itertuples(name=None):
+        keys = index if isinstance(index, tuple) else (index,)
+        cells = [f"{v:.{digits}f}" if isinstance(v, float | np.floating) else str(v) for v in row]
+        lines.append("| " + " | ".join([*map(str, keys), *cells]) + " |")
+    return "\n".join(lines)

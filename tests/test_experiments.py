@@ -1,0 +1,140 @@
+"""experiments/: budget and models, splits, the stage plan, tables and RESULTS.md, real-data preparation."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import data
+from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
+from experiments.report import write_report
+from experiments.run import Experiment, prepare_data
+from experiments.stages import StageRunner
+from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.file_io import load_json, save_json
+from pirl_pipeline.losses.objective import TABLE7
+
+MODALITIES = ("T1", "T1ce", "T2", "FLAIR")
+
+
+def test_ablation_rows_switch_off_exactly_the_terms_table7_lacks():
+    for row in range(1, 6):
+        model = ablation_model(row)
+        assert set(model.disabled) == {t for t, on in TABLE7[row].items() if not on}
+        assert model.trainer("translate") == "PIRLTranslateTrainer"
+    assert table7_terms(6) == "+ Contrastive + Decomposition + Equivariance + Invariance + O"
+
+
+def test_equal_total_steps_baseline_gets_the_pretraining_steps():
+    long = next(m for m in COMPARISON if m.equal_total_steps)
+    plain = next(m for m in COMPARISON if m.key == "swin_scratch")
+    assert long.steps(FULL) == FULL.pretrain_steps + FULL.finetune_steps
+    assert plain.steps(FULL) == FULL.finetune_steps
+    assert long.iters_per_epoch(FULL) * FULL.epochs == long.steps(FULL)
+
+
+def test_splits_test_every_case_and_never_train_on_it():
+    cases = ["c", "a", "b"]
+    loo = data.translation_splits(cases)
+    assert [s["val"] for s in loo] == [["a"], ["b"], ["c"]]
+    assert all(set(s["train"]) == set(cases) - set(s["val"]) for s in loo)
+    two = data.segmentation_splits(["p3", "p4", "p5", "p6"])
+    assert two == [{"train": ["p3", "p4"], "val": ["p5", "p6"]}, {"train": ["p5", "p6"], "val": ["p3", "p4"]}]
+
+
+def test_brats2015_regions_make_a_valid_dataset_json(tmp_path):
+    dj = {"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": {"background": 0, "necrosis": 1, "oedema": 2,
+                                                                  "non-enhancing": 3, "enhancing": 4},
+          "numTraining": 4, "file_ending": ".nii.gz"}
+    save_json(dj, tmp_path / "dataset.json")
+    data.declare_brats2015_regions(tmp_path)
+    parsed = load_dataset_json(tmp_path)
+    assert parsed.has_regions and parsed.regions_class_order == [2, 1, 4]
+    assert set(parsed.label_values) == {0, 1, 2, 3, 4}
+
+
+def test_stage_plan_pretrains_once_and_passes_the_budget(tmp_path):
+    experiment = Experiment(FULL, tmp_path)
+    experiment.plan(["translation", "seg", "ablation"])
+    names = [s[0] for s in experiment.stages]
+    assert len(names) == len(set(names))
+    pretrains = [s for s in experiment.stages if s[0].startswith("pretrain")]
+    # one full pre-training per (task, fold) and one per ablation row
+    assert len(pretrains) == len(FULL.translation_folds) + len(FULL.seg_folds) + len(FULL.ablation_rows)
+    row1 = next(s for s in pretrains if "ablation_row1" in s[0])[3]
+    assert row1[row1.index("--disable") + 1:] == ["invariance", "prior"]
+    long = next(s for s in experiment.stages if s[0] == "train swin_scratch_long translate fold0")[3]
+    assert long[long.index("--iters") + 1] == str((FULL.pretrain_steps + FULL.finetune_steps) // FULL.epochs)
+    pirl = next(s for s in experiment.stages if s[0] == "train pirl seg fold1")[3]
+    assert "--pretrained" in pirl and "fold_1" in pirl[pirl.index("--pretrained") + 1]
+
+
+def _fake_translation(work, key, fold, case, offset):
+    rows = [{"source": s, "target": t, "case": case, "PSNR": 20 + offset + i, "NMSE": 0.1 - offset / 100,
+             "SSIM": 0.5 + offset / 10}
+            for i, (s, t) in enumerate(itertools.permutations(MODALITIES, 2))]
+    out = work / "eval" / key / f"translate_fold{fold}"
+    out.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(out / "per_case.csv", index=False)
+
+
+def _fake_segmentation(work, key, fold, cases, dice):
+    rows = []
+    for subset, case in itertools.product(("FLAIR", "T1c", "FLAIR+T1c"), cases):
+        row = {"subset": subset, "case": case}
+        for region in ("whole tumour", "tumour core", "enhancing tumour"):
+            row.update({f"Dice/{region}": dice, f"TPR/{region}": dice, f"TNR/{region}": 1.0,
+                        f"FNR/{region}": 1 - dice, f"FPR/{region}": 0.0, "Dice/necrosis": 0.0})
+        rows.append(row)
+    out = work / "eval" / key / f"seg_fold{fold}"
+    out.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(out / "per_case.csv", index=False)
+
+
+def test_report_tables_and_verdicts_come_from_the_numbers(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    _fake_translation(work, "pirl", 0, "caseA", offset=1.0)  # PIRL better than scratch everywhere
+    _fake_translation(work, "swin_scratch", 0, "caseA", offset=0.0)
+    _fake_translation(work, "ablation_row4", 0, "caseA", offset=2.0)  # an ablation beats the full objective
+    _fake_segmentation(work, "pirl", 0, ["p5", "p6"], dice=0.4)
+    _fake_segmentation(work, "swin_scratch", 0, ["p5", "p6"], dice=0.6)  # scratch wins segmentation
+    save_json({"train pirl": {"seconds": 120.0, "command": "x", "results": "pirl"}}, work / "timings.json")
+    report = write_report(work, out, QUICK, quick=False).read_text()
+    assert "beats **SwinUNETR from scratch** on PSNR 12/12, NMSE 12/12, SSIM 12/12 pairs" in report
+    assert "FLAIR+T1c: PIRL 0.400 vs best other (SwinUNETR from scratch) 0.600: PIRL does not win" in report
+    assert "SSIM: the full objective (row 6) ranks 2 of 2" in report
+    table10 = pd.read_csv(out / "results" / "translation_summary.csv", index_col=0)
+    assert np.isclose(table10.loc["PIRL pre-train -> fine-tune", "PSNR mean"], 21 + 5.5)
+    table8 = pd.read_csv(out / "results" / "table8_segmentation.csv", header=[0, 1], index_col=[0, 1])
+    assert np.isclose(table8.loc[("T1c", "SwinUNETR from scratch"), ("mean over regions", "FNR")], 0.4)
+    for png in ("table10_translation_psnr.png", "table8_segmentation_dice.png", "table7_ablation_ssim.png"):
+        assert (out / "results" / png).stat().st_size > 1000
+    assert "| **total** | **2.0** |" in report
+
+
+def test_report_without_results_says_not_run(tmp_path):
+    report = write_report(tmp_path / "work", tmp_path, QUICK, quick=True).read_text()
+    assert report.count("Not run yet.") == 3 and "QUICK smoke test" in report
+
+
+@pytest.mark.shared_data
+def test_real_data_preparation(shared_data, tmp_path):
+    """Both real datasets convert, plan and preprocess at the quick spacing, with the fixed splits."""
+    work = tmp_path / "work"
+    runner = StageRunner(work, total=4)
+    prepare_data(runner, QUICK, work)
+    translation = work / "preprocessed" / "Dataset601_RealBraTS4"
+    splits = load_json(translation / "splits_final.json")
+    assert [s["val"] for s in splits] == [["AURORA-MET-0001"], ["BraTS-PR138-00000-000"], ["TCGA-DU-7294"]]
+    seg = work / "preprocessed" / "Dataset602_BraTS2015Expert"
+    assert load_json(seg / "splits_final.json")[0]["val"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]
+    plans = load_json(seg / "PIRLPlans.json")
+    assert plans["configurations"]["3d_fullres"]["spacing"] == [QUICK.spacing] * 3
+    assert load_dataset_json(work / "raw" / "Dataset602_BraTS2015Expert").has_regions
+    # a rerun skips every stage
+    StageRunner(work, total=4)
+    timings = load_json(work / "timings.json")
+    prepare_data(StageRunner(work, total=4), QUICK, work)
+    assert load_json(work / "timings.json") == timings
