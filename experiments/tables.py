@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from experiments.config import COMPARISON, ablation_model, table7_terms
+from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.data.image_io import read_array
+from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.file_io import atomic_path
 
 OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
@@ -62,6 +65,25 @@ def pair_wins(rows: pd.DataFrame, model: str, other: str, metric: str) -> tuple[
     return int(better.sum()), int(b.notna().sum())
 
 
+WHOLE_BRAIN = "whole_brain"
+WHOLE_BRAIN_LABEL = "(reference) every brain voxel called tumour"
+
+
+def whole_brain_rows(raw_dataset: Path, cases: list[str], subsets: list[str], label: int = 4) -> pd.DataFrame:
+    """The score of a model that has learned nothing but "inside the brain": every non-zero voxel gets
+    ``label`` (BraTS-2015 enhancing tumour, inside all three regions). Same rows for every subset."""
+    dj = load_dataset_json(raw_dataset)
+    rows = []
+    for case in cases:
+        ref, _ = read_array(raw_dataset / "labelsTr" / f"{case}{dj.file_ending}", np.int16)
+        brain = np.zeros(ref.shape, bool)
+        for channel in range(dj.num_channels):
+            brain |= read_array(raw_dataset / "imagesTr" / f"{case}_{channel:04d}{dj.file_ending}")[0] != 0
+        metrics = segmentation_metrics(np.where(brain, label, 0).astype(np.int16), ref, dj)
+        rows += [{"subset": subset, "case": case, "model": WHOLE_BRAIN, **metrics} for subset in subsets]
+    return pd.DataFrame(rows)
+
+
 def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """Table 8 layout: index (subset, model label); columns (region, metric) plus the mean over regions."""
     regions = [r for r in REGIONS if f"Dice/{r}" in rows.columns]
@@ -89,7 +111,7 @@ def ablation_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_labels(keys: list[str] | None = None) -> dict[str, str]:
-    labels = {m.key: m.label for m in COMPARISON}
+    labels = {m.key: m.label for m in COMPARISON} | {WHOLE_BRAIN: WHOLE_BRAIN_LABEL}
     labels.update({ablation_model(r).key: ablation_model(r).label for r in range(1, 6)})
     return labels if keys is None else {k: labels[k] for k in keys}
 

@@ -9,9 +9,10 @@ import pytest
 
 from experiments import data
 from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
-from experiments.report import write_report
+from experiments.report import segmentation_verdicts, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
+from experiments.tables import WHOLE_BRAIN, whole_brain_rows
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.file_io import load_json, save_json
 from pirl_pipeline.losses.objective import TABLE7
@@ -138,3 +139,30 @@ def test_real_data_preparation(shared_data, tmp_path):
     timings = load_json(work / "timings.json")
     prepare_data(StageRunner(work, total=4), QUICK, work)
     assert load_json(work / "timings.json") == timings
+
+
+def test_whole_brain_reference_scores_what_calling_every_brain_voxel_tumour_scores(tmp_path, write_image):
+    raw = tmp_path / "Dataset602_X"
+    save_json({"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": data.BRATS2015_REGIONS,
+               "regions_class_order": data.BRATS2015_REGION_ORDER, "numTraining": 1, "file_ending": ".nii.gz"},
+              raw / "dataset.json")
+    brain = np.zeros((10, 10, 10), np.float32)
+    brain[2:8, 2:8, 2:8] = 1.0  # 216 voxels
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[3:5, 3:5, 3:5] = 2  # 8 voxels oedema: whole tumour only
+    for c in range(2):
+        write_image(raw / "imagesTr" / f"p1_{c:04d}.nii.gz", brain)
+    write_image(raw / "labelsTr" / "p1.nii.gz", label)
+    rows = whole_brain_rows(raw, ["p1"], ["FLAIR", "T1c"])
+    assert len(rows) == 2 and set(rows["subset"]) == {"FLAIR", "T1c"}
+    assert np.isclose(rows["Dice/whole tumour"].iloc[0], 2 * 8 / (216 + 8))
+    assert rows["TPR/whole tumour"].iloc[0] == 1.0
+
+
+def test_segmentation_verdicts_call_small_differences_ties_and_name_the_whole_brain_floor():
+    labels = {"pirl": "P", "swin_scratch": "S", WHOLE_BRAIN: "W"}
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.052, "S": 0.050, "W": 0.11}), labels, "FLAIR")
+    assert "no difference (+0.002)" in verdicts[0]
+    assert "segmentation has not been learned" in verdicts[1]
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.60, "W": 0.11}), labels, "T1c")
+    assert "PIRL wins (+0.100)" in verdicts[0] and "beaten (by > 0.005) by: P, S." in verdicts[1]
