@@ -41,8 +41,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:  # run as a script (python benchmarks/preprocess.py) or as a module
     sys.path.insert(0, str(REPO))
-from benchmarks.bench_dataset import CHANNELS, build_dataset
+from benchmarks.bench_dataset import build_dataset
+from benchmarks.preprocess_report import print_phases, print_profile, print_quality, print_resample_check, print_table
 from benchmarks.process_monitor import measure, tail
+
+INTERNAL_SCRIPT = Path(__file__).resolve().parent / "preprocess_internal.py"  # runs in either tool's venv
 
 
 def nnunet_available(venv: Path, install: bool, log_file: Path) -> tuple[bool, str]:
@@ -81,244 +84,25 @@ def nnunet_available(venv: Path, install: bool, log_file: Path) -> tuple[bool, s
 
 
 # ---------------------------------------------------------------------- helpers run inside the tool venvs
-def internal_compare(spec: dict) -> dict:
-    """Runs in the nnU-Net venv (blosc2): shapes and voxel-wise differences of both preprocessed outputs."""
-    import pickle
-
-    import blosc2
-
-    out = {"cases": {}}
-    for case in spec["cases"]:
-        pirl_data = np.load(Path(spec["pirl_folder"]) / f"{case}.npy")
-        pirl_seg = np.load(Path(spec["pirl_folder"]) / f"{case}_seg.npy")
-        pirl_props = json.loads((Path(spec["pirl_folder"]) / f"{case}.json").read_text())
-        nn_data = blosc2.open(urlpath=str(Path(spec["nnunet_folder"]) / f"{case}.b2nd"), mode="r")[:]
-        nn_seg = blosc2.open(urlpath=str(Path(spec["nnunet_folder"]) / f"{case}_seg.b2nd"), mode="r")[:]
-        with open(Path(spec["nnunet_folder"]) / f"{case}.pkl", "rb") as f:
-            nn_props = pickle.load(f)
-        row = {"pirl_shape": list(pirl_data.shape), "nnunet_shape": list(nn_data.shape),
-               "pirl_seg_shape": list(pirl_seg.shape), "nnunet_seg_shape": list(nn_seg.shape),
-               "pirl_dtype": str(pirl_data.dtype), "nnunet_dtype": str(nn_data.dtype),
-               "pirl_bbox": pirl_props.get("bbox_used_for_cropping"),
-               "nnunet_bbox": [list(map(int, b)) for b in nn_props["bbox_used_for_cropping"]],
-               "nnunet_spacing": [float(s) for s in nn_props["spacing"]],
-               "pirl_class_location_counts": {k: len(v) for k, v in pirl_props.get("class_locations", {}).items()},
-               "nnunet_class_location_counts": {str(k): len(v) for k, v in nn_props["class_locations"].items()}}
-        if pirl_data.shape == nn_data.shape:
-            diff = np.abs(pirl_data.astype(np.float64) - nn_data.astype(np.float64))
-            row["data_mean_abs_diff"] = float(diff.mean())
-            row["data_max_abs_diff"] = float(diff.max())
-            row["data_mean_abs_diff_per_channel"] = [float(d.mean()) for d in diff]
-            row["data_voxels_differing_gt_1e-3"] = int((diff.max(0) > 1e-3).sum())
-            row["nnunet_data_mean_abs"] = float(np.abs(nn_data).mean())
-            inside = (pirl_seg[0] >= 0) & (nn_seg[0] >= 0)
-            row["data_mean_abs_diff_inside_both_masks"] = float(diff[:, inside].mean()) if inside.any() else 0.0
-        if pirl_seg.shape == nn_seg.shape:
-            a, b = pirl_seg.astype(np.int16), nn_seg.astype(np.int16)
-            row["seg_voxels_differing"] = int((a != b).sum())
-            row["seg_voxels"] = int(a.size)
-            row["seg_minus1_pirl_0_nnunet"] = int(((a == -1) & (b == 0)).sum())
-            row["seg_0_pirl_minus1_nnunet"] = int(((a == 0) & (b == -1)).sum())
-            row["seg_foreground_differing"] = int(((a > 0) != (b > 0)).sum())
-            row["seg_dice_per_class"] = {int(c): float(2 * ((a == c) & (b == c)).sum() / max(1, (a == c).sum()
-                                                                                            + (b == c).sum()))
-                                         for c in np.unique(np.concatenate([a[a > 0], b[b > 0]]))}
-        out["cases"][case] = row
-    return out
 
 
-def _timed(fn, repeats: int):
-    """(median seconds, last result) of ``fn()`` over ``repeats`` calls."""
-    times, result = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), result
 
 
-def _pirl_case_steps(case, ctx: dict, add) -> None:
-    """Time pirl's per-case steps on one case (the same calls its CLI makes, in the same order)."""
-    import hashlib
-
-    from pirl_pipeline.data.integrity import load_case
-    from pirl_pipeline.file_io import save_json, save_npy
-    from pirl_pipeline.preprocessing.cropping import crop_to_nonzero
-    from pirl_pipeline.preprocessing.normalization import normalize_channel
-    from pirl_pipeline.preprocessing.preprocessor import class_locations, plans_fingerprint
-    from pirl_pipeline.preprocessing.resampling import resample, shape_for_spacing
-    from plans.fingerprint import case_fingerprint
-
-    dj, plans, config, r, tmp = ctx["dj"], ctx["plans"], ctx["config"], ctx["repeats"], ctx["tmp"]
-    t_read, loaded = _timed(lambda: load_case(case, dj.label_values, check=False), r)
-    t_checked, _ = _timed(lambda: load_case(case, dj.label_values, check=True), r)
-    add("read (SimpleITK + float32 stack)", t_read)
-    add("integrity check (extra over read)", t_checked - t_read)
-    t_fp, _ = _timed(lambda: case_fingerprint(case, dj, check=True), r)
-    add("fingerprint pass total (read+check+stats)", t_fp)
-    add("fingerprint stats (extra over read+check)", t_fp - t_checked)
-    t, (data, seg, _) = _timed(lambda: crop_to_nonzero(loaded.data.copy(), loaded.label), r)
-    add("crop to non-zero", t)
-    mask = seg >= 0
-
-    def normalise():
-        out = data.copy()
-        for c in range(out.shape[0]):
-            props = plans.foreground_intensity_properties_per_channel[str(c)]
-            out[c], _ = normalize_channel(out[c], config.normalization_schemes[c], mask, props,
-                                          config.use_mask_for_norm[c])
-        return out
-    t, normed = _timed(normalise, r)
-    add("normalise", t)
-    spacing = loaded.geometry.spacing
-    new_shape = shape_for_spacing(normed.shape[1:], spacing, config.spacing)
-    t, res = _timed(lambda: resample(normed, new_shape, is_label=False, spacing=spacing).astype(np.float32), r)
-    add("resample data", t)
-    t, res_seg = _timed(lambda: resample(seg, new_shape, is_label=True, spacing=spacing), r)
-    add("resample seg", t)
-    rng = np.random.default_rng(int(hashlib.sha1(case.name.encode()).hexdigest()[:8], 16))
-    t, locs = _timed(lambda: class_locations(res_seg, ctx["foreground"], rng), r)
-    add("class locations", t)
-    props = {"class_locations": locs, "plans_fingerprint": plans_fingerprint(plans, config),
-             "geometry": loaded.geometry.to_dict()}
-    t, _ = _timed(lambda: save_npy(res, tmp / f"{case.name}.npy"), r)
-    add("save data .npy", t)
-    t, _ = _timed(lambda: save_npy(res_seg[None].astype(np.int8), tmp / f"{case.name}_seg.npy"), r)
-    add("save seg .npy", t)
-    t, _ = _timed(lambda: save_json(props, tmp / f"{case.name}.json", indent=None), r)
-    add("save properties .json", t)
 
 
-def internal_profile_pirl(spec: dict) -> dict:
-    """Runs under pirl's python: per-case step times of pirl's fingerprint and preprocessing passes."""
-    import tempfile
-
-    import SimpleITK as sitk
-
-    from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
-    from plans.plans_manager import Plans
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(spec["threads"])
-    raw = Path(spec["raw_folder"])
-    dj = load_dataset_json(raw)
-    plans = Plans.load(spec["plans_file"])
-    tmp = Path(tempfile.mkdtemp(dir=spec["tmp"]))
-    ctx = {"dj": dj, "plans": plans, "config": plans.configuration("3d_fullres"), "repeats": spec["repeats"],
-           "tmp": tmp, "foreground": sorted(v for v in dj.label_values if v > 0)}
-    steps: dict[str, list[float]] = {}
-    for case in list_cases(raw, dj):
-        if case.name in spec["cases"]:
-            _pirl_case_steps(case, ctx, lambda step, seconds: steps.setdefault(step, []).append(seconds))
-    shutil.rmtree(tmp)
-    return {"median_seconds_per_case": {k: statistics.median(v) for k, v in steps.items()}, "per_case": steps}
 
 
-def _nnunet_case_steps(name: str, ctx: dict, add) -> None:
-    """Time nnU-Net's per-case steps on one case through its own functions (DefaultPreprocessor's order)."""
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
-    from nnunetv2.experiment_planning.verify_dataset_integrity import check_cases
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
-    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
-
-    raw, pm, cm, pre, r, tmp = (ctx[k] for k in ("raw", "pm", "cm", "pre", "repeats", "tmp"))
-    images = [str(raw / "imagesTr" / f"{name}_{c:04d}.nii.gz") for c in range(len(CHANNELS))]
-    label = str(raw / "labelsTr" / f"{name}.nii.gz")
-    rw = SimpleITKIO()
-
-    def read():
-        data, props = rw.read_images(images)
-        seg, _ = rw.read_seg(label)
-        return data, seg, props
-    t_read, (data, seg, props) = _timed(read, r)
-    add("read (SimpleITK + float32 stack)", t_read)
-    t, _ = _timed(lambda: check_cases(images, label, len(CHANNELS), SimpleITKIO), r)
-    add("integrity check (verify_dataset_integrity, incl. its own read)", t)
-    t, _ = _timed(lambda: DatasetFingerprintExtractor.analyze_case(images, label, SimpleITKIO, 10000), r)
-    add("fingerprint pass total (read+stats), 10,000 samples per channel", t)
-    per_case = int(DatasetFingerprintExtractor(ctx["dataset_name"], 1).num_foreground_voxels_for_intensitystats
-                   // ctx["num_cases"])
-    t, _ = _timed(lambda: DatasetFingerprintExtractor.analyze_case(images, label, SimpleITKIO, per_case), r)
-    add(f"fingerprint pass total, CLI's 1e8/{ctx['num_cases']} = {per_case:,} samples per channel", t)
-    data = data.astype(np.float32).transpose([0, *[i + 1 for i in pm.transpose_forward]])
-    seg = seg.transpose([0, *[i + 1 for i in pm.transpose_forward]])
-    spacing = [props["spacing"][i] for i in pm.transpose_forward]
-    t, (cdata, cseg, _) = _timed(lambda: crop_to_nonzero(data.copy(), seg.copy()), r)
-    add("crop to non-zero (incl. binary_fill_holes)", t)
-    t, normed = _timed(lambda: pre._normalize(cdata.copy(), cseg, cm, pm.foreground_intensity_properties_per_channel),
-                       r)
-    add("normalise", t)
-    new_shape = compute_new_shape(normed.shape[1:], spacing, cm.spacing)
-    t, res = _timed(lambda: cm.resampling_fn_data(normed, new_shape, spacing, cm.spacing), r)
-    add("resample data", t)
-    t, res_seg = _timed(lambda: cm.resampling_fn_seg(cseg, new_shape, spacing, cm.spacing), r)
-    add("resample seg", t)
-    t, locs = _timed(lambda: pre._sample_foreground_locations(res_seg, ctx["regions"]), r)
-    add("class locations", t)
-    res = res.astype(np.float32, copy=False)
-    res_seg = res_seg.astype(np.int8)
-
-    def save():
-        bd, cd = comp_blosc2_params(res.shape, tuple(cm.patch_size), res.itemsize)
-        bs, cs = comp_blosc2_params(res_seg.shape, tuple(cm.patch_size), res_seg.itemsize)
-        for suffix in (".b2nd", "_seg.b2nd"):
-            (tmp / f"{name}{suffix}").unlink(missing_ok=True)
-        nnUNetDatasetBlosc2.save_case(res, res_seg, {"class_locations": locs}, str(tmp / name),
-                                      chunks=cd, blocks=bd, chunks_seg=cs, blocks_seg=bs)
-    t, _ = _timed(save, r)
-    add("save (blosc2 data+seg, pkl)", t)
 
 
-def internal_profile_nnunet(spec: dict) -> dict:
-    """Runs in the nnU-Net venv: the same per-case steps through nnU-Net's own functions."""
-    import tempfile
-
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    raw = Path(spec["raw_folder"])
-    pm = PlansManager(json.loads(Path(spec["plans_file"]).read_text()))
-    lm = pm.get_label_manager(json.loads((raw / "dataset.json").read_text()))
-    tmp = Path(tempfile.mkdtemp(dir=spec["tmp"]))
-    ctx = {"raw": raw, "pm": pm, "dataset_name": raw.name, "num_cases": spec["num_cases"], "cm": pm.get_configuration("3d_fullres"), "pre": DefaultPreprocessor(verbose=False),
-           "repeats": spec["repeats"], "tmp": tmp,
-           "regions": lm.foreground_regions if lm.has_regions else lm.foreground_labels}
-    steps: dict[str, list[float]] = {}
-    for name in spec["cases"]:
-        _nnunet_case_steps(name, ctx, lambda step, seconds: steps.setdefault(step, []).append(seconds))
-    shutil.rmtree(tmp)
-    return {"median_seconds_per_case": {k: statistics.median(v) for k, v in steps.items()}, "per_case": steps}
 
 
-def internal_preprocess_pirl(spec: dict) -> dict:
-    """Runs under pirl's python: pirl's preprocessing alone with PIRLPlans.json's target spacing replaced."""
-    import logging
-
-    from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
-    from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
-    from plans.plans_manager import Plans
-
-    logging.basicConfig(level=logging.INFO)
-    raw = Path(spec["raw_folder"])
-    dj = load_dataset_json(raw)
-    plans = Plans.load(spec["plans_file"])
-    config = plans.configuration("3d_fullres")
-    config.spacing = [float(v) for v in spec["spacing"]]
-    config.data_identifier = spec["data_identifier"]
-    counts = preprocess_dataset(list_cases(raw, dj), plans, "3d_fullres", Path(spec["out"]), dj.label_values,
-                                spec["num_processes"])
-    print("pirl preprocess-only done", counts, file=sys.stderr)
-    return counts
 
 
-INTERNAL = {"compare": internal_compare, "preprocess_pirl": internal_preprocess_pirl, "profile_pirl": internal_profile_pirl,
-            "profile_nnunet": internal_profile_nnunet}
 
 
 def run_internal(python: str, mode: str, spec: dict, cwd: Path, env: dict | None = None) -> dict:
     """Run one of the INTERNAL helpers in another interpreter; returns its JSON (or an 'error')."""
-    done = subprocess.run([python, str(Path(__file__).resolve()), "--internal", mode, json.dumps(spec)],
+    done = subprocess.run([python, str(INTERNAL_SCRIPT), mode, json.dumps(spec)],
                           check=False, capture_output=True, text=True, cwd=cwd, env=env)
     if done.returncode != 0:
         return {"error": f"{mode} failed (rc {done.returncode}): {done.stderr.strip()[-1500:]}"}
@@ -409,16 +193,6 @@ def quality(args, work: Path, dataset: dict, nn_ok: bool) -> dict:
     return q
 
 
-def print_table(rows: list[dict], title: str) -> None:
-    head = f"{'tool':<34} {'-np':>3} {'cases':>5} {'median s':>9} {'cases/s':>8} {'cpu s':>7} {'peak MB':>8}"
-    print(f"\n{title}\n{head}\n{'-' * len(head)}")
-    for r in rows:
-        s = r["summary"]
-        if s.get("failed") and "median_seconds" not in s:
-            print(f"{r['label']:<34} {r['np']:>3} {r['cases']:>5}   FAILED (see {r['runs'][-1]['log']})")
-            continue
-        print(f"{r['label']:<34} {r['np']:>3} {r['cases']:>5} {s['median_seconds']:>9.2f} "
-              f"{s['cases_per_second']:>8.3f} {s['median_cpu_seconds']:>7.1f} {s['peak_tree_pss_mb']:>8.0f}")
 
 
 def fit_scaling(rows: list[dict]) -> dict:
@@ -438,14 +212,6 @@ def fit_scaling(rows: list[dict]) -> dict:
     return out
 
 
-def print_phases(rows: list[dict]) -> None:
-    print("\nwhere the wall time goes (median seconds per phase, from time-stamped CLI output)")
-    for r in rows:
-        phases_ = r["summary"].get("median_phase_seconds")
-        if phases_:
-            print(f"  {r['label']}, {r['cases']} cases, -np {r['np']}: " + ", ".join(f"{k} {v:.1f}" for k, v in phases_.items()))
-        big = max((run["largest_process_seen"] for run in r["runs"]), key=lambda x: x["rss_mb"])
-        print(f"    largest process seen: {big['rss_mb']:.0f} MB RSS: {big['cmd'][:110]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,15 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target spacings (e.g. 1.5,1.5,1.5 3.5,1,1) at which both tools' preprocessing alone is run "
                         "and compared voxel-wise: the real cases are 1 mm isotropic, so the plain run never resamples")
     p.add_argument("--poll-interval", type=float, default=0.1, help="seconds between memory samples")
-    p.add_argument("--internal", nargs=2, metavar=("MODE", "SPEC"), help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.internal:
-        print(json.dumps(INTERNAL[args.internal[0]](json.loads(args.internal[1]))))
-        return 0
     work = args.workdir.resolve()
     args.nnunet_venv = args.nnunet_venv.resolve()
     for sub in ("raw", "pirl_preprocessed", "nnunet_preprocessed", "results", "logs", "tmp"):
@@ -618,7 +380,7 @@ def resample_check(args, work: Path, dataset: dict, env: dict, spacing: list[flo
     runs = {}
     for tool in ("pirl", "nnunet"):
         if tool == "pirl":
-            cmd = [args.pirl_python, str(Path(__file__).resolve()), "--internal", "preprocess_pirl", json.dumps(spec)]
+            cmd = [args.pirl_python, str(INTERNAL_SCRIPT), "preprocess_pirl", json.dumps(spec)]
             markers = [("preprocess:   0%", "preprocessing")]
         else:
             cmd = [str(args.nnunet_venv / "bin" / "nnUNetv2_preprocess"), "-d", str(args.dataset_id),
@@ -638,52 +400,10 @@ def resample_check(args, work: Path, dataset: dict, env: dict, spacing: list[flo
     return out
 
 
-def print_resample_check(check: dict) -> None:
-    r = check["runs"]
-    print(f"\nresample check, target spacing {check['spacing']} (preprocessing only, -np {check['num_processes']}): "
-          f"pirl {r['pirl']['seconds']:.2f} s ({r['pirl']['cpu_seconds']:.1f} CPU s), nnU-Net "
-          f"{r['nnunet']['seconds']:.2f} s ({r['nnunet']['cpu_seconds']:.1f} CPU s); ratio "
-          f"{r['nnunet']['seconds'] / r['pirl']['seconds']:.2f}x wall, "
-          f"{r['nnunet']['cpu_seconds'] / r['pirl']['cpu_seconds']:.2f}x CPU")
-    print_quality({"arrays": check.get("arrays", {})}, arrays_only=True)
 
 
-def print_quality(q: dict, arrays_only: bool = False) -> None:
-    if arrays_only:
-        q = {"arrays": q["arrays"]}
-        _print_arrays(q)
-        return
-    print("\nresult quality")
-    keys = ("spacing", "normalization_schemes", "use_mask_for_norm", "patch_size", "median_image_size_in_voxels")
-    for k in keys:
-        print(f"  {k:<28} pirl {q['pirl'][k]}" + (f"  | nnU-Net {q['nnunet'][k]}" if "nnunet" in q else ""))
-    if "nnunet" not in q:
-        print("  shapes (pirl):", q["pirl"]["shapes"])
-        return
-    print(f"  same spacing: {q['same_spacing']}, same normalisation: {q['same_normalization']}, "
-          f"same mask use: {q['same_use_mask_for_norm']}; nnU-Net transpose_forward "
-          f"{q['nnunet']['transpose_forward']}, resampling {q['nnunet']['resampling_fn_data']} "
-          f"{q['nnunet']['resampling_fn_data_kwargs']}")
-    _print_arrays(q)
 
 
-def _print_arrays(q: dict) -> None:
-    arrays = q.get("arrays", {})
-    if "error" in arrays:
-        print("  array comparison failed:", arrays["error"])
-    for case, row in arrays.get("cases", {}).items():
-        line = f"  {case}: shape pirl {row['pirl_shape']} nnU-Net {row['nnunet_shape']}"
-        if "data_mean_abs_diff" in row:
-            line += (f"; data |diff| mean {row['data_mean_abs_diff']:.2e} max {row['data_max_abs_diff']:.2e} "
-                     f"({row['data_voxels_differing_gt_1e-3']} voxels > 1e-3)")
-        if "seg_voxels_differing" in row:
-            line += (f"; seg differs in {row['seg_voxels_differing']} voxels (pirl -1 / nnU-Net 0: "
-                     f"{row['seg_minus1_pirl_0_nnunet']}, pirl 0 / nnU-Net -1: {row['seg_0_pirl_minus1_nnunet']}, "
-                     f"foreground differs: {row['seg_foreground_differing']}, Dice per class "
-                     + ", ".join(f"{k}: {v:.4f}" for k, v in row["seg_dice_per_class"].items()) + ")")
-        if row["pirl_bbox"] != row["nnunet_bbox"]:
-            line += f"; crop box pirl {row['pirl_bbox']} nnU-Net {row['nnunet_bbox']}"
-        print(line)
 
 
 def run_profile(args, work: Path, dataset: dict, nn_done: bool, env: dict) -> dict:
@@ -706,19 +426,6 @@ def run_profile(args, work: Path, dataset: dict, nn_done: bool, env: dict) -> di
     return out
 
 
-def print_profile(profile: dict) -> None:
-    print(f"\nper-case step times, median over the distinct cases (seconds; {profile['note']})")
-    for tool in ("pirl", "nnunet"):
-        if tool not in profile:
-            continue
-        if "error" in profile[tool]:
-            print(f"  {tool}: {profile[tool]['error']}")
-            continue
-        print(f"  {tool}:")
-        for step, seconds in profile[tool]["median_seconds_per_case"].items():
-            print(f"    {step:<62} {seconds:8.3f}")
-    print("  import time of the CLI module:",
-          ", ".join(f"{k} {v:.2f} s" for k, v in profile["import_seconds"].items()))
 
 
 if __name__ == "__main__":
