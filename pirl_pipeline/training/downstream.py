@@ -140,11 +140,13 @@ class DownstreamTrainer(BaseTrainer):
         labels = target.clamp_min(0)
         if self.regions:
             pred, ref = logits.sigmoid() > 0.5, labels_to_regions(labels, self.regions).bool()
-            names = [f"dice_region{i + 1}" for i in range(len(self.regions))]
+            names = [f"dice_{k.replace(' ', '_')}" for k, v in self.ctx.dataset_json.labels.items()
+                     if isinstance(v, list) or v != 0]  # the regions, in dataset.json order
         else:
             classes = range(1, self.out_channels)
             pred = torch.stack([logits.argmax(1) == c for c in classes], 1)
             ref = torch.stack([labels[:, 0] == c for c in classes], 1)
-            names = [f"dice_label{c}" for c in classes]
+            label_names = {v: k for k, v in self.ctx.dataset_json.labels.items() if isinstance(v, int)}
+            names = [f"dice_{label_names.get(c, f'label{c}').replace(' ', '_')}" for c in classes]
         scores = {n: dice(pred[:, i], ref[:, i]) for i, n in enumerate(names)}
         return {**scores, "metric": sum(scores.values()) / len(scores)}
