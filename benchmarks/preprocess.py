@@ -42,7 +42,15 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:  # run as a script (python benchmarks/preprocess.py) or as a module
     sys.path.insert(0, str(REPO))
 from benchmarks.bench_dataset import build_dataset
-from benchmarks.preprocess_report import print_phases, print_profile, print_quality, print_resample_check, print_table
+from benchmarks.preprocess_report import (
+    fit_scaling,
+    print_phases,
+    print_profile,
+    print_quality,
+    print_resample_check,
+    print_table,
+    summarise,
+)
 from benchmarks.process_monitor import measure, tail
 
 INTERNAL_SCRIPT = Path(__file__).resolve().parent / "preprocess_internal.py"  # runs in either tool's venv
@@ -86,20 +94,6 @@ def nnunet_available(venv: Path, install: bool, log_file: Path) -> tuple[bool, s
 # ---------------------------------------------------------------------- helpers run inside the tool venvs
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def run_internal(python: str, mode: str, spec: dict, cwd: Path, env: dict | None = None) -> dict:
     """Run one of the INTERNAL helpers in another interpreter; returns its JSON (or an 'error')."""
     done = subprocess.run([python, str(INTERNAL_SCRIPT), mode, json.dumps(spec)],
@@ -127,23 +121,6 @@ def phase_markers(tool: str, verify: bool) -> list[tuple[str, str]]:
     return [("Fingerprint extraction...", "integrity check" if verify else "fingerprint"),
             ("verify_dataset_integrity Done", "fingerprint"), ("Experiment planning...", "planning"),
             ("Preprocessing...", "preprocessing")]
-
-
-def summarise(runs: list[dict], num_cases: int) -> dict:
-    ok = [r for r in runs if r["rc"] == 0]
-    if not ok:
-        return {"failed": True}
-    seconds = statistics.median(r["seconds"] for r in ok)
-    return {"failed": len(ok) < len(runs), "median_seconds": seconds, "cases_per_second": num_cases / seconds,
-            "min_seconds": min(r["seconds"] for r in ok), "max_seconds": max(r["seconds"] for r in ok),
-            "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in ok),
-            "peak_tree_pss_mb": max(r["peak_tree_pss_mb"] for r in ok),
-            "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in ok),
-            "peak_single_process_rss_mb": max(r["peak_single_process_rss_mb"] for r in ok),
-            "median_phase_seconds": {k: statistics.median(r["phase_seconds"].get(k, 0.0) for r in ok)
-                                     for k in ok[0]["phase_seconds"]},
-            "load_average_1min": [min(r["load_average_1min_before"] for r in ok),
-                                  max(r["load_average_1min_after"] for r in ok)]}
 
 
 def import_seconds(python: str, module: str, repeats: int = 3) -> float:
@@ -191,27 +168,6 @@ def quality(args, work: Path, dataset: dict, nn_ok: bool) -> dict:
     spec = {"cases": distinct, "pirl_folder": str(pirl_folder), "nnunet_folder": str(nn_root / nc["data_identifier"])}
     q["arrays"] = run_internal(str(args.nnunet_venv / "bin" / "python"), "compare", spec, cwd=work)
     return q
-
-
-
-
-def fit_scaling(rows: list[dict]) -> dict:
-    """Least-squares time = fixed + per_case * cases per tool and -np, when several dataset sizes ran."""
-    out = {}
-    for key in dict.fromkeys(f"{r['label']} -np {r['np']}" for r in rows):
-        mine = [r for r in rows if f"{r['label']} -np {r['np']}" == key and "median_seconds" in r["summary"]]
-        cases = [r["cases"] for r in mine]
-        if len(set(cases)) >= 2:
-            slope, intercept = np.polyfit(cases, [r["summary"]["median_seconds"] for r in mine], 1)
-            cpu_slope, cpu_intercept = np.polyfit(cases, [r["summary"]["median_cpu_seconds"] for r in mine], 1)
-            out[key] = {"fixed_seconds": float(intercept), "seconds_per_case": float(slope),
-                        "marginal_cases_per_second": float(1 / slope) if slope > 0 else float("inf"),
-                        "fixed_cpu_seconds": float(cpu_intercept), "cpu_seconds_per_case": float(cpu_slope),
-                        "points": [(r["cases"], r["summary"]["median_seconds"], r["summary"]["median_cpu_seconds"])
-                                   for r in mine]}
-    return out
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,12 +356,6 @@ def resample_check(args, work: Path, dataset: dict, env: dict, spacing: list[flo
     return out
 
 
-
-
-
-
-
-
 def run_profile(args, work: Path, dataset: dict, nn_done: bool, env: dict) -> dict:
     distinct = [c for c, m in dataset["cases"].items() if m["replica_of"] is None]
     name = dataset["name"]
@@ -424,8 +374,6 @@ def run_profile(args, work: Path, dataset: dict, nn_done: bool, env: dict) -> di
         out["import_seconds"]["nnunet"] = import_seconds(
             nn_python, "nnunetv2.experiment_planning.plan_and_preprocess_entrypoints")
     return out
-
-
 
 
 if __name__ == "__main__":

@@ -1,5 +1,44 @@
-"""Printed tables of ``benchmarks/preprocess.py`` (timings, phases, quality checks, per-step profile)."""
+"""Summaries and printed tables of ``benchmarks/preprocess.py`` (timings, scaling fit, phases, quality checks,
+per-step profile)."""
 from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+
+def summarise(runs: list[dict], num_cases: int) -> dict:
+    ok = [r for r in runs if r["rc"] == 0]
+    if not ok:
+        return {"failed": True}
+    seconds = statistics.median(r["seconds"] for r in ok)
+    return {"failed": len(ok) < len(runs), "median_seconds": seconds, "cases_per_second": num_cases / seconds,
+            "min_seconds": min(r["seconds"] for r in ok), "max_seconds": max(r["seconds"] for r in ok),
+            "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in ok),
+            "peak_tree_pss_mb": max(r["peak_tree_pss_mb"] for r in ok),
+            "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in ok),
+            "peak_single_process_rss_mb": max(r["peak_single_process_rss_mb"] for r in ok),
+            "median_phase_seconds": {k: statistics.median(r["phase_seconds"].get(k, 0.0) for r in ok)
+                                     for k in ok[0]["phase_seconds"]},
+            "load_average_1min": [min(r["load_average_1min_before"] for r in ok),
+                                  max(r["load_average_1min_after"] for r in ok)]}
+
+
+def fit_scaling(rows: list[dict]) -> dict:
+    """Least-squares time = fixed + per_case * cases per tool and -np, when several dataset sizes ran."""
+    out = {}
+    for key in dict.fromkeys(f"{r['label']} -np {r['np']}" for r in rows):
+        mine = [r for r in rows if f"{r['label']} -np {r['np']}" == key and "median_seconds" in r["summary"]]
+        cases = [r["cases"] for r in mine]
+        if len(set(cases)) >= 2:
+            slope, intercept = np.polyfit(cases, [r["summary"]["median_seconds"] for r in mine], 1)
+            cpu_slope, cpu_intercept = np.polyfit(cases, [r["summary"]["median_cpu_seconds"] for r in mine], 1)
+            out[key] = {"fixed_seconds": float(intercept), "seconds_per_case": float(slope),
+                        "marginal_cases_per_second": float(1 / slope) if slope > 0 else float("inf"),
+                        "fixed_cpu_seconds": float(cpu_intercept), "cpu_seconds_per_case": float(cpu_slope),
+                        "points": [(r["cases"], r["summary"]["median_seconds"], r["summary"]["median_cpu_seconds"])
+                                   for r in mine]}
+    return out
 
 
 def print_table(rows: list[dict], title: str) -> None:
