@@ -34,15 +34,17 @@ def _name_value(text: str, what: str) -> tuple[str, str]:
 
 
 def parse_labels(items: list[str] | None) -> dict[str, int | list[int]] | None:
-    """``["background=0", "tumour=1"]`` -> {"background": 0, "tumour": 1}; background=0 added if absent."""
+    """``["background=0", "tumour=1", "whole=1,2"]`` -> {"background": 0, "tumour": 1, "whole": [1, 2]};
+    a comma list declares a region (nnU-Net style); background=0 added if absent."""
     if not items:
         return None
     labels: dict[str, int | list[int]] = {}
     for item in items:
         name, value = _name_value(item, "--labels")
-        if not value.isdigit() or int(value) > 255:
-            raise PirlInputError(f"--labels {item!r}: the value must be an integer 0..255")
-        labels[name] = int(value)
+        parts = value.split(",")
+        if not all(v.isdigit() and int(v) <= 255 for v in parts):
+            raise PirlInputError(f"--labels {item!r}: the value must be an integer 0..255 or a comma list of them")
+        labels[name] = [int(v) for v in parts] if len(parts) > 1 else int(value)
     if 0 not in labels.values():
         labels = {"background": 0, **labels}
     return labels
@@ -82,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one channel: modality name and file glob inside a case folder (repeat, in order)")
     parser.add_argument("--label", metavar="GLOB", help="label map glob inside a case folder")
     parser.add_argument("--labels", nargs="+", metavar="NAME=VALUE",
-                        help="label names (default: background=0 and label_K for every value K found)")
+                        help="label names (default: background=0 and label_K for every value K found); "
+                             "NAME=V1,V2 declares a region (then --regions_class_order is required)")
+    parser.add_argument("--regions_class_order", type=int, nargs="+", metavar="LABEL",
+                        help="with regions: the label each region paints back, in region order (nnU-Net)")
     parser.add_argument("--mask", metavar="GLOB", help="mask glob: voxels outside it are set to 0 in the images")
     return parser
 
@@ -93,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     channels = [_name_value(item, "--channel") for item in args.channel]
     if args.labels and not args.label:
         raise PirlInputError("--labels: needs --label GLOB (the label files to read)")
-    writer = RawDatasetWriter(args.dataset_id, args.name, [name for name, _ in channels],
-                              parse_labels(args.labels), source=args.input, root=args.output_root,
-                              overwrite=args.overwrite)
+    labels = parse_labels(args.labels)
+    has_regions = labels is not None and any(isinstance(v, list) for v in labels.values())
+    if has_regions != bool(args.regions_class_order):
+        raise PirlInputError("--labels with regions (NAME=V1,V2) and --regions_class_order go together")
+    writer = RawDatasetWriter(args.dataset_id, args.name, [name for name, _ in channels], labels,
+                              source=args.input, root=args.output_root, overwrite=args.overwrite,
+                              regions_class_order=args.regions_class_order)
     cases = find_cases(args.input, channels, args.label, args.mask)
     log.info("found %d case folder(s) in %s", len(cases), args.input)
     write_raw_dataset(writer, cases)

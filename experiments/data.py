@@ -4,8 +4,8 @@
   and AURORA-MET-0001 in BraTS-2020 naming, BraTS-PR138-00000-000 in BraTS-2023 naming), converted with
   ``pirl_convert_brats``. Leave-one-out splits: fold k validates on the k-th case (sorted names).
 - Dataset602_BraTS2015Expert (segmentation, Table 8): the four BraTS-2015 FLAIR + T1c cases with expert
-  labels, converted with ``pirl_convert_folder --mask brainmask``; the labels are then declared as the BraTS
-  regions (whole tumour 1-4, tumour core 1+3+4, enhancing 4), the standard way BraTS is scored. Two folds:
+  labels, converted with ``pirl_convert_folder --mask brainmask``, its labels declared as the BraTS regions
+  (whole tumour 1-4, tumour core 1+3+4, enhancing 4), the standard way BraTS is scored. Two folds:
   pat0003+pat0004 train / pat0005+pat0006 validate, and the reverse, so every case is tested once.
 Nothing is copied from ``../shared``: the converters read it and write pirl raw datasets into the work folder.
 """
@@ -24,7 +24,6 @@ BRATS4_SOURCES = ("brats2020_style/TCGA-DU-7294", "brats2020_style/AURORA-MET-00
 BRATS2015 = "brats2015_two_modality"
 BRATS2015_REGIONS = {"background": 0, "whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4], "enhancing tumour": 4}
 BRATS2015_REGION_ORDER = [2, 1, 4]  # paint oedema, then necrosis (core), then enhancing
-BRATS2015_LABEL_NAMES = {"1": "necrosis", "2": "oedema", "3": "non-enhancing", "4": "enhancing"}
 
 
 def check_shared(shared: Path = SHARED_DATA) -> Path:
@@ -56,19 +55,10 @@ def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, lis
             "dataset_conversion.generic_folder", "-i", str(shared / BRATS2015), "-d", str(SEGMENTATION_ID),
             "-n", SEGMENTATION_NAME, "-o", raw, "--channel", "FLAIR=Flair_*.nii.gz", "--channel", "T1c=T1c_*.nii.gz",
             "--label", "OTMultiClass.nii.gz", "--mask", "brainmask.nii.gz",
-            "--labels", *[f"{name}={value}" for value, name in BRATS2015_LABEL_NAMES.items()]],
+            "--labels", *[f"{name}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                          for name, v in BRATS2015_REGIONS.items()],
+            "--regions_class_order", *map(str, BRATS2015_REGION_ORDER)],
     }
-
-
-def declare_brats2015_regions(raw_dataset: Path) -> None:
-    """Score BraTS-2015 labels as BraTS regions: rewrite the converted dataset.json (our own work copy)."""
-    dj = load_json(raw_dataset / "dataset.json")
-    if dj.get("labels") == BRATS2015_REGIONS:
-        return
-    dj["labels"] = BRATS2015_REGIONS
-    dj["regions_class_order"] = BRATS2015_REGION_ORDER
-    dj["label_names"] = BRATS2015_LABEL_NAMES
-    save_json(dj, raw_dataset / "dataset.json")
 
 
 def translation_splits(cases: list[str]) -> list[dict[str, list[str]]]:

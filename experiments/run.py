@@ -129,12 +129,10 @@ class Experiment:
 
 
 def prepare_data(runner: StageRunner, budget: Budget, work: Path) -> None:
-    """Convert both datasets, declare the BraTS-2015 regions, plan + preprocess at the budget's spacing,
-    and write the fixed splits."""
+    """Convert both datasets, plan + preprocess at the budget's spacing, and write the fixed splits."""
     data.check_shared()
     for name, argv in data.conversion_commands(work).items():
         runner.run(f"convert {name}", argv, work / "raw" / name / "dataset.json")
-    data.declare_brats2015_regions(work / "raw" / DATASETS["seg"])
     for task, name in DATASETS.items():
         marker = work / "preprocessed" / name / f".done_spacing_{budget.spacing:g}"
         runner.run(f"plan_and_preprocess {name}", ["pirl_pipeline.cli.plan_and_preprocess", "-d", name, "-np", "2",

@@ -67,6 +67,15 @@ def test_label_names_and_image_only(source, pirl_raw, run_cli):
     assert not (out / "labelsTr").exists() and len(list((out / "imagesTr").iterdir())) == 2
 
 
+def test_regions_are_declared_with_their_class_order(source, pirl_raw, run_cli):
+    extra = ("--labels", "whole=1,2", "core=2", "--regions_class_order", "1", "2")
+    assert run_cli(main, args(source, *extra))[0] == 0
+    dj = load_dataset_json(pirl_raw / "Dataset007_Toy")
+    assert dj.has_regions and dj.labels["whole"] == [1, 2] and dj.regions_class_order == [1, 2]
+    code, line = run_cli(main, args(source, "--labels", "whole=1,2", "--overwrite"))
+    assert code == 2 and "--regions_class_order" in line
+
+
 def _garbage(path):
     path.write_bytes(b"this is not an image")
 

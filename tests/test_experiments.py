@@ -45,17 +45,6 @@ def test_splits_test_every_case_and_never_train_on_it():
     assert two == [{"train": ["p3", "p4"], "val": ["p5", "p6"]}, {"train": ["p5", "p6"], "val": ["p3", "p4"]}]
 
 
-def test_brats2015_regions_make_a_valid_dataset_json(tmp_path):
-    dj = {"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": {"background": 0, "necrosis": 1, "oedema": 2,
-                                                                  "non-enhancing": 3, "enhancing": 4},
-          "numTraining": 4, "file_ending": ".nii.gz"}
-    save_json(dj, tmp_path / "dataset.json")
-    data.declare_brats2015_regions(tmp_path)
-    parsed = load_dataset_json(tmp_path)
-    assert parsed.has_regions and parsed.regions_class_order == [2, 1, 4]
-    assert set(parsed.label_values) == {0, 1, 2, 3, 4}
-
-
 def test_stage_plan_pretrains_once_and_passes_the_budget(tmp_path):
     experiment = Experiment(FULL, tmp_path)
     experiment.plan(["translation", "seg", "ablation"])
