@@ -1,17 +1,24 @@
-"""Convert BraTS folders (2018-2021 and 2023+ naming, mixed freely) into one pirl raw dataset.
+"""Convert BraTS-style folders (BraTS 2018-2021, 2023+, UPENN-GBM, GLISTR; mixed freely) into one raw dataset.
 
-Usage: ``pirl_convert_brats -i SRC -d 501 [-n BraTS]``. Every ``*.nii[.gz]`` file below SRC (recursively,
-symlinks followed) whose name ends in a BraTS modality suffix is grouped into cases:
+Usage: ``pirl_convert_brats -i SRC -d 501 [-n BraTS] [--no-labels]``. Every ``*.nii[.gz]`` file below SRC
+(recursively, symlinks followed) whose name ends in a modality suffix of one of these namings is grouped
+into cases (suffixes and ``.nii.gz`` match ignoring upper/lower case, '_' or '-' before the suffix):
 
-- 2018-2021 naming: ``CASE_t1 CASE_t1ce CASE_t2 CASE_flair [CASE_seg]``, labels {0, 1 NCR, 2 ED, 4 ET};
-- 2023+ naming: ``CASE-t1n CASE-t1c CASE-t2w CASE-t2f [CASE-seg]``, labels {0, 1 NCR, 2 ED, 3 ET}.
+- BraTS 2018-2021: ``CASE_t1 CASE_t1ce CASE_t2 CASE_flair [CASE_seg]``, labels {0, 1 NCR, 2 ED, 4 ET};
+- BraTS 2023+: ``CASE-t1n CASE-t1c CASE-t2w CASE-t2f [CASE-seg]``, labels {0, 1 NCR, 2 ED, 3 ET};
+- UPENN-GBM: ``CASE_T1 CASE_T1GD CASE_T2 CASE_FLAIR [CASE_SEG]``, labels as 2018-2021 (T1GD is T1ce);
+- GLISTR (CBICA pre-processed): ``CASE_t1_sus_n3_r_strip_hist ... CASE_t1ce_sus_n3_strip_hist`` (the
+  modality followed by ``_sus_n3[_r]_strip_hist``), no label.
 
-The suffix decides the naming ('_' or '-' before it are both accepted); one case may not mix namings.
+The suffixes decide the naming; one case may not mix namings, and two files of one case with the same
+suffix (``-t2w`` and ``-t2W``) are an error naming both.
 
 Output: channels 0 T1, 1 T1ce, 2 T2, 3 FLAIR; labels in the BraTS-2023 convention (2018-2021 value 4
-becomes 3) with nnU-Net regions (whole tumour, tumour core, enhancing tumour). Images keep their values
+becomes 3) with nnU-Net regions (whole tumour, tumour core, enhancing tumour). Label maps stored as
+integer-valued floats are accepted; other values are an error naming the file. Images keep their values
 and geometry (float64 is stored as float32). Cases without a seg file go to imagesTs, or, when no case has
-one, all cases go to imagesTr as an image-only dataset (see ``dataset_conversion.common``).
+one, all cases go to imagesTr as an image-only dataset (see ``dataset_conversion.common``); ``--no-labels``
+ignores every seg file and writes all cases to imagesTr (pre-training and translation need no labels).
 Label values are converted, not reinterpreted: AURORA-MET ``_seg`` files (1 metastasis, 2 oedema) are read
 as 1 NCR, 2 ED like any 2018-2021 file.
 """
@@ -21,6 +28,7 @@ import argparse
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from dataset_conversion.common import (
@@ -39,14 +47,29 @@ BRATS_LABELS: dict[str, int | list[int]] = {"background": 0, "whole tumor": [1, 
                                             "enhancing tumor": 3}
 REGIONS_CLASS_ORDER = [2, 1, 3]
 LABEL_NAMES = {"1": "NCR", "2": "ED", "3": "ET"}
-# naming -> (channel suffixes in output channel order, source label value -> pirl value)
-NAMINGS: dict[str, tuple[tuple[str, ...], dict[int, int]]] = {
-    "2018-2021": (("t1", "t1ce", "t2", "flair"), {0: 0, 1: 1, 2: 2, 4: 3}),
-    "2023": (("t1n", "t1c", "t2w", "t2f"), {0: 0, 1: 1, 2: 2, 3: 3}),
+LABELS_2018 = {0: 0, 1: 1, 2: 2, 4: 3}
+
+
+@dataclass(frozen=True)
+class Naming:
+    """One file-naming convention: modality suffixes (lower case) in output channel order, source label
+    value -> pirl value, and whether the GLISTR pre-processing tail follows the suffix."""
+
+    channels: tuple[str, ...]
+    label_map: dict[int, int]
+    glistr_tail: bool = False
+
+
+NAMINGS: dict[str, Naming] = {
+    "2018-2021": Naming(("t1", "t1ce", "t2", "flair"), LABELS_2018),
+    "2023": Naming(("t1n", "t1c", "t2w", "t2f"), {0: 0, 1: 1, 2: 2, 3: 3}),
+    "UPENN-GBM": Naming(("t1", "t1gd", "t2", "flair"), LABELS_2018),
+    "GLISTR": Naming(("t1", "t1ce", "t2", "flair"), LABELS_2018, glistr_tail=True),
 }
-_SUFFIXES = "|".join(sorted({s for channels, _ in NAMINGS.values() for s in channels} | {"seg"}, key=len,
-                            reverse=True))
-_FILE = re.compile(rf"^(?P<case>.+?)(?P<sep>[_-])(?P<suffix>{_SUFFIXES})\.nii(\.gz)?$")
+SEG = "seg"
+_SUFFIXES = "|".join(sorted({s for n in NAMINGS.values() for s in n.channels} | {SEG}, key=len, reverse=True))
+_FILE = re.compile(rf"^(?P<case>.+?)(?P<sep>[_-])(?P<suffix>{_SUFFIXES})(?P<tail>_sus_n3(?:_r)?_strip_hist)?"
+                   r"(?P<ending>\.nii(?:\.gz)?)$", re.IGNORECASE)
 
 
 def brats_dataset_json_extra() -> dict:
@@ -54,47 +77,56 @@ def brats_dataset_json_extra() -> dict:
     return {"label_names": LABEL_NAMES}
 
 
-def _naming_of(suffix: str) -> str | None:
-    return next((name for name, (channels, _) in NAMINGS.items() if suffix in channels), None)
-
-
 def find_cases(source: Path) -> list[SourceCase]:
     """Group the BraTS files below ``source`` into cases (sorted by name); PirlInputError on problems."""
     if not source.is_dir():
         raise PirlInputError(f"{source}: source folder not found")
-    groups: dict[tuple[Path, str], dict[str, Path]] = {}
+    groups: dict[tuple[Path, str], dict[tuple[str, bool], Path]] = {}
     for folder, _, names in sorted(os.walk(source, followlinks=True)):
         for name in sorted(names):
             match = _FILE.match(name)
             if match:
                 files = groups.setdefault((Path(folder), match["case"]), {})
-                if match["suffix"] in files:
-                    raise PirlInputError(f"{Path(folder) / name}: second {match['suffix']} file of case "
-                                         f"{match['case']} (also {files[match['suffix']].name})")
-                files[match["suffix"]] = Path(folder) / name
+                key = (match["suffix"].lower(), bool(match["tail"]))
+                if key in files:
+                    raise PirlInputError(f"{Path(folder) / name}: second {key[0]} file of case {match['case']} "
+                                         f"(also {files[key].name}; suffixes match ignoring upper/lower case, "
+                                         "so keep only one)")
+                files[key] = Path(folder) / name
     if not groups:
-        raise PirlInputError(f"{source}: no BraTS files found (expected CASE_t1.nii.gz ... CASE_seg.nii.gz "
-                             "or CASE-t1n.nii.gz ... CASE-seg.nii.gz)")
+        raise PirlInputError(f"{source}: no BraTS files found (expected CASE_t1.nii.gz ... CASE_seg.nii.gz, "
+                             "CASE-t1n.nii.gz ... CASE-seg.nii.gz, CASE_T1GD.nii.gz or "
+                             "CASE_t1_sus_n3_r_strip_hist.nii.gz)")
     cases = [_make_case(folder, case, files) for (folder, case), files in groups.items()]
     return sorted(cases, key=lambda c: c.name)
 
 
-def _make_case(folder: Path, case: str, files: dict[str, Path]) -> SourceCase:
-    namings = {_naming_of(s) for s in files} - {None}
-    if len(namings) != 1:
-        raise PirlInputError(f"{folder / case}: " + ("mixes BraTS 2018-2021 and 2023 file names" if namings
-                                                      else "has a seg file but no image"))
-    naming = namings.pop()
-    channels, label_map = NAMINGS[naming]
-    missing = [s for s in channels if s not in files]
-    if missing:
-        example = next(iter(files.values())).name
-        separator = example[len(case)]
-        ending = ".nii.gz" if example.endswith(".gz") else ".nii"
-        raise PirlInputError(f"{folder / (case + separator + missing[0] + ending)}: missing "
-                             f"({naming} naming; case {case} lacks {', '.join(missing)})")
-    return SourceCase(case, tuple(files[s] for s in channels), files.get("seg"),
-                      label_map=label_map)
+def _namings_of(files: dict[tuple[str, bool], Path]) -> list[str]:
+    """The namings holding every suffix found, in ``NAMINGS`` order (several when a channel is missing)."""
+    channels = {suffix for suffix, _ in files if suffix != SEG}
+    tails = {tail for _, tail in files}
+    return [name for name, n in NAMINGS.items() if tails == {n.glistr_tail} and channels <= set(n.channels)]
+
+
+def _make_case(folder: Path, case: str, files: dict[tuple[str, bool], Path]) -> SourceCase:
+    if all(suffix == SEG for suffix, _ in files):
+        raise PirlInputError(f"{folder / case}: has a seg file but no image")
+    namings = _namings_of(files)
+    if not namings:
+        raise PirlInputError(f"{folder / case}: its files {', '.join(sorted(p.name for p in files.values()))} "
+                             f"mix namings (one case uses one of: {', '.join(NAMINGS)})")
+    by_suffix = {suffix: path for (suffix, _), path in files.items()}
+    missing = {name: [s for s in NAMINGS[name].channels if s not in by_suffix] for name in namings}
+    if all(missing.values()):
+        example = _FILE.match(next(iter(files.values())).name)  # spell the missing files like their neighbours
+        spell = str.upper if example["suffix"].isupper() else str.lower
+        raise PirlInputError(" or ".join(
+            f"{folder / (case + example['sep'] + spell(lacks[0]) + (example['tail'] or '') + example['ending'])}"
+            f" ({name} naming)" for name, lacks in missing.items())
+            + f": missing (case {case} lacks {' or '.join(', '.join(lacks) for lacks in missing.values())})")
+    naming = next(name for name in namings if not missing[name])
+    return SourceCase(case, tuple(by_suffix[s] for s in NAMINGS[naming].channels), by_suffix.get(SEG),
+                      label_map=NAMINGS[naming].label_map)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("-i", "--input", type=Path, required=True, help="folder holding the BraTS cases")
     add_output_arguments(parser, default_name="BraTS")
+    parser.add_argument("--no-labels", dest="no_labels", action="store_true",
+                        help="ignore every seg file: an image-only dataset of all cases (pre-training, translation)")
     return parser
 
 
@@ -115,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = find_cases(args.input)
     log.info("found %d BraTS case(s) in %s (%d with seg)", len(cases), args.input,
              sum(c.label is not None for c in cases))
-    write_raw_dataset(writer, cases)
+    write_raw_dataset(writer, cases, skip_labels=args.no_labels)
     return 0
 
 

@@ -6,8 +6,10 @@ label values expected), writes ``dataset.json`` last, re-reads the result with t
 and only then renames the folder into place. A failed conversion therefore leaves nothing behind.
 
 Unlabelled cases (rule of ``split_labeled``): when some cases of a source have labels, the labelled ones go
-to ``imagesTr``/``labelsTr`` and the unlabelled ones to ``imagesTs``; when no case has a label, all go to
-``imagesTr`` and the dataset is image-only (no ``labelsTr``), ready for pre-training and translation.
+to ``imagesTr``/``labelsTr`` and the unlabelled ones to ``imagesTs`` (a warning names them), so every
+training case has its label, as nnU-Net requires; when no case has a label, all go to ``imagesTr`` and the
+dataset is image-only (no ``labelsTr``), ready for pre-training and translation. ``skip_labels`` (a
+converter's ``--no-labels``) makes any source image-only: every case in ``imagesTr``, no label read.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
@@ -74,6 +76,11 @@ def split_labeled(cases: Sequence[SourceCase]) -> list[tuple[SourceCase, str]]:
     """Pair each case with 'Tr' or 'Ts' following the unlabelled-cases rule of the module docstring."""
     if not any(c.label for c in cases):
         return [(c, "Tr") for c in cases]
+    unlabelled = [c.name for c in cases if not c.label]
+    if unlabelled:
+        log.warning("%d case(s) without a label go to imagesTs, not imagesTr: %s (use --no-labels, where the "
+                    "converter has it, for an image-only dataset of all cases)", len(unlabelled),
+                    ", ".join(unlabelled))
     return [(c, "Tr" if c.label else "Ts") for c in cases]
 
 
@@ -93,7 +100,10 @@ def remap_labels(label: np.ndarray, path: Path, mapping: Mapping[int, int]) -> n
 def _integer_values(label: np.ndarray, path: Path) -> set[int]:
     values = np.unique(label)
     if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
-        raise PirlInputError(f"{path}: label map has non-integer values")
+        bad = values[~np.isfinite(values) | (np.mod(values, 1) != 0)]
+        raise PirlInputError(f"{path}: label map has non-integer values ({bad.size} distinct, e.g. "
+                             f"{', '.join(f'{v:g}' for v in bad[:3])}); a label map holds integers "
+                             "(stored as integers or as integer-valued floats)")
     if values.size and (values.min() < 0 or values.max() > 255):
         raise PirlInputError(f"{path}: label values must lie in 0..255, found {values.min()}..{values.max()}")
     return {int(v) for v in values}
@@ -238,8 +248,13 @@ class RawDatasetWriter:
         log.info("wrote %d training and %d test case(s) to %s", self.counts["Tr"], self.counts["Ts"], self.target)
 
 
-def write_raw_dataset(writer: RawDatasetWriter, cases: Sequence[SourceCase]) -> Path:
-    """Convert ``cases`` (labelled -> Tr, unlabelled -> Ts, see ``split_labeled``) with a progress bar."""
+def write_raw_dataset(writer: RawDatasetWriter, cases: Sequence[SourceCase], skip_labels: bool = False) -> Path:
+    """Convert ``cases`` (labelled -> Tr, unlabelled -> Ts, see ``split_labeled``) with a progress bar;
+    ``skip_labels``: ignore every label file, all cases -> Tr (an image-only dataset)."""
+    if skip_labels:
+        if skipped := sum(c.label is not None for c in cases):
+            log.info("--no-labels: %d label file(s) not read", skipped)
+        cases = [replace(c, label=None) for c in cases]
     with writer:
         for case, subset in tqdm(split_labeled(cases), desc=f"writing {writer.target.name}", unit="case"):
             writer.add_files(case, subset)

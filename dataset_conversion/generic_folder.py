@@ -4,12 +4,14 @@ Usage::
 
     pirl_convert_folder -i SRC -d 503 -n Name --channel FLAIR='Flair*.nii.gz' --channel T1c='T1c*.nii.gz'
         [--label 'OTMultiClass.nii.gz'] [--labels background=0 necrosis=1 ...] [--mask 'brainmask.nii.gz']
+        [--case_name_file subject_id.txt [--case_name_key Subject_id]]
 
-Every sub-folder of SRC is one case (its name is the case name). Each glob is matched inside a case folder
-and must match exactly one file. Channels are written in the order given; the channel NAME decides
-normalisation later (MRI names -> z-score, CT, PET). Without ``--labels`` the label names are the values
-found across cases (background=0, label_K=K). Label maps stored as floats are accepted when their values
-are integers. ``--mask``: voxels where the mask is 0 are set to 0 in every channel (the label is kept);
+Every sub-folder of SRC is one case (its name is the case name, unless ``--case_name_file`` names a text
+file in the case folder that holds it: the file's one line, or with ``--case_name_key KEY`` the value of
+its ``KEY: NAME`` line). Each glob is matched inside a case folder and must match exactly one file.
+Channels are written in the order given; the channel NAME decides normalisation later (MRI names ->
+z-score, CT, PET). Without ``--labels`` the label names are the values found across cases (background=0,
+label_K=K). Label maps stored as floats are accepted when their values are integers. ``--mask``: voxels where the mask is 0 are set to 0 in every channel (the label is kept);
 use it for images whose background is not 0 (e.g. z-scored images with a constant background), because
 preprocessing crops to the non-zero region. Without ``--label`` the dataset is image-only.
 """
@@ -60,14 +62,37 @@ def match_one(folder: Path, pattern: str, what: str) -> Path:
     return matches[0]
 
 
+def read_case_name(folder: Path, pattern: str, key: str | None = None) -> str:
+    """The case name held by the file of ``folder`` matching ``pattern``: its single non-empty line, or with
+    ``key`` the value of its one ``KEY: NAME`` line; otherwise an error naming the file."""
+    path = match_one(folder, pattern, "the case name")
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise PirlInputError(f"{path}: not a text file (--case_name_file)") from None
+    if key is None:
+        if len(lines) != 1:
+            raise PirlInputError(f"{path}: expected one line holding the case name, found {len(lines)} "
+                                 "(use --case_name_key KEY to take the value of a 'KEY: NAME' line)")
+        return lines[0]
+    values = [value.strip() for name, sep, value in (line.partition(":") for line in lines)
+              if sep and name.strip() == key]
+    if len(values) != 1 or not values[0]:
+        found = [name for name, sep, _ in (line.partition(":") for line in lines) if sep]
+        raise PirlInputError(f"{path}: expected one non-empty '{key}: NAME' line, found {len(values)} "
+                             f"(keys in the file: {', '.join(found) or 'none'})")
+    return values[0]
+
+
 def find_cases(source: Path, channels: list[tuple[str, str]], label: str | None,
-               mask: str | None) -> list[SourceCase]:
+               mask: str | None, case_name_file: str | None = None,
+               case_name_key: str | None = None) -> list[SourceCase]:
     if not source.is_dir():
         raise PirlInputError(f"{source}: source folder not found")
     folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise PirlInputError(f"{source}: no case folders (expected one sub-folder per case)")
-    return [SourceCase(folder.name,
+    return [SourceCase(read_case_name(folder, case_name_file, case_name_key) if case_name_file else folder.name,
                        tuple(match_one(folder, pattern, f"channel {name}") for name, pattern in channels),
                        match_one(folder, label, "the label") if label else None,
                        match_one(folder, mask, "the mask") if mask else None)
@@ -89,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--regions_class_order", type=int, nargs="+", metavar="LABEL",
                         help="with regions: the label each region paints back, in region order (nnU-Net)")
     parser.add_argument("--mask", metavar="GLOB", help="mask glob: voxels outside it are set to 0 in the images")
+    parser.add_argument("--case_name_file", metavar="GLOB",
+                        help="text file in each case folder holding the case name (default: the folder name)")
+    parser.add_argument("--case_name_key", metavar="KEY",
+                        help="with --case_name_file: take the value of its 'KEY: NAME' line")
     return parser
 
 
@@ -98,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     channels = [_name_value(item, "--channel") for item in args.channel]
     if args.labels and not args.label:
         raise PirlInputError("--labels: needs --label GLOB (the label files to read)")
+    if args.case_name_key and not args.case_name_file:
+        raise PirlInputError("--case_name_key: needs --case_name_file GLOB (the file holding the name)")
     labels = parse_labels(args.labels)
     has_regions = labels is not None and any(isinstance(v, list) for v in labels.values())
     if has_regions != bool(args.regions_class_order):
@@ -105,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = RawDatasetWriter(args.dataset_id, args.name, [name for name, _ in channels], labels,
                               source=args.input, root=args.output_root, overwrite=args.overwrite,
                               regions_class_order=args.regions_class_order)
-    cases = find_cases(args.input, channels, args.label, args.mask)
+    cases = find_cases(args.input, channels, args.label, args.mask, args.case_name_file, args.case_name_key)
     log.info("found %d case folder(s) in %s", len(cases), args.input)
     write_raw_dataset(writer, cases)
     return 0

@@ -13,6 +13,8 @@ from pirl_pipeline.losses.objective import TABLE7
 
 TRANSLATION_ID, TRANSLATION_NAME = 601, "RealBraTS4"
 SEGMENTATION_ID, SEGMENTATION_NAME = 602, "BraTS2015Expert"
+SEGMENTATION2_ID, SEGMENTATION2_NAME = 603, "BraTS2018FlairT1"  # 6 BraTS-2018 FLAIR + T1 cases, whole tumour
+SEGMENTATION2_FOLDS = 3  # 4 train / 2 validate each
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,37 @@ def test_regions_are_declared_with_their_class_order(source, pirl_raw, run_cli):
     assert code == 2 and "--regions_class_order" in line
 
 
+def test_case_names_from_a_file_in_each_case_folder(source, pirl_raw, run_cli):
+    (source / "case_a" / "subject_id.txt").write_text("Case_id: Brats18_X_1\nSubject_id: Brats18_X_1")
+    (source / "case_b" / "subject_id.txt").write_text("Case_id: Brats18_A_2\nSubject_id: Brats18_A_2\n")
+    naming = ("--case_name_file", "subject_id.txt", "--case_name_key", "Subject_id")
+    assert run_cli(main, args(source, *naming))[0] == 0
+    out = pirl_raw / "Dataset007_Toy"
+    assert [c.name for c in list_cases(out, load_dataset_json(out))] == ["Brats18_A_2", "Brats18_X_1"]
+    np.testing.assert_array_equal(read(out / "labelsTr" / "Brats18_X_1.nii.gz"), read(source / "case_a" / "seg.nii.gz"))
+    (source / "case_a" / "name.txt").write_text("patient 7\n")
+    (source / "case_b" / "name.txt").write_text("patient-8")
+    assert run_cli(main, args(source, "--case_name_file", "name.txt", "--overwrite"))[0] == 0
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["patient-7.nii.gz", "patient-8.nii.gz"]
+
+
+CASE_NAME_PROBLEMS = {  # case_b's subject_id.txt, the options, what the error names
+    "two lines, no key": ("Case_id: A\nSubject_id: A", [], "--case_name_key"),
+    "key absent": ("Case_id: A", ["--case_name_key", "Subject_id"], "keys in the file: Case_id"),
+    "same name as case_a": ("Subject_id: S1", ["--case_name_key", "Subject_id"], "S1 is already used"),
+}
+
+
+@pytest.mark.parametrize("problem", CASE_NAME_PROBLEMS)
+def test_case_name_file_problems_name_the_file(problem, source, pirl_raw, run_cli):
+    text, extra, named = CASE_NAME_PROBLEMS[problem]
+    (source / "case_a" / "subject_id.txt").write_text("Subject_id: S1\n")
+    (source / "case_b" / "subject_id.txt").write_text(text)
+    code, line = run_cli(main, args(source, "--case_name_file", "subject_id.txt", *extra))
+    assert code == 2 and "case_b" in line and named in line, line
+    assert not pirl_raw.exists() or not any(pirl_raw.iterdir())
+
+
 def _garbage(path):
     path.write_bytes(b"this is not an image")
 
@@ -151,3 +182,42 @@ def test_brats2015_two_modality(shared_data, pirl_raw, run_cli):
     label = sitk.ReadImage(str(out / "labelsTr" / f"{case}.nii.gz"))
     assert label.GetPixelID() == sitk.sitkUInt8
     np.testing.assert_array_equal(sitk.GetArrayFromImage(label), read(src / case / "OTMultiClass.nii.gz"))
+
+
+@pytest.mark.shared_data
+def test_glistr_example_with_globs(shared_data, pirl_raw, run_cli):
+    """GLISTR's ex0_<mod>_sus_n3_[r_]strip_hist files: four globs, no label, its own 192x256x192 grid kept."""
+    src = shared_data / "glistr_example"
+    globs = [f"{name}=*_{mod}_sus_n3_*strip_hist.nii.gz"
+             for name, mod in (("T1", "t1"), ("T1ce", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))]
+    argv = ["-i", src, "-d", 504, "-n", "GLISTR", *[a for g in globs for a in ("--channel", g)]]
+    assert run_cli(main, argv)[0] == 0
+    out = pirl_raw / "Dataset504_GLISTR"
+    assert not (out / "labelsTr").exists() and load_dataset_json(out).num_training == 1
+    source = sitk.ReadImage(str(src / "ex0" / "ex0_t1ce_sus_n3_strip_hist.nii.gz"))
+    converted = sitk.ReadImage(str(out / "imagesTr" / "ex0_0001.nii.gz"))
+    assert converted.GetSize() == (192, 256, 192)
+    assert (converted.GetSpacing(), converted.GetOrigin()) == (source.GetSpacing(), source.GetOrigin())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(converted), sitk.GetArrayFromImage(source))
+
+
+@pytest.mark.shared_data
+def test_brats2018_flair_t1_named_by_subject_id(shared_data, pirl_raw, run_cli):
+    """Six cases named from subject_id.txt; float32 GT_W {0,1} -> uint8; skull-stripped (background 0)."""
+    src = shared_data / "brats2018_flair_t1"
+    argv = ["-i", src, "-d", 505, "-n", "BraTS2018FlairT1", "--channel", "FLAIR=FLAIR.nii.gz",
+            "--channel", "T1=T1.nii.gz", "--label", "GT_W.nii.gz", "--labels", "background=0", "whole tumour=1",
+            "--case_name_file", "subject_id.txt", "--case_name_key", "Subject_id"]
+    assert run_cli(main, argv)[0] == 0
+    out = pirl_raw / "Dataset505_BraTS2018FlairT1"
+    dj = load_dataset_json(out)
+    assert dj.labels == {"background": 0, "whole tumour": 1}
+    assert [c.name for c in list_cases(out, dj)] == [
+        "Brats18_CBICA_AOO_1", "Brats18_CBICA_ARW_1", "Brats18_CBICA_ASK_1", "Brats18_CBICA_ATV_1",
+        "Brats18_TCIA02_471_1", "Brats18_TCIA08_105_1"]
+    label = sitk.ReadImage(str(out / "labelsTr" / "Brats18_CBICA_AOO_1.nii.gz"))
+    assert label.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), read(src / "case_0" / "GT_W.nii.gz"))
+    flair = read(out / "imagesTr" / "Brats18_CBICA_AOO_1_0000.nii.gz")
+    np.testing.assert_array_equal(flair, read(src / "case_0" / "FLAIR.nii.gz"))
+    assert flair.min() == 0 and 0.1 < np.count_nonzero(flair) / flair.size < 0.25  # a brain, zero around it

@@ -37,12 +37,15 @@ def test_equal_total_steps_baseline_gets_the_pretraining_steps():
 
 
 def test_splits_test_every_case_and_never_train_on_it():
-    cases = ["c", "a", "b"]
-    loo = data.translation_splits(cases)
-    assert [s["val"] for s in loo] == [["a"], ["b"], ["c"]]
-    assert all(set(s["train"]) == set(cases) - set(s["val"]) for s in loo)
+    cases = [c for pair in data.TRANSLATION_VAL_PAIRS for c in pair]
+    folds = data.translation_splits(cases[::-1])
+    assert [s["val"] for s in folds] == [list(p) for p in data.TRANSLATION_VAL_PAIRS]
+    assert all(set(s["train"]) == set(cases) - set(s["val"]) and len(s["train"]) == 6 for s in folds)
     two = data.segmentation_splits(["p3", "p4", "p5", "p6"])
     assert two == [{"train": ["p3", "p4"], "val": ["p5", "p6"]}, {"train": ["p5", "p6"], "val": ["p3", "p4"]}]
+    three = data.segmentation_splits([f"c{i}" for i in range(6)], 3)
+    assert sorted(c for s in three for c in s["val"]) == [f"c{i}" for i in range(6)]
+    assert all(len(s["train"]) == 4 and not set(s["train"]) & set(s["val"]) for s in three)
 
 
 def test_stage_plan_pretrains_once_and_passes_the_budget(tmp_path):
@@ -117,7 +120,7 @@ def test_real_data_preparation(shared_data, tmp_path):
     prepare_data(runner, QUICK, work)
     translation = work / "preprocessed" / "Dataset601_RealBraTS4"
     splits = load_json(translation / "splits_final.json")
-    assert [s["val"] for s in splits] == [["AURORA-MET-0001"], ["BraTS-PR138-00000-000"], ["TCGA-DU-7294"]]
+    assert splits[0]["val"] == ["AURORA-MET-0001", "TCGA-DU-7294"] and len(splits[0]["train"]) == 6
     seg = work / "preprocessed" / "Dataset602_BraTS2015Expert"
     assert load_json(seg / "splits_final.json")[0]["val"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]
     plans = load_json(seg / "PIRLPlans.json")
