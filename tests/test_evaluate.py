@@ -11,8 +11,10 @@ import pytest
 from pirl_pipeline.cli.evaluate import main
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.evaluation.evaluate import mean_table
-from pirl_pipeline.evaluation.metrics import psnr, ssim
+from pirl_pipeline.evaluation.metrics import HD95_PENALTY_MM, bounding_box, psnr, ssim
 from pirl_pipeline.evaluation.segmentation import (
+    SegmentationOptions,
+    default_empty_reference,
     evaluate_segmentation_folder,
     segmentation_metrics,
     segmentation_targets,
@@ -56,6 +58,37 @@ def test_targets_and_case_metrics_by_hand():
     assert segmentation_targets(plain) == {"lesion": (1,)}
     empty = segmentation_metrics(np.zeros(4), np.zeros(4), plain)
     assert empty["Dice/lesion"] == 1.0 and math.isnan(empty["TPR/lesion"])
+    assert empty["CaseTNR/lesion"] == 1.0 and math.isnan(empty["CaseTPR/lesion"]) and "HD95/lesion" not in empty
+    # case-level detection: ET missed entirely, NCR touched by one voxel
+    assert m["CaseTPR/ET"] == 0.0 and m["CaseTPR/NCR"] == 1.0 and math.isnan(m["CaseTNR/ET"])
+
+
+def test_distance_metrics_and_empty_reference_policy_on_arrays():
+    ref = np.zeros((10, 12, 14), np.uint8)
+    ref[2:6, 3:8, 4:9] = 2  # ED 100 voxels
+    pred = np.roll(ref, 1, axis=2)  # shifted by one voxel along x (2 mm)
+    pred[8, 10, 12] = 3  # a stray ET voxel: ET is absent from the reference
+    spacing = (1.0, 1.0, 2.0)
+    m = segmentation_metrics(pred, ref, BRATS, spacing=spacing)
+    assert m["HD95/ED"] == pytest.approx(2.0) and m["NSD/ED"] < 1 and m["LesionDice/ED"] == pytest.approx(0.8)
+    assert m["LesionHD95/ED"] == pytest.approx(2.0)  # 200 mm^3, found: one lesion, no false positive
+    # ET: reference empty, prediction not -> BraTS convention: Dice 0, HD95 374, one false-positive component
+    assert (m["Dice/ET"], m["HD95/ET"], m["NSD/ET"], m["CaseTNR/ET"]) == (0.0, HD95_PENALTY_MM, 0.0, 0.0)
+    assert (m["LesionDice/ET"], m["LesionHD95/ET"]) == (0.0, HD95_PENALTY_MM)
+    assert m["Dice/NCR"] == 1.0 and m["HD95/NCR"] == 0.0 and m["LesionDice/NCR"] == 1.0  # absent from both
+    excluded = segmentation_metrics(pred, ref, BRATS, spacing=spacing,
+                                    options=SegmentationOptions(empty_reference="exclude"))
+    for metric in ("Dice", "HD95", "NSD", "LesionDice", "LesionHD95"):
+        assert math.isnan(excluded[f"{metric}/ET"]) and math.isnan(excluded[f"{metric}/NCR"])
+    assert excluded["CaseTNR/ET"] == 0.0 and excluded["CaseTNR/NCR"] == 1.0 and excluded["Dice/ED"] == m["Dice/ED"]
+    cheap = segmentation_metrics(pred, ref, BRATS, spacing=spacing, options=SegmentationOptions(False))
+    assert cheap == {k: v for k, v in m.items() if k.split("/")[0] not in ("HD95", "NSD", "LesionDice", "LesionHD95")}
+    # the policy default depends on the dataset: PET data (many lesion-free cases) excludes
+    autopet = DatasetJson({"0": "CT", "1": "PET"}, {"background": 0, "lesion": 1}, 1)
+    assert default_empty_reference(autopet) == "exclude" and default_empty_reference(BRATS) == "one_if_both_empty"
+    assert math.isnan(segmentation_metrics(np.zeros(4), np.zeros(4), autopet)["Dice/lesion"])
+    with pytest.raises(ValueError, match="'one_if_both_empty', 'exclude'"):
+        SegmentationOptions(empty_reference="zero")
 
 
 def test_seg_cli_writes_summary(brats, tmp_path, run_cli):
@@ -70,14 +103,28 @@ def test_seg_cli_writes_summary(brats, tmp_path, run_cli):
     assert summary["mean"]["whole tumor"]["Dice"] == pytest.approx(2 / 3)
     assert summary["per_case"][2]["metrics"]["tumor core"]["TPR"] == 0.0
     # case1 has no ET in either: Dice 1, TPR undefined (null), not counted in the TPR mean
-    assert summary["per_case"][1]["metrics"]["ET"] == {"Dice": 1.0, "TPR": None, "TNR": 1.0, "FNR": None,
-                                                       "FPR": 0.0}
+    assert summary["per_case"][1]["metrics"]["ET"] == {
+        "Dice": 1.0, "TPR": None, "TNR": 1.0, "FNR": None, "FPR": 0.0, "CaseTPR": None, "CaseTNR": 1.0,
+        "HD95": 0.0, "NSD": 1.0, "LesionDice": 1.0, "LesionHD95": 0.0}
     assert summary["count"]["ET"]["TPR"] == 2 and summary["mean"]["ET"]["TPR"] == pytest.approx(0.5)
+    # case2 predicted nothing: whole tumour (80 mm^3, above the 50 mm^3 lesion threshold) missed
+    wt = summary["per_case"][2]["metrics"]["whole tumor"]
+    assert (wt["CaseTPR"], wt["HD95"], wt["NSD"], wt["LesionDice"], wt["LesionHD95"]) == (0.0, 374.0, 0.0, 0.0, 374.0)
+    assert summary["mean"]["whole tumor"]["HD95"] == pytest.approx(374 / 3)
+    assert summary["per_case"][0]["metrics"]["ET"]["LesionDice"] == 1.0  # 4 mm^3 ET: under the threshold
+    assert summary["segmentation_options"]["empty_reference"] == "one_if_both_empty"
+    assert "CaseTPR" in summary["metric_conventions"] and "LesionHD95" in summary["metric_conventions"]
     table = pd.read_csv(pred / "summary.csv", index_col="case")
     assert list(table.index) == ["case0", "case1", "case2"] and table.loc["case2", "Dice/ED"] == 0.0
     api = evaluate_segmentation_folder(ref, pred, brats / "dataset.json")
     pd.testing.assert_frame_equal(api, table, check_dtype=False, check_names=False)
     assert mean_table(api).loc["whole tumor", "Dice"] == pytest.approx(2 / 3)
+    code, err = run_cli(main, ["-ref", ref, "-pred", pred, "-d", 501, "-t", "seg", "-np", 1, "--no_distance_metrics",
+                               "--empty_reference", "exclude"])
+    assert code == 0, err
+    summary = json.loads((pred / "summary.json").read_text())
+    assert "HD95" not in summary["mean"]["ET"] and summary["count"]["ET"]["Dice"] == 2  # case1 excluded
+    assert summary["mean"]["ET"]["Dice"] == pytest.approx(0.5) and summary["mean"]["ET"]["CaseTNR"] == 1.0
 
 
 def write_translation(tmp_path, shift=0.0, garbage=0.0):
@@ -106,11 +153,13 @@ def test_translate_cli_masks_without_patching(brats, tmp_path, run_cli):
     summary = json.loads(out.read_text())
     assert set(summary["mean"]) == {"T2"}  # only the predicted channel
     a = arrays["a"][2][body]
-    assert summary["per_case"][0]["metrics"]["T2"]["PSNR"] == pytest.approx(
+    assert summary["per_case"][0]["metrics"]["T2"]["PSNR_raw"] == pytest.approx(
         10 * math.log10(float(a.max() - a.min()) ** 2 / 4.0), rel=1e-5)
     # the background garbage is outside the mask for PSNR but seen by SSIM windows at the edge
     expected = ssim(np.where(body, arrays["a"][2] + 2, 500.0), arrays["a"][2], body)
-    assert summary["per_case"][0]["metrics"]["T2"]["SSIM"] == pytest.approx(expected, rel=1e-5)
+    assert summary["per_case"][0]["metrics"]["T2"]["SSIM_raw"] == pytest.approx(expected, rel=1e-5)
+    assert summary["per_case"][0]["metrics"]["T2"]["PSNR"] > 100  # a pure offset: perfect once scaled (float32 rounding)
+    assert "percentile" in summary["metric_conventions"]["PSNR"]
     assert expected < ssim(np.where(body, arrays["a"][2] + 2, 0.0), arrays["a"][2], body)
     assert (tmp_path / "scores" / "t.csv").is_file() and not (pred / "summary.json").exists()
 
@@ -121,10 +170,51 @@ def test_translation_api_on_arrays(tmp_path, brats):
     assert np.array_equal(reference_mask(images), body)
     m = translation_metrics(images[1:3], images[1:3], reference_mask(images), ["T1ce", "T2"])
     assert m["PSNR/T2"] == math.inf and m["NMSE/T1ce"] == 0.0 and m["SSIM/T2"] == pytest.approx(1.0)
-    assert translation_metrics(images[2] * 0.5, images[2])["PSNR/0"] == pytest.approx(
-        psnr(images[2] * 0.5, images[2], body))
+    half = translation_metrics(images[2] * 0.5, images[2])
+    assert half["PSNR_raw/0"] == pytest.approx(psnr(images[2] * 0.5, images[2], body)) and half["PSNR/0"] > 100
     table = evaluate_translation_folder(ref, pred, 501, num_processes=2)
-    assert list(table.columns) == ["PSNR/T2", "NMSE/T2", "SSIM/T2"] and (table["NMSE/T2"] == 0).all()
+    assert list(table.columns) == ["PSNR/T2", "NMSE/T2", "SSIM/T2", "PSNR_raw/T2", "NMSE_raw/T2", "SSIM_raw/T2"]
+    assert (table["NMSE/T2"] == 0).all() and (table["NMSE_raw/T2"] == 0).all()
+
+
+def test_translation_scores_on_a_real_case(shared_data):
+    """TCGA-DU-7294: a perfect synthesis up to gain and offset beats copying another modality once each
+    volume is scaled by its own percentiles; in scanner units it was the other way round."""
+    from pirl_pipeline.data.image_io import read_array
+
+    folder = shared_data / "brats2020_style" / "TCGA-DU-7294"
+    images = {m: read_array(folder / f"TCGA-DU-7294_{m}.nii.gz")[0] for m in ("t1", "t1ce", "t2", "flair")}
+    mask = reference_mask(np.stack(list(images.values())))
+    box = bounding_box(mask, margin=6)  # the brain plus more than half an SSIM window: the same scores, faster
+    images, mask = {m: image[box] for m, image in images.items()}, mask[box]
+    rescaled = translation_metrics(images["t2"] * 3 + 50, images["t2"], mask, ["T2"])
+    copied = translation_metrics(images["t1"], images["t1ce"], mask, ["T1ce"])
+    assert rescaled["PSNR/T2"] >= 35 and rescaled["SSIM/T2"] >= 0.95
+    assert copied["PSNR/T1ce"] == pytest.approx(19.58, abs=0.01) and copied["SSIM/T1ce"] == pytest.approx(0.728, abs=1e-3)
+    # raw units: the rescaled perfect synthesis scored far below the copy (the bug this convention fixes)
+    assert rescaled["PSNR_raw/T2"] == pytest.approx(5.69, abs=0.01) and rescaled["SSIM_raw/T2"] == pytest.approx(
+        0.378, abs=1e-3)
+    assert copied["PSNR_raw/T1ce"] == pytest.approx(28.81, abs=0.01) and copied["SSIM_raw/T1ce"] == pytest.approx(
+        0.813, abs=1e-3)
+
+
+def test_synthesised_mri_stays_in_zscore_units():
+    """inference/export: a synthesised z-scored (MRI) channel is not de-normalised with dataset averages
+    (MRI has no shared unit); CT keeps its dataset-level Hounsfield de-normalisation."""
+    from types import SimpleNamespace
+
+    from pirl_pipeline.inference.export import intensities_in_input_units
+
+    props = {"0": {"mean": 300.0, "std": 50.0}, "1": {"mean": 40.0, "std": 100.0, "percentile_99_5": 1000.0}}
+    plans = SimpleNamespace(
+        configuration=lambda name: SimpleNamespace(normalization_schemes=["ZScoreNormalization", "CTNormalization",
+                                                                          "ZScoreNormalization"]),
+        foreground_intensity_properties_per_channel=props, extra={})
+    output = np.stack([np.full((2, 2, 2), 1.5, np.float32)] * 3)
+    # channel 2 was an input (its own parameters); channels 0 (MRI) and 1 (CT) were synthesised
+    properties = {"normalization": [None, None, {"mean": 10.0, "std": 2.0}]}
+    restored = intensities_in_input_units(output, properties, plans, "3d_fullres")
+    assert (restored[0] == 1.5).all() and (restored[1] == 1.5 * 100 + 40).all() and (restored[2] == 13.0).all()
 
 
 def error_of(run_cli, argv) -> str:
@@ -152,6 +242,7 @@ def test_bad_input(brats, tmp_path, run_cli):
     assert "label value(s) [4, 6]" in error_of(run_cli, base)
     write_image(labels(0), pred / "case0.nii.gz")
     assert "inside the reference folder" in error_of(run_cli, [*base, "-o", ref / "summary.json"])
+    assert "--nsd_tolerance_mm: nsd_tolerance_mm -1.0" in error_of(run_cli, [*base, "--nsd_tolerance_mm", -1])
     assert "no dataset with id 777" in error_of(run_cli, [*base[:5], 777, *base[6:]])
     assert not list(pred.glob("summary*")) and not list(ref.glob("summary*"))
     assert run_cli(main, base)[0] == 0 and (pred / "summary.csv").is_file()

@@ -1,4 +1,5 @@
-"""Voxel metrics against hand-computed values on tiny arrays, and against MONAI where MONAI has them."""
+"""Voxel, surface and image metrics against hand-computed values on tiny arrays, and against MONAI where MONAI
+has them."""
 from __future__ import annotations
 
 import math
@@ -6,10 +7,31 @@ import math
 import numpy as np
 import pytest
 import torch
-from monai.metrics import PSNRMetric, compute_dice, get_confusion_matrix
+from monai.metrics import (
+    PSNRMetric,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_surface_dice,
+    get_confusion_matrix,
+)
 from monai.metrics.regression import compute_ssim_and_cs
 
-from pirl_pipeline.evaluation.metrics import confusion, dice, nmse, overlap_metrics, psnr, ssim, ssim_map
+from pirl_pipeline.evaluation.metrics import (
+    HD95_PENALTY_MM,
+    apply_empty_reference,
+    confusion,
+    detection,
+    dice,
+    hd95,
+    image_metrics,
+    nmse,
+    overlap_metrics,
+    percentile_scale,
+    psnr,
+    ssim,
+    ssim_map,
+    surface_dice,
+)
 
 
 def mask(*on: int, n: int = 10) -> np.ndarray:
@@ -125,3 +147,96 @@ def test_ssim_mask_uses_window_centres_in_mask():
     full = ssim_map(pred, ref, float(ref[m].max() - ref[m].min()))
     assert ssim(pred, ref, m) == pytest.approx(float(full[m[5:-5, 5:-5, 5:-5]].mean()))
     assert math.isnan(ssim(np.ones((8, 30, 30)), np.ones((8, 30, 30)), data_range=1.0))  # smaller than a window
+
+
+def test_percentile_scale_uses_the_volumes_own_percentiles():
+    volume = np.arange(1000.0).reshape(10, 10, 10)
+    inside = volume < 800  # values 0..799 inside, 800..999 outside
+    lo, hi = np.percentile(np.arange(800.0), [0.5, 99.5])
+    scaled = percentile_scale(volume, inside)
+    np.testing.assert_allclose(scaled[inside], np.clip((np.arange(800.0) - lo) / (hi - lo), 0, 1))
+    assert scaled.min() == 0.0 and (scaled[~inside] == 1.0).all()  # outside: same map, clipped
+    # invariant to gain and offset of the volume itself
+    np.testing.assert_allclose(percentile_scale(volume * 3.5 + 40, inside), scaled, atol=1e-12)
+    assert percentile_scale(volume, inside, 10, 90)[inside].mean() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+        percentile_scale(volume, inside, 60, 40)
+
+
+def test_percentile_scale_edge_cases():
+    inside = np.ones((4, 4, 4), bool)
+    assert (percentile_scale(np.full((4, 4, 4), 7.0), inside) == 0).all()  # constant: no contrast to scale
+    assert (percentile_scale(np.ones((4, 4, 4)), np.zeros((4, 4, 4), bool)) == 0).all()  # empty mask
+    broken = np.ones((4, 4, 4))
+    broken[1, 1, 1] = np.inf
+    assert np.isnan(percentile_scale(broken, inside)).all()
+
+
+def test_normalised_scores_ignore_gain_and_offset_raw_scores_do_not():
+    rng = np.random.default_rng(4)
+    ref = rng.random((14, 15, 16)) * 100
+    m = image_metrics(ref * 3 + 50, ref)
+    assert m["PSNR"] > 200 and m["NMSE"] == pytest.approx(0, abs=1e-20) and m["SSIM"] == pytest.approx(1.0)
+    assert m["PSNR_raw"] == pytest.approx(psnr(ref * 3 + 50, ref)) and m["SSIM_raw"] < 0.5
+    # the prediction is scaled by its own statistics only: the normalised scores do not move when the
+    # reference is rescaled, and equal the metrics of the two separately scaled volumes
+    pred = ref + rng.normal(0, 10, ref.shape)
+    a, b = image_metrics(pred, ref), image_metrics(pred, ref * 0.01 - 7)
+    for metric in ("PSNR", "NMSE", "SSIM"):
+        assert a[metric] == pytest.approx(b[metric], rel=1e-9)
+    everywhere = np.ones(ref.shape, bool)
+    p, r = percentile_scale(pred, everywhere), percentile_scale(ref, everywhere)
+    assert a["PSNR"] == pytest.approx(10 * math.log10(1 / np.mean((p - r) ** 2)))
+    assert a["SSIM"] == pytest.approx(ssim(p, r, data_range=1.0))
+
+
+def test_constant_prediction_scores_by_hand():
+    rng = np.random.default_rng(5)
+    ref = rng.random((12, 12, 12)) * 100
+    m = image_metrics(np.full(ref.shape, 42.0), ref)
+    r = percentile_scale(ref, np.ones(ref.shape, bool))
+    assert m["PSNR"] == pytest.approx(10 * math.log10(1 / np.mean(r**2))) and m["NMSE"] == pytest.approx(1.0)
+
+
+def test_empty_reference_policies_and_case_detection():
+    lesion = {"Dice": 0.0, "TPR": math.nan, "HD95": 374.0, "NSD": 0.0, "LesionDice": 0.0, "TNR": 0.8}
+    assert apply_empty_reference(lesion, True, "one_if_both_empty") == lesion
+    excluded = apply_empty_reference(lesion, True, "exclude")
+    assert all(math.isnan(excluded[k]) for k in ("Dice", "HD95", "NSD", "LesionDice")) and excluded["TNR"] == 0.8
+    assert apply_empty_reference({"Dice": 0.5}, False, "exclude") == {"Dice": 0.5}
+    with pytest.raises(ValueError, match="'one_if_both_empty', 'exclude'"):
+        apply_empty_reference(lesion, True, "zero")
+    # CaseTPR: lesion overlapped by >= 1 voxel; CaseTNR: lesion-free case predicted empty
+    assert detection(*confusion(mask(3, 9), mask(3, 4, 5))[:3]) == {"CaseTPR": 1.0, "CaseTNR": pytest.approx(math.nan,
+                                                                                                          nan_ok=True)}
+    assert detection(*confusion(mask(6), mask(3, 4))[:3])["CaseTPR"] == 0.0
+    assert detection(*confusion(mask(), mask())[:3])["CaseTNR"] == 1.0
+    free = detection(*confusion(mask(1), mask())[:3])
+    assert free["CaseTNR"] == 0.0 and math.isnan(free["CaseTPR"])
+
+
+def test_surface_metrics_by_hand():
+    a, b = np.zeros((6, 6, 8), bool), np.zeros((6, 6, 8), bool)
+    a[2, 2, 1], b[2, 2, 4] = True, True  # 3 voxels apart along the last axis, spacing 0.5 mm there
+    spacing = (2.0, 1.0, 0.5)
+    assert hd95(a, b, spacing) == pytest.approx(1.5)
+    assert surface_dice(a, b, spacing, tolerance_mm=1.0) == 0.0 and surface_dice(a, b, spacing, 1.5) == 1.0
+    b[2, 2, 1] = True  # b = {1, 4}; a's edge is at 0 from b, b's voxel 4 at 1.5 mm from a
+    assert surface_dice(a, b, spacing, 1.0) == pytest.approx(2 / 3)
+    empty = np.zeros_like(a)
+    assert hd95(empty, empty, spacing) == 0.0 and surface_dice(empty, empty, spacing) == 1.0
+    assert hd95(a, empty, spacing) == HD95_PENALTY_MM and surface_dice(empty, a, spacing) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:.*always_return_as_numpy")  # MONAI 1.6 warns about its own call
+def test_surface_metrics_on_the_bounding_box_equal_monai_on_the_full_grid():
+    rng = np.random.default_rng(6)
+    ref = np.zeros((40, 42, 44), bool)
+    ref[8:20, 10:25, 12:30] = True
+    pred = np.roll(ref, 2, axis=0) & (rng.random(ref.shape) > 0.1)
+    spacing = (1.5, 1.0, 0.8)
+    full = [torch.as_tensor(x)[None, None] for x in (pred, ref)]
+    expected = compute_hausdorff_distance(*full, include_background=True, percentile=95, spacing=list(spacing))
+    assert hd95(pred, ref, spacing) == pytest.approx(float(expected), rel=1e-6)
+    expected = compute_surface_dice(*full, [2.0], include_background=True, spacing=list(spacing))
+    assert surface_dice(pred, ref, spacing, 2.0) == pytest.approx(float(expected), rel=1e-6)

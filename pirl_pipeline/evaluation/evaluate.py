@@ -2,7 +2,8 @@
 grid checks, mean/std summaries and the atomic ``summary.json`` + ``summary.csv`` writer.
 
 Metric tables are pandas DataFrames indexed by case with flat columns ``"<metric>/<target>"`` (e.g.
-``"Dice/whole tumor"``, ``"PSNR/T2"``); ``summary.json`` nests them as ``{target: {metric: value}}``.
+``"Dice/whole tumor"``, ``"LesionHD95/whole tumor"``, ``"PSNR/T2"``, ``"PSNR_raw/T2"``); ``summary.json``
+nests them as ``{target: {metric: value}}`` and explains every metric name in ``metric_conventions``.
 """
 from __future__ import annotations
 

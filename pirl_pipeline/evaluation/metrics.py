@@ -1,5 +1,5 @@
-"""Voxel metrics on numpy arrays or torch tensors: overlap (Dice, TPR, TNR, FNR, FPR) and image similarity
-(PSNR, NMSE, 3D SSIM).
+"""Voxel and surface metrics on numpy arrays or torch tensors: overlap (Dice, TPR, TNR, FNR, FPR), case-level
+detection (CaseTPR, CaseTNR), surface distances (HD95, NSD; MONAI) and image similarity (PSNR, NMSE, 3D SSIM).
 
 Conventions (also written into every ``summary.json``, see :data:`CONVENTIONS`):
 
@@ -9,10 +9,34 @@ Conventions (also written into every ``summary.json``, see :data:`CONVENTIONS`):
   correct empty prediction). TPR = TP / (TP + FN) and FNR = FN / (TP + FN) = 1 - TPR are **NaN when the
   reference is empty** (no positives: sensitivity is undefined), TNR = TN / (TN + FP) and
   FPR = FP / (TN + FP) = 1 - TNR are NaN when the reference has no negatives. Means over cases skip NaN.
+- Empty reference, two policies (:data:`EMPTY_REFERENCE`, applied by :func:`apply_empty_reference`):
+  ``"one_if_both_empty"`` keeps the values above (BraTS: a region absent from the reference and the
+  prediction scores Dice 1, HD95 0); ``"exclude"`` sets every metric that needs a reference lesion (Dice,
+  HD95, NSD, lesion-wise Dice/HD95) to NaN for such a case, so it is skipped in the means and judged by
+  CaseTNR instead (AutoPET-like data where many cases are lesion-free: rewarding those with Dice 1 would
+  swamp the Dice of the cases that have lesions).
+- Case-level detection (the paper's Tables 7/8), one 0/1 value per case so that the case mean is a rate:
+  CaseTPR = 1 when the reference is non-empty and the prediction overlaps it by >= 1 voxel, 0 when it does
+  not, NaN when the reference is empty; CaseTNR = 1 when the reference is empty and so is the prediction,
+  0 when the prediction is not, NaN when the reference is non-empty.
+- Surface metrics, in mm from the voxel spacing, from MONAI's edge-voxel distances (``get_mask_edges``,
+  ``get_surface_distance``), computed once for both on the bounding box of prediction | reference: the
+  numbers of ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice`` on the full grid
+  (checked in the tests). HD95 = max of the two directed 95th percentiles of the edge-voxel distances; 0
+  when both masks are empty, :data:`HD95_PENALTY_MM` (374 mm, BraTS 2023's value for an infinite distance)
+  when only one is. NSD (normalised surface Dice) = fraction of the edge voxels of both masks within
+  ``tolerance_mm`` of the other mask's edge (default :data:`NSD_TOLERANCE_MM`: one voxel of the 1 mm BraTS
+  grid); 1 when both are empty, 0 when only one is.
 - Image metrics are computed inside a mask (the whole array when none is given) and never modify the
   prediction. The data range is ``max - min`` of the REFERENCE inside the mask (unless given).
   PSNR = 10 log10(range^2 / MSE) dB (+inf when MSE = 0, NaN when the range is 0);
   NMSE = sum((pred - ref)^2) / sum(ref^2) (NaN when the reference is all zero).
+- Translation scores (:func:`image_metrics`) come in two sets. The default ``PSNR``/``NMSE``/``SSIM`` are
+  computed after :func:`percentile_scale` has put each volume — prediction and reference, each with ITS
+  OWN 0.5/99.5 percentiles inside the reference mask — on [0, 1] (clipped), with data range 1 (BraTS
+  2023 synthesis convention: MRI has no absolute unit, so a synthesis that is right up to a gain and an
+  offset scores as right). ``PSNR_raw``/``NMSE_raw``/``SSIM_raw`` are the same metrics on the unmodified
+  intensities with the reference's data range (comparable with papers that score scanner units).
 - SSIM is the 3D SSIM of MONAI's ``compute_ssim_and_cs`` (Gaussian window 11^3, sigma 1.5, k1 0.01,
   k2 0.03, "valid" windows only: no padding), averaged over the window centres that lie in the mask. It is
   evaluated with a separable filter (scipy, float64) instead of MONAI's dense 11^3 convolution: the same
@@ -21,29 +45,66 @@ Conventions (also written into every ``summary.json``, see :data:`CONVENTIONS`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.metrics import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
 Array = np.ndarray | torch.Tensor
 OVERLAP_METRICS = ("Dice", "TPR", "TNR", "FNR", "FPR")
-IMAGE_METRICS = ("PSNR", "NMSE", "SSIM")
+DETECTION_METRICS = ("CaseTPR", "CaseTNR")
+SURFACE_METRICS = ("HD95", "NSD")
+IMAGE_METRICS = ("PSNR", "NMSE", "SSIM", "PSNR_raw", "NMSE_raw", "SSIM_raw")
 SSIM_KERNEL_SIZE, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+SCALE_PERCENTILES = (0.5, 99.5)
+HD95_PENALTY_MM = 374.0
+NSD_TOLERANCE_MM = 1.0
+EMPTY_REFERENCE = ("one_if_both_empty", "exclude")
+# metrics that compare against a reference lesion: NaN for an empty reference under the "exclude" policy
+NEEDS_REFERENCE_LESION = ("Dice", "HD95", "NSD", "LesionDice", "LesionHD95")
 
+_NORMALISED = (f"after percentile_scale: each volume (prediction and reference separately) mapped by its own "
+               f"{SCALE_PERCENTILES[0]}/{SCALE_PERCENTILES[1]} percentiles inside the mask to [0, 1], clipped; "
+               f"data range 1")
+_RAW = "on the unmodified intensities; data range = max-min of the reference inside the mask"
+_SSIM = (f"3D SSIM (MONAI compute_ssim_and_cs: gaussian window {SSIM_KERNEL_SIZE}, sigma {SSIM_SIGMA}, k1 {SSIM_K1}, "
+         f"k2 {SSIM_K2}, valid windows only) averaged over the window centres inside the mask; NaN if no mask "
+         f"voxel is {SSIM_KERNEL_SIZE // 2}+ voxels from the border")
 CONVENTIONS = {
-    "Dice": "2TP/(2TP+FP+FN); 1 if reference and prediction are both empty, 0 if only one of them is",
+    "Dice": "2TP/(2TP+FP+FN); 1 if reference and prediction are both empty, 0 if only one of them is "
+            "(empty_reference='exclude': NaN whenever the reference is empty)",
     "TPR": "sensitivity TP/(TP+FN); NaN (null) if the reference is empty",
     "FNR": "FN/(TP+FN) = 1-TPR; NaN (null) if the reference is empty",
     "TNR": "specificity TN/(TN+FP) over all voxels of the image (scan background included); NaN (null) if "
            "the reference has no background",
     "FPR": "FP/(TN+FP) = 1-TNR; NaN (null) if the reference has no background",
-    "PSNR": "10*log10(range^2/MSE) in dB inside the mask; range = max-min of the reference inside the mask; "
-            "'inf' if MSE = 0",
-    "NMSE": "sum((pred-ref)^2)/sum(ref^2) inside the mask",
-    "SSIM": f"3D SSIM (MONAI compute_ssim_and_cs: gaussian window {SSIM_KERNEL_SIZE}, sigma {SSIM_SIGMA}, "
-            f"k1 {SSIM_K1}, k2 {SSIM_K2}, data range as for PSNR, valid windows only) averaged over the window "
-            f"centres inside the mask; NaN if no mask voxel is {SSIM_KERNEL_SIZE // 2}+ voxels from the border",
+    "CaseTPR": "case-level detection: 1 if the reference is non-empty and the prediction overlaps it by >= 1 "
+               "voxel, 0 if not; NaN if the reference is empty. Mean over cases = detection rate",
+    "CaseTNR": "case-level: 1 if the reference is empty and the prediction is empty too, 0 if the prediction "
+               "is not; NaN if the reference is non-empty. Mean over cases = fraction of lesion-free cases "
+               "predicted lesion-free",
+    "HD95": f"MONAI compute_hausdorff_distance(percentile=95) in mm (voxel spacing): max of the two directed "
+            f"95th percentiles of edge-voxel distances; 0 if both masks are empty, {HD95_PENALTY_MM:g} if only "
+            f"one is (BraTS 2023); empty_reference='exclude': NaN whenever the reference is empty",
+    "NSD": "normalised surface Dice, MONAI compute_surface_dice: fraction of the edge voxels of both masks "
+           "within the tolerance (mm, see nsd_tolerance_mm) of the other mask's edge; 1 if both are empty, 0 "
+           "if only one is; empty_reference='exclude': NaN whenever the reference is empty",
+    "LesionDice": "BraTS 2023 lesion-wise Dice (see pirl_pipeline.evaluation.lesionwise): mean Dice over the "
+                  "reference lesions above the volume threshold plus 0 for each false-positive predicted "
+                  "component; 1 if there are neither",
+    "LesionHD95": f"BraTS 2023 lesion-wise HD95 in mm: as LesionDice, with HD95 per lesion ({HD95_PENALTY_MM:g} for "
+                  f"a missed lesion and for each false-positive component); 0 if there are neither",
+    "empty_reference": "policy for a target absent from the reference: 'one_if_both_empty' (values above) or "
+                       "'exclude' (Dice, HD95, NSD, LesionDice, LesionHD95 NaN; judged by CaseTNR); the policy "
+                       "used is in this summary's segmentation_options",
+    "PSNR": f"10*log10(1/MSE) in dB inside the mask, {_NORMALISED}; 'inf' if MSE = 0",
+    "NMSE": f"sum((pred-ref)^2)/sum(ref^2) inside the mask, {_NORMALISED}",
+    "SSIM": f"{_SSIM}; {_NORMALISED}",
+    "PSNR_raw": f"10*log10(range^2/MSE) in dB inside the mask, {_RAW}; 'inf' if MSE = 0",
+    "NMSE_raw": f"sum((pred-ref)^2)/sum(ref^2) inside the mask, {_RAW}",
+    "SSIM_raw": f"{_SSIM}; {_RAW}",
     "mask": "union of the non-zero voxels of the case's reference images (all reference channels); the "
             "prediction is used as is, never patched with reference voxels",
     "aggregation": "mean and std (sample, ddof=1) over cases, NaN values skipped; 'count' = cases with a value",
@@ -54,15 +115,19 @@ def _tensor(x: Array) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
+def _bool_array(x: Array) -> np.ndarray:
+    return x.bool().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x).astype(bool, copy=False)
+
+
 def confusion(pred: Array, ref: Array) -> tuple[float, float, float, float]:
     """TP, FP, FN, TN of two boolean masks of the same shape (exact counts, returned as floats)."""
-    pred, ref = _tensor(pred).bool(), _tensor(ref).bool()
+    pred, ref = _bool_array(pred), _bool_array(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"shapes differ: {tuple(pred.shape)} vs {tuple(ref.shape)}")
-    tp = int((pred & ref).sum())
-    fp = int(pred.sum()) - tp
-    fn = int(ref.sum()) - tp
-    return float(tp), float(fp), float(fn), float(pred.numel() - tp - fp - fn)
+    tp = np.count_nonzero(pred & ref)
+    fp = np.count_nonzero(pred) - tp
+    fn = np.count_nonzero(ref) - tp
+    return float(tp), float(fp), float(fn), float(pred.size - tp - fp - fn)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -84,6 +149,94 @@ def overlap_metrics(pred: Array, ref: Array) -> dict[str, float]:
 def dice(pred: Array, ref: Array) -> float:
     """Dice of two boolean masks; 1 when both are empty."""
     return rates(*confusion(pred, ref))["Dice"]
+
+
+def check_empty_reference(policy: str) -> str:
+    """``policy`` if it is one of :data:`EMPTY_REFERENCE`, else a ValueError naming the choices."""
+    if policy not in EMPTY_REFERENCE:
+        raise ValueError(f"empty_reference {policy!r}: choose one of {', '.join(map(repr, EMPTY_REFERENCE))}")
+    return policy
+
+
+def detection(tp: float, fp: float, fn: float) -> dict[str, float]:
+    """CaseTPR (lesion present: overlapped by >= 1 voxel?) and CaseTNR (lesion-free: predicted empty?) as 0/1,
+    NaN where undefined, from confusion counts."""
+    if tp + fn > 0:
+        return {"CaseTPR": 1.0 if tp > 0 else 0.0, "CaseTNR": math.nan}
+    return {"CaseTPR": math.nan, "CaseTNR": 1.0 if fp == 0 else 0.0}
+
+
+def apply_empty_reference(scores: dict[str, float], reference_empty: bool, policy: str) -> dict[str, float]:
+    """``scores`` of one target under the empty-reference ``policy``: with ``"exclude"`` and an empty
+    reference, the metrics of :data:`NEEDS_REFERENCE_LESION` become NaN; otherwise unchanged."""
+    if check_empty_reference(policy) == "exclude" and reference_empty:
+        return {k: math.nan if k in NEEDS_REFERENCE_LESION else v for k, v in scores.items()}
+    return dict(scores)
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True voxel of ``mask``, grown by ``margin`` voxels (clipped
+    to the array); None for an empty mask."""
+    box = ndimage.find_objects(mask.astype(np.uint8, copy=False))
+    if not box:
+        return None
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box[0], mask.shape))
+
+
+def _mask_pair(pred: Array, ref: Array) -> tuple[np.ndarray, np.ndarray]:
+    p, r = _bool_array(pred), _bool_array(ref)
+    if p.shape != r.shape:
+        raise ValueError(f"shapes differ: {p.shape} vs {r.shape}")
+    return p, r
+
+
+def _edge_distances(p: np.ndarray, r: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Edge-voxel distances in mm, prediction -> reference and reference -> prediction (both masks non-empty),
+    by the MONAI functions behind ``compute_hausdorff_distance`` and ``compute_surface_dice``
+    (``get_mask_edges``, ``get_surface_distance``), once for both metrics, on numpy arrays (MONAI's tensor
+    path costs ~4x more here). They run on the bounding box of p | r plus one voxel, where the erosion sees
+    the same background, so every distance is that of the full grid."""
+    if len(spacing) != r.ndim:
+        raise ValueError(f"spacing {tuple(spacing)}: need one value per array axis ({r.ndim})")
+    box = bounding_box(p | r, margin=1)
+    edges_p, edges_r = get_mask_edges(np.ascontiguousarray(p[box]), np.ascontiguousarray(r[box]), crop=False)
+    spacing = [float(s) for s in spacing]
+    return (np.asarray(get_surface_distance(edges_p, edges_r, "euclidean", spacing)),
+            np.asarray(get_surface_distance(edges_r, edges_p, "euclidean", spacing)))
+
+
+def _hd95(distances: tuple[np.ndarray, np.ndarray]) -> float:
+    # compute_hausdorff_distance(percentile=95): the larger of the two directed 95th percentiles (torch.quantile)
+    return max(float(torch.quantile(torch.from_numpy(d).float(), 0.95)) for d in distances)
+
+
+def _nsd(distances: tuple[np.ndarray, np.ndarray], tolerance_mm: float) -> float:
+    # compute_surface_dice: edge voxels of both masks within the tolerance / all edge voxels
+    within = sum(int(np.count_nonzero(d <= tolerance_mm)) for d in distances)
+    return within / sum(len(d) for d in distances)
+
+
+def hd95(pred: Array, ref: Array, spacing: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance in mm (``spacing``: one value per array axis) of two boolean masks;
+    0 when both are empty, :data:`HD95_PENALTY_MM` when only one is."""
+    return surface_metrics(pred, ref, spacing)["HD95"]
+
+
+def surface_dice(pred: Array, ref: Array, spacing: Sequence[float], tolerance_mm: float = NSD_TOLERANCE_MM) -> float:
+    """Normalised surface Dice at ``tolerance_mm``; 1 when both masks are empty, 0 when only one is."""
+    return surface_metrics(pred, ref, spacing, tolerance_mm)["NSD"]
+
+
+def surface_metrics(pred: Array, ref: Array, spacing: Sequence[float],
+                    tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, float]:
+    """HD95 (mm) and NSD of two boolean masks from one pass of MONAI's surface distances, with the
+    empty-mask values of the module docstring."""
+    p, r = _mask_pair(pred, ref)
+    if not (p.any() and r.any()):
+        one_empty = bool(p.any() or r.any())
+        return {"HD95": HD95_PENALTY_MM if one_empty else 0.0, "NSD": 0.0 if one_empty else 1.0}
+    distances = _edge_distances(p, r, spacing)
+    return {"HD95": _hd95(distances), "NSD": _nsd(distances, tolerance_mm)}
 
 
 def _masked(pred: Array, ref: Array, mask: Array | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +265,44 @@ def nmse(pred: Array, ref: Array, mask: Array | None = None) -> float:
     """||pred - ref||^2 / ||ref||^2 inside ``mask`` (NaN when the reference is all zero there)."""
     p, r = _masked(pred, ref, mask)
     return _ratio(float(torch.sum((p - r) ** 2)), float(torch.sum(r**2)))
+
+
+def percentile_scale(volume: Array, mask: Array, low: float = SCALE_PERCENTILES[0],
+                     high: float = SCALE_PERCENTILES[1]) -> np.ndarray:
+    """``volume`` (any shape) scaled by ITS OWN ``low``/``high`` percentiles inside ``mask`` to [0, 1], clipped
+    (float64, every voxel, inside the mask or not). The only intensity normalisation of the translation scores.
+
+    A volume constant inside the mask (no contrast to scale) becomes all 0; an empty mask gives all 0 (every
+    metric is then NaN: no voxel is scored); a non-finite value inside the mask gives all NaN.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles low={low}, high={high}: need 0 <= low < high <= 100")
+    v = _tensor(volume).double().numpy()
+    m = _bool_array(mask)
+    if m.shape != v.shape:
+        raise ValueError(f"mask shape {m.shape} != volume shape {v.shape}")
+    inside = v[m]
+    if not np.isfinite(inside).all():
+        return np.full(v.shape, np.nan)
+    if inside.size == 0:
+        return np.zeros(v.shape)
+    lo, hi = np.percentile(inside, [low, high])
+    if not hi > lo:
+        return np.zeros(v.shape)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+
+
+def image_metrics(pred: Array, ref: Array, mask: Array | None = None) -> dict[str, float]:
+    """The translation scores of one image pair inside ``mask`` (default: everywhere), see the module
+    docstring: PSNR, NMSE, SSIM after :func:`percentile_scale` of each volume with its own statistics
+    (data range 1), then PSNR_raw, NMSE_raw, SSIM_raw on the given intensities."""
+    pred, ref = _tensor(pred).double().numpy(), _tensor(ref).double().numpy()
+    if pred.shape != ref.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {ref.shape}")
+    mask = np.ones(ref.shape, bool) if mask is None else _bool_array(mask)
+    p, r = percentile_scale(pred, mask), percentile_scale(ref, mask)
+    return {"PSNR": psnr(p, r, mask, 1.0), "NMSE": nmse(p, r, mask), "SSIM": ssim(p, r, mask, 1.0),
+            "PSNR_raw": psnr(pred, ref, mask), "NMSE_raw": nmse(pred, ref, mask), "SSIM_raw": ssim(pred, ref, mask)}
 
 
 def gaussian_1d(kernel_size: int = SSIM_KERNEL_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 The mask of a case is the union of the non-zero (finite) voxels of ALL its reference channels — derived
 from the reference only. The prediction is used exactly as written: its background is never replaced by
-reference voxels (the paper's reference code does that; it inflates every score). The data range of each
-channel is max - min of its reference inside the mask. A channel with no file in the prediction folder is
-not evaluated (NaN in the table); a case with no prediction file at all is an error.
+reference voxels (the paper's reference code does that; it inflates every score). Two sets of scores
+(:func:`pirl_pipeline.evaluation.metrics.image_metrics`): ``PSNR``/``NMSE``/``SSIM`` on intensities that
+:func:`~pirl_pipeline.evaluation.metrics.percentile_scale` has mapped to [0, 1] per volume (prediction and
+reference each by its own 0.5/99.5 percentiles inside the mask; BraTS-synthesis style, insensitive to MRI's
+arbitrary gain and offset), and ``PSNR_raw``/``NMSE_raw``/``SSIM_raw`` on the written intensities with the
+data range (max - min) of the reference inside the mask. A channel with no file in the prediction folder
+is not evaluated (NaN in the table); a case with no prediction file at all is an error.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from pirl_pipeline.evaluation.evaluate import (
     resolve_dataset_json,
     run_cases,
 )
-from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, nmse, psnr, ssim
+from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, image_metrics
 
 
 def channel_targets(dj: DatasetJson) -> dict[int, str]:
@@ -46,12 +50,13 @@ def reference_mask(ref: np.ndarray) -> np.ndarray:
 
 def translation_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None,
                         names: list[str] | None = None) -> dict[str, float]:
-    """PSNR, NMSE, SSIM of each channel: ``{"<metric>/<name>": value}``.
+    """PSNR, NMSE, SSIM (percentile-scaled) and PSNR_raw, NMSE_raw, SSIM_raw of each channel:
+    ``{"<metric>/<name>": value}``.
 
     ``pred`` and ``ref`` are (C, z, y, x) (or one (z, y, x) image), channel ``i`` of both being the same
     modality, named ``names[i]`` (default: the index). ``mask`` (z, y, x): default
     :func:`reference_mask` of ``ref`` — pass the mask of all reference channels when ``ref`` holds only the
-    targets. Data range per channel: max - min of its reference inside the mask.
+    targets.
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
@@ -64,8 +69,7 @@ def translation_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | No
     names = [str(i) for i in range(len(ref))] if names is None else list(names)
     out: dict[str, float] = {}
     for p, r, name in zip(pred, ref, names, strict=True):
-        out.update({f"PSNR/{name}": psnr(p, r, mask), f"NMSE/{name}": nmse(p, r, mask),
-                    f"SSIM/{name}": ssim(p, r, mask)})
+        out.update({f"{metric}/{name}": value for metric, value in image_metrics(p, r, mask).items()})
     return out
 
 

@@ -1,5 +1,6 @@
 """From network outputs in the preprocessed space back to the original image: undo the resampling, put
-the crop back into the full grid, and turn outputs into label maps or intensities in the input's units."""
+the crop back into the full grid, and turn outputs into label maps or intensities (input channels in the
+input's units; synthesised MRI channels in z-score units, CT/PET in HU/SUV)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,37 +30,48 @@ def labels_from_probabilities(probs: np.ndarray, dataset_json: DatasetJson) -> n
     """(C, *S) probabilities -> (*S) label map in the dataset's label values.
 
     Regions (e.g. BraTS WT/TC/ET) are painted in order with ``regions_class_order`` (later regions win,
-    nnU-Net's convention); plain labels take the arg-max class.
+    nnU-Net's convention), each only where every region containing it is on too (TC inside WT, ET inside
+    TC): a nested region that is on outside its parent would otherwise be painted and then count as the
+    parent (an undecided TC channel painted over the whole brain). Plain labels take the arg-max class.
     """
     if not dataset_json.has_regions:
         return probs.argmax(0).astype(np.uint8)
+    regions = [set(r) for r in dataset_json.regions()]
+    on = probs > 0.5
     labels = np.zeros(probs.shape[1:], np.uint8)
-    for region_probs, value in zip(probs, dataset_json.regions_class_order):
-        labels[region_probs > 0.5] = value
+    for k, value in enumerate(dataset_json.regions_class_order):
+        # fix: nested painting (nnU-Net paints each region alone)
+        parents = [j for j, parent in enumerate(regions) if regions[k] < parent]
+        labels[np.logical_and.reduce([on[k], *(on[j] for j in parents)])] = value
     return labels
 
 
 def dataset_level_normalization(plans: Plans, channel: int, scheme: str) -> dict:
-    """Normalisation parameters of a channel the case did not have (translation targets).
+    """Inverse-normalisation parameters of a channel the case did not have (a synthesised channel).
 
-    z-score: mean/std of the channel over the training cases' non-zero (body) voxels; CT/PET: the
-    dataset-level parameters they always use.
+    - z-score (MRI): ``{"mean": 0, "std": 1}``, i.e. the synthesised channel is written in the model's
+      z-score units (mean 0 / std 1 over the body), NOT de-normalised. MRI intensities have no physical unit:
+      every scanner and protocol has its own gain and offset, so a dataset-average mean/std would invent a
+      scale the case never had. Scores that compare with the field (pirl_evaluate's PSNR/NMSE/SSIM) rescale
+      every volume by its own percentiles anyway; a user who needs the subject's units must calibrate.
+    - CT (Hounsfield units) and PET (SUV): the dataset-level parameters they always use, since those units
+      are physical and shared across scanners: the output is in HU / SUV.
+    - anything else (NoNormalization): identity.
     """
-    body = plans.extra.get("nonzero_intensity_properties_per_channel", {}).get(str(channel))
-    fg = plans.foreground_intensity_properties_per_channel[str(channel)]
     if scheme == "ZScoreNormalization":
-        props = body or fg
-        return {"mean": props["mean"], "std": props["std"]}
+        return {"mean": 0.0, "std": 1.0}  # fix: z-scored MRI stays in z-score units (was: dataset-average mean/std)
     if scheme == "CTNormalization":
+        fg = plans.foreground_intensity_properties_per_channel[str(channel)]
         return {"mean": fg["mean"], "std": fg["std"]}
     if scheme == "PETNormalization":
-        return {"mean": 0.0, "std": fg["percentile_99_5"]}
+        return {"mean": 0.0, "std": plans.foreground_intensity_properties_per_channel[str(channel)]["percentile_99_5"]}
     return {"mean": 0.0, "std": 1.0}
 
 
 def intensities_in_input_units(output: np.ndarray, properties: dict, plans: Plans, configuration: str) -> np.ndarray:
     """Invert each channel's normalisation: the case's own parameters for channels it had (same subject,
-    same scanner), dataset-level ones for synthesised channels it lacked."""
+    same scanner); for synthesised channels it lacked, :func:`dataset_level_normalization` (CT/PET in
+    physical units, MRI left in z-score units)."""
     schemes = plans.configuration(configuration).normalization_schemes
     out = np.empty_like(output)
     for c in range(output.shape[0]):
