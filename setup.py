@@ -7,6 +7,7 @@ CONSOLE_SCRIPTS = [
     "pirl_predict=pirl_pipeline.cli.predict:main",
     "pirl_evaluate=pirl_pipeline.cli.evaluate:main",
     "pirl_evaluate_missing=pirl_pipeline.cli.evaluate_missing:main",
+    "pirl_reference=pirl_pipeline.cli.reference:main",
     "pirl_report=pirl_pipeline.cli.report:main",
     "pirl_demo=pirl_pipeline.demo:main",
     "pirl_convert_brats=dataset_conversion.brats:main",

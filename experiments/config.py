@@ -17,20 +17,37 @@ SEGMENTATION2_ID, SEGMENTATION2_NAME = 603, "BraTS2018FlairT1"  # 6 BraTS-2018 F
 SEGMENTATION2_FOLDS = 3  # 4 train / 2 validate each
 
 
+#: the experiment's parts: dataset (folder name), task, folds attribute of the Budget
+PARTS = {
+    "translation": (f"Dataset{TRANSLATION_ID}_{TRANSLATION_NAME}", "translate"),
+    "seg": (f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}", "seg"),
+    "seg2": (f"Dataset{SEGMENTATION2_ID}_{SEGMENTATION2_NAME}", "seg"),
+}
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Sizes and step counts of one experiment run (CPU-feasible by default)."""
+    """Sizes and step counts of one experiment run (CPU-feasible by default).
 
-    spacing: float = 2.0  # mm, isotropic target spacing (pirl_plan_and_preprocess --spacing)
+    Chosen from the learning curves (``python -m experiments.curves``, experiments/RESULTS.md): at 3 mm one
+    64^3 patch holds the whole brain, a seg step costs ~5 s and a translation step ~8 s on 2 cores. The
+    learning rate is constant, as in the curves, so a run of N steps is the curve's point N.
+    """
+
+    spacing: float = 3.0  # mm, isotropic target spacing (pirl_plan_and_preprocess --spacing)
     patch: int = 64
     feature_size: int = 12
     batch_size: int = 1
-    epochs: int = 4
-    pretrain_iters_per_epoch: int = 4  # 16 steps: the whole run fits ~1.5 h on 2 CPU cores
-    finetune_iters_per_epoch: int = 4
+    epochs: int = 10
+    pretrain_iters_per_epoch: int = 4  # 40 steps of Algorithm 1 (~25 s each with 4 modalities)
+    finetune_iters_per_epoch: int = 20  # 200 seg steps
+    translate_iters_per_epoch: int = 10  # 100 translation steps
     val_iters: int = 1
+    lr_schedule: str = "constant"
+    seeds: tuple[int, ...] = (12345, 2)  # main rows; ablation rows and the long baseline: the first only
     translation_folds: tuple[int, ...] = (0,)
     seg_folds: tuple[int, ...] = (0, 1)
+    seg2_folds: tuple[int, ...] = (0,)
     ablation_rows: tuple[int, ...] = (1, 2, 3, 4, 5)  # Table-7 rows besides row 6 (= full PIRL)
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
@@ -39,17 +56,32 @@ class Budget:
     def pretrain_steps(self) -> int:
         return self.epochs * self.pretrain_iters_per_epoch
 
-    @property
-    def finetune_steps(self) -> int:
-        return self.epochs * self.finetune_iters_per_epoch
+    def finetune_steps(self, task: str) -> int:
+        return self.epochs * (self.translate_iters_per_epoch if task == "translate" else self.finetune_iters_per_epoch)
+
+    def folds(self, part: str) -> tuple[int, ...]:
+        return getattr(self, f"{part}_folds")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "pretrain_steps": self.pretrain_steps, "finetune_steps": self.finetune_steps}
+        return {**asdict(self), "pretrain_steps": self.pretrain_steps,
+                "finetune_steps": {t: self.finetune_steps(t) for t in ("seg", "translate")}}
 
 
 FULL = Budget()
-QUICK = Budget(spacing=3.0, epochs=1, pretrain_iters_per_epoch=2, finetune_iters_per_epoch=2,
-               translation_folds=(0,), seg_folds=(0,), ablation_rows=(4,))
+QUICK = Budget(epochs=1, pretrain_iters_per_epoch=2, finetune_iters_per_epoch=2, translate_iters_per_epoch=2,
+               seeds=(12345,), translation_folds=(0,), seg_folds=(0,), seg2_folds=(0,), ablation_rows=(4,))
+
+
+def run_key(model_key: str, seed: int, budget: Budget) -> str:
+    """Folder name of one (model, seed) run: the model key for the first seed, ``KEY_seedS`` for others.
+    ``model_of_run`` reads it back; nothing else builds or parses it."""
+    return model_key if seed == budget.seeds[0] else f"{model_key}_seed{seed}"
+
+
+def model_of_run(key: str) -> tuple[str, str]:
+    """(model key, seed label) of a run folder name (inverse of ``run_key``; 'first' for the first seed)."""
+    model, sep, seed = key.rpartition("_seed")
+    return (model, seed) if sep and seed.isdigit() else (key, "first")
 
 
 @dataclass(frozen=True)
@@ -61,15 +93,19 @@ class Model:
     network: str  # "PIRL" or "SwinUNETR"
     disabled: tuple[str, ...] | None  # Table-7 terms switched off in pre-training; None = no pre-training
     equal_total_steps: bool = False  # fine-tune for pretrain_steps + finetune_steps
+    all_seeds: bool = True  # False: the budget's first seed only
 
     def trainer(self, task: str) -> str:
         return f"{self.network}{'Seg' if task == 'seg' else 'Translate'}Trainer"
 
-    def steps(self, budget: Budget) -> int:
-        return budget.finetune_steps + (budget.pretrain_steps if self.equal_total_steps else 0)
+    def steps(self, budget: Budget, task: str) -> int:
+        return budget.finetune_steps(task) + (budget.pretrain_steps if self.equal_total_steps else 0)
 
-    def iters_per_epoch(self, budget: Budget) -> int:
-        return self.steps(budget) // budget.epochs
+    def iters_per_epoch(self, budget: Budget, task: str) -> int:
+        return self.steps(budget, task) // budget.epochs
+
+    def seeds(self, budget: Budget) -> tuple[int, ...]:
+        return budget.seeds if self.all_seeds else budget.seeds[:1]
 
     @property
     def pretrain_key(self) -> str | None:
@@ -81,14 +117,14 @@ COMPARISON = (
     Model("pirl", "PIRL pre-train -> fine-tune", "PIRL", ()),
     Model("pirl_scratch", "PIRLNet from scratch", "PIRL", None),
     Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
-    Model("swin_scratch_long", "SwinUNETR from scratch, equal total steps", "SwinUNETR", None, True),
+    Model("swin_scratch_long", "SwinUNETR from scratch, equal total steps", "SwinUNETR", None, True, False),
 )
 
 
 def ablation_model(row: int) -> Model:
     """Table-7 row ``row`` (1-5): PIRL pre-training with the row's terms off, then translation fine-tuning."""
     off = tuple(term for term, on in TABLE7[row].items() if not on)
-    return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off)
+    return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off, all_seeds=False)
 
 
 def table7_terms(row: int) -> str:

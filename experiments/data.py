@@ -23,6 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from experiments.config import (
+    SEGMENTATION2_FOLDS,
     SEGMENTATION2_ID,
     SEGMENTATION2_NAME,
     SEGMENTATION_ID,
@@ -107,6 +108,14 @@ def segmentation_splits(cases: list[str], num_folds: int = 2) -> list[dict[str, 
     bounds = [round(i * len(cases) / num_folds) for i in range(num_folds + 1)]
     runs = [cases[a:b] for a, b in pairwise(bounds)][::-1]
     return [{"train": [c for c in cases if c not in val], "val": val} for val in runs]
+
+
+def splits_for(part: str, preprocessed_dataset: Path) -> list[dict[str, list[str]]]:
+    """The fixed splits of an experiment part ("translation", "seg", "seg2") over its preprocessed cases."""
+    cases = sorted(p.stem for p in (preprocessed_dataset / "pirl_plans_3d_fullres").glob("*.json"))
+    if part == "translation":
+        return translation_splits(cases)
+    return segmentation_splits(cases, SEGMENTATION2_FOLDS if part == "seg2" else 2)
 
 
 def write_splits(preprocessed_dataset: Path, splits: list[dict[str, list[str]]]) -> None:

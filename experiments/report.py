@@ -13,24 +13,25 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, SEGMENTATION_ID, SEGMENTATION_NAME, Budget, ablation_model
+from experiments.config import COMPARISON, PARTS, Budget, ablation_model
 from experiments.tables import (
-    WHOLE_BRAIN,
     ablation_table,
     load_per_case,
     model_labels,
     pair_wins,
     plot_bars,
     plot_translation,
+    seed_spread,
     segmentation_table,
     to_markdown,
     translation_summary,
     translation_table,
-    whole_brain_rows,
 )
 from pirl_pipeline.file_io import atomic_path, load_json
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
+TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
+SEGMENTATION_REFERENCES = ["reference_whole_brain", "reference_threshold"]
 
 
 def _csv(table: pd.DataFrame, path: Path) -> None:
@@ -55,26 +56,30 @@ def _timings(work: Path) -> str:
 
 
 def translation_section(work: Path, out: Path) -> list[str]:
-    rows = load_per_case(work, "translate", COMPARISON_KEYS)
-    if rows.empty:
+    rows = load_per_case(work, "translation", COMPARISON_KEYS + TRANSLATION_REFERENCES)
+    models = [k for k in COMPARISON_KEYS if not rows.empty and k in set(rows["model"])]
+    if not models:
         return ["## Translation (Table 10 layout)", "", "Not run yet."]
-    labels = model_labels(list(dict.fromkeys(k for k in COMPARISON_KEYS if k in set(rows["model"]))))
+    present = [k for k in [*COMPARISON_KEYS, *TRANSLATION_REFERENCES] if k in set(rows["model"])]
+    labels = model_labels(present)
     full, summary = translation_table(rows, labels), translation_summary(rows, labels)
     _csv(full, out / "table10_translation.csv")
     _csv(summary, out / "translation_summary.csv")
     plot_translation(rows, labels, out / "table10_translation_psnr.png", "PSNR")
     plot_translation(rows, labels, out / "table10_translation_ssim.png", "SSIM")
     cases = sorted(set(rows["case"]))
+    pairs = rows.groupby(["source", "target"]).ngroups
     lines = ["## Translation (Table 10 layout)", "",
-             (f"Held-out case(s): {', '.join(cases)} (leave-one-out folds {sorted(set(rows['fold']))}). One "
-             "modality in, every other one out (12 source -> target pairs); metrics inside the reference brain "
-             "mask, on the original 1 mm grid."), "", to_markdown(summary), ""]
-    for other in [k for k in labels if k != "pirl"]:
-        if "pirl" not in labels:
-            break
-        wins = {m: pair_wins(rows, "pirl", other, m) for m in ("PSNR", "NMSE", "SSIM")}
-        text = ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items())
-        lines.append(f"- PIRL pre-train -> fine-tune beats **{labels[other]}** on {text} pairs.")
+             (f"Held-out cases: {', '.join(cases)} (folds {sorted(set(rows['fold']))}). One modality in, every other "
+              f"one out ({pairs} source -> target pairs); PSNR / NMSE / SSIM inside the reference brain mask on the "
+              "original 1 mm grid, each volume scaled by its own 0.5-99.5 percentiles to [0, 1] (BraSyn-style; "
+              "`pirl_evaluate` also writes the raw-unit numbers). References are scored by the same evaluator on "
+              "the same cases."), "", to_markdown(summary), ""]
+    for model in models:
+        for other in [k for k in present if k != model and (model == "pirl" or k in TRANSLATION_REFERENCES)]:
+            wins = {m: pair_wins(rows, model, other, m) for m in ("PSNR", "NMSE", "SSIM")}
+            text = ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items())
+            lines.append(f"- {labels[model]} beats **{labels[other]}** on {text} pairs (means over cases and seeds).")
     lines += ["", "Per pair (PSNR / NMSE / SSIM): `table10_translation.csv`; heat maps:", "",
               "![PSNR](table10_translation_psnr.png)", "![SSIM](table10_translation_ssim.png)", ""]
     for metric in ("PSNR", "SSIM"):
@@ -83,54 +88,68 @@ def translation_section(work: Path, out: Path) -> list[str]:
     return lines
 
 
-def segmentation_section(work: Path, out: Path) -> list[str]:
-    rows = load_per_case(work, "seg", COMPARISON_KEYS)
-    if rows.empty:
-        return ["## Segmentation (Table 8 layout)", "", "Not run yet."]
+SEG_TITLES = {"seg": "BraTS-2015 expert cases (FLAIR + T1c; WT / TC / ET)",
+              "seg2": "BraTS-2018 expert cases (FLAIR + T1; whole tumour)"}
+
+
+def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
+    title = f"## Segmentation (Table 8 layout): {SEG_TITLES[part]}"
+    rows = load_per_case(work, part, COMPARISON_KEYS + SEGMENTATION_REFERENCES)
+    if rows.empty or not set(COMPARISON_KEYS) & set(rows["model"]):
+        return [title, "", "Not run yet."]
     subsets, folds = list(dict.fromkeys(rows["subset"])), sorted(int(f) for f in set(rows["fold"]))
-    raw = work / "raw" / f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}"
-    if (raw / "labelsTr").is_dir():
-        rows = pd.concat([rows, whole_brain_rows(raw, sorted(set(rows["case"])), subsets)], ignore_index=True)
-    labels = model_labels([k for k in [*COMPARISON_KEYS, WHOLE_BRAIN] if k in set(rows["model"])])
+    labels = model_labels([k for k in [*COMPARISON_KEYS, *SEGMENTATION_REFERENCES] if k in set(rows["model"])])
     table = segmentation_table(rows, labels)
-    _csv(table, out / "table8_segmentation.csv")
+    _csv(table, out / f"table8_{part}.csv")
     dice = table.xs("Dice", axis=1, level=1)
     plot_bars(dice["mean over regions"].unstack("model").reindex(subsets)[list(labels.values())],
-              out / "table8_segmentation_dice.png", "Mean Dice over WT/TC/ET per modality subset", "Dice")
+              out / f"table8_{part}_dice.png", "Mean Dice over the regions per modality subset", "Dice")
     mean = table["mean over regions"]
-    lines = ["## Segmentation (Table 8 layout)", "",
-             (f"Expert-labelled BraTS-2015 cases {', '.join(sorted(set(rows['case'])))}, each tested once "
-             f"(folds {folds}); BraTS regions; every modality subset."), "",
-             "Mean over the three regions:", "", to_markdown(mean.assign(n=table[("n cases", "")].astype(int))), "",
-             "Dice per region:", "", to_markdown(dice), "", "![Dice](table8_segmentation_dice.png)", ""]
-    if "pirl" in labels:
-        lines += [f"- {line}" for subset in subsets for line in segmentation_verdicts(mean.loc[subset, "Dice"],
-                                                                                    labels, subset)]
+    spread = {m: seed_spread(rows[rows["subset"] == subsets[-1]], "Dice/whole tumour").get(m, 0.0)
+              for m in COMPARISON_KEYS}
+    dataset = PARTS[part][0]
+    lines = [title, "",
+             (f"{dataset}: cases {', '.join(sorted(set(rows['case'])))}, each tested once over folds {folds}; "
+              f"every modality subset. Seeds per model: "
+              f"{', '.join(f'{labels[k]} {rows[rows.model == k].seed.nunique()}' for k in COMPARISON_KEYS if k in labels)}."
+              " Reference rows are scored by the same evaluator on the same cases (the threshold is fitted on the "
+              "training cases, on FLAIR when the subset has it)."), "",
+             "Mean over the regions:", "", to_markdown(mean.assign(n=table[("n cases", "")].astype(int))), "",
+             "Dice per region:", "", to_markdown(dice), "", f"![Dice](table8_{part}_dice.png)", "",
+             (f"Spread of the whole-tumour Dice across seeds ({subsets[-1]}, max - min of the seed means): "
+              + ", ".join(f"{labels[k]} {v:.3f}" for k, v in spread.items() if k in labels) + "."), ""]
+    whole = dice["whole tumour"] if "whole tumour" in dice else mean["Dice"]
+    lines += [f"- {line}" for subset in subsets for line in segmentation_verdicts(whole.loc[subset], labels, subset)]
     return lines
 
 
 def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005) -> list[str]:
-    """PIRL vs the best other model (|difference| < ``tie``: no difference), and vs the whole-brain reference."""
-    pirl = scores[labels["pirl"]]
-    others = scores.drop([labels["pirl"], labels.get(WHOLE_BRAIN, "")], errors="ignore")
+    """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference), and
+    PIRL against the best other model."""
+    refs = [labels[k] for k in SEGMENTATION_REFERENCES if k in labels and labels[k] in scores]
+    models = [labels[k] for k in COMPARISON_KEYS if k in labels and labels[k] in scores]
     out = []
-    if len(others):
-        best, diff = others.idxmax(), pirl - others.max()
-        verdict = "no difference" if abs(diff) < tie else ("PIRL wins" if diff > 0 else "PIRL does not win")
-        out.append(f"{subset}: PIRL {pirl:.3f} vs best other ({best}) {others.max():.3f}: {verdict} ({diff:+.3f}).")
-    if WHOLE_BRAIN in labels:
-        floor = scores[labels[WHOLE_BRAIN]]
-        beaten = [name for name, value in scores.drop(labels[WHOLE_BRAIN]).items() if value > floor + tie]
-        out.append(f"{subset}: calling the whole brain tumour scores {floor:.3f}; "
-                   + (f"beaten (by > {tie}) by: {', '.join(beaten)}." if beaten else
-                      f"no model beats it by more than {tie}: segmentation has not been learned at this budget, "
-                      "so this table cannot test the paper's claim."))
+    if refs:
+        best_ref = max(refs, key=lambda r: scores[r])
+        beaten = [m for m in models if scores[m] > scores[best_ref] + tie]
+        out.append(f"{subset}: best reference {best_ref} {scores[best_ref]:.3f}; "
+                   + (f"beaten (by > {tie}) by: {', '.join(f'{m} {scores[m]:.3f}' for m in beaten)}." if beaten else
+                      f"no model beats it by more than {tie} (best model {max(scores[m] for m in models):.3f}): "
+                      "at this budget the models have not learned more than the reference."))
+    if "pirl" in labels and labels["pirl"] in scores:
+        pirl, others = scores[labels["pirl"]], scores[[m for m in models if m != labels["pirl"]]]
+        if len(others):
+            best, diff = others.idxmax(), pirl - others.max()
+            verdict = "no difference" if abs(diff) < tie else ("PIRL wins" if diff > 0 else "PIRL does not win")
+            out.append(f"{subset}: PIRL {pirl:.3f} vs best other model ({best}) {others.max():.3f}: {verdict} "
+                       f"({diff:+.3f}).")
     return out
 
 
 def ablation_section(work: Path, out: Path) -> list[str]:
     keys = ["pirl", *[ablation_model(r).key for r in range(1, 6)]]
-    rows = load_per_case(work, "translate", keys)
+    rows = load_per_case(work, "translation", keys)
+    rows = rows[rows["seed"] == "first"] if not rows.empty else rows  # the ablation rows ran the first seed
     ablated = rows[rows["model"] != "pirl"] if not rows.empty else rows
     if ablated.empty:
         return ["## Ablation (Table 7 layout, translation task)", "", "Not run yet."]
@@ -141,10 +160,11 @@ def ablation_section(work: Path, out: Path) -> list[str]:
               "Table-7 rows: mean translation SSIM", "SSIM")
     lines = ["## Ablation (Table 7 layout, translation task)", "",
              (f"Pre-training variants, each followed by the same translation fine-tuning; fold "
-             f"{int(rows['fold'].iloc[0])}; means over all 12 pairs."), "", to_markdown(table), "",
+             f"{int(rows['fold'].iloc[0])}, first seed; means over all pairs and held-out cases."), "",
+             to_markdown(table), "",
              "![ablation](table7_ablation_ssim.png)", ""]
     if len(table) > 1:
-        scratch = load_per_case(work, "translate", ["pirl_scratch"])
+        scratch = load_per_case(work, "translation", ["pirl_scratch"])
         scratch = scratch[scratch["fold"] == rows["fold"].iloc[0]] if not scratch.empty else scratch
         for metric in ("PSNR", "SSIM"):
             spread = table[metric].max() - table[metric].min()
@@ -161,13 +181,63 @@ def ablation_section(work: Path, out: Path) -> list[str]:
     return lines
 
 
+SHORT = {"retrieval_top1": "retrieval", "retrieval_top1_centered": "retrieval centred",
+         "variance_ratio": "within/between", "cosine_other_subjects": "cos other"}
+
+
+def representation_section(work: Path, out: Path) -> list[str]:
+    title = "## The representation itself: personalised and invariant?"
+    csv = work / "eval" / "representation" / "representation.csv"
+    if not csv.is_file():
+        return [title, "", "Not run yet."]
+    table = pd.read_csv(csv)
+    _csv(table.set_index(["model", "dataset", "representation"]), out / "representation.csv")
+    lines = [title, "",
+             ("Subjects no pre-training saw, each modality alone through the encoder (centre 64^3 patch): "
+              "**retrieval** = top-1 accuracy of finding the same subject from another modality by cosine "
+              "similarity (chance = 1/N; *centred*: after removing the mean embedding, so a shared component such "
+              "as the prior O cannot dominate); **within/between** = mean within-subject variance across "
+              "modalities over the between-subject variance of the subject means (0 = perfectly personalised "
+              "invariant; about M = no subject structure); **cos other** = mean cosine between different "
+              "subjects (about 1 = collapse)."), ""]
+    for dataset, part in table.groupby("dataset", sort=False):
+        n, m = int(part["subjects"].iloc[0]), int(part["modalities"].iloc[0])
+        view = part.pivot_table(index="model", columns="representation", sort=False,
+                                values=["retrieval_top1", "retrieval_top1_centered", "variance_ratio",
+                                        "cosine_other_subjects"])
+        view.columns = [f"{r} {SHORT[metric]}" for metric, r in view.columns]
+        lines += [(f"{dataset}: {n} subjects x {m} modalities (retrieval chance {1 / n:.3f}, within/between "
+                   f"without structure ~{m}):"), "", to_markdown(view[sorted(view.columns)]), ""]
+    return lines
+
+
+def curves_section(out: Path) -> list[str]:
+    """The learning curves (``python -m experiments.curves``) that chose the budget, if they were run."""
+    csv = out / "learning_curves.csv"
+    if not csv.is_file():
+        return []
+    table = pd.read_csv(csv)
+    lines = ["## Learning curves (how the budget was chosen)", "",
+             ("`python -m experiments.curves`: training from scratch at the experiments' sizes (3 mm, 64^3, fs 12, "
+              "batch 1, constant lr 2e-4), validated on WHOLE volumes after every epoch (the trainer's "
+              "`val_volumes`, scored like `pirl_evaluate`). The validation cases are only used to read the curves, "
+              "never to select a model for the tables."), "", "![curves](learning_curves.png)", ""]
+    for curve, rows in table.groupby("curve", sort=False):
+        keys = [k for k in ("val/volume_dice_whole_tumour", "val/volume_psnr", "val/dice_whole_tumour", "val/psnr")
+                if k in rows and rows[k].notna().any()]
+        view = rows.set_index("steps")[[*keys, "epoch_time"]].rename(columns=lambda c: c.replace("val/", ""))
+        lines += [f"{curve}:", "", to_markdown(view.T, 3), ""]
+    return lines
+
+
 def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
     """Write every table that has results, and ``out/RESULTS.md``; returns its path."""
     tables = out / ("results" if not quick else "")
     tables.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(tables, out)
-    sections = [*translation_section(work, tables), "", *segmentation_section(work, tables), "",
-                *ablation_section(work, tables)]
+    sections = [*curves_section(tables), "", *translation_section(work, tables), "",
+                *segmentation_section(work, tables, "seg"), "", *segmentation_section(work, tables, "seg2"), "",
+                *ablation_section(work, tables), "", *representation_section(work, tables)]
     sections = [s.replace("](", f"]({rel}/") if rel != "." and s.startswith("![") else s for s in sections]
     b = budget
     head = [
@@ -175,25 +245,25 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
                                                               else ""),
         "",
         (f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `python -m experiments.run"
-        f"{' --quick' if quick else ''}`; tables as CSV/PNG in `{os.path.relpath(tables, out)}/`. "
-        "Design and how to rerun: `experiments/README.md`."),
+         f"{' --quick' if quick else ''}`; tables as CSV/PNG in `{os.path.relpath(tables, out)}/`. "
+         "Design and how to rerun: `experiments/README.md`."),
         "",
         "## What was run",
         "",
         f"- Translation data (real images from `../shared/data`, converted by pirl's converters): {_doc_item(1)}",
-        f"- Segmentation data: {_doc_item(2).split('Nothing')[0].strip()}",
+        f"- Segmentation data: {_doc_item(2)} {_doc_item(3).split('Nothing')[0].strip()}",
         (f"- Budget (equal for every model): spacing {b.spacing:g} mm, patch {b.patch}^3, feature_size "
-        f"{b.feature_size}, batch {b.batch_size}, {b.epochs} epochs; pre-training {b.pretrain_steps} steps, "
-        f"every fine-tuning {b.finetune_steps} steps (the 'equal total steps' baseline "
-        f"{b.pretrain_steps + b.finetune_steps}); AdamW lr 2e-4, poly schedule, nnU-Net augmentation, seed "
-        "12345; prediction: sliding window, overlap 0.5, Gaussian, no TTA."),
+         f"{b.feature_size}, batch {b.batch_size}, {b.epochs} epochs; pre-training {b.pretrain_steps} steps, "
+         f"fine-tuning {b.finetune_steps('seg')} seg / {b.finetune_steps('translate')} translation steps (the "
+         f"'equal total steps' baseline adds {b.pretrain_steps}); AdamW lr 2e-4, {b.lr_schedule} schedule, "
+         f"nnU-Net augmentation (intensity on the inputs only), seeds {', '.join(map(str, b.seeds))} for the main "
+         "rows (ablation rows and the equal-steps baseline: the first); prediction: sliding window, overlap 0.5, "
+         "Gaussian, no TTA; the final checkpoint of every run (no model selection on the test cases)."),
         (f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, device {b.device}."),
-        ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few dozen steps "
-        "on 2-3 training subjects, so absolute numbers are far below the paper's. One seed, 1-2 test cases per "
-        "fold: a small difference between models may not survive another seed (seed variance was not "
-        "measured). What it can show: the paper's protocol runs end to end on real images, and whether "
-        "pre-training helps at this budget."),
+         f"{torch.__version__}, device {b.device}."),
+        ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few hundred steps "
+         "on 2-6 training subjects, so absolute numbers are far below the paper's, and with 2 test cases per fold "
+         "a small difference between models is not evidence: read the seed spreads."),
         "",
     ]
     report = out / "RESULTS.md"

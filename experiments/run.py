@@ -1,14 +1,18 @@
 """``make experiments`` / ``python -m experiments.run [--quick]``: the paper's claims on real images.
 
-1. translation (Table 10 layout) on the three real 4-modality cases: PIRL pre-train -> translate vs PIRLNet
-   and SwinUNETR trained from scratch (the latter also with the pre-training's steps added);
-2. segmentation (Table 8 layout) on the four expert-labelled BraTS-2015 FLAIR + T1c cases, the same models,
-   every modality subset (FLAIR, T1c, both);
-3. the Table-7 ablation rows on the translation task.
+1. translation (Table 10 layout) on the real 4-modality cases: PIRL pre-train -> translate vs PIRLNet and
+   SwinUNETR trained from scratch (the latter also with the pre-training's steps added), beside the
+   references "copy the source" and "an intensity mapping fitted on the training cases";
+2. segmentation (Table 8 layout) on the expert-labelled BraTS-2015 FLAIR + T1c cases (``seg``) and the
+   BraTS-2018 FLAIR + T1 cases (``seg2``), the same models, every modality subset, beside the references
+   "every brain voxel is tumour" and "a FLAIR threshold fitted on the training cases";
+3. the Table-7 ablation rows on the translation task;
+4. the representation itself: cross-modal subject retrieval and within/between-subject variance of z and
+   X_h' for every pre-training (and a random initialisation) on cases no pre-training saw.
 Everything runs through the pirl commands users type (convert, plan + preprocess, pirl_train,
-pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md.
-``--quick``: one fold, one ablation row, 2 steps per training at 3 mm: a smoke test of the whole chain
-(minutes), its numbers meaningless. Results of the full run: ``experiments/RESULTS.md``.
+pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md. Main rows
+run with every seed of the budget. ``--quick``: one fold, one ablation row, 2 steps per training: a smoke
+test of the whole chain (minutes), its numbers meaningless. Results of the full run: ``experiments/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -21,14 +25,12 @@ from experiments import data
 from experiments.config import (
     COMPARISON,
     FULL,
+    PARTS,
     QUICK,
-    SEGMENTATION_ID,
-    SEGMENTATION_NAME,
-    TRANSLATION_ID,
-    TRANSLATION_NAME,
     Budget,
     Model,
     ablation_model,
+    run_key,
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
@@ -36,8 +38,7 @@ from pirl_pipeline.cli.common import cli_entry
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "PIRLPlans__3d_fullres"
-DATASETS = {"translate": f"Dataset{TRANSLATION_ID}_{TRANSLATION_NAME}",
-            "seg": f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}"}
+ALL_PARTS = ["translation", "seg", "seg2", "ablation", "representation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny budget, results in experiments/quick/")
     p.add_argument("--out", type=Path, help="results folder (default experiments/, or experiments/quick/)")
     p.add_argument("--work", type=Path, help="data, models and logs (default OUT/work)")
-    p.add_argument("--only", nargs="+", choices=["translation", "seg", "ablation"],
+    p.add_argument("--only", nargs="+", choices=ALL_PARTS,
                    help="run only these parts (the report covers whatever has results)")
     p.add_argument("--report-only", action="store_true", help="no training: tables and RESULTS.md from results")
     p.add_argument("-device", choices=["cpu", "cuda"], help="default cpu")
     for name, kind in (("spacing", float), ("patch", int), ("feature-size", int), ("epochs", int),
-                       ("pretrain-iters-per-epoch", int), ("finetune-iters-per-epoch", int)):
+                       ("pretrain-iters-per-epoch", int), ("finetune-iters-per-epoch", int),
+                       ("translate-iters-per-epoch", int)):
         p.add_argument(f"--{name}", type=kind, help="override the preset's value")
-    p.add_argument("--translation-folds", type=int, nargs="+", help="leave-one-out folds 0-2 (default 0)")
-    p.add_argument("--seg-folds", type=int, nargs="+", help="folds 0-1 (default both)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the main rows (default 12345 2)")
+    p.add_argument("--translation-folds", type=int, nargs="+", help="folds 0-3 of 2 held-out cases (default 0)")
+    p.add_argument("--seg-folds", type=int, nargs="+", help="BraTS-2015 folds 0-1 (default both)")
+    p.add_argument("--seg2-folds", type=int, nargs="+", help="BraTS-2018 folds 0-2 (default 0)")
     p.add_argument("--ablation-rows", type=int, nargs="*", help="Table-7 rows 1-5 (default all; full PIRL = row 6)")
     return p
 
@@ -63,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 def budget_from(args: argparse.Namespace) -> Budget:
     budget = QUICK if args.quick else FULL
     overrides = {k: getattr(args, k) for k in ("spacing", "patch", "feature_size", "epochs",
-                                               "pretrain_iters_per_epoch", "finetune_iters_per_epoch")
+                                               "pretrain_iters_per_epoch", "finetune_iters_per_epoch",
+                                               "translate_iters_per_epoch")
                  if getattr(args, k) is not None}
-    for key in ("translation_folds", "seg_folds", "ablation_rows"):
+    for key in ("seeds", "translation_folds", "seg_folds", "seg2_folds", "ablation_rows"):
         if getattr(args, key) is not None:
             overrides[key] = tuple(getattr(args, key))
     if args.device:
@@ -74,40 +79,51 @@ def budget_from(args: argparse.Namespace) -> Budget:
 
 
 class Experiment:
-    """The stage list of one run: data, then per part and fold: pre-train, fine-tune, evaluate."""
+    """The stage list of one run: per part, fold and seed: pre-train, fine-tune, evaluate; references; the
+    representation measurement."""
 
     def __init__(self, budget: Budget, work: Path) -> None:
         self.budget, self.work = budget, work
         self.stages: list[tuple] = []
 
-    def common(self) -> list[str]:
+    def common(self, seed: int) -> list[str]:
         b = self.budget
         return ["--epochs", str(b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
                 "--feature-size", str(b.feature_size), "--batch-size", str(b.batch_size), "-npa", "0",
-                "-device", b.device]
+                "-device", b.device, "--set", f"seed={seed}", f"lr_schedule={b.lr_schedule}"]
 
-    def fold_folder(self, model_key: str, task: str, trainer: str, fold: int) -> Path:
-        return self.work / "results" / model_key / DATASETS[task] / f"{trainer}__{PLANS}" / f"fold_{fold}"
+    def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
+        return self.work / "results" / run / PARTS[part][0] / f"{trainer}__{PLANS}" / f"fold_{fold}"
 
-    def add_model(self, model: Model, task: str, fold: int) -> None:
-        b, dataset = self.budget, DATASETS[task]
+    def pretrain_checkpoint(self, model: Model, part: str, fold: int, seed: int) -> Path:
+        return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer", fold) / \
+            "checkpoint_final.pth"
+
+    def add_model(self, model: Model, part: str, fold: int, seed: int) -> None:
+        b, (dataset, task) = self.budget, PARTS[part]
+        run = run_key(model.key, seed, b)
         pretrained: list[str] = []
         if model.pretrain_key is not None:
-            folder = self.fold_folder(model.pretrain_key, task, "PIRLPretrainer", fold)
+            checkpoint = self.pretrain_checkpoint(model, part, fold, seed)
             disable = ["--disable", *model.disabled] if model.disabled else []
-            self.add(f"pretrain {model.key} {task} fold{fold}", model.pretrain_key, folder / "checkpoint_final.pth",
+            self.add(f"pretrain {run} {part} fold{fold}", run_key(model.pretrain_key, seed, b), checkpoint,
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
-                      "--iters", str(b.pretrain_iters_per_epoch), *self.common(), *disable])
-            pretrained = ["--pretrained", str(folder / "checkpoint_final.pth")]
+                      "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed), *disable])
+            pretrained = ["--pretrained", str(checkpoint)]
         trainer = model.trainer(task)
-        folder = self.fold_folder(model.key, task, trainer, fold)
-        self.add(f"train {model.key} {task} fold{fold}", model.key, folder / "checkpoint_final.pth",
+        folder = self.fold_folder(run, part, trainer, fold)
+        self.add(f"train {run} {part} fold{fold}", run, folder / "checkpoint_final.pth",
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
-                  "--iters", str(model.iters_per_epoch(b)), *self.common(), *pretrained])
-        out = self.work / "eval" / model.key / f"{task}_fold{fold}"
-        self.add(f"evaluate {model.key} {task} fold{fold}", model.key, out / "summary.json",
+                  "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed), *pretrained])
+        out = self.work / "eval" / run / f"{part}_fold{fold}"
+        self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
                   "--disable_tta", "-device", b.device, "-o", str(out)])
+
+    def add_references(self, part: str, fold: int) -> None:
+        out = self.work / "eval" / "references" / f"{part}_fold{fold}"
+        self.add(f"references {part} fold{fold}", "shared", out / "done",
+                 ["experiments.reference_rows", "--work", str(self.work), "--part", part, "--fold", str(fold)])
 
     def add(self, name: str, results: str, done: Path, argv: list[str]) -> None:
         if not any(s[0] == name for s in self.stages):
@@ -115,31 +131,34 @@ class Experiment:
 
     def plan(self, parts: list[str]) -> None:
         b = self.budget
-        if "translation" in parts:
-            for fold in b.translation_folds:
+        for part in ("translation", "seg", "seg2"):
+            if part not in parts:
+                continue
+            for fold in b.folds(part):
+                self.add_references(part, fold)
                 for model in COMPARISON:
-                    self.add_model(model, "translate", fold)
-        if "seg" in parts:
-            for fold in b.seg_folds:
-                for model in COMPARISON:
-                    self.add_model(model, "seg", fold)
+                    for seed in model.seeds(b):
+                        self.add_model(model, part, fold, seed)
         if "ablation" in parts:
             for row in b.ablation_rows:
-                self.add_model(ablation_model(row), "translate", b.translation_folds[0])
+                self.add_model(ablation_model(row), "translation", b.translation_folds[0], b.seeds[0])
+        if "representation" in parts:
+            out = self.work / "eval" / "representation"
+            self.add("representation", "shared", out / "representation.csv",
+                     ["experiments.representation_rows", "--work", str(self.work), "--fold",
+                      str(b.translation_folds[0]), "--rows", *map(str, b.ablation_rows)])
 
 
 def prepare_data(runner: StageRunner, budget: Budget, work: Path) -> None:
-    """Convert both datasets, plan + preprocess at the budget's spacing, and write the fixed splits."""
+    """Convert the datasets, plan + preprocess at the budget's spacing, and write the fixed splits."""
     data.check_shared()
     for name, argv in data.conversion_commands(work).items():
         runner.run(f"convert {name}", argv, work / "raw" / name / "dataset.json")
-    for task, name in DATASETS.items():
+    for part, (name, _) in PARTS.items():
         marker = work / "preprocessed" / name / f".done_spacing_{budget.spacing:g}"
         runner.run(f"plan_and_preprocess {name}", ["pirl_pipeline.cli.plan_and_preprocess", "-d", name, "-np", "2",
                                                    "--spacing", *[f"{budget.spacing:g}"] * 3], marker)
-        cases = sorted(p.stem for p in (work / "preprocessed" / name / "pirl_plans_3d_fullres").glob("*.json"))
-        splits = data.translation_splits(cases) if task == "translate" else data.segmentation_splits(cases)
-        data.write_splits(work / "preprocessed" / name, splits)
+        data.write_splits(work / "preprocessed" / name, data.splits_for(part, work / "preprocessed" / name))
         for stale in marker.parent.glob(".done_spacing_*"):
             stale.unlink()
         marker.touch()
@@ -149,12 +168,12 @@ def run(args: argparse.Namespace) -> None:
     budget = budget_from(args)
     out = args.out or (REPO / "experiments" / ("quick" if args.quick else ""))
     work = (args.work or out / "work").resolve()
-    parts = args.only or ["translation", "seg", "ablation"]
+    parts = args.only or ALL_PARTS
     experiment = Experiment(budget, work)
     experiment.plan(parts)
     start = time.perf_counter()
     if not args.report_only:
-        runner = StageRunner(work, total=len(experiment.stages) + 4)
+        runner = StageRunner(work, total=len(experiment.stages) + 2 * len(PARTS))
         prepare_data(runner, budget, work)
         for name, results, done, argv in experiment.stages:
             runner.run(name, argv, done, results)

@@ -4,7 +4,8 @@
 - Table 8 layout (segmentation): one row per (modality subset, model); Dice, TPR, TNR, FNR, FPR per region;
 - Table 7 layout (ablation): one row per pre-training variant (its terms); translation metrics averaged
   over all pairs.
-Every value is a mean over the evaluated cases (and folds); ``n`` says over how many.
+Every value is a mean over the evaluated cases, folds and seeds; ``n`` says over how many rows. The trivial
+references (``reference_rows``) are rows like the models'. ``seed_spread`` gives the spread across seeds.
 """
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.config import COMPARISON, ablation_model, table7_terms
-from pirl_pipeline.data.dataset_json import load_dataset_json
-from pirl_pipeline.data.image_io import read_array
-from pirl_pipeline.evaluation.segmentation import segmentation_metrics
+from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
+from experiments.reference_rows import REFERENCE_LABELS
 from pirl_pipeline.file_io import atomic_path
 
 OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
@@ -28,14 +27,24 @@ IMAGE = ("PSNR", "NMSE", "SSIM")
 REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
 
 
-def load_per_case(work: Path, task: str, model_keys: list[str]) -> pd.DataFrame:
-    """All per-case rows of ``task`` for the given models (columns ``model`` and ``fold`` added)."""
+def load_per_case(work: Path, part: str, model_keys: list[str]) -> pd.DataFrame:
+    """All per-case rows of an experiment part ("translation", "seg", "seg2") for the given models, every
+    seed (columns ``model`` = the model key, ``seed``, ``fold`` added)."""
     frames = []
-    for key in model_keys:
-        for csv in sorted((work / "eval" / key).glob(f"{task}_fold*/per_case.csv")):
+    for folder in sorted((work / "eval").glob("*")):
+        model, seed = model_of_run(folder.name)
+        if model not in model_keys:
+            continue
+        for csv in sorted(folder.glob(f"{part}_fold*/per_case.csv")):
             frame = pd.read_csv(csv)
-            frames.append(frame.assign(model=key, fold=int(csv.parent.name.rsplit("fold", 1)[1])))
+            frames.append(frame.assign(model=model, seed=seed, fold=int(csv.parent.name.rsplit("fold", 1)[1])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Per model: max - min over seeds of the seed's mean ``metric`` (0 with one seed)."""
+    per_seed = rows.groupby(["model", "seed"], sort=False)[metric].mean()
+    return per_seed.groupby(level="model", sort=False).agg(lambda v: float(v.max() - v.min()))
 
 
 def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -48,10 +57,14 @@ def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFram
 
 
 def translation_summary(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Per model: each metric's mean and std over all (pair, case) rows, and the number of rows."""
+    """Per model: each metric's mean and std over all (pair, case, seed) rows, the spread of the PSNR/SSIM
+    means across seeds, the number of seeds and of rows."""
     stats = rows.groupby("model", sort=False)[list(IMAGE)].agg(["mean", "std"])
     stats.columns = [f"{m} {s}" for m, s in stats.columns]
-    stats["n (pairs x cases)"] = rows.groupby("model", sort=False).size()
+    for metric in ("PSNR", "SSIM"):
+        stats[f"{metric} seed spread"] = seed_spread(rows, metric)
+    stats["seeds"] = rows.groupby("model", sort=False)["seed"].nunique()
+    stats["n (pairs x cases x seeds)"] = rows.groupby("model", sort=False).size()
     return stats.rename(index=labels)
 
 
@@ -63,25 +76,6 @@ def pair_wins(rows: pd.DataFrame, model: str, other: str, metric: str) -> tuple[
     a, b = means[model], means[other].reindex(means[model].index)
     better = (a < b) if metric == "NMSE" else (a > b)
     return int(better.sum()), int(b.notna().sum())
-
-
-WHOLE_BRAIN = "whole_brain"
-WHOLE_BRAIN_LABEL = "(reference) every brain voxel called tumour"
-
-
-def whole_brain_rows(raw_dataset: Path, cases: list[str], subsets: list[str], label: int = 4) -> pd.DataFrame:
-    """The score of a model that has learned nothing but "inside the brain": every non-zero voxel gets
-    ``label`` (BraTS-2015 enhancing tumour, inside all three regions). Same rows for every subset."""
-    dj = load_dataset_json(raw_dataset)
-    rows = []
-    for case in cases:
-        ref, _ = read_array(raw_dataset / "labelsTr" / f"{case}{dj.file_ending}", np.int16)
-        brain = np.zeros(ref.shape, bool)
-        for channel in range(dj.num_channels):
-            brain |= read_array(raw_dataset / "imagesTr" / f"{case}_{channel:04d}{dj.file_ending}")[0] != 0
-        metrics = segmentation_metrics(np.where(brain, label, 0).astype(np.int16), ref, dj)
-        rows += [{"subset": subset, "case": case, "model": WHOLE_BRAIN, **metrics} for subset in subsets]
-    return pd.DataFrame(rows)
 
 
 def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -111,7 +105,7 @@ def ablation_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def model_labels(keys: list[str] | None = None) -> dict[str, str]:
-    labels = {m.key: m.label for m in COMPARISON} | {WHOLE_BRAIN: WHOLE_BRAIN_LABEL}
+    labels = {m.key: m.label for m in COMPARISON} | REFERENCE_LABELS
     labels.update({ablation_model(r).key: ablation_model(r).label for r in range(1, 6)})
     return labels if keys is None else {k: labels[k] for k in keys}
 

@@ -12,7 +12,6 @@ from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_t
 from experiments.report import segmentation_verdicts, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
-from experiments.tables import WHOLE_BRAIN, whole_brain_rows
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.file_io import load_json, save_json
 from pirl_pipeline.losses.objective import TABLE7
@@ -31,9 +30,11 @@ def test_ablation_rows_switch_off_exactly_the_terms_table7_lacks():
 def test_equal_total_steps_baseline_gets_the_pretraining_steps():
     long = next(m for m in COMPARISON if m.equal_total_steps)
     plain = next(m for m in COMPARISON if m.key == "swin_scratch")
-    assert long.steps(FULL) == FULL.pretrain_steps + FULL.finetune_steps
-    assert plain.steps(FULL) == FULL.finetune_steps
-    assert long.iters_per_epoch(FULL) * FULL.epochs == long.steps(FULL)
+    for task in ("seg", "translate"):
+        assert long.steps(FULL, task) == FULL.pretrain_steps + FULL.finetune_steps(task)
+        assert plain.steps(FULL, task) == FULL.finetune_steps(task)
+        assert long.iters_per_epoch(FULL, task) * FULL.epochs == long.steps(FULL, task)
+    assert long.seeds(FULL) == FULL.seeds[:1] and plain.seeds(FULL) == FULL.seeds
 
 
 def test_splits_test_every_case_and_never_train_on_it():
@@ -48,27 +49,33 @@ def test_splits_test_every_case_and_never_train_on_it():
     assert all(len(s["train"]) == 4 and not set(s["train"]) & set(s["val"]) for s in three)
 
 
-def test_stage_plan_pretrains_once_and_passes_the_budget(tmp_path):
+def test_stage_plan_pretrains_once_per_seed_and_passes_the_budget(tmp_path):
     experiment = Experiment(FULL, tmp_path)
-    experiment.plan(["translation", "seg", "ablation"])
+    experiment.plan(["translation", "seg", "seg2", "ablation", "representation"])
     names = [s[0] for s in experiment.stages]
     assert len(names) == len(set(names))
     pretrains = [s for s in experiment.stages if s[0].startswith("pretrain")]
-    # one full pre-training per (task, fold) and one per ablation row
-    assert len(pretrains) == len(FULL.translation_folds) + len(FULL.seg_folds) + len(FULL.ablation_rows)
+    folds = len(FULL.translation_folds) + len(FULL.seg_folds) + len(FULL.seg2_folds)
+    # one full pre-training per (part, fold, seed) and one per ablation row (first seed)
+    assert len(pretrains) == folds * len(FULL.seeds) + len(FULL.ablation_rows)
     row1 = next(s for s in pretrains if "ablation_row1" in s[0])[3]
     assert row1[row1.index("--disable") + 1:] == ["invariance", "prior"]
-    long = next(s for s in experiment.stages if s[0] == "train swin_scratch_long translate fold0")[3]
-    assert long[long.index("--iters") + 1] == str((FULL.pretrain_steps + FULL.finetune_steps) // FULL.epochs)
-    pirl = next(s for s in experiment.stages if s[0] == "train pirl seg fold1")[3]
-    assert "--pretrained" in pirl and "fold_1" in pirl[pirl.index("--pretrained") + 1]
+    long = next(s for s in experiment.stages if s[0] == "train swin_scratch_long translation fold0")[3]
+    steps = FULL.pretrain_steps + FULL.finetune_steps("translate")
+    assert long[long.index("--iters") + 1] == str(steps // FULL.epochs)
+    assert not any(s[0].startswith("train swin_scratch_long_seed") for s in experiment.stages)
+    pirl = next(s for s in experiment.stages if s[0] == "train pirl_seed2 seg fold1")[3]
+    pretrained = pirl[pirl.index("--pretrained") + 1]
+    assert "fold_1" in pretrained and "/pirl_seed2/" in pretrained and "seed=2" in pirl
+    assert sum(s[0].startswith("references") for s in experiment.stages) == folds
+    assert names[-1] == "representation"
 
 
 def _fake_translation(work, key, fold, case, offset):
     rows = [{"source": s, "target": t, "case": case, "PSNR": 20 + offset + i, "NMSE": 0.1 - offset / 100,
              "SSIM": 0.5 + offset / 10}
             for i, (s, t) in enumerate(itertools.permutations(MODALITIES, 2))]
-    out = work / "eval" / key / f"translate_fold{fold}"
+    out = work / "eval" / key / f"translation_fold{fold}"
     out.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(out / "per_case.csv", index=False)
 
@@ -90,26 +97,37 @@ def test_report_tables_and_verdicts_come_from_the_numbers(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     _fake_translation(work, "pirl", 0, "caseA", offset=1.0)  # PIRL better than scratch everywhere
     _fake_translation(work, "swin_scratch", 0, "caseA", offset=0.0)
+    _fake_translation(work, "pirl_seed2", 0, "caseA", offset=3.0)  # a second seed, 2 dB better
+    _fake_translation(work, "reference_identity", 0, "caseA", offset=1.5)  # copying the source beats PIRL
     _fake_translation(work, "ablation_row4", 0, "caseA", offset=2.0)  # an ablation beats the full objective
     _fake_segmentation(work, "pirl", 0, ["p5", "p6"], dice=0.4)
     _fake_segmentation(work, "swin_scratch", 0, ["p5", "p6"], dice=0.6)  # scratch wins segmentation
+    _fake_segmentation(work, "reference_threshold", 0, ["p5", "p6"], dice=0.5)
     save_json({"train pirl": {"seconds": 120.0, "command": "x", "results": "pirl"}}, work / "timings.json")
     report = write_report(work, out, QUICK, quick=False).read_text()
+    # PIRL's mean over its two seeds (offsets 1 and 3) is 2: it beats copying the source (1.5) and scratch (0)
     assert "beats **SwinUNETR from scratch** on PSNR 12/12, NMSE 12/12, SSIM 12/12 pairs" in report
-    assert "FLAIR+T1c: PIRL 0.400 vs best other (SwinUNETR from scratch) 0.600: PIRL does not win" in report
+    assert "beats **(reference) copy the source modality** on PSNR 12/12" in report
+    assert "SwinUNETR from scratch beats **(reference) copy the source modality** on PSNR 0/12" in report
+    assert ("FLAIR+T1c: PIRL 0.400 vs best other model (SwinUNETR from scratch) 0.600: PIRL does not win"
+            in report)
+    assert ("FLAIR+T1c: best reference (reference) intensity threshold fitted on the training cases 0.500; "
+            "beaten (by > 0.005) by: SwinUNETR from scratch 0.600.") in report
     assert "SSIM: of the other 1 rows, 1 beat the full objective (row 6) by more than 0.001, 0 tie" in report
     table10 = pd.read_csv(out / "results" / "translation_summary.csv", index_col=0)
-    assert np.isclose(table10.loc["PIRL pre-train -> fine-tune", "PSNR mean"], 21 + 5.5)
-    table8 = pd.read_csv(out / "results" / "table8_segmentation.csv", header=[0, 1], index_col=[0, 1])
+    assert np.isclose(table10.loc["PIRL pre-train -> fine-tune", "PSNR mean"], 22 + 5.5)
+    assert np.isclose(table10.loc["PIRL pre-train -> fine-tune", "PSNR seed spread"], 2.0)
+    assert table10.loc["PIRL pre-train -> fine-tune", "seeds"] == 2
+    table8 = pd.read_csv(out / "results" / "table8_seg.csv", header=[0, 1], index_col=[0, 1])
     assert np.isclose(table8.loc[("T1c", "SwinUNETR from scratch"), ("mean over regions", "FNR")], 0.4)
-    for png in ("table10_translation_psnr.png", "table8_segmentation_dice.png", "table7_ablation_ssim.png"):
+    for png in ("table10_translation_psnr.png", "table8_seg_dice.png", "table7_ablation_ssim.png"):
         assert (out / "results" / png).stat().st_size > 1000
     assert "| **total** | **2.0** |" in report
 
 
 def test_report_without_results_says_not_run(tmp_path):
     report = write_report(tmp_path / "work", tmp_path, QUICK, quick=True).read_text()
-    assert report.count("Not run yet.") == 3 and "QUICK smoke test" in report
+    assert report.count("Not run yet.") == 5 and "QUICK smoke test" in report
 
 
 @pytest.mark.shared_data
@@ -132,28 +150,10 @@ def test_real_data_preparation(shared_data, tmp_path):
     assert load_json(work / "timings.json") == timings
 
 
-def test_whole_brain_reference_scores_what_calling_every_brain_voxel_tumour_scores(tmp_path, write_image):
-    raw = tmp_path / "Dataset602_X"
-    save_json({"channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": data.BRATS2015_REGIONS,
-               "regions_class_order": data.BRATS2015_REGION_ORDER, "numTraining": 1, "file_ending": ".nii.gz"},
-              raw / "dataset.json")
-    brain = np.zeros((10, 10, 10), np.float32)
-    brain[2:8, 2:8, 2:8] = 1.0  # 216 voxels
-    label = np.zeros((10, 10, 10), np.uint8)
-    label[3:5, 3:5, 3:5] = 2  # 8 voxels oedema: whole tumour only
-    for c in range(2):
-        write_image(raw / "imagesTr" / f"p1_{c:04d}.nii.gz", brain)
-    write_image(raw / "labelsTr" / "p1.nii.gz", label)
-    rows = whole_brain_rows(raw, ["p1"], ["FLAIR", "T1c"])
-    assert len(rows) == 2 and set(rows["subset"]) == {"FLAIR", "T1c"}
-    assert np.isclose(rows["Dice/whole tumour"].iloc[0], 2 * 8 / (216 + 8))
-    assert rows["TPR/whole tumour"].iloc[0] == 1.0
-
-
-def test_segmentation_verdicts_call_small_differences_ties_and_name_the_whole_brain_floor():
-    labels = {"pirl": "P", "swin_scratch": "S", WHOLE_BRAIN: "W"}
-    verdicts = segmentation_verdicts(pd.Series({"P": 0.052, "S": 0.050, "W": 0.11}), labels, "FLAIR")
-    assert "no difference (+0.002)" in verdicts[0]
-    assert "segmentation has not been learned" in verdicts[1]
-    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.60, "W": 0.11}), labels, "T1c")
-    assert "PIRL wins (+0.100)" in verdicts[0] and "beaten (by > 0.005) by: P, S." in verdicts[1]
+def test_segmentation_verdicts_call_small_differences_ties_and_name_the_best_reference():
+    labels = {"pirl": "P", "swin_scratch": "S", "reference_whole_brain": "W", "reference_threshold": "T"}
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.052, "S": 0.050, "W": 0.11, "T": 0.6}), labels, "FLAIR")
+    assert "best reference T 0.600; no model beats it" in verdicts[0]
+    assert "no difference (+0.002)" in verdicts[1]
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.60, "W": 0.11, "T": 0.3}), labels, "T1c")
+    assert "beaten (by > 0.005) by: P 0.700, S 0.600." in verdicts[0] and "PIRL wins (+0.100)" in verdicts[1]

@@ -1,0 +1,146 @@
+"""Learning curves: whole-volume validation against optimiser steps, to choose the experiments' budget.
+
+``python -m experiments.curves`` trains, through ``pirl_train``, at CPU sizes where one 64^3 patch covers the
+whole brain (3 mm, feature_size 12, batch 1), and validates on whole volumes after every epoch (the trainer's
+``val_volumes``, on the preprocessed grid):
+
+- ``demo_seg`` / ``demo_translate``: the demo dataset (Dataset500_DemoBrain, 8 training cases, fold 0);
+- ``brats2015_seg``: the four expert-labelled BraTS-2015 FLAIR + T1c cases (fold 0: 2 train / 2 validate).
+
+Each run is a stage of the experiments' runner (logged, timed, skipped when done). The curves (CSV + PNG)
+come from the checkpoints' own history. The budget is where a curve flattens or where the run reaches its
+time ceiling; the validation cases of these runs are only used to read the curves, never to pick a model
+for the tables.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from experiments import data
+from experiments.stages import StageRunner
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.training.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = "Dataset500_DemoBrain"
+
+
+@dataclass(frozen=True)
+class Curve:
+    key: str
+    dataset: str  # dataset folder name
+    task: str
+    epochs: int
+    iters: int  # per epoch
+    label: str
+
+    def folder(self, work: Path) -> Path:
+        trainer = "PIRLSegTrainer" if self.task == "seg" else "PIRLTranslateTrainer"
+        return work / "results" / self.key / self.dataset / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0"
+
+
+def curves_for(steps: int, epochs: int) -> list[Curve]:
+    iters = max(1, steps // epochs)
+    return [
+        Curve("brats2015_seg", "Dataset602_BraTS2015Expert", "seg", epochs, iters,
+              "BraTS-2015 expert cases, seg from scratch"),
+        Curve("demo_seg", DEMO, "seg", epochs, iters, "demo data, seg from scratch"),
+        Curve("demo_translate", DEMO, "translate", epochs, max(1, iters // 2),
+              "demo data, translation from scratch"),
+    ]
+
+
+def prepare(runner: StageRunner, work: Path) -> None:
+    raw = work / "raw"
+    commands = {name: argv for name, argv in data.conversion_commands(work).items() if name.startswith("Dataset602")}
+    commands[DEMO] = ["dataset_conversion.demo_brain", "-d", "500", "-n", "8", "--downsample", "3", "-o", str(raw)]
+    for name, argv in commands.items():
+        runner.run(f"convert {name}", argv, raw / name / "dataset.json")
+        runner.run(f"plan_and_preprocess {name}", ["pirl_pipeline.cli.plan_and_preprocess", "-d", name, "-np", "2",
+                                                   "--spacing", "3", "3", "3"],
+                   work / "preprocessed" / name / "splits_final.json")
+    data.write_splits(work / "preprocessed" / "Dataset602_BraTS2015Expert",
+                      data.segmentation_splits(sorted(p.stem for p in (work / "preprocessed" /
+                                                      "Dataset602_BraTS2015Expert").glob("*/*.json"))))
+
+
+def train(runner: StageRunner, work: Path, curve: Curve, seed: int) -> None:
+    argv = ["pirl_pipeline.cli.train", curve.dataset, "3d_fullres", curve.task, "-f", "0",
+            "--patch-size", "64", "64", "64", "--feature-size", "12", "--batch-size", "1",
+            "--epochs", str(curve.epochs), "--iters", str(curve.iters), "--val-iters", "2", "-npa", "0",
+            "-device", "cpu", "--set", f"seed={seed}", "lr_schedule=constant"]
+    runner.run(f"curve {curve.key}", argv, curve.folder(work) / "checkpoint_final.pth", results=curve.key)
+
+
+def history_table(curve: Curve, work: Path) -> pd.DataFrame:
+    """One row per epoch: steps done and every logged value (train/*, val/*)."""
+    state = load_checkpoint(curve.folder(work) / "checkpoint_final.pth")
+    rows = [{"curve": curve.key, "steps": (r["epoch"] + 1) * curve.iters, **r} for r in state["history"]]
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, curves: list[Curve], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for ax, curve in zip(axes[0], curves):
+        rows = table[table["curve"] == curve.key]
+        if rows.empty:
+            continue
+        whole = [c for c in rows if c.startswith("val/volume_") and rows[c].notna().any()]
+        for column in whole:
+            ax.plot(rows["steps"], rows[column], marker="o", label=column[len("val/"):] + " (whole volume)")
+        patch = [c for c in rows if c.startswith("val/") and c not in whole and c != "val/metric"
+                 and ("dice" in c or "psnr" in c) and rows[c].notna().any()]
+        for column in patch:
+            ax.plot(rows["steps"], rows[column], ls="--", alpha=0.6, label=column[len("val/"):] + " (patches)")
+        ax.set_title(curve.label, fontsize=9)
+        ax.set_xlabel("optimiser steps")
+        ax.set_ylabel("Dice" if curve.task == "seg" else "PSNR (dB, per-volume percentile scaling)")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.curves", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=REPO / "experiments" / "work" / "curves")
+    p.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    p.add_argument("--steps", type=int, default=240, help="optimiser steps per seg curve (translation: half)")
+    p.add_argument("--epochs", type=int, default=12, help="validation points per curve")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--only", nargs="*", default=None, help="curve keys to run (default all)")
+    p.add_argument("--report-only", action="store_true", help="tables and plot from finished runs only")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    curves = [c for c in curves_for(args.steps, args.epochs) if args.only is None or c.key in args.only]
+    runner = StageRunner(args.work, total=4 + len(curves))
+    if not args.report_only:
+        prepare(runner, args.work)
+        for curve in curves:
+            train(runner, args.work, curve, args.seed)
+    done = [c for c in curves if (c.folder(args.work) / "checkpoint_final.pth").is_file()]
+    if not done:
+        return 0
+    table = pd.concat([history_table(c, args.work) for c in done], ignore_index=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "learning_curves.csv", index=False)
+    plot(table, done, args.out / "learning_curves.png")
+    print(f"wrote {args.out / 'learning_curves.csv'} and learning_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""``python -m experiments.reference_rows``: the trivial references of one experiment part and fold, scored
+by the same evaluator on the same held-out cases as the models, as per-case CSVs beside the models' ones.
+
+- translation: ``identity`` (the source copied as the target) and ``histogram`` (a source -> target intensity
+  mapping fitted on the fold's training cases), for every source -> target pair;
+- segmentation, for every modality subset: ``whole_brain`` (every brain voxel of the subset's channels is
+  tumour) and ``threshold`` (an intensity threshold fitted on the training cases on FLAIR when the subset has
+  it, else on the subset's first channel).
+Rows go to ``WORK/eval/reference_<kind>/<part>_fold<k>/per_case.csv`` (the layout of ``pirl_evaluate_missing``);
+the fitted thresholds and mappings to ``fitted.json`` beside them.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.config import PARTS
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
+from pirl_pipeline.evaluation.references import (
+    all_pairs,
+    fit_intensity_mappings,
+    fit_threshold,
+    raw_cases,
+    segmentation_reference_table,
+    translation_reference_table,
+)
+from pirl_pipeline.file_io import atomic_path, load_json, save_json
+
+REFERENCE_KEYS = {"identity": "reference_identity", "histogram": "reference_histogram",
+                  "whole_brain": "reference_whole_brain", "threshold": "reference_threshold"}
+REFERENCE_LABELS = {"reference_identity": "(reference) copy the source modality",
+                    "reference_histogram": "(reference) intensity mapping fitted on the training cases",
+                    "reference_whole_brain": "(reference) every brain voxel called tumour",
+                    "reference_threshold": "(reference) intensity threshold fitted on the training cases"}
+
+
+def _write(rows: pd.DataFrame, work: Path, kind: str, part: str, fold: int, fitted: dict) -> None:
+    out = work / "eval" / REFERENCE_KEYS[kind] / f"{part}_fold{fold}"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "per_case.csv") as tmp:
+        rows.to_csv(tmp, index=False)
+    save_json(fitted, out / "fitted.json")
+
+
+def run(work: Path, part: str, fold: int) -> None:
+    dataset, task = PARTS[part]
+    raw = work / "raw" / dataset
+    dj = load_dataset_json(raw)
+    split = load_json(work / "preprocessed" / dataset / "splits_final.json")[fold]
+    train, train_labels = raw_cases(raw, dj, split["train"])
+    test, test_labels = raw_cases(raw, dj, split["val"])
+    if task == "translate":
+        mappings = fit_intensity_mappings(train, all_pairs(dj.num_channels))
+        fitted = {f"{s}->{t}": m.to_dict() for (s, t), m in mappings.items()}
+        _write(translation_reference_table("identity", test, dj), work, "identity", part, fold, {})
+        _write(translation_reference_table("histogram", test, dj, mappings), work, "histogram", part, fold, fitted)
+        return
+    names = [dj.channel_names[str(c)] for c in range(dj.num_channels)]
+    brain, threshold, fitted = [], [], {}
+    for subset in modality_subsets(dj.num_channels):
+        label = subset_name(subset, dj)
+        only = {case: {c: files[c] for c in subset} for case, files in test.items()}
+        brain.append(segmentation_reference_table("whole_brain", only, test_labels, dj).assign(subset=label))
+        flair = [c for c in subset if "flair" in names[c].lower()]
+        model = fit_threshold(train, train_labels, dj, channel=(flair or list(subset))[0])
+        fitted[label] = model.to_dict()
+        threshold.append(segmentation_reference_table("threshold", only, test_labels, dj, model).assign(subset=label))
+    _write(pd.concat(brain, ignore_index=True), work, "whole_brain", part, fold, {})
+    _write(pd.concat(threshold, ignore_index=True), work, "threshold", part, fold, fitted)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.reference_rows", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--part", choices=list(PARTS), required=True)
+    p.add_argument("--fold", type=int, required=True)
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run(args.work, args.part, args.fold)
+    done = args.work / "eval" / "references" / f"{args.part}_fold{args.fold}" / "done"
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.touch()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""``python -m experiments.representation_rows``: is what pre-training learns a personalised invariant?
+
+For the full PIRL pre-training (Table 7 row 6), each ablation row that ran, and a random initialisation of
+the same network, the representation metrics of ``pirl_pipeline.evaluation.representation`` (cross-modal
+subject retrieval, within/between-subject variance, collapse check; for z and X_h') on subjects no
+pre-training saw: the translation fold's held-out cases (4 modalities) and all expert-labelled two-modality
+cases (BraTS-2015 FLAIR + T1c, BraTS-2018 FLAIR + T1), each dataset on its own.
+Writes ``WORK/eval/representation/representation.csv`` (one row per model, dataset, representation).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.config import PARTS, ablation_model
+from experiments.run import PLANS
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.representation import (
+    REPRESENTATIONS,
+    load_pirl_network,
+    load_preprocessed_cases,
+    random_init_like,
+    representation_metrics,
+)
+from pirl_pipeline.file_io import atomic_path, load_json
+
+
+def held_out_sets(work: Path, fold: int) -> dict[str, dict]:
+    """``{label: {case: (M, z, y, x)}}``: the translation fold's validation cases and the seg datasets."""
+    sets = {}
+    for part, (dataset, _) in PARTS.items():
+        folder = work / "preprocessed" / dataset
+        if not (folder / "pirl_plans_3d_fullres").is_dir():
+            continue
+        names = load_json(folder / "splits_final.json")[fold]["val"] if part == "translation" else None
+        sets[dataset] = load_preprocessed_cases(folder / "pirl_plans_3d_fullres", names)
+    return sets
+
+
+def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
+    """``{model label: pre-training checkpoint}`` of the runs that exist."""
+    dataset = PARTS["translation"][0]
+    found = {}
+    for label, key in [("PIRL (Table 7 row 6)", "pirl"), *[(f"Table 7 row {r}", ablation_model(r).key) for r in rows]]:
+        path = work / "results" / key / dataset / f"PIRLPretrainer__{PLANS}" / f"fold_{fold}" / "checkpoint_final.pth"
+        if path.is_file():
+            found[label] = path
+    return found
+
+
+def run(work: Path, fold: int, rows: list[int]) -> Path:
+    sets, found = held_out_sets(work, fold), checkpoints(work, fold, rows)
+    if not found:
+        raise PirlInputError(f"{work}: no pre-training checkpoint of the translation fold {fold} yet")
+    table = []
+    networks = {label: load_pirl_network(path) for label, path in found.items()}
+    networks["random initialisation"] = random_init_like(next(iter(networks.values())), seed=0)
+    for label, network in networks.items():
+        for dataset, cases in sets.items():
+            result = representation_metrics(network, cases)
+            for r in REPRESENTATIONS:
+                table.append({"model": label, "dataset": dataset, "representation": r,
+                              "subjects": result["subjects"], "modalities": result["modalities"], **result[r]})
+    out = work / "eval" / "representation" / "representation.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        pd.DataFrame(table).to_csv(tmp, index=False)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.representation_rows",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--fold", type=int, default=0, help="translation fold whose pre-trainings are measured")
+    p.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="Table-7 rows besides 6")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    print(f"wrote {run(args.work, args.fold, args.rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

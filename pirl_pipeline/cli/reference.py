@@ -1,0 +1,102 @@
+"""``pirl_reference``: trivial reference predictions, written like ``pirl_predict``'s, so that ``pirl_evaluate``
+scores them exactly like a model's. A metric means something only beside them.
+
+seg:       ``whole_brain`` (every brain voxel of the given channels is tumour) or ``threshold`` (an intensity
+           threshold on FLAIR, or on the first given channel, fitted on the dataset's labelled training cases)
+translate: ``identity`` (the source channel copied as every target) or ``histogram`` (a source -> target
+           intensity mapping fitted on the training cases)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.data.dataset_json import group_channel_files, load_dataset_json
+from pirl_pipeline.data.image_io import read_array, write_array
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.references import (
+    SEGMENTATION_KINDS,
+    TRANSLATION_KINDS,
+    fit_intensity_mappings,
+    fit_threshold,
+    raw_cases,
+    translation_reference,
+    write_segmentation_references,
+)
+from pirl_pipeline.file_io import save_json
+from pirl_pipeline.paths import find_dataset_name, raw_root
+
+log = logging.getLogger("pirl")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pirl_reference", description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", required=True, type=Path, help="folder of CASE_XXXX images (e.g. imagesTs)")
+    p.add_argument("-o", required=True, type=Path, help="output folder (pirl_predict's layout)")
+    p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name in $PIRL_raw (fitted on its "
+                                                                  "imagesTr / labelsTr)")
+    p.add_argument("-t", required=True, choices=["seg", "translate"], help="task")
+    p.add_argument("--kind", required=True, choices=[*SEGMENTATION_KINDS, *TRANSLATION_KINDS])
+    p.add_argument("--channels", type=int, nargs="+", help="seg: the channels the reference may read (default all)")
+    p.add_argument("--source", type=int, default=0, help="translate: the source channel (default 0)")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = raw_root() / find_dataset_name(args.d)
+    dj = load_dataset_json(raw)
+    if (args.t == "seg") != (args.kind in SEGMENTATION_KINDS):
+        raise PirlInputError(f"--kind {args.kind} is not a {args.t} reference (seg: {SEGMENTATION_KINDS}, "
+                             f"translate: {TRANSLATION_KINDS})")
+    if not args.i.is_dir():
+        raise PirlInputError(f"{args.i}: input folder not found")
+    if args.o.resolve() == args.i.resolve():
+        raise PirlInputError(f"{args.o}: the output folder must differ from the input folder")
+    cases = group_channel_files(args.i, dj)
+    channels = sorted(args.channels or range(dj.num_channels))
+    if any(not 0 <= c < dj.num_channels for c in [*channels, args.source]):
+        raise PirlInputError(f"channels {channels} / source {args.source}: choose from 0..{dj.num_channels - 1}")
+    train, labels = raw_cases(raw, dj)
+    fitted: dict = {"kind": args.kind, "fitted_on": sorted(train)}
+    if args.t == "seg":
+        cases = {c: {k: f[k] for k in channels if k in f} for c, f in cases.items()}
+        model = None
+        if args.kind == "threshold":
+            names = [dj.channel_names[str(c)].lower() for c in channels]
+            channel = next((c for c, n in zip(channels, names) if "flair" in n), channels[0])
+            model = fit_threshold(train, labels, dj, channel=channel)
+            fitted |= model.to_dict()
+            log.info("threshold %.2f on channel %d (training Dice %.3f, cleanup %s)", model.threshold, model.channel,
+                     model.train_dice, model.cleanup)
+        written = write_segmentation_references(args.kind, cases, args.o, dj, model)
+    else:
+        targets = [t for t in range(dj.num_channels) if t != args.source]
+        mappings = (fit_intensity_mappings(train, [(args.source, t) for t in targets])
+                    if args.kind == "histogram" else None)
+        if mappings:
+            fitted["mappings"] = {f"{s}->{t}": m.to_dict() for (s, t), m in mappings.items()}
+        written = []
+        for case, files in sorted(cases.items()):
+            if args.source not in files:
+                raise PirlInputError(f"case {case}: no image for source channel {args.source:04d} in {args.i}")
+            image, geometry = read_array(files[args.source])
+            for target in targets:
+                path = args.o / f"{case}_{target:04d}{dj.file_ending}"
+                write_array(translation_reference(args.kind, image, args.source, target, mappings), geometry, path)
+                written.append(path)
+    save_json(fitted, args.o / "reference.json")
+    log.info("%s reference: %d file(s) -> %s", args.kind, len(written), args.o)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
