@@ -169,3 +169,20 @@ def test_determinism_under_seed():
         with torch.no_grad():
             outs.append(net(x))
     assert torch.equal(outs[0].output, outs[1].output) and torch.equal(outs[0].proj, outs[1].proj)
+
+
+def test_fused_attention_and_checkpointing_leave_the_weights_exchangeable():
+    """The speed options change how the Swin blocks run, not their parameters: a plain MONAI SwinUNETR (no
+    flags) loads the weights, and a checkpoint's network description from before the option still builds."""
+    from pirl_pipeline.networks.factory import build_network
+
+    torch.manual_seed(0)
+    net = PIRLNet(2, 3, (64, 32, 32), use_flash_attention=True, use_checkpoint=True, **SMALL).eval()
+    swin = SwinUNETR(2, 3, feature_size=12, depths=(1, 1, 1, 1), window_size=4).eval()
+    swin.load_state_dict(net.to_swinunetr_state_dict(), strict=True)
+    old = {"kind": "pirl", **{k: v for k, v in net.config.items() if k != "use_flash_attention"}}
+    plain = build_network(old).eval()
+    plain.load_state_dict(net.state_dict(), strict=True)
+    x = torch.randn(1, 2, 64, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x).output, plain(x).output, atol=1e-5)

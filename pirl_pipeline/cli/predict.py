@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from pirl_pipeline.cli.common import cli_entry
@@ -14,7 +17,6 @@ from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, results_root
-from pirl_pipeline.training.registry import DEFAULT_TRAINER
 
 log = logging.getLogger("pirl")
 
@@ -33,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", dest="model_folder", type=Path, help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr")
     p.add_argument("-f", dest="folds", nargs="+", help="folds to ensemble (default: all trained folds)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
-    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--fp32", action="store_true", help="no autocast on CUDA (default: bf16 where supported, as in "
+                                                        "training; the CPU always runs fp32)")
+    p.add_argument("--sw_batch_size", type=int, default=None,
+                   help="windows per network call (default: 1 on the CPU, from the free memory on CUDA)")
+    p.add_argument("--disable_fused_attention", action="store_true",
+                   help="MONAI's explicit Swin window attention instead of scaled_dot_product_attention")
     p.add_argument("--step_size", type=float, default=0.5, help="window step as a fraction of the patch (0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg)")
@@ -48,6 +56,8 @@ def model_folder_from(args: argparse.Namespace) -> Path:
         return args.model_folder
     if not args.dataset or not args.task:
         raise PirlInputError("give -m MODEL_FOLDER, or -d DATASET with -t TASK (and optionally -c, -tr)")
+    from pirl_pipeline.training.registry import DEFAULT_TRAINER  # imports every trainer: only when needed
+
     name = find_dataset_name(args.dataset, results_root())
     trainer = args.trainer or DEFAULT_TRAINER[args.task]
     return results_root() / name / f"{trainer}__PIRLPlans__{args.configuration}"
@@ -64,9 +74,15 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     check_folders(args.input, args.output)
     folds = None if args.folds in (None, ["all"]) else args.folds
-    predictor = PIRLPredictor.from_model_folder(model_folder_from(args), folds, args.checkpoint, args.device,
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PirlInputError("-device cuda: no CUDA device is available")
+    predictor = PIRLPredictor.from_model_folder(model_folder_from(args), folds, args.checkpoint, device,
+                                                fused_attention=not args.disable_fused_attention,
                                                 step_size=args.step_size, mirror=not args.disable_tta,
-                                                save_probabilities=args.save_probabilities)
+                                                save_probabilities=args.save_probabilities,
+                                                precision="fp32" if args.fp32 else "auto",
+                                                sw_batch_size=args.sw_batch_size)
     if args.task and args.task != predictor.task:
         raise PirlInputError(f"-t {args.task}: the model was trained for {predictor.task}")
     dj = predictor.model.dataset_json
@@ -98,9 +114,11 @@ def run(args: argparse.Namespace) -> None:
             while reads:
                 case, future = reads.popleft()
                 images, geometry = future.result()
+                del future  # the future holds the images too
                 read_next()
                 log.info("%s: channels %s", case, sorted(images))
                 result = predictor.predict_case(images, geometry)
+                del images
                 exports.append(pool.submit(predictor.export, case, result, geometry, args.output, dj.file_ending))
                 bar.update()
         for future in exports:
@@ -116,6 +134,8 @@ def expected_outputs(case: str, predictor: PIRLPredictor, ending: str, folder: P
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    atexit.unregister(gc.freeze)  # once, however often main runs in one process
+    atexit.register(gc.freeze)  # exit: skip the final collection over torch's and MONAI's ~10^6 objects (1-2 s)
     run(build_parser().parse_args(argv))
     return 0
 

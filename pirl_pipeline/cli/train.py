@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, nargs=3, dest="patch_size", metavar=("X", "Y", "Z"))
     p.add_argument("--feature-size", type=int, dest="feature_size")
     p.add_argument("--seed", type=int)
-    p.add_argument("-npa", type=int, dest="num_workers", help="data augmentation worker processes")
+    p.add_argument("-npa", type=int, dest="num_workers",
+                   help="data augmentation worker processes per rank (default: min(8, CPUs/2) on CUDA, 0 on the CPU)")
+    p.add_argument("--fp32", action="store_true", help="no autocast on CUDA (default: bf16, fp16 + grad scaler "
+                                                        "where bf16 is missing)")
+    p.add_argument("--grad-checkpoint", "--grad_checkpoint", dest="grad_checkpoint", action="store_true",
+                   help="gradient checkpointing of the Swin blocks: less memory, ~30%% more compute")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in; the first steps "
+                                                          "compile)")
     p.add_argument("--npz", dest="save_probabilities", action="store_true",
                    help="save the final validation's probabilities (CASE.npz) next to its predictions")
     p.add_argument("--disable", nargs="+", default=None, choices=ABLATIONS, metavar="TERM",
@@ -62,6 +69,11 @@ def make_config(args: argparse.Namespace, pretrained_state: dict | None) -> Trai
         overrides["disabled"] = list(args.disable)
     if args.save_probabilities:
         overrides["save_probabilities"] = True
+    if args.fp32:
+        overrides["amp"] = False
+    for flag in ("grad_checkpoint", "compile"):
+        if getattr(args, flag):
+            overrides[flag] = True
     if pretrained_state is not None:  # the backbone's size comes from the pre-trained network by default
         source = pretrained_state["network_kwargs"]
         for key in ("feature_size", "patch_size"):

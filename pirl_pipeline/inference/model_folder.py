@@ -1,6 +1,7 @@
 """Trained folds of one model folder (``TRAINER__PIRLPlans__CONFIG``), rebuilt from their checkpoints."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
 from pirl_pipeline.training.checkpoint import load_checkpoint
 from pirl_pipeline.training.config import TrainerConfig
 from plans.plans_manager import Plans
@@ -28,13 +30,30 @@ class TrainedModel:
     folds: list[str]
 
 
+@contextmanager
+def one_thread():
+    """torch's intra-op threads set to 1 inside the block (2-3x faster network construction on a loaded machine,
+    where each tiny parallel op waits for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _folds_in(folder: Path, checkpoint: str) -> list[str]:
     return sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint).is_file())
 
 
 def load_model_folder(folder: str | Path, folds: list[str] | None = None,
-                      checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu") -> TrainedModel:
-    """Load the given folds (default: every fold with ``checkpoint``) of a model folder."""
+                      checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
+                      fused_attention: bool = True) -> TrainedModel:
+    """Load the given folds (default: every fold with ``checkpoint``) of a model folder.
+
+    ``fused_attention``: Swin window attention through ``scaled_dot_product_attention`` (same outputs to
+    float rounding, 1.3-1.6x faster on the CPU, less memory); it does not depend on how the model was
+    trained, and checkpoints of any pirl version load either way."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PirlInputError(f"{folder}: model folder not found")
@@ -48,8 +67,10 @@ def load_model_folder(folder: str | Path, folds: list[str] | None = None,
             first = state
         elif state["network_kwargs"] != first["network_kwargs"]:
             raise PirlInputError(f"{folder / f'fold_{fold}'}: network differs from fold {folds[0]}; cannot ensemble")
-        net = build_network(state["network_kwargs"])
-        net.load_state_dict(state["network_weights"])
+        with one_thread():  # thousands of tiny init ops: one thread is as fast, and immune to busy CPUs
+            net = build_network(state["network_kwargs"])
+        net.load_state_dict(state["network_weights"], assign=True)  # the loaded tensors themselves: no copies
+        set_fused_attention(net, fused_attention)
         networks.append(net.to(device).eval())
     config = TrainerConfig.from_dict(first["config"])
     if config.task == "pretrain":

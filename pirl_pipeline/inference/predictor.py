@@ -6,6 +6,8 @@
 
 Preprocessing is the training one (same plans), inference is MONAI's Gaussian sliding window, and the
 geometry is restored exactly: the output lies on the input's grid (size, spacing, origin, direction).
+On CUDA the windows run in bf16 (``precision``), batched from the free memory (``sw_batch_size=None``) and
+blended on the device; the Swin attention is the fused one (``load_model_folder(fused_attention=True)``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pirl_pipeline.inference.export import (
     to_original_grid,
 )
 from pirl_pipeline.inference.model_folder import TrainedModel, load_model_folder
-from pirl_pipeline.inference.sliding_window import predict_volume
+from pirl_pipeline.inference.sliding_window import PRECISIONS, predict_volume
 from pirl_pipeline.preprocessing.preprocessor import preprocess_arrays
 
 log = logging.getLogger("pirl")
@@ -44,10 +46,18 @@ class CasePrediction:
 
 class PIRLPredictor:
     def __init__(self, model: TrainedModel, device: torch.device | str = "cpu", step_size: float = 0.5,
-                 mirror: bool = True, save_probabilities: bool = False) -> None:
+                 mirror: bool = True, save_probabilities: bool = False, precision: str = "auto",
+                 sw_batch_size: int | None = None) -> None:
         if not 0 < step_size <= 1:
             raise PirlInputError(f"--step_size must lie in (0, 1], got {step_size}")
+        if precision not in PRECISIONS:
+            raise PirlInputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        if sw_batch_size is not None and sw_batch_size < 1:
+            raise PirlInputError(f"--sw_batch_size must be >= 1, got {sw_batch_size}")
         self.model, self.device, self.step_size, self.mirror = model, torch.device(device), step_size, mirror
+        self.precision, self.sw_batch_size = precision, sw_batch_size
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every window has the same shape
         self.save_probabilities = save_probabilities
         self.config = model.plans.configuration(model.configuration)
         self.num_modalities = model.plans.num_input_channels
@@ -55,8 +65,8 @@ class PIRLPredictor:
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: list[str] | None = None,
                           checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
-                          **kwargs) -> PIRLPredictor:
-        return cls(load_model_folder(folder, folds, checkpoint, device), device, **kwargs)
+                          fused_attention: bool = True, **kwargs) -> PIRLPredictor:
+        return cls(load_model_folder(folder, folds, checkpoint, device, fused_attention), device, **kwargs)
 
     @property
     def task(self) -> str:
@@ -71,13 +81,16 @@ class PIRLPredictor:
         data = np.zeros((self.num_modalities, *shape), np.float32)
         for c, array in images.items():
             data[c] = array
-        body = np.any(data != 0, axis=0)
+        body = np.any(data != 0, axis=0)  # seg: nothing is painted outside it; translate: no synthesis there
         pre, _, properties = preprocess_arrays(data, None, geometry.spacing, self.model.plans, self.config, available)
+        del data  # the stacked full-size copy is not needed during the window loop
         output = predict_volume(self.model.networks, self.model.kind, torch.from_numpy(pre), available,
-                                self.model.patch_size, self.step_size, self.mirror, device=self.device)
+                                self.model.patch_size, self.step_size, self.mirror, self.sw_batch_size,
+                                self.device, self.precision)
         if self.task == "seg":
             probs = probabilities(output, self.model.dataset_json).numpy()
             probs = to_original_grid(probs, properties, order=1)
+            probs[:, ~body] = 0  # nothing outside the input's body mask (the crop box holds background too)
             result = CasePrediction(available, labels_from_probabilities(probs, self.model.dataset_json))
             result.probabilities = probs if self.save_probabilities else None
             return result

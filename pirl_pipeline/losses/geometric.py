@@ -53,6 +53,16 @@ class GeometricTransforms:
         """phi_{t[b]}^-1(x[b]) for every sample b."""
         return torch.cat([self.inverse(x[b : b + 1], int(t[b])) for b in range(x.shape[0])])
 
+    def independent_mirror_axes(self, axes: Sequence[int] = (0, 1, 2)) -> tuple[int, ...]:
+        """The spatial axes (0, 1, 2 = the patch's sides) among ``axes`` whose random mirroring does not
+        overlap Φ. Mirroring both axes of the rotation plane IS the 180° rotation (and mirroring one of
+        them is in Φ's flip half), so an augmentation that does either makes the equivariance target k
+        indistinguishable from k + 2 (L_equ >= ln 2). Only the axis normal to the plane stays; with
+        Φ = axis flips (no square plane) no mirroring axis is independent."""
+        if self.plane is None:
+            return ()
+        return tuple(a for a in axes if a + 2 not in self.plane)
+
     def sample(self, batch: int) -> torch.Tensor:
         """Uniform random transform indices (B,) on the CPU (global torch RNG)."""
         return torch.randint(self.num_transforms, (batch,))

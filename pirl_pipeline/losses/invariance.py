@@ -26,14 +26,17 @@ class InvarianceLoss(nn.Module):
     def across_modalities(self, x_h: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Algorithm 2's L_inv over the modalities of each subject.
 
-        x_h (N, C, *grid): one row per (subject, modality) in the order they are visited (e.g.
-        PIRLOutput.x_h_modalities); owner (N,) subject index. Mean over all comparisons (rows that
-        are not the first of their subject); 0 (still attached to x_h) when no subject has two rows.
+        x_h (N, C, *grid): one row per (subject, modality) (e.g. PIRLOutput.x_h_modalities, in channel
+        order); owner (N,) subject index. Each subject's rows are visited in a random order (global torch
+        RNG), as in Algorithm 1/2: the first only sets the detached anchor. Mean over all comparisons;
+        0 (still attached to x_h) when no subject has two rows.
         """
         terms = []
         for subject in torch.unique(owner):
             anchor = None
-            for row in x_h[owner == subject]:
+            rows = x_h[owner == subject]
+            # fix: a random order; in channel order the first modality was always the anchor, never pulled
+            for row in rows[torch.randperm(rows.shape[0]).to(rows.device)]:
                 if anchor is not None:
                     terms.append(self(row, anchor))
                 anchor = self.update_anchor(anchor, row)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -100,6 +100,9 @@ class PIRLObjective(nn.Module):
     each modality's share is back-propagated as soon as it is computed (the anchor and the queue are
     detached, so the accumulated gradient equals that of the sum) and only one modality's graph is alive.
     The caller zeroes the gradients before and steps the optimizer after.
+
+    Memory queue: a step's projections are enqueued only in training mode (``objective.train()``), so
+    validation data never become negatives.
     """
 
     def __init__(
@@ -130,12 +133,17 @@ class PIRLObjective(nn.Module):
         images: torch.Tensor,
         mask: torch.Tensor | None = None,
         backward: Callable[[torch.Tensor], None] | None = None,
+        targets: torch.Tensor | None = None,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> StepResult:
-        """images (B, M, *patch) all modalities; mask (B, 1, *patch) foreground or None.
+        """images (B, M, *patch) all modalities (the network inputs, intensity-augmented in training);
+        targets (B, M, *patch) what L_decom reconstructs (the same patch with the spatial transform only;
+        None: ``images``); mask (B, 1, *patch) foreground or None.
 
         backward: e.g. ``lambda loss: scaler.scale(loss).backward()``; called once per modality (under
-        ``model.no_sync()`` except for the last one when the model is DDP-wrapped). None: the returned
-        loss carries the whole graph and the caller back-propagates it.
+        ``model.no_sync()`` except for the last one when the model is DDP-wrapped), outside ``autocast``.
+        None: the returned loss carries the whole graph and the caller back-propagates it.
+        autocast: a context factory wrapped around each modality's forward pass and losses only.
         """
         net = getattr(model, "module", model)
         cfg = self.config
@@ -144,6 +152,7 @@ class PIRLObjective(nn.Module):
         if cfg.decomposition and images.shape[1] != net.out_channels:
             raise ValueError(f"L_decom predicts all {images.shape[1]} modalities; model has {net.out_channels} outputs")
         modalities = images.shape[1]
+        targets = images if targets is None else targets
         counts = {t: modalities for t in TERMS} | {"invariance": max(modalities - 1, 1)}
         order = torch.randperm(modalities).tolist()
         sums: dict[str, torch.Tensor] = {}
@@ -152,8 +161,10 @@ class PIRLObjective(nn.Module):
         for step, m in enumerate(order):
             defer_sync = backward is not None and step < modalities - 1 and hasattr(model, "no_sync")
             with model.no_sync() if defer_sync else nullcontext():
-                terms, anchor, proj = self._modality(model, net, images, m, mask, anchor)
-                loss = sum((cfg.weights.get(t, 1.0) * v / counts[t] for t, v in terms.items()), total.new_zeros(()))
+                with autocast():
+                    terms, anchor, proj = self._modality(model, net, images, targets, m, mask, anchor)
+                    loss = sum((cfg.weights.get(t, 1.0) * v / counts[t] for t, v in terms.items()),
+                               total.new_zeros(()))
                 if backward is not None and loss.requires_grad:
                     # fix: gradients accumulate over the modalities of ONE batch; the caller zeroes and steps once
                     backward(loss)
@@ -163,7 +174,7 @@ class PIRLObjective(nn.Module):
                 sums[t] = sums.get(t, 0) + v.detach()
             if proj is not None:
                 queries.append(proj.detach())
-        if queries:
+        if queries and self.training:  # fix: validation batches never enter the memory queue
             self.contrastive.enqueue(torch.cat(queries))
         return StepResult(total, {t: v / counts[t] for t, v in sums.items()}, order)
 
@@ -172,6 +183,7 @@ class PIRLObjective(nn.Module):
         model: nn.Module,
         net: nn.Module,
         images: torch.Tensor,
+        targets: torch.Tensor,
         m: int,
         mask: torch.Tensor | None,
         anchor: torch.Tensor | None,
@@ -181,7 +193,8 @@ class PIRLObjective(nn.Module):
         t = phi.sample(batch)
         x = phi.apply_batch(repeat_modality(images, m, net.in_channels), t)
         views = torch.cat([self.augment(x) for _ in range(cfg.views)]) if cfg.contrastive else None
-        heads = cfg.contrastive or cfg.equivariance
+        # a head runs only when its loss is on: an idle head has no gradient, which DDP refuses
+        heads = [h for h in ("equivariance", "contrastive") if getattr(cfg, h)]
         out = model(x, views=views, view_grad=cfg.view_grad, decode=cfg.decomposition, heads=heads)
         terms: dict[str, torch.Tensor] = {}
         if cfg.contrastive:
@@ -196,5 +209,5 @@ class PIRLObjective(nn.Module):
                 terms["invariance"] = self.invariance(x_h, anchor)
             anchor = self.invariance.update_anchor(anchor, x_h)
         if cfg.decomposition:
-            terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), images, mask)
+            terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), targets, mask)
         return terms, anchor, out.proj if cfg.contrastive else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,22 @@ def labels_to_regions(label: torch.Tensor, regions: Sequence[Sequence[int]]) -> 
     """
     label = label.long()
     return torch.cat([torch.isin(label, torch.as_tensor(r, device=label.device)) for r in regions], 1).float()
+
+
+def class_weights_from_counts(counts: Sequence[float], total: float, max_weight: float = 2.0) -> list[float]:
+    """Weights of the weighted cross-entropy (Algorithm 2) from training-label voxel counts.
+
+    counts[k]: voxels of class (or region) k inside the body mask, total: body voxels. Weight
+    sqrt(negatives / positives) = sqrt((total - n_k) / n_k), clipped to [1, max_weight]: rare classes count
+    more, softened (square root) and capped so the CE does not push the sigmoid/softmax threshold far enough
+    to over-paint (a BCE positive weight w moves the 0.5 decision to a true probability of 1 / (1 + w)).
+    An absent class gets ``max_weight``; background (the most frequent class of exclusive labels) gets 1.
+    """
+    weights = []
+    for n in counts:
+        ratio = (total - n) / n if n > 0 else math.inf
+        weights.append(float(min(max(math.sqrt(ratio), 1.0), max_weight)))
+    return weights
 
 
 class SegmentationLoss(nn.Module):

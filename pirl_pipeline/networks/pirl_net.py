@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import nn
 from pirl_pipeline.networks.heads import EquivarianceHead, ProjectionHead
 from pirl_pipeline.networks.modalities import repeat_modality, scatter_mean, split_modalities
 from pirl_pipeline.networks.prior import PriorFusion
-from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state
+from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state, set_fused_attention
 
 
 @dataclass
@@ -24,9 +24,9 @@ class PIRLOutput:
     z:          (B, 16fs, *grid) deepest encoder state, before O (equivariance/contrastive act here).
     x_h:        (B, 16fs, *grid) X_h' = Fuse(z, T(Attn(z, O))), or z itself with use_prior=False.
     output:     (B, C_out, *patch) decoder output (decode=True).
-    equ_logits: (B, |Φ|) equivariance logits on pool(z) (heads=True).
-    proj:       (B, proj_dim) un-normalised contrastive projection of pool(z) (heads=True).
-    view_proj:  (V*B, proj_dim) projections of the extra ``views`` inputs (heads=True and views given).
+    equ_logits: (B, |Φ|) equivariance logits on pool(z) ("equivariance" in heads).
+    proj:       (B, proj_dim) un-normalised contrastive projection of pool(z) ("contrastive" in heads).
+    view_proj:  (V*B, proj_dim) projections of the extra ``views`` inputs ("contrastive" in heads, views given).
     x_h_modalities, owner: per-(subject, modality) X_h' (N, 16fs, *grid) and its subject index (N,) —
                 set by the modality path (``available`` given), for L_inv across modalities.
     """
@@ -39,6 +39,19 @@ class PIRLOutput:
     view_proj: torch.Tensor | None = None
     x_h_modalities: torch.Tensor | None = None
     owner: torch.Tensor | None = None
+
+
+HEADS = ("equivariance", "contrastive")
+
+
+def resolve_heads(heads: bool | Collection[str]) -> frozenset[str]:
+    """True -> both heads, False -> none, else the named subset of HEADS (validated)."""
+    if isinstance(heads, bool):
+        return frozenset(HEADS) if heads else frozenset()
+    unknown = set(heads) - set(HEADS)
+    if unknown:
+        raise ValueError(f"unknown head(s) {sorted(unknown)}; choose from {HEADS}")
+    return frozenset(heads)
 
 
 class PIRLNet(nn.Module):
@@ -66,7 +79,11 @@ class PIRLNet(nn.Module):
         norm_name: str | tuple = "instance",
         dropout_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        use_flash_attention: bool = False,
     ) -> None:
+        """``use_checkpoint`` (gradient checkpointing of the Swin blocks) and ``use_flash_attention`` (fused
+        ``scaled_dot_product_attention`` window attention, in training too: ``set_fused_attention``) change
+        how the network runs, not its weights or results (to float rounding); both are MONAI SwinUNETR's."""
         super().__init__()
         patch_size = tuple(int(p) for p in patch_size)
         if len(patch_size) != 3 or any(p % 32 for p in patch_size):
@@ -77,12 +94,14 @@ class PIRLNet(nn.Module):
             "window_size": window_size, "use_prior": use_prior, "attn_heads": attn_heads,
             "num_transforms": num_transforms, "proj_dim": proj_dim, "norm_name": norm_name,
             "dropout_path_rate": dropout_path_rate, "use_checkpoint": use_checkpoint,
+            "use_flash_attention": use_flash_attention,
         }  # fmt: skip
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
         self.use_prior, self.num_transforms, self.proj_dim = use_prior, num_transforms, proj_dim
         base = SwinUNETR(**self.swinunetr_kwargs())
         for name in SWINUNETR_MODULES:
             setattr(self, name, getattr(base, name))
+        set_fused_attention(self, use_flash_attention)
         channels = 16 * feature_size
         grid = tuple(p // 32 for p in patch_size)
         self.prior_fusion = PriorFusion(channels, grid, attn_heads) if use_prior else None
@@ -112,7 +131,7 @@ class PIRLNet(nn.Module):
     def swinunetr_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the plain MONAI SwinUNETR whose weights match this network."""
         keys = ("in_channels", "out_channels", "feature_size", "depths", "num_heads", "window_size", "norm_name",
-                "dropout_path_rate", "use_checkpoint")  # fmt: skip
+                "dropout_path_rate", "use_checkpoint", "use_flash_attention")  # fmt: skip
         return {k: self.config[k] for k in keys}
 
     def to_swinunetr_state_dict(self, include_out: bool = True) -> dict[str, torch.Tensor]:
@@ -159,7 +178,7 @@ class PIRLNet(nn.Module):
         views: torch.Tensor | None = None,
         view_grad: bool = True,
         decode: bool = True,
-        heads: bool = True,
+        heads: bool | Collection[str] = True,
     ) -> PIRLOutput:
         """Run the network.
 
@@ -170,12 +189,16 @@ class PIRLNet(nn.Module):
             decoded on its own -> output (N, ...) with ``owner`` mapping rows to subjects.
         views: extra inputs (V*B, C_in, *patch) encoded by E only; their projections land in ``view_proj``
             (Algorithm 1's augmented views); computed without gradient when ``view_grad`` is False.
-        decode / heads: skip the decoder / the heads on z when not needed.
+        decode: skip the decoder when False.
+        heads: which heads on z run: True (both), False (none) or a subset of HEADS = ("equivariance",
+            "contrastive"). A head that does not run leaves its parameters without gradient, so a loss
+            that is off must not run its head (DDP checks that every used parameter got one).
         """
+        heads = resolve_heads(heads)
         if self.prior_fusion is not None and tuple(x.shape[2:]) != self.patch_size:
             raise ValueError(f"input {tuple(x.shape[2:])} != patch {self.patch_size}: the prior grid fixes the size")
         view_proj = None
-        if heads and views is not None:  # first: gradient-free views then never coexist with the main graph
+        if "contrastive" in heads and views is not None:  # first: gradient-free views then never coexist with the main graph
             with torch.set_grad_enabled(view_grad and torch.is_grad_enabled()):
                 view_proj = self.projection_head(self.swinViT(views, normalize=True)[4])
         owner = None
@@ -195,8 +218,10 @@ class PIRLNet(nn.Module):
                 result.z, result.x_h = z, x_h
         if decode:
             result.output = self._decode(x_h, skips)
-        if heads:  # fix: both heads act on z, before O (the reference puts them after O; Table 7 row 3 vs 6)
+        # fix: both heads act on z, before O (the reference puts them after O; Table 7 row 3 vs 6)
+        if "equivariance" in heads:
             result.equ_logits = self.equivariance_head(z)
+        if "contrastive" in heads:
             result.proj = self.projection_head(z)
         return result
 

@@ -1,6 +1,11 @@
 """The training loop and nothing else: epochs of fixed iteration counts, AdamW + poly schedule, autocast
 on CUDA, validation hook, per-epoch logging/plots, atomic checkpoints and exact resume.
 
+Device and speed: on CUDA bf16 autocast (``amp``; fp16 + grad scaler where bf16 is missing) around the
+forward passes only, ``cudnn.benchmark``; everywhere the fused Swin window attention (``fused_attention``),
+optional gradient checkpointing and ``torch.compile`` (``grad_checkpoint``, ``compile``). Under DDP the
+per-epoch logs are reduced once per epoch as sums and counts (``distributed.reduce_means``).
+
 Subclasses say what to build and what to compute: ``build_network``, ``train_step`` (returns the
 detached loss terms after calling ``self.backward`` on its loss) and ``validation_step``.
 
@@ -11,6 +16,8 @@ the epochs an uninterrupted run would have done.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -24,6 +31,7 @@ import torch
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
+from pirl_pipeline.networks.swinunetr_compat import set_fused_attention, set_gradient_checkpointing
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pirl_pipeline.training.config import TrainerConfig
@@ -33,6 +41,18 @@ from pirl_pipeline.training.progress import ProgressLog
 from plans.plans_manager import Plans
 
 log = logging.getLogger("pirl")
+VOLUME_ROWS = "volume_rows"  # reduced flag: > 0 when some rank validated whole volumes
+
+
+def default_num_workers(device: torch.device, cpus: int | None = None, local_ranks: int | None = None) -> int:
+    """Loader processes per rank when the config leaves them open: on CUDA min(8, CPUs / 2 per local rank),
+    so augmentation keeps up with a GPU step; on the CPU 0 (a step takes seconds, in-process augmentation
+    about 0.1 s of it, and no worker start-up)."""
+    if device.type != "cuda":
+        return 0
+    cpus = cpus or len(os.sched_getaffinity(0))
+    local_ranks = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return min(8, max(1, cpus // (2 * local_ranks)))
 
 
 @dataclass
@@ -64,9 +84,17 @@ class BaseTrainer:
         self.num_modalities = ctx.plans.num_input_channels
         self.plan_config = plan_config
         self.device = ctx.device
+        self.num_workers = default_num_workers(self.device) if config.num_workers is None else config.num_workers
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one patch size all run long: autotuned convolutions pay off
         torch.manual_seed(config.seed)
-        self.network = self.build_network().to(self.device)
-        self.model = distributed.wrap(self.network, ctx.dist, self.device)
+        network = self.build_network()
+        set_fused_attention(network, config.fused_attention)
+        set_gradient_checkpointing(network, config.grad_checkpoint)
+        self.network = network.to(self.device)
+        self.model = distributed.wrap(self.network, ctx.dist, self.device, find_unused=not self.uses_all_parameters())
+        if config.compile:  # the wrapper only: self.network keeps its state-dict keys and runs validation eagerly
+            self.model = torch.compile(self.model)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         use_amp = config.amp and self.device.type == "cuda"
@@ -93,6 +121,11 @@ class BaseTrainer:
         """Metrics of validation batch number ``step`` (under no_grad); 'metric' (higher is better) decides 'best'."""
         raise NotImplementedError
 
+    def uses_all_parameters(self) -> bool:
+        """True when every training step gives every parameter a gradient (DDP then skips its search for
+        unused ones); False, the safe answer, when a head or the decoder may stay idle."""
+        return False
+
     def extra_state(self) -> dict:
         """Additional state dicts to checkpoint (e.g. the contrastive queue)."""
         return {}
@@ -100,15 +133,27 @@ class BaseTrainer:
     def load_extra_state(self, state: dict) -> None:
         return None
 
+    def augmentation(self) -> AugmentationConfig:
+        """The training augmentation (nnU-Net v2's defaults, or none); trainers may restrict it."""
+        return AugmentationConfig() if self.config.augment else AugmentationConfig.off()
+
+    #: batches carry ``target_image`` (the patch with the spatial transform only) for image targets
+    clean_targets: bool = False
+
+    def validate_volumes(self, cases: list[str]) -> list[dict[str, float]]:
+        """Per-case metrics of whole validation volumes (``cases``: this rank's share); none by default.
+        Keys are logged as ``val/<key>``; a ``metric`` key (higher is better) replaces the patch-level one."""
+        return []
+
     def make_train_stream(self) -> BatchStream:
         """Augmented training batches, continuing where ``self.epoch`` left off (exact resume)."""
         return make_train_loader(
-            self.ctx.preprocessed_folder, self.ctx.train_cases, self.plan_config,
-            AugmentationConfig() if self.config.augment else AugmentationConfig.off(),
-            batch_size=self.batch_size, patch_size=tuple(self.patch_size), num_workers=self.config.num_workers,
+            self.ctx.preprocessed_folder, self.ctx.train_cases, self.plan_config, self.augmentation(),
+            batch_size=self.batch_size, patch_size=tuple(self.patch_size), num_workers=self.num_workers,
             seed=self.config.seed, rank=self.ctx.dist.rank, world_size=self.ctx.dist.world_size,
             oversample_foreground=self.config.oversample_foreground,
-            start_batch=self.epoch * self.config.iters_per_epoch, pin_memory=self.device.type == "cuda")
+            start_batch=self.epoch * self.config.iters_per_epoch, pin_memory=self.device.type == "cuda",
+            clean_targets=self.clean_targets)
 
     # ---- the loop ----------------------------------------------------------------------------
     def autocast(self):
@@ -117,6 +162,10 @@ class BaseTrainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` (scaled for fp16). Must run outside ``self.autocast()``: the backward pass
+        takes the dtypes of the forward ops, and autocast around it only adds casts."""
+        if self.use_amp and torch.is_autocast_enabled(self.device.type):
+            raise RuntimeError("backward() inside autocast(): close the `with self.autocast()` block first")
         self.scaler.scale(loss).backward()
 
     def _optimizer_step(self) -> None:
@@ -137,12 +186,14 @@ class BaseTrainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def run_epoch(self, epoch: int, stream: Iterator[dict]) -> dict[str, float]:
+    def run_epoch(self, epoch: int, stream: Iterator[dict]) -> tuple[dict[str, float], dict[str, int]]:
+        """One epoch of ``iters_per_epoch`` steps; this rank's sums and counts of the terms (``train/<term>``)."""
         self._seed_epoch(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(epoch)
         self.model.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for iteration in range(self.config.iters_per_epoch):
             batch = next(stream)
             if iteration == 0 and epoch == self.epoch:
@@ -150,9 +201,8 @@ class BaseTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             terms = self.train_step(batch)
             self._optimizer_step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {f"train/{k}": v / self.config.iters_per_epoch for k, v in sums.items()}
+            _accumulate(sums, counts, {f"train/{k}": v for k, v in terms.items()})
+        return sums, counts
 
     def _log_first_batch(self, batch: dict) -> None:
         """Which patches each rank drew first: shows in the log that DDP ranks see different data."""
@@ -163,23 +213,30 @@ class BaseTrainer:
                 self.progress.write(f"rank {rank} first batch: {', '.join(patches)}")
 
     @torch.no_grad()
-    def validate(self, shard: bool = True) -> dict[str, float]:
-        """Mean metrics over at most ``val_iters`` fixed, unaugmented validation batches (this rank's share
-        when ``shard``). Subclasses evaluate ``self.network`` (not the DDP wrapper: no collectives here)."""
+    def validation_sums(self, shard: bool = True) -> tuple[dict[str, float], dict[str, int]]:
+        """Sums and counts of this rank's validation (its share when ``shard``; no collectives): patch metrics
+        of at most ``val_iters`` fixed, unaugmented batches (``val/<key>``) and the rows of
+        ``validate_volumes`` (``volume/<key>``, NaN skipped). Subclasses evaluate ``self.network``."""
         if not self.ctx.val_cases or self.config.val_iters <= 0:
-            return {}
+            return {}, {}
         self.model.eval()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        rank, world = (self.ctx.dist.rank, self.ctx.dist.world_size) if shard else (0, 1)
         batches = make_val_loader(self.ctx.preprocessed_folder, self.ctx.val_cases, self.plan_config,
                                   batch_size=self.batch_size, patch_size=tuple(self.patch_size),
-                                  rank=self.ctx.dist.rank if shard else 0,
-                                  world_size=self.ctx.dist.world_size if shard else 1, seed=self.config.seed)
-        count = 0
+                                  rank=rank, world_size=world, seed=self.config.seed)
         for step, batch in zip(range(self.config.val_iters), batches):
-            for k, v in self.validation_step(batch, step).items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-        return {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
+            _accumulate(sums, counts, {f"val/{k}": v for k, v in self.validation_step(batch, step).items()})
+        rows = self.validate_volumes(self.ctx.val_cases[rank::world])
+        for row in rows:
+            _accumulate(sums, counts, {f"volume/{k}": v for k, v in row.items() if not math.isnan(v)})
+        sums[VOLUME_ROWS], counts[VOLUME_ROWS] = float(len(rows)), 1
+        return sums, counts
+
+    def validate(self, shard: bool = True) -> dict[str, float]:
+        """Mean validation metrics of this process (``val/<key>``); see ``validation_sums`` and ``epoch_row``."""
+        return epoch_row(distributed.reduce_means(*self.validation_sums(shard), distributed.DistInfo()))
 
     def run(self) -> None:
         """Train from ``self.epoch`` to ``config.epochs``, then write the final checkpoint and summary."""
@@ -203,8 +260,10 @@ class BaseTrainer:
         main = self.ctx.dist.is_main
         for epoch in range(self.epoch, self.config.epochs):
             start = time.perf_counter()
-            row = {**self.run_epoch(epoch, stream), **self.validate()}
-            row = distributed.all_reduce_mean(row, self.ctx.dist)
+            train_sums, train_counts = self.run_epoch(epoch, stream)
+            val_sums, val_counts = self.validation_sums()
+            row = epoch_row(distributed.reduce_means({**train_sums, **val_sums}, {**train_counts, **val_counts},
+                                                     self.ctx.dist))  # once per epoch, all ranks
             self.epoch = epoch + 1
             row.update(epoch=epoch, lr=self.learning_rate(epoch), epoch_time=time.perf_counter() - start)
             metric = row.get("val/metric")
@@ -259,3 +318,19 @@ class BaseTrainer:
         self.epoch, self.best_metric = int(state["epoch"]), state.get("best_metric")
         self.progress.history = list(state.get("history", []))
         log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def _accumulate(sums: dict[str, float], counts: dict[str, int], values: dict[str, float]) -> None:
+    for k, v in values.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+        counts[k] = counts.get(k, 0) + 1
+
+
+def epoch_row(means: dict[str, float]) -> dict[str, float]:
+    """The logged row from reduced means: whole volumes (``volume/<key>``), when any rank had some, are logged
+    as ``val/<key>`` and their ``metric`` replaces the patch-level one (patches overrate a model)."""
+    row = {k: v for k, v in means.items() if not k.startswith("volume/") and k != VOLUME_ROWS}
+    if means.get(VOLUME_ROWS, 0) > 0:
+        row.pop("val/metric", None)
+        row.update({"val/" + k.removeprefix("volume/"): v for k, v in means.items() if k.startswith("volume/")})
+    return row

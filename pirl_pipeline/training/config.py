@@ -29,8 +29,8 @@ class TrainerConfig:
     patch_size: list[int] | None = None  # None -> plans; multiples of 32
     feature_size: int | None = None  # None -> plans; multiple of 12
     seed: int = 12345
-    num_workers: int = 2
-    amp: bool = True  # autocast on CUDA (bf16 when supported); ignored on CPU
+    num_workers: int | None = None  # None -> min(8, CPUs // 2) on CUDA, 0 on the CPU (base_trainer.default_num_workers)
+    amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16 + grad scaler); --fp32 turns it off
     oversample_foreground: float = 1 / 3
     augment: bool = True
     save_every: int = 1  # epochs between checkpoint_latest.pth writes
@@ -46,7 +46,14 @@ class TrainerConfig:
     # fine-tuning (Algorithm 2)
     w_inv_finetune: float = 1.0
     modality_dropout: bool = True  # random non-empty modality subsets per sample
+    class_weights: str = "auto"  # weighted CE: "auto" (training-label frequencies, see SegmentationLoss) or "none"
+    class_weight_max: float = 2.0  # upper clip of the "auto" weights (a BCE weight w moves p=0.5 to 1/(1+w))
+    val_volumes: bool = True  # whole validation volumes each epoch (curves, 'best' checkpoint); False: patches
     translate_loss: str = "l1"  # "l1" or "mse", on the foreground
+    # device and speed (issue 12): how a run executes, not what it computes (results equal to float rounding)
+    fused_attention: bool = True  # Swin window attention via scaled_dot_product_attention (training too)
+    grad_checkpoint: bool = False  # recompute the Swin blocks' activations in backward (less memory, ~30% slower)
+    compile: bool = False  # torch.compile the network (opt-in; first steps compile)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -60,6 +67,8 @@ class TrainerConfig:
             raise PirlInputError(f"--patch-size needs 3 sides, each a multiple of 32; got {self.patch_size}")
         if self.feature_size is not None and self.feature_size % 12:
             raise PirlInputError(f"--feature-size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
+        if self.class_weights not in ("auto", "none"):
+            raise PirlInputError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
         if self.lr_schedule not in ("poly", "constant"):
             raise PirlInputError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
 

@@ -7,25 +7,32 @@
   stacked channels with the missing ones zeroed, the usual way a plain network handles them.
 Random modality dropout (a uniformly drawn non-empty subset per sample) makes one model serve all
 2^M - 1 subsets at inference.
+
+Translation targets are the patch without intensity augmentation (``target_image``): the input modalities
+are augmented, what the network must synthesise is not. Each epoch ends with whole-volume validation
+(``volume_validation``), which decides the 'best' checkpoint.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.metrics import dice, psnr
+from pirl_pipeline.evaluation.metrics import psnr
 from pirl_pipeline.losses.invariance import InvarianceLoss
-from pirl_pipeline.losses.segmentation import SegmentationLoss, labels_to_regions
+from pirl_pipeline.losses.segmentation import SegmentationLoss, class_weights_from_counts
 from pirl_pipeline.losses.translation import TranslationLoss
 from pirl_pipeline.networks.factory import create
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.checkpoint import load_checkpoint, transfer_weights
 from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.training.data import PreprocessedDataset
 from pirl_pipeline.training.final_validation import validate_fold
+from pirl_pipeline.training.volume_validation import segmentation_scores, validate_volumes
 
 log = logging.getLogger("pirl")
 
@@ -52,9 +59,55 @@ class DownstreamTrainer(BaseTrainer):
         super().__init__(ctx, config)
         self.inv_loss = InvarianceLoss()
         if config.task == "seg":
-            self.loss = SegmentationLoss(self.regions).to(self.device)
+            weights = self.class_weights() if config.class_weights == "auto" else None
+            self.loss = SegmentationLoss(self.regions, class_weights=weights).to(self.device)
         else:
             self.loss = TranslationLoss(config.translate_loss).to(self.device)
+
+    @property
+    def clean_targets(self) -> bool:  # translation: the targets are the un-augmented modalities
+        return self.config.task == "translate"
+
+    def label_frequencies(self, max_cases: int = 50) -> list[float]:
+        """Share of the body voxels of each output channel (region, or exclusive class) in the training
+        labels (at most ``max_cases`` cases, evenly spread); cached."""
+        if getattr(self, "_frequencies", None) is None:
+            dataset = PreprocessedDataset(self.ctx.preprocessed_folder, self.ctx.train_cases)
+            names = dataset.case_names[:: max(1, len(dataset) // max_cases)][:max_cases]
+            values = [list(r) for r in self.regions] if self.regions else [[c] for c in range(self.out_channels)]
+            counts, total = np.zeros(len(values)), 0
+            for name in names:
+                body = np.asarray(dataset.arrays(name)[1])
+                body = body[body >= 0]
+                total += body.size
+                counts += [np.isin(body, v).sum() for v in values]
+            self._frequencies = (counts / max(total, 1)).tolist()
+            log.info("training labels: body share per output channel %s (%d cases)",
+                     [round(f, 4) for f in self._frequencies], len(names))
+        return self._frequencies
+
+    def class_weights(self) -> list[float]:
+        """Weights of the weighted CE (Algorithm 2), see ``class_weights_from_counts``."""
+        weights = class_weights_from_counts(self.label_frequencies(), 1.0, self.config.class_weight_max)
+        log.info("weighted CE: class weights %s", [round(w, 2) for w in weights])
+        return weights
+
+    def init_output_prior(self, net: torch.nn.Module) -> None:
+        """Output bias = log-odds (sigmoid regions) or log-share (softmax classes) of the training labels'
+        frequencies, so an untrained channel starts near its prior instead of at 0.5."""
+        block = getattr(net, "out", None) or getattr(net, "output_block", None)
+        frequencies = torch.tensor(self.label_frequencies(), dtype=torch.float).clamp(1e-4, 1 - 1e-4)
+        prior = frequencies.logit() if self.regions else frequencies.log()
+        with torch.no_grad():
+            # fix: an undecided region channel (bias 0, p = 0.5 everywhere) was painted over the whole brain
+            block.conv.conv.bias.copy_(prior)
+
+    def validate_volumes(self, cases: list[str]) -> list[dict[str, float]]:
+        if not self.config.val_volumes or not cases:
+            return []
+        dataset = PreprocessedDataset(self.ctx.preprocessed_folder, cases)
+        return validate_volumes(self.network, self.network_kind, self.config.task, dataset, cases, self.patch_size,
+                                self.ctx.dataset_json, self.device)
 
     @property
     def out_channels(self) -> int:
@@ -76,6 +129,8 @@ class DownstreamTrainer(BaseTrainer):
             elif self.network_kind == "dynunet":
                 raise PirlInputError("DynUNet baselines train from scratch; drop --pretrained")
             transfer_weights(net, weights, str(self.pretrained))
+        if self.config.task == "seg":  # after the transfer: a pre-trained output layer predicted intensities
+            self.init_output_prior(net)
         return net
 
     def network_kwargs(self) -> dict:
@@ -99,6 +154,7 @@ class DownstreamTrainer(BaseTrainer):
         return model(masked), images.new_zeros(())
 
     def _loss(self, output: torch.Tensor, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """seg: labels ``target``; translate: ``images`` (the un-augmented modalities) inside ``target >= 0``."""
         if self.config.task == "seg":
             return self.loss(output, target.clamp_min(0))
         return self.loss(output, images, target >= 0)
@@ -106,6 +162,7 @@ class DownstreamTrainer(BaseTrainer):
     def train_step(self, batch: dict) -> dict[str, float]:
         images = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
+        clean = batch["target_image"].to(self.device, non_blocking=True) if "target_image" in batch else images
         batch_size = images.shape[0]
         if self.config.modality_dropout:
             available = random_subsets(batch_size, self.num_modalities)
@@ -113,7 +170,7 @@ class DownstreamTrainer(BaseTrainer):
             available = torch.ones(batch_size, self.num_modalities, dtype=torch.bool)
         with self.autocast():
             output, inv = self._forward(self.model, images, available)
-            task_loss = self._loss(output, images, target)
+            task_loss = self._loss(output, clean, target)
             loss = task_loss + self.config.w_inv_finetune * inv
         self.backward(loss)
         return {"loss": loss.item(), self.config.task: task_loss.item(), "invariance": inv.item()}
@@ -137,16 +194,8 @@ class DownstreamTrainer(BaseTrainer):
         return {"psnr": sum(values) / len(values), "metric": sum(values) / len(values)}
 
     def _seg_metrics(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        labels = target.clamp_min(0)
-        if self.regions:
-            pred, ref = logits.sigmoid() > 0.5, labels_to_regions(labels, self.regions).bool()
-            names = [f"dice_{k.replace(' ', '_')}" for k, v in self.ctx.dataset_json.labels.items()
-                     if isinstance(v, list) or v != 0]  # the regions, in dataset.json order
-        else:
-            classes = range(1, self.out_channels)
-            pred = torch.stack([logits.argmax(1) == c for c in classes], 1)
-            ref = torch.stack([labels[:, 0] == c for c in classes], 1)
-            label_names = {v: k for k, v in self.ctx.dataset_json.labels.items() if isinstance(v, int)}
-            names = [f"dice_{label_names.get(c, f'label{c}').replace(' ', '_')}" for c in classes]
-        scores = {n: dice(pred[:, i], ref[:, i]) for i, n in enumerate(names)}
-        return {**scores, "metric": sum(scores.values()) / len(scores)}
+        """Dice per target of each patch, scored as the evaluation scores whole volumes: labels painted as
+        pirl_predict paints them (regions nested), nothing outside the body, regions re-derived from labels."""
+        rows = [segmentation_scores(logits[b], target[b].cpu().numpy(), self.ctx.dataset_json, prefix="dice_")
+                for b in range(logits.shape[0])]
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -1,11 +1,17 @@
 """PIRL pre-training (Algorithm 1): all modalities of each subject, the four constraints, prior O."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import torch
 
 from pirl_pipeline.losses.objective import TERMS, PIRLLossConfig, PIRLObjective
 from pirl_pipeline.networks import PIRLNet
 from pirl_pipeline.training.base_trainer import BaseTrainer
+from pirl_pipeline.training.data import AugmentationConfig
+
+log = logging.getLogger("pirl")
 
 
 def loss_config_from(config) -> PIRLLossConfig:
@@ -18,6 +24,18 @@ def loss_config_from(config) -> PIRLLossConfig:
 
 class PIRLPretrainer(BaseTrainer):
     name = "PIRLPretrainer"
+    clean_targets = True  # L_decom reconstructs the patch without the intensity augmentation
+
+    def augmentation(self) -> AugmentationConfig:
+        """nnU-Net's augmentation, mirroring only along axes that Φ does not already transform."""
+        config = super().augmentation()
+        if not config.enabled:
+            return config
+        free = self.objective.transforms.independent_mirror_axes(config.mirror_axes)
+        if free != tuple(config.mirror_axes):
+            # fix: mirroring both axes of Φ's rotation plane = a 180° rotation, so k and k+2 were indistinguishable
+            log.info("pre-training mirrors axes %s only (Φ rotates in plane %s)", free, self.objective.transforms.plane)
+        return dataclasses.replace(config, mirror_axes=free)
 
     def build_network(self) -> torch.nn.Module:
         block = self.ctx.plans.configuration(self.ctx.configuration).network
@@ -30,23 +48,25 @@ class PIRLPretrainer(BaseTrainer):
     def network_kwargs(self) -> dict:
         return {"kind": "pirl", **self.network.config}
 
-    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(network inputs, decomposition targets, foreground mask); validation batches have no augmentation."""
         images = batch["data"].to(self.device, non_blocking=True)
+        targets = batch["target_image"].to(self.device, non_blocking=True) if "target_image" in batch else images
         mask = (batch["target"] >= 0).to(self.device, non_blocking=True)
-        return images, mask
+        return images, targets, mask
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        images, mask = self._inputs(batch)
+        images, targets, mask = self._inputs(batch)
         self.objective.train()
-        with self.autocast():
-            result = self.objective(self.model, images, mask, backward=self.backward)
+        result = self.objective(self.model, images, mask, backward=self.backward, targets=targets,
+                                autocast=self.autocast)
         return {"loss": float(result.loss), **{t: float(v) for t, v in result.terms.items()}}
 
     def validation_step(self, batch: dict, step: int) -> dict[str, float]:
-        images, mask = self._inputs(batch)
+        images, targets, mask = self._inputs(batch)
         self.objective.eval()  # no queue update from validation data
         with self.autocast():
-            result = self.objective(self.network, images, mask)
+            result = self.objective(self.network, images, mask, targets=targets)
         loss = float(result.loss)
         return {"loss": loss, "metric": -loss, **{t: float(v) for t, v in result.terms.items()}}
 

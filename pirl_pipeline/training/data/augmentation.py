@@ -1,9 +1,12 @@
 """Training augmentation: a dataclass of settings, and the batchgeneratorsv2 transforms built from it.
 
-The pipeline follows nnU-Net v2's default (spatial -> noise -> blur -> brightness -> contrast -> low resolution
--> inverted gamma -> gamma -> mirroring), applied per sample on ``{"image": (C, *S) float32, "segmentation":
-(1, *S) int8}`` tensors. Intensity transforms draw their parameters per channel (each modality gets its own
-brightness/contrast/gamma); no channel is ever dropped.
+The pipeline follows nnU-Net v2's default transforms (spatial, mirroring, then noise -> blur -> brightness ->
+contrast -> low resolution -> inverted gamma -> gamma), applied per sample on ``{"image": (C, *S) float32,
+"segmentation": (1, *S) int8}`` tensors. Intensity transforms draw their parameters per channel (each modality
+gets its own brightness/contrast/gamma); no channel is ever dropped. Mirroring runs before the intensity
+transforms (nnU-Net: after; the distribution of samples is the same) so that ``clean_targets`` can keep the
+patch with the geometric transforms only: image targets (decomposition, translation) must not contain random
+intensity perturbations the network cannot see in its input modality.
 
 Spatial augmentation (instead of nnU-Net's fixed, worst-case *initial patch*): :class:`PatchAugmenter` draws
 the spatial parameters first, in the frame of the chosen (unaugmented) patch; a sample that gets no spatial
@@ -123,8 +126,13 @@ def build_spatial_transform(patch_size: tuple[int, ...], config: AugmentationCon
         padding_mode_image="zeros", mode_image="bilinear")
 
 
+def build_mirroring(config: AugmentationConfig) -> MirrorTransform | None:
+    """Random flips of ``config.mirror_axes`` (each with p=0.5), image and segmentation together."""
+    return MirrorTransform(allowed_axes=tuple(config.mirror_axes)) if config.enabled and config.mirror_axes else None
+
+
 def build_intensity_transforms(config: AugmentationConfig) -> ComposeTransforms | None:
-    """Noise, blur, brightness, contrast, low resolution, gamma (per channel) and mirroring, in nnU-Net order."""
+    """Noise, blur, brightness, contrast, low resolution, gamma (per channel), in nnU-Net order."""
     if not config.enabled:
         return None
     steps: list[tuple[float, Any]] = [
@@ -146,8 +154,6 @@ def build_intensity_transforms(config: AugmentationConfig) -> ComposeTransforms 
                                         p_per_channel=1, p_retain_stats=1)),
     ]
     transforms = [RandomTransform(t, apply_probability=p) for p, t in steps if p > 0]
-    if config.mirror_axes:
-        transforms.append(MirrorTransform(allowed_axes=tuple(config.mirror_axes)))
     return ComposeTransforms(transforms) if transforms else None
 
 
@@ -158,18 +164,25 @@ class PatchAugmenter:
     transform is a plain crop; otherwise only the bounding box of the voxels the sampling grid reaches is
     read (plus one voxel for interpolation), and the grid is re-expressed relative to that box. Uses the
     global numpy/torch RNGs (as batchgeneratorsv2 does); the loader seeds them per batch.
+
+    ``clean_targets``: also return the image after the spatial transform and mirroring but before the
+    intensity transforms (the target of decomposition / translation losses).
     """
 
-    def __init__(self, patch_size: tuple[int, ...], config: AugmentationConfig) -> None:
+    def __init__(self, patch_size: tuple[int, ...], config: AugmentationConfig, clean_targets: bool = False) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.config = config
+        self.clean_targets = clean_targets
         self.spatial = build_spatial_transform(self.patch_size, config)
+        self.mirror = build_mirroring(config)
         self.intensity = build_intensity_transforms(config)
         # the spatial parameters only need a shape: a zero-stride view allocates nothing
         self._frame = torch.zeros(1).expand(1, *self.patch_size)
 
-    def __call__(self, data: np.ndarray, seg: np.ndarray, lower: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``lower``: corner of the (unaugmented) patch in array coordinates (may be negative: padding)."""
+    def __call__(self, data: np.ndarray, seg: np.ndarray,
+                 lower: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image, seg, clean image or None); ``lower``: corner of the (unaugmented) patch in array
+        coordinates (may be negative: padding)."""
         params = self.spatial.get_parameters(image=self._frame) if self.spatial is not None else None
         if params is None or params["grid"] is None:
             sample = {"image": _tensor(crop_padded(data, lower, self.patch_size, IMAGE_PAD)),
@@ -181,9 +194,13 @@ class PatchAugmenter:
             sample = self.spatial.apply({"image": _tensor(crop_padded(data, box_lower, box_size, IMAGE_PAD)),
                                          "segmentation": _tensor(crop_padded(seg, box_lower, box_size, SEG_PAD))},
                                         **params)
+        if self.mirror is not None:
+            sample = self.mirror(**sample)
+        # fix: image targets get the geometric transforms only; intensity augmentation is for the input alone
+        clean = sample["image"].clone() if self.clean_targets else None
         if self.intensity is not None:
             sample = self.intensity(**sample)
-        return sample["image"], sample["segmentation"]
+        return sample["image"], sample["segmentation"], clean
 
 
 def grid_bounding_box(grid: torch.Tensor, frame: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -225,5 +242,6 @@ def describe(config: AugmentationConfig) -> str:
     return f"augmentation: {', '.join(on) or 'none'}{mirror}"
 
 
-__all__ = ["AugmentationConfig", "PatchAugmenter", "build_intensity_transforms", "build_spatial_transform",
+__all__ = ["AugmentationConfig", "PatchAugmenter", "build_intensity_transforms", "build_mirroring",
+           "build_spatial_transform",
            "describe", "grid_bounding_box", "reframe_grid"]

@@ -6,6 +6,8 @@ Batch format (a dict)::
     data         float32 tensor (B, C, *patch_size): every channel (modality) of the case, none dropped
     target       int8 tensor (B, 1, *patch_size): labels; -1 outside the body mask and in padding. Use
                  ``target >= 0`` as the mask and ``target.clamp_min(0).long()`` for losses
+    target_image float32 tensor (B, C, *patch_size), only with ``clean_targets``: ``data`` with the spatial
+                 transforms and mirroring but without the intensity augmentation (image-loss targets)
     keys         list of B case names
     patch_lower  int64 array (B, 3): corner of each (unaugmented) patch in the stored (z, y, x) array
     oversampled  bool array (B,): samples centred on a foreground voxel (oversampling; a forced sample of a
@@ -121,18 +123,22 @@ class PatchLoader(SlimDataLoaderBase):
             else:  # centred on the voxel (as nnU-Net), so rotation/scaling about the centre keep it inside
                 lower = centered_position(data.shape[1:], self.patch_size, voxel)
             plan.append((name, data, seg, lower, voxel is not None))
-        images, segs = [], []
+        images, segs, cleans = [], [], []
         aug_seed = int(aug_seq.generate_state(1, np.uint64)[0])
         with torch_threads(self.aug_threads), seeded_global_rngs(aug_seed), torch.no_grad():
             for _, data, seg, lower, _ in plan:
-                image, target = self.augmenter(data, seg, lower)
+                image, target, clean = self.augmenter(data, seg, lower)
                 images.append(image)
                 segs.append(target)
+                cleans.append(clean)
         # numpy between processes: pickled by value (torch tensors would travel as shared-memory file
         # descriptors, which break when a worker exits while the parent is still unpickling at shutdown)
-        return {"data": torch.stack(images).float().numpy(), "target": torch.stack(segs).to(torch.int8).numpy(),
-                "keys": [p[0] for p in plan], "patch_lower": np.stack([p[3] for p in plan]).astype(np.int64),
-                "oversampled": np.array([p[4] for p in plan]), "batch_index": index}
+        batch = {"data": torch.stack(images).float().numpy(), "target": torch.stack(segs).to(torch.int8).numpy(),
+                 "keys": [p[0] for p in plan], "patch_lower": np.stack([p[3] for p in plan]).astype(np.int64),
+                 "oversampled": np.array([p[4] for p in plan]), "batch_index": index}
+        if self.augmenter.clean_targets:
+            batch["target_image"] = torch.stack(cleans).float().numpy()
+        return batch
 
 
 class BatchStream:
@@ -160,7 +166,9 @@ class BatchStream:
 
     def __next__(self) -> dict[str, Any]:
         batch = next(self._augmenter)
-        for key in ("data", "target"):
+        for key in ("data", "target", "target_image"):
+            if key not in batch:
+                continue
             batch[key] = torch.from_numpy(batch[key])
             if self.pin_memory:
                 batch[key] = batch[key].pin_memory()
@@ -198,12 +206,13 @@ def make_train_loader(preprocessed_folder: str | Path, case_names: list[str] | N
                       *, batch_size: int | None = None, patch_size: tuple[int, ...] | None = None,
                       num_workers: int = 0, seed: int | None = None, rank: int = 0, world_size: int = 1,
                       oversample_foreground: float = DEFAULT_OVERSAMPLE, start_batch: int = 0,
-                      pin_memory: bool = False, ordered: bool = True) -> BatchStream:
+                      pin_memory: bool = False, ordered: bool = True, clean_targets: bool = False) -> BatchStream:
     """Endless augmented training batches (see the module docstring for the format).
 
     ``preprocessed_folder``: the configuration folder holding the ``CASE.npy`` files. ``batch_size`` is per
     rank. ``seed=None`` draws one (``stream.seed`` tells which). ``start_batch``: batches already consumed
     (resume). ``ordered=False`` uses the NonDetMultiThreadedAugmenter (same batches, arrival order not fixed).
+    ``clean_targets``: batches also carry ``target_image`` (no intensity augmentation), see the module docstring.
     Call ``close()`` on the result (or use it as a context manager) to stop the workers.
     """
     if not 0 <= rank < world_size:
@@ -216,8 +225,8 @@ def make_train_loader(preprocessed_folder: str | Path, case_names: list[str] | N
     aug_config = AugmentationConfig() if aug_config is None else aug_config
     seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
     dataset = PreprocessedDataset(preprocessed_folder, case_names)
-    loader = PatchLoader(dataset, patch, batch, PatchAugmenter(patch, aug_config), oversample_foreground, seed,
-                         rank, start_batch, num_workers)
+    augmenter = PatchAugmenter(patch, aug_config, clean_targets)
+    loader = PatchLoader(dataset, patch, batch, augmenter, oversample_foreground, seed, rank, start_batch, num_workers)
     log.info("train loader: %d cases, patch %s, batch %d, %d worker(s), seed %d, rank %d/%d; %s", len(dataset),
              patch, batch, num_workers, seed, rank, world_size, describe(aug_config))
     return BatchStream(loader, num_workers, pin_memory=pin_memory, ordered=ordered)
