@@ -6,14 +6,19 @@ row format of :mod:`pirl_pipeline.evaluation.missing_modalities` (Table 10 / Tab
 
 Translation (one source modality in, every other one out):
 - ``identity``: the source volume, unchanged, is the prediction of every target.
-- ``histogram``: a fitted intensity mapping (:class:`IntensityMapping`). On each TRAINING case, source and
-  target are percentile-normalised inside the brain mask (0.5th -> 0, 99.5th -> 1); the normalised source
-  range [0, 1] is cut into 64 equal bins and each bin stores the mean normalised target of its voxels,
-  pooled over the training cases (a binned conditional mean, not forced monotone: it captures the T1 -> T2
-  contrast inversion and non-monotone pairs such as T1 -> FLAIR alike). A test case uses its source only:
-  normalised inside its own non-zero mask, mapped by linear interpolation between the bin centres (empty bins
-  skipped), brought back to target units with the training targets' mean percentiles; 0 outside the mask
-  (as ``pirl_predict`` writes translations). The test case's target is never read.
+- ``histogram``: a fitted intensity mapping (:class:`IntensityMapping`). On each TRAINING case, inside the
+  brain mask, the source becomes its quantile (rank / count: robust to each scanner's intensity scale) and
+  the target is percentile-normalised (0.5th -> 0, 99.5th -> 1, the evaluator's scale); 64 source-quantile
+  bins each store the mean normalised target of their voxels, pooled over the training cases (a binned
+  conditional mean, not forced monotone: it captures the T1 -> T2 inversion and non-monotone pairs such as
+  T1 -> FLAIR alike). A test case uses its source only: its quantiles are mapped by linear interpolation
+  between the bin centres, then the result is histogram-matched (rank for rank) to the training targets'
+  mean quantile function and brought back to target units with their mean percentiles; 0 outside the
+  source's non-zero mask (as ``pirl_predict`` writes translations). The test case's target is never read.
+  Why the histogram matching: the evaluator scales every volume by its own percentiles, which stretches a
+  conditional mean's compressed range. On the 8 real 4-modality BraTS cases (leave-one-out, all 12 pairs)
+  percentile-scaled PSNR: identity 10.5 dB, conditional mean alone 9.7 dB, with histogram matching 13.7 dB
+  (better than identity on every case and pair).
   Layout: ``out/source_SSSS/CASE_TTTT<ending>`` for every target TTTT != SSSS.
 Segmentation (``out/CASE<ending>``, dataset label values):
 - ``whole_brain``: every brain voxel (non-zero in any input channel) gets :func:`whole_brain_label`, the
@@ -38,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, group_channel_files
 from pirl_pipeline.data.image_io import Geometry, read_array, write_array
@@ -52,6 +58,7 @@ SEGMENTATION_KINDS = ("whole_brain", "threshold")
 CLEANUPS = ("none", "largest")
 PERCENTILES = (0.5, 99.5)
 NUM_BINS = 64
+QUANTILE_LEVELS = 201
 THRESHOLDS = tuple(np.round(np.arange(0.0, 1.2001, 0.01), 4).tolist())
 MaskFn = Callable[[np.ndarray], np.ndarray]  # (C, z, y, x) channels of a case -> (z, y, x) bool brain mask
 Cases = dict[str, dict[int, Path]]  # {case: {channel: image file}}
@@ -95,19 +102,26 @@ def raw_cases(dataset_folder: str | Path, dj: DatasetJson,
 
 
 # ---- translation ----------------------------------------------------------------------------------------
+def _quantiles(values: np.ndarray) -> np.ndarray:
+    """Each value's quantile among ``values``: (mid-rank - 0.5) / count in (0, 1), ties sharing one."""
+    return (rankdata(values) - 0.5) / max(values.size, 1)
+
+
 @dataclass
 class IntensityMapping:
     """Source -> target intensity mapping fitted on training cases (see the module docstring).
 
-    values[k]: mean normalised target of the training voxels whose normalised source lies in bin k of
-    ``len(values)`` equal bins over [0, 1] (NaN where ``counts[k] == 0``); target_low/high: the training
-    targets' mean 0.5th/99.5th percentiles (the output units).
+    values[k]: mean normalised target of the training voxels whose source quantile lies in bin k of
+    ``len(values)`` equal bins over [0, 1] (NaN where ``counts[k] == 0``); target_quantiles: the training
+    targets' mean quantile function (normalised units) at equally spaced levels 0..1; target_low/high: their
+    mean 0.5th/99.5th percentiles (the output units).
     """
 
     source: int
     target: int
     values: list[float]
     counts: list[int]
+    target_quantiles: list[float]
     target_low: float
     target_high: float
     cases: list[str]
@@ -116,12 +130,13 @@ class IntensityMapping:
         """The predicted target (float32) of a source volume; 0 outside its non-zero mask."""
         source = np.asarray(source)
         mask = (source != 0) & np.isfinite(source)
-        normalised, _, _ = percentile_normalise(source, mask)
         counts, values = np.asarray(self.counts), np.asarray(self.values, np.float64)
         centres = (np.arange(len(values)) + 0.5) / len(values)
-        mapped = np.interp(normalised[mask], centres[counts > 0], values[counts > 0])
+        mapped = np.interp(_quantiles(source[mask]), centres[counts > 0], values[counts > 0])
+        levels = np.linspace(0, 1, len(self.target_quantiles))
+        matched = np.interp(_quantiles(mapped), levels, self.target_quantiles)
         out = np.zeros(source.shape, np.float32)
-        out[mask] = self.target_low + mapped * (self.target_high - self.target_low)
+        out[mask] = self.target_low + matched * (self.target_high - self.target_low)
         return out
 
     def to_dict(self) -> dict:
@@ -140,34 +155,37 @@ def fit_intensity_mappings(train_cases: Cases, pairs: list[tuple[int, int]], mas
     evaluator's reference mask, non-zero in any channel)."""
     if not train_cases:
         raise PirlInputError("fitting an intensity mapping needs at least one training case")
+    levels = np.linspace(0, 1, QUANTILE_LEVELS)
     sums = {p: np.zeros(num_bins) for p in pairs}
     counts = {p: np.zeros(num_bins, np.int64) for p in pairs}
-    lows: dict[tuple[int, int], list[float]] = {p: [] for p in pairs}
-    highs: dict[tuple[int, int], list[float]] = {p: [] for p in pairs}
+    targets: dict[tuple[int, int], list[tuple[np.ndarray, float, float]]] = {p: [] for p in pairs}
     for case, files in sorted(train_cases.items()):
         missing = sorted({c for p in pairs for c in p} - set(files))
         if missing:
             raise PirlInputError(f"training case {case}: no image for channel(s) {missing}")
         images, _ = _read_case(case, files)
         mask = np.asarray(mask_fn(np.stack(list(images.values()))), bool)
-        inside = {}  # channel -> (normalised values inside the mask, low, high)
+        if not mask.any():
+            raise PirlInputError(f"training case {case}: empty brain mask")
+        quantiles, normalised = {}, {}  # per channel, inside the mask
         for c in sorted({c for p in pairs for c in p}):
-            normalised, low, high = percentile_normalise(images[c], mask)
-            inside[c] = (normalised[mask], low, high)
+            inside = images[c][mask].astype(np.float64)
+            quantiles[c] = _quantiles(inside)
+            y, low, high = percentile_normalise(inside, np.ones(inside.shape, bool))
+            normalised[c] = (y, np.quantile(y, levels), low, high)
         for source, target in pairs:
-            bins = np.clip(np.floor(inside[source][0] * num_bins).astype(np.int64), 0, num_bins - 1)
-            sums[source, target] += np.bincount(bins, weights=inside[target][0], minlength=num_bins)
+            bins = np.clip(np.floor(quantiles[source] * num_bins).astype(np.int64), 0, num_bins - 1)
+            sums[source, target] += np.bincount(bins, weights=normalised[target][0], minlength=num_bins)
             counts[source, target] += np.bincount(bins, minlength=num_bins)
-            lows[source, target].append(inside[target][1])
-            highs[source, target].append(inside[target][2])
+            targets[source, target].append(normalised[target][1:])
     mappings = {}
     for p in pairs:
-        if not counts[p].any():
-            raise PirlInputError(f"mapping {p[0]} -> {p[1]}: the brain masks of the training cases are empty")
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.where(counts[p] > 0, sums[p] / counts[p], np.nan)
-        mappings[p] = IntensityMapping(p[0], p[1], values.tolist(), counts[p].tolist(), float(np.mean(lows[p])),
-                                       float(np.mean(highs[p])), sorted(train_cases))
+        quantile_fn, lows, highs = zip(*targets[p])
+        mappings[p] = IntensityMapping(p[0], p[1], values.tolist(), counts[p].tolist(),
+                                       np.mean(quantile_fn, axis=0).tolist(), float(np.mean(lows)),
+                                       float(np.mean(highs)), sorted(train_cases))
     return mappings
 
 
