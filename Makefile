@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench experiments experiments-quick clean-venv
+.PHONY: install test lint demo bench experiments experiments-quick clean-venv gpu-check
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks.run_all
+
+gpu-check: install  # one GPU, ~8 min: CUDA tests, step times, torchrun/NCCL, a BraTS case; benchmarks/results/gpu.json
+	$(PY) -m benchmarks.gpu_check
 
 experiments: install
 	$(PY) -m experiments.run

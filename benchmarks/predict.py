@@ -27,7 +27,8 @@ Measured, each in a fresh child process (``--repeats`` times, floor and pirl int
   resampling back, uncrop, label map) / export (NIfTI write); the phases inside ``predict_case`` are timed by
   wrapping the two functions it calls (``preprocess_arrays``, ``predict_volume``). Model loading is timed
   apart (once per run, not per case);
-- ``pirl_predict`` end to end once (interpreter start, imports, model load, read-ahead thread, export);
+- ``pirl_predict`` end to end (interpreter start, imports, model load, read-ahead thread, export), interleaved
+  with the other two in every repeat: its ratio to the API's per-case time is the CLI's own overhead;
 - TTA cost: ``predict_volume`` with and without mirroring (8 passes) on a centred crop of the preprocessed
   volume (default: one window, ``--tta-crop`` to change, ``--tta full`` for the whole volume), extrapolated
   to the whole case.
@@ -35,6 +36,9 @@ Memory: a thread samples the process's resident set (/proc/self/statm) every 10 
 phase; ``ru_maxrss`` (the process's peak) is reported too; on CUDA ``torch.cuda.max_memory_allocated``.
 CPU time (``time.process_time``, all threads) is reported next to wall time: other jobs on a shared machine
 inflate wall time more than CPU time; the 1-minute load average is recorded before and after every child.
+- attention: ``predict_volume`` on a centred crop (one window by default) with MONAI's explicit Swin window
+  attention and with pirl's fused one (``scaled_dot_product_attention``), alternated ``--attention-rounds``
+  times in one child; everything else runs with ``--attention`` (fused, pirl's default, or plain).
 Checks: the pirl sliding-window output equals the floor's (max |difference|), the CLI's label map equals
 the API's. Results: a table on stdout and ``benchmarks/results/predict.json``.
 """
@@ -59,6 +63,7 @@ NAMINGS = (("_t1", "_t1ce", "_t2", "_flair"), ("-t1n", "-t1c", "-t2w", "-t2f"))
 DATASET_ID = 991
 TRAINER = "PIRLSegTrainer"
 GOAL = 1.1
+CLI_GOAL = 1.05
 
 
 def _bench_module(name: str):
@@ -159,6 +164,27 @@ def machine_info() -> dict:
     return info
 
 
+def run_cli(args, inputs: Path, model: Path, work: Path, env: dict, rep: int) -> dict:
+    """``pirl_predict`` on the one case, end to end, with its process tree measured."""
+    out_cli = work / "out_cli"
+    shutil.rmtree(out_cli, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pirl_pipeline.cli.predict", "-i", str(inputs), "-o", str(out_cli),
+           "-m", str(model), "-f", "0", "--disable_tta", "-device", args.device, "-np", "2"]
+    cmd += ["--disable_fused_attention"] if args.attention == "plain" else []
+    markers = [("to predict", "read + predict + export"), ("wrote", "exit")]
+    cli_env = env if not args.threads else {**env, "OMP_NUM_THREADS": str(args.threads)}
+    # memory from statm (RSS) every 0.5 s: polling smaps_rollup (PSS) of the ~4 GB process every 0.1 s took ~25% of a
+    # core from it on 2 cores and made the CLI look 1.2-1.3x slower than the API (its CPU time was equal)
+    cli = _bench_module("process_monitor").measure(cmd, cli_env, work / "logs" / f"cli_{rep}.log", 0.5, REPO, markers,
+                                                   pss=False)
+    if cli["rc"] != 0:
+        raise SystemExit(f"pirl_predict failed (rc {cli['rc']}), log {cli['log']}")
+    cli["command"] = " ".join(cmd)
+    cli["phase_seconds"] = {("startup (interpreter, imports, model load, case listing)" if k.startswith("startup")
+                             else k): v for k, v in cli["phase_seconds"].items()}
+    return cli
+
+
 # ----------------------------------------------------------------------------------------------- main
 def median(values: list[float]) -> float:
     return statistics.median(values)
@@ -191,7 +217,12 @@ def summarise(args, floor_runs: list[dict], pirl_runs: list[dict], cli: dict | N
               "pirl_over_floor_at_equal_window_loop": (floor_s + pirl_s - sw) / floor_s,
               "pirl_peak_rss_over_floor": out["pirl"]["peak_rss_case_mib"] / out["floor"]["peak_rss_sliding_window_mib"]}
     if cli:
-        ratios["cli_over_floor"] = cli["seconds"] / floor_s
+        cli_s = median([r["seconds"] for r in cli])
+        ratios["cli_over_floor"] = cli_s / floor_s
+        ratios["cli_over_pirl"] = cli_s / pirl_s
+        ratios["cli_over_pirl_cpu"] = median([r["cpu_seconds"] for r in cli]) / out["pirl"]["median_cpu_seconds"]
+        out["cli"] = {"median_seconds": cli_s, "runs": len(cli), "goal": f"CLI <= {CLI_GOAL}x the API per case",
+                      "goal_met": ratios["cli_over_pirl"] <= CLI_GOAL}
     out["ratios"] = ratios
     out["goal"] = f"pirl per case <= {GOAL}x the floor (TTA off)"
     out["goal_met"] = ratios["pirl_per_case_over_floor"] <= GOAL
@@ -211,7 +242,7 @@ def print_table(report: dict) -> None:
     print(f"\nprediction of {case['name']} (x y z {'x'.join(map(str, case['shape'][::-1]))}, {case['channels']} "
           f"channels; preprocessed z y x {'x'.join(map(str, case['preprocessed_shape'][1:]))}), fs {st['fs']}, roi "
           f"{'x'.join(map(str, st['roi']))}, {fl['windows']} windows, overlap {1 - st['step_size']:.2f} Gaussian, "
-          f"sw_batch 1, TTA off, {st['device']}{', flash attention ON' if st.get('flash_attention') else ''}, "
+          f"sw_batch 1, TTA off, {st['device']}, {st.get('attention', 'plain')} attention, "
           f"torch threads {report['torch_threads']}, median of "
           f"{st['repeats']}; untrained weights")
     head = f"{'':<58} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'x floor':>8}"
@@ -229,16 +260,23 @@ def print_table(report: dict) -> None:
     print(f"{'pirl: load model folder (once per run, not per case)':<58} {lm['median_seconds']:8.2f} "
           f"{lm['median_cpu_seconds']:8.2f} {lm['peak_rss_mib']:13.0f}")
     if report.get("cli"):
-        c = report["cli"]
-        print(f"{'pirl_predict CLI, end to end (1 case)':<58} {c['seconds']:8.2f} "
-              f"{c['cpu_seconds']:8.2f} {c['peak_tree_pss_mb']:13.0f} {r['cli_over_floor']:8.2f}")
+        c = report["cli"][-1]
+        print(f"{'pirl_predict CLI, end to end (1 case, median)':<58} {s['cli']['median_seconds']:8.2f} "
+              f"{c['cpu_seconds']:8.2f} {c['peak_tree_rss_mb']:13.0f} {r['cli_over_floor']:8.2f}")
         for phase, seconds in c["phase_seconds"].items():
-            print(f"{'  ' + phase:<58} {seconds:8.2f}")
+            print(f"{'  ' + phase + ' (last run)':<58} {seconds:8.2f}")
+        print(f"CLI / API per case: {r['cli_over_pirl']:.3f}x wall, {r['cli_over_pirl_cpu']:.3f}x CPU (goal <= "
+              f"{CLI_GOAL}x: {'met' if s['cli']['goal_met'] else 'NOT met'})")
     print(f"\npirl / floor: {r['pirl_per_case_over_floor']:.3f}x wall, {r['pirl_per_case_over_floor_cpu']:.3f}x CPU "
           f"(goal <= {GOAL}x: {'met' if s['goal_met'] else 'NOT met'}); pirl's sliding window alone "
           f"{r['pirl_sliding_window_over_floor']:.3f}x; overhead outside the window loop "
           f"{r['pirl_overhead_seconds']:.2f} s, i.e. {r['pirl_over_floor_at_equal_window_loop']:.3f}x the floor when "
           f"both window loops cost the same (same code, same output); peak RSS {r['pirl_peak_rss_over_floor']:.2f}x")
+    if report.get("attention"):
+        a = report["attention"]
+        print(f"fused vs MONAI's attention on a {'x'.join(map(str, a['crop']))} crop: {a['median']['plain']['seconds']:.2f}"
+              f" s -> {a['median']['fused']['seconds']:.2f} s = {a['gain']:.2f}x ({a['cpu_gain']:.2f}x CPU), outputs "
+              f"equal to {a['max_abs_difference']:.1e}")
     if "tta" in s:
         t = s["tta"]
         print(f"TTA (mirroring, 8 passes) on a {'x'.join(map(str, t['crop']))} crop: {t['no_tta']['seconds']:.2f} s -> "
@@ -273,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta-crop", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="crop size for --tta crop (default: one window, roi)")
     p.add_argument("--no-cli", action="store_true", help="skip the end-to-end pirl_predict run")
-    p.add_argument("--flash-attention", action="store_true",
-                   help="experiment: switch MONAI's use_flash_attention on in the loaded networks (floor, pirl API "
-                        "and TTA alike; the CLI run, which cannot, is skipped)")
+    p.add_argument("--attention", choices=["fused", "plain"], default="fused",
+                   help="Swin window attention of every run: pirl's fused one (default, as pirl_predict) or MONAI's")
+    p.add_argument("--attention-rounds", type=int, default=3,
+                   help="plain/fused alternations of the attention comparison on one window (0: skip it)")
     p.add_argument("--retrain", action="store_true", help="make a new model folder even when one exists")
     p.add_argument("--workdir", type=Path, default=RESULTS / "predict_work", help="work folder (git-ignored)")
     p.add_argument("--json-out", type=Path, default=RESULTS / "predict.json")
@@ -316,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = list(reversed(reader.GetSize()))
     spec = {"model": str(model), "fold": "0", "device": args.device, "threads": args.threads,
             "step_size": args.step_size, "case": name, "file_ending": ".nii.gz",
-            "flash_attention": args.flash_attention,
+            "fused_attention": args.attention == "fused",
             "files": {str(c): str(inputs / f"{name}_{c:04d}.nii.gz") for c in files}}
-    floor_runs, pirl_runs = [], []
-    for rep in range(args.repeats):  # interleaved: slow drift in the machine's load hits both alike
+    floor_runs, pirl_runs, cli_runs = [], [], []
+    for rep in range(args.repeats):  # interleaved: slow drift in the machine's load hits all alike
         save = {"save_logits": str(work / "floor_logits.npy")} if rep == 0 else {}
         floor_runs.append(run_child("floor", {**spec, **save}, work / "logs" / f"floor_{rep}.log", env))
         print(f"  run {rep + 1}/{args.repeats} floor: {floor_runs[-1]['seconds']:.2f} s "
@@ -329,23 +368,19 @@ def main(argv: list[str] | None = None) -> int:
                                    work / "logs" / f"pirl_{rep}.log", env))
         print(f"  run {rep + 1}/{args.repeats} pirl:  {pirl_runs[-1]['seconds']:.2f} s per case", flush=True)
         loads += [x for r in (floor_runs[-1], pirl_runs[-1]) for x in r["load_1min"] + r["load_1min_parent"]]
+        if not args.no_cli:
+            cli_runs.append(run_cli(args, inputs, model, work, env, rep))
+            loads += [cli_runs[-1]["load_average_1min_before"], cli_runs[-1]["load_average_1min_after"]]
+            print(f"  run {rep + 1}/{args.repeats} pirl_predict end to end: {cli_runs[-1]['seconds']:.2f} s", flush=True)
+    cli = cli_runs or None
 
-    cli = None
-    if not args.no_cli and not args.flash_attention:
-        out_cli = work / "out_cli"
-        shutil.rmtree(out_cli, ignore_errors=True)
-        cmd = [sys.executable, "-m", "pirl_pipeline.cli.predict", "-i", str(inputs), "-o", str(out_cli),
-               "-m", str(model), "-f", "0", "--disable_tta", "-device", args.device, "-np", "2"]
-        markers = [("to predict", "read + predict + export"), ("wrote", "exit")]
-        cli_env = env if not args.threads else {**env, "OMP_NUM_THREADS": str(args.threads)}
-        cli = _bench_module("process_monitor").measure(cmd, cli_env, work / "logs" / "cli.log", 0.1, REPO, markers)
-        if cli["rc"] != 0:
-            raise SystemExit(f"pirl_predict failed (rc {cli['rc']}), log {cli['log']}")
-        cli["command"] = " ".join(cmd)
-        cli["phase_seconds"] = {("startup (interpreter, imports, model load, case listing)" if k.startswith("startup")
-                                 else k): v for k, v in cli["phase_seconds"].items()}
-        loads += [cli["load_average_1min_before"], cli["load_average_1min_after"]]
-        print(f"  pirl_predict end to end: {cli['seconds']:.2f} s", flush=True)
+    attention = None
+    if args.attention_rounds > 0:
+        attention = run_child("attention", {**spec, "crop": args.roi, "rounds": args.attention_rounds},
+                              work / "logs" / "attention.log", env)
+        loads += attention["load_1min"] + [attention["load_1min_parent"][1]]
+        print(f"  attention on {attention['crop']}: plain {attention['median']['plain']['seconds']:.2f} s, fused "
+              f"{attention['median']['fused']['seconds']:.2f} s", flush=True)
 
     tta = None
     if args.tta != "off":
@@ -361,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         checks["max_abs_logit_difference"] = float(np.abs(a - b).max()) if a.shape == b.shape else math.inf
         checks["logit_shape"] = list(a.shape)
     api_seg = work / "out_api" / f"{name}.nii.gz"
-    if cli and api_seg.is_file():
+    if cli_runs and api_seg.is_file():
         api = sitk.GetArrayFromImage(sitk.ReadImage(str(api_seg)))
         via_cli = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "out_cli" / f"{name}.nii.gz")))
         checks["cli_labels_equal_api"] = bool(np.array_equal(api, via_cli))
@@ -373,17 +408,17 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"fs": args.fs, "roi": args.roi, "repeats": args.repeats, "step_size": args.step_size,
                      "overlap": 1 - args.step_size, "blend": "gaussian", "sw_batch_size": 1, "tta": "off (timed "
                      "runs); cost measured apart", "device": args.device, "threads": args.threads,
-                     "tta_mode": args.tta, "flash_attention": args.flash_attention},
+                     "tta_mode": args.tta, "attention": args.attention},
         "machine": machine_info(), "torch_threads": floor_runs[0]["torch_threads"],
         "case": {"name": name, "source": str(args.case), "shape": shape, "shape_order": "z y x", "channels": len(files),
                  "preprocessed_shape": floor_runs[0]["preprocessed_shape"]},
         "model": setup,
-        "floor_runs": floor_runs, "pirl_runs": pirl_runs, "cli": cli, "tta_run": tta,
+        "floor_runs": floor_runs, "pirl_runs": pirl_runs, "cli": cli, "tta_run": tta, "attention": attention,
         "summary": summarise(args, floor_runs, pirl_runs, cli, tta), "checks": checks,
         "load_average_1min": {"start": load_start, "end": loads[-1], "max": max(loads)},
         "memory_method": "RSS of the child process sampled every 10 ms (/proc/self/statm), peak per phase; "
                          "floor: peak during the sliding window (model + preprocessed array held); pirl: peak "
-                         "over the per-case phases; CLI: peak summed PSS of its process tree (polled 0.1 s)",
+                         "over the per-case phases; CLI: peak summed RSS (statm) of its process tree, polled every 0.5 s",
         "total_benchmark_seconds": time.perf_counter() - t_start,
     }
     print_table(report)

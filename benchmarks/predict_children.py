@@ -1,6 +1,6 @@
 """The measuring children of ``benchmarks/predict.py``: each method runs in a fresh interpreter,
 
-    python -m benchmarks.predict_children MODE SPEC_JSON      # MODE: floor, pirl or tta
+    python -m benchmarks.predict_children MODE SPEC_JSON      # MODE: floor, pirl, tta or attention
 
 and prints one JSON line (wall and CPU time per phase, peak memory per phase). See ``benchmarks/predict.py``
 for what each mode measures and why.
@@ -68,14 +68,8 @@ def _sync(torch, device: str) -> None:
 def _load(spec: dict):
     from pirl_pipeline.inference.predictor import PIRLPredictor
 
-    predictor = PIRLPredictor.from_model_folder(spec["model"], [spec["fold"]], device=spec["device"], mirror=False,
-                                                step_size=spec["step_size"])
-    if spec.get("flash_attention"):  # experiment: MONAI's SDPA path of the Swin window attention (no-grad only)
-        for network in predictor.model.networks:
-            for module in network.modules():
-                if hasattr(module, "use_flash_attention"):
-                    module.use_flash_attention = True
-    return predictor
+    return PIRLPredictor.from_model_folder(spec["model"], [spec["fold"]], device=spec["device"], mirror=False,
+                                           step_size=spec["step_size"], fused_attention=spec["fused_attention"])
 
 
 def _files(spec: dict) -> dict[int, Path]:
@@ -257,7 +251,43 @@ def child_tta(spec: dict) -> dict:
     return out
 
 
-CHILDREN = {"floor": child_floor, "pirl": child_pirl, "tta": child_tta}
+def child_attention(spec: dict) -> dict:
+    """``predict_volume`` (no TTA) on a centred crop with MONAI's explicit window attention and with the fused
+    one, alternated ``spec["rounds"]`` times after a warm-up of each; same network, same weights."""
+    torch = _setup_child(spec)
+    from pirl_pipeline.inference.sliding_window import predict_volume
+    from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
+
+    predictor = _load(spec)
+    images, geometry = predictor.read_case(spec["case"], _files(spec))
+    volume, available = preprocessed_volume(predictor, images, geometry)
+    del images
+    shape = volume.shape[1:]
+    crop = [min(c, s) for c, s in zip(spec["crop"], shape)]
+    lo = [(s - c) // 2 for s, c in zip(shape, crop)]
+    sub = torch.from_numpy(volume[(slice(None),) + tuple(slice(a, a + c) for a, c in zip(lo, crop))].copy())
+    model = predictor.model
+    runs: dict[str, list[dict]] = {"plain": [], "fused": []}
+    outputs = {}
+    for rnd in range(spec["rounds"] + 1):  # round 0: warm-up of both
+        for name in ("plain", "fused"):
+            for network in model.networks:
+                set_fused_attention(network, name == "fused")
+            _sync(torch, spec["device"])
+            start, cpu0 = time.perf_counter(), time.process_time()
+            outputs[name] = predict_volume(model.networks, model.kind, sub, available, model.patch_size,
+                                           spec["step_size"], False, device=spec["device"])
+            _sync(torch, spec["device"])
+            if rnd:
+                runs[name].append({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu0})
+    med = {n: {k: sorted(r[k] for r in rs)[len(rs) // 2] for k in ("seconds", "cpu_seconds")} for n, rs in runs.items()}
+    return {"crop": crop, "runs": runs, "median": med, "gain": med["plain"]["seconds"] / med["fused"]["seconds"],
+            "cpu_gain": med["plain"]["cpu_seconds"] / med["fused"]["cpu_seconds"],
+            "max_abs_difference": float((outputs["plain"] - outputs["fused"]).abs().max()),
+            "load_1min": [os.getloadavg()[0]], "torch_threads": torch.get_num_threads()}
+
+
+CHILDREN = {"floor": child_floor, "pirl": child_pirl, "tta": child_tta, "attention": child_attention}
 
 
 if __name__ == "__main__":

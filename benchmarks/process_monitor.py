@@ -38,9 +38,17 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes of one process; (0, 0) when it is gone."""
+def _memory(pid: int, with_pss: bool = True) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of one process; (0, 0) when it is gone. ``with_pss=False``: RSS from statm for both
+    (O(1); smaps_rollup walks every page of the process, tens of ms for a few GB, and holds its mmap lock)."""
     rss = pss = 0
+    if not with_pss:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                rss = int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+        return rss, rss
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -68,9 +76,9 @@ def _cmdline(pid: int) -> str:
 class TreeMemoryPoller(threading.Thread):
     """Samples the summed RSS and PSS of a process tree until stopped; keeps the peaks."""
 
-    def __init__(self, root: int, interval: float):
+    def __init__(self, root: int, interval: float, pss: bool = True):
         super().__init__(daemon=True)
-        self.root, self.interval = root, interval
+        self.root, self.interval, self.pss = root, interval, pss
         self.peak_rss = self.peak_pss = self.max_processes = self.samples = 0
         self.largest = {"rss_mb": 0.0, "cmd": ""}
         self._stop_event = threading.Event()
@@ -78,7 +86,7 @@ class TreeMemoryPoller(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             pids = _tree(self.root)
-            usage = [_memory(p) for p in pids]
+            usage = [_memory(p, self.pss) for p in pids]
             self.peak_rss = max(self.peak_rss, sum(u[0] for u in usage))
             self.peak_pss = max(self.peak_pss, sum(u[1] for u in usage))
             self.max_processes = max(self.max_processes, len(pids))
@@ -138,7 +146,7 @@ def phases(lines: list[tuple[float, str]], markers: list[tuple[str, str]], total
 
 
 def measure(cmd: list[str], env: dict, log_file: Path, interval: float, cwd: Path,
-            markers: list[tuple[str, str]]) -> dict:
+            markers: list[tuple[str, str]], pss: bool = True) -> dict:
     """Run ``cmd``; wall and CPU seconds, phase seconds, peak tree PSS/RSS, largest single-process RSS (MB)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
@@ -152,7 +160,7 @@ def measure(cmd: list[str], env: dict, log_file: Path, interval: float, cwd: Pat
         os.close(write_fd)
         recorder = OutputRecorder(read_fd, log, start)
         recorder.start()
-        poller = TreeMemoryPoller(proc.pid, interval)
+        poller = TreeMemoryPoller(proc.pid, interval, pss)
         poller.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
