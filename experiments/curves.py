@@ -80,10 +80,21 @@ def train(runner: StageRunner, work: Path, curve: Curve, seed: int) -> None:
     runner.run(f"curve {curve.key}", argv, curve.folder(work) / "checkpoint_final.pth", results=curve.key)
 
 
+def checkpoint_of(curve: Curve, work: Path) -> Path | None:
+    """The run's final checkpoint, else its latest (a curve stopped early), else None."""
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+        if (curve.folder(work) / name).is_file():
+            return curve.folder(work) / name
+    return None
+
+
 def history_table(curve: Curve, work: Path) -> pd.DataFrame:
-    """One row per epoch: steps done and every logged value (train/*, val/*)."""
-    state = load_checkpoint(curve.folder(work) / "checkpoint_final.pth")
-    rows = [{"curve": curve.key, "steps": (r["epoch"] + 1) * curve.iters, **r} for r in state["history"]]
+    """One row per epoch: steps done and every logged value (train/*, val/*); ``finished`` says whether the
+    run reached its last epoch."""
+    path = checkpoint_of(curve, work)
+    state = load_checkpoint(path)
+    rows = [{"curve": curve.key, "steps": (r["epoch"] + 1) * curve.iters, "finished": path.name.endswith("final.pth"),
+             **r} for r in state["history"]]
     return pd.DataFrame(rows)
 
 
@@ -93,16 +104,16 @@ def plot(table: pd.DataFrame, curves: list[Curve], path: Path) -> None:
         rows = table[table["curve"] == curve.key]
         if rows.empty:
             continue
-        whole = [c for c in rows if c.startswith("val/volume_") and rows[c].notna().any()]
-        for column in whole:
-            ax.plot(rows["steps"], rows[column], marker="o", label=column[len("val/"):] + " (whole volume)")
-        patch = [c for c in rows if c.startswith("val/") and c not in whole and c != "val/metric"
-                 and ("dice" in c or "psnr" in c) and rows[c].notna().any()]
-        for column in patch:
-            ax.plot(rows["steps"], rows[column], ls="--", alpha=0.6, label=column[len("val/"):] + " (patches)")
+        shown = [c for c in rows if c.startswith("val/") and rows[c].notna().any()
+                 and any(k in c for k in ("tumour", "tumor", "psnr"))]  # regions (not single labels), PSNR
+        for column in shown:
+            whole = column.startswith("val/volume_")
+            ax.plot(rows["steps"], rows[column], marker="o" if whole else None, ls="-" if whole else "--",
+                    alpha=1.0 if whole else 0.5, label=column.removeprefix("val/").removeprefix("volume_")
+                    + (" (whole volume)" if whole else " (patches)"))
         ax.set_title(curve.label, fontsize=9)
         ax.set_xlabel("optimiser steps")
-        ax.set_ylabel("Dice" if curve.task == "seg" else "PSNR (dB, per-volume percentile scaling)")
+        ax.set_ylabel("Dice" if curve.task == "seg" else "PSNR dB (volumes: percentile-scaled; patches: z-units)")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(runner, args.work)
         for curve in curves:
             train(runner, args.work, curve, args.seed)
-    done = [c for c in curves if (c.folder(args.work) / "checkpoint_final.pth").is_file()]
+    done = [c for c in curves if checkpoint_of(c, args.work) is not None]
     if not done:
         return 0
     table = pd.concat([history_table(c, args.work) for c in done], ignore_index=True)

@@ -58,7 +58,7 @@ def _timings(work: Path) -> str:
 def translation_section(work: Path, out: Path) -> list[str]:
     rows = load_per_case(work, "translation", COMPARISON_KEYS + TRANSLATION_REFERENCES)
     models = [k for k in COMPARISON_KEYS if not rows.empty and k in set(rows["model"])]
-    if not models:
+    if rows.empty:
         return ["## Translation (Table 10 layout)", "", "Not run yet."]
     present = [k for k in [*COMPARISON_KEYS, *TRANSLATION_REFERENCES] if k in set(rows["model"])]
     labels = model_labels(present)
@@ -230,6 +230,25 @@ def curves_section(out: Path) -> list[str]:
     return lines
 
 
+def coverage(work: Path) -> list[str]:
+    """What has results, per part: the models (with their number of seeds) and the references."""
+    lines = []
+    for part in PARTS:
+        references = TRANSLATION_REFERENCES if part == "translation" else SEGMENTATION_REFERENCES
+        rows = load_per_case(work, part, COMPARISON_KEYS + references)
+        if rows.empty:
+            lines.append(f"- {part}: nothing run yet.")
+            continue
+        labels = model_labels()
+        present = [f"{labels[k]} ({rows[rows.model == k].seed.nunique()} seed(s), folds "
+                   f"{sorted(set(rows[rows.model == k].fold))})" for k in COMPARISON_KEYS if k in set(rows["model"])]
+        missing = [labels[k] for k in COMPARISON_KEYS if k not in set(rows["model"])]
+        lines.append(f"- {part}: " + ("; ".join(present) or "no model yet") + "; references: "
+                     + ", ".join(labels[k] for k in references if k in set(rows["model"]))
+                     + (f". NOT run yet: {', '.join(missing)}." if missing else "."))
+    return lines
+
+
 def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
     """Write every table that has results, and ``out/RESULTS.md``; returns its path."""
     tables = out / ("results" if not quick else "")
@@ -264,6 +283,10 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
         ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few hundred steps "
          "on 2-6 training subjects, so absolute numbers are far below the paper's, and with 2 test cases per fold "
          "a small difference between models is not evidence: read the seed spreads."),
+        "",
+        "## What has results (computed from the result folders)",
+        "",
+        *coverage(work),
         "",
     ]
     report = out / "RESULTS.md"

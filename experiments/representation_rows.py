@@ -41,18 +41,23 @@ def held_out_sets(work: Path, fold: int) -> dict[str, dict]:
 
 
 def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
-    """``{model label: pre-training checkpoint}`` of the runs that exist."""
+    """``{model label: checkpoint}`` of the runs that exist: the pre-trainings, then the translation
+    fine-tunings (does fine-tuning's L_inv keep X_h' personal, or collapse it?)."""
     dataset = PARTS["translation"][0]
+    runs = [("PIRL pre-training (Table 7 row 6)", "pirl", "PIRLPretrainer"),
+            *[(f"Table 7 row {r} pre-training", ablation_model(r).key, "PIRLPretrainer") for r in rows],
+            ("PIRL pre-train -> translation fine-tune", "pirl", "PIRLTranslateTrainer"),
+            ("PIRLNet translation from scratch", "pirl_scratch", "PIRLTranslateTrainer")]
     found = {}
-    for label, key in [("PIRL (Table 7 row 6)", "pirl"), *[(f"Table 7 row {r}", ablation_model(r).key) for r in rows]]:
-        path = work / "results" / key / dataset / f"PIRLPretrainer__{PLANS}" / f"fold_{fold}" / "checkpoint_final.pth"
+    for label, key, trainer in runs:
+        path = work / "results" / key / dataset / f"{trainer}__{PLANS}" / f"fold_{fold}" / "checkpoint_final.pth"
         if path.is_file():
             found[label] = path
     return found
 
 
-def run(work: Path, fold: int, rows: list[int]) -> Path:
-    sets, found = held_out_sets(work, fold), checkpoints(work, fold, rows)
+def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = None) -> Path:
+    sets, found = held_out_sets(work, fold), {**checkpoints(work, fold, rows), **(extra or {})}
     if not found:
         raise PirlInputError(f"{work}: no pre-training checkpoint of the translation fold {fold} yet")
     table = []
@@ -77,13 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--fold", type=int, default=0, help="translation fold whose pre-trainings are measured")
     p.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="Table-7 rows besides 6")
+    p.add_argument("--checkpoint", nargs="*", default=[], metavar="LABEL=PATH",
+                   help="further PIRLNet checkpoints to measure (e.g. the demo's pre-training)")
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"wrote {run(args.work, args.fold, args.rows)}")
+    extra = {}
+    for item in args.checkpoint:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            raise PirlInputError(f"--checkpoint {item!r}: expected LABEL=PATH of an existing checkpoint")
+        extra[label] = Path(path)
+    print(f"wrote {run(args.work, args.fold, args.rows, extra)}")
     return 0
 
 

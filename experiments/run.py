@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-folds", type=int, nargs="+", help="BraTS-2015 folds 0-1 (default both)")
     p.add_argument("--seg2-folds", type=int, nargs="+", help="BraTS-2018 folds 0-2 (default 0)")
     p.add_argument("--ablation-rows", type=int, nargs="*", help="Table-7 rows 1-5 (default all; full PIRL = row 6)")
+    p.add_argument("--models", nargs="+", choices=[m.key for m in COMPARISON],
+                   help="compared models to run (default all; the report covers whatever has results)")
     return p
 
 
@@ -82,8 +84,9 @@ class Experiment:
     """The stage list of one run: per part, fold and seed: pre-train, fine-tune, evaluate; references; the
     representation measurement."""
 
-    def __init__(self, budget: Budget, work: Path) -> None:
+    def __init__(self, budget: Budget, work: Path, models: list[str] | None = None) -> None:
         self.budget, self.work = budget, work
+        self.models = [m for m in COMPARISON if models is None or m.key in models]
         self.stages: list[tuple] = []
 
     def common(self, seed: int) -> list[str]:
@@ -136,7 +139,7 @@ class Experiment:
                 continue
             for fold in b.folds(part):
                 self.add_references(part, fold)
-                for model in COMPARISON:
+                for model in self.models:
                     for seed in model.seeds(b):
                         self.add_model(model, part, fold, seed)
         if "ablation" in parts:
@@ -169,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out or (REPO / "experiments" / ("quick" if args.quick else ""))
     work = (args.work or out / "work").resolve()
     parts = args.only or ALL_PARTS
-    experiment = Experiment(budget, work)
+    experiment = Experiment(budget, work, args.models)
     experiment.plan(parts)
     start = time.perf_counter()
     if not args.report_only:

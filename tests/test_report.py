@@ -252,3 +252,25 @@ def test_no_results_is_a_clear_error(tree: Path, run_cli):
     (tree / "results" / NAME).mkdir()
     code, err = run_cli(report_main, ["-d", "500"])
     assert code == 2 and "no results" in err and "train and predict first" in err
+
+
+def test_models_against_references_table_reads_whole_tumour_and_skips_the_translation_input():
+    from pirl_pipeline.report.collect import PredictionFolder
+    from pirl_pipeline.report.markdown import _comparison_section, comparison_rows
+
+    seg = {"task": "seg", "mean": {"ED": {"Dice": 0.9}, "whole tumor": {"Dice": 0.8, "HD95": 4.0, "CaseTPR": 1.0}}}
+    ref = {"task": "seg", "mean": {"ED": {"Dice": 0.5}, "whole tumor": {"Dice": 0.6, "HD95": 9.0, "CaseTPR": 1.0}}}
+    tr = {"task": "translate", "mean": {"T1": {"PSNR": 40.0, "SSIM": 1.0, "NMSE": 0.0},
+                                        "T2": {"PSNR": 20.0, "SSIM": 0.5, "NMSE": 0.2}}}
+    folders = [PredictionFolder("seg_all", Path("a"), "seg", seg),
+               PredictionFolder("seg_flair_reference_threshold", Path("b"), "seg", ref),
+               PredictionFolder("translate_t1", Path("c"), "translate", tr),
+               PredictionFolder("translate_t1_reference_identity", Path("d"), "translate", tr)]
+    frame = comparison_rows(folders, "seg")
+    assert frame.loc["seg_all", "Dice (whole tumor)"] == 0.8
+    assert frame.loc["seg_flair_reference_threshold", "Dice (mean over all targets)"] == pytest.approx(0.55)
+    translate = comparison_rows(folders, "translate")
+    assert translate.loc["translate_t1", "PSNR"] == 20.0  # the T1 input's reconstruction is not a synthesis
+    assert translate.loc["translate_t1_reference_identity", "PSNR"] == 20.0
+    text = "\n".join(_comparison_section(folders))
+    assert "Models against trivial references" in text and "seg_flair_reference_threshold" in text

@@ -111,6 +111,53 @@ def _runs_section(runs: list[TrainerRun]) -> list[str]:
     return out
 
 
+COMPARED = {"seg": ("Dice", "HD95", "CaseTPR"), "translate": ("PSNR", "SSIM", "NMSE")}
+
+
+def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFrame:
+    """One row per evaluated folder of ``task``. seg: the metrics of COMPARED for the whole tumour (the target
+    whose name contains "whole"; else the mean over targets) and the Dice mean over all targets; translate:
+    the mean over the synthesised targets (the input channel, named by the folder's suffix, excluded).
+    Folders named ``*reference*`` are the trivial references (``pirl_reference``)."""
+    rows = {}
+    for p in predictions:
+        if p.task != task or not p.summary:
+            continue
+        mean = p.summary.get("mean") or {}
+        if task == "seg":
+            whole = [t for t in mean if "whole" in t.lower()]
+            targets = whole[:1] or list(mean)
+        else:
+            source = p.label.split("_reference")[0].rsplit("_", 1)[-1].lower()
+            targets = [t for t in mean if t.lower() != source]
+        row = {}
+        for metric in COMPARED[task]:
+            values = [float(mean[t][metric]) for t in targets if isinstance(mean[t].get(metric), int | float)]
+            row[f"{metric} ({targets[0]})" if task == "seg" and len(targets) == 1 else metric] = (
+                sum(values) / len(values) if values else float("nan"))
+        if task == "seg":
+            dice = [float(m["Dice"]) for m in mean.values() if isinstance(m.get("Dice"), int | float)]
+            row["Dice (mean over all targets)"] = sum(dice) / len(dice) if dice else float("nan")
+        rows[p.label] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _comparison_section(predictions: list[PredictionFolder]) -> list[str]:
+    out = []
+    for task, what in (("seg", "Dice / HD95 (mm) / case-level detection of the whole tumour"),
+                       ("translate", ("PSNR / SSIM / NMSE on per-volume percentile-scaled intensities, mean over "
+                                     "the synthesised modalities"))):
+        frame = comparison_rows(predictions, task)
+        if frame.empty or not any("reference" in str(i) for i in frame.index):
+            continue
+        if not out:
+            out = ["## Models against trivial references", "",
+                   ("The same held-out cases and the same evaluator (`pirl_evaluate`); a model row means something "
+                   "only where it beats the `*reference*` rows (`pirl_reference`)."), ""]
+        out += [f"{task}: {what}.", "", frame_table(frame.map(format_value), "predictions"), ""]
+    return out
+
+
 def _predictions_section(predictions: list[PredictionFolder]) -> list[str]:
     evaluated = [p for p in predictions if p.summary]
     if not evaluated:
@@ -170,6 +217,7 @@ def render(data: ReportData) -> str:
     if "training_curves.png" in data.figures:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", "",
                   data.figures["training_curves.png"], ""]
+    lines += _comparison_section(data.predictions)
     lines += _predictions_section(data.predictions)
     lines += _matrix_section(data.runs, data.figures)
     lines += ["## Missing or skipped", ""]
