@@ -189,3 +189,11 @@ def test_nested_regions_are_painted_only_inside_their_parent():
     probs[:, 0, 0, 2] = (0.1, 0.9, 0.1)  # an undecided TC outside WT: nothing (before: NCR, counted as WT)
     probs[:, 0, 0, 3] = (0.9, 0.1, 0.9)  # ET outside TC: only WT -> ED
     assert labels_from_probabilities(probs, dj).ravel().tolist() == [3, 1, 0, 2]
+
+
+def test_ddp_searches_for_unused_parameters_only_when_some_stay_unused(dataset):
+    """find_unused_parameters costs a graph traversal per step: on only when a head (or the decoder) is idle."""
+    assert make_trainer(dataset, "pretrain", "PIRLPretrainer").uses_all_parameters()
+    assert not make_trainer(dataset, "pretrain", "PIRLPretrainer", disabled=["equivariance"]).uses_all_parameters()
+    assert not make_trainer(dataset, "seg", "PIRLSegTrainer").uses_all_parameters()  # heads never run
+    assert make_trainer(dataset, "seg", "SwinUNETRSegTrainer").uses_all_parameters()

@@ -119,7 +119,8 @@ class DownstreamTrainer(BaseTrainer):
         options = {"use_prior": self.config.use_prior} if self.network_kind == "pirl" else {}
         if self.pretrained_state is not None and self.network_kind == "pirl":
             source = self.pretrained_state["network_kwargs"]
-            options = {k: source[k] for k in ("use_prior", "depths", "num_heads", "attn_heads") if k in source}
+            options = {k: source[k] for k in ("use_prior", "depths", "num_heads", "attn_heads", "window_size")
+                       if k in source}
         net, self.description = create(self.network_kind, self.num_modalities, self.out_channels,
                                        self.patch_size, self.feature_size, **options)
         if self.pretrained_state is not None:
@@ -135,6 +136,11 @@ class DownstreamTrainer(BaseTrainer):
 
     def network_kwargs(self) -> dict:
         return self.description
+
+    def uses_all_parameters(self) -> bool:
+        """A fine-tuned PIRLNet never runs its heads on z (DDP must look for unused parameters); the plain
+        networks use every parameter in every step."""
+        return self.network_kind != "pirl"
 
     def write_validation_summary(self) -> None:
         """Whole validation volumes through the sliding-window predictor (patch-level if raw data are absent)."""

@@ -48,6 +48,12 @@ class PIRLPretrainer(BaseTrainer):
     def network_kwargs(self) -> dict:
         return {"kind": "pirl", **self.network.config}
 
+    def uses_all_parameters(self) -> bool:
+        """Every parameter gets a gradient when both heads and the decoder have a loss (Table-7 rows with
+        equivariance or contrastive off leave a head idle: DDP must then look for unused parameters)."""
+        cfg = self.objective.config
+        return cfg.contrastive and cfg.equivariance and cfg.decomposition
+
     def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(network inputs, decomposition targets, foreground mask); validation batches have no augmentation."""
         images = batch["data"].to(self.device, non_blocking=True)
