@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PARTS, ablation_model
-from experiments.run import PLANS
+from experiments.config import FULL, PARTS, ablation_model
+from experiments.run import Experiment
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.representation import (
@@ -43,14 +43,14 @@ def held_out_sets(work: Path, fold: int) -> dict[str, dict]:
 def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
     """``{model label: checkpoint}`` of the runs that exist: the pre-trainings, then the translation
     fine-tunings (does fine-tuning's L_inv keep X_h' personal, or collapse it?)."""
-    dataset = PARTS["translation"][0]
+    layout = Experiment(FULL, work)  # the one owner of the results-folder layout
     runs = [("PIRL pre-training (Table 7 row 6)", "pirl", "PIRLPretrainer"),
             *[(f"Table 7 row {r} pre-training", ablation_model(r).key, "PIRLPretrainer") for r in rows],
             ("PIRL pre-train -> translation fine-tune", "pirl", "PIRLTranslateTrainer"),
             ("PIRLNet translation from scratch", "pirl_scratch", "PIRLTranslateTrainer")]
     found = {}
     for label, key, trainer in runs:
-        path = work / "results" / key / dataset / f"{trainer}__{PLANS}" / f"fold_{fold}" / "checkpoint_final.pth"
+        path = layout.fold_folder(key, "translation", trainer, fold) / "checkpoint_final.pth"
         if path.is_file():
             found[label] = path
     return found
