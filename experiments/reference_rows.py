@@ -20,12 +20,11 @@ from experiments.config import PARTS
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
-from pirl_pipeline.evaluation.references import (
+from pirl_pipeline.evaluation.references.common import raw_cases
+from pirl_pipeline.evaluation.references.segmentation import fit_threshold, segmentation_reference_table
+from pirl_pipeline.evaluation.references.translation import (
     all_pairs,
     fit_intensity_mappings,
-    fit_threshold,
-    raw_cases,
-    segmentation_reference_table,
     translation_reference_table,
 )
 from pirl_pipeline.file_io import atomic_path, load_json, save_json

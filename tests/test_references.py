@@ -11,19 +11,21 @@ from dataset_conversion.generic_folder import main as convert
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.evaluation.metrics import IMAGE_METRICS
-from pirl_pipeline.evaluation.references import (
-    IntensityMapping,
+from pirl_pipeline.evaluation.references.common import raw_cases
+from pirl_pipeline.evaluation.references.segmentation import (
     ThresholdModel,
-    fit_intensity_mapping,
-    fit_intensity_mappings,
     fit_threshold,
     lesion_channel,
     lesion_label,
-    raw_cases,
     segmentation_reference_table,
-    translation_reference_table,
     whole_brain_label,
     write_segmentation_references,
+)
+from pirl_pipeline.evaluation.references.translation import (
+    IntensityMapping,
+    fit_intensity_mapping,
+    fit_intensity_mappings,
+    translation_reference_table,
     write_translation_references,
 )
 from pirl_pipeline.evaluation.segmentation import evaluate_segmentation_folder

@@ -16,14 +16,16 @@ from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import group_channel_files, load_dataset_json
 from pirl_pipeline.data.image_io import read_array, write_array
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.references import (
+from pirl_pipeline.evaluation.references.common import raw_cases
+from pirl_pipeline.evaluation.references.segmentation import (
     SEGMENTATION_KINDS,
+    fit_threshold,
+    write_segmentation_references,
+)
+from pirl_pipeline.evaluation.references.translation import (
     TRANSLATION_KINDS,
     fit_intensity_mappings,
-    fit_threshold,
-    raw_cases,
     translation_reference,
-    write_segmentation_references,
 )
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.paths import find_dataset_name, raw_root
