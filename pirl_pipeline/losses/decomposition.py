@@ -18,8 +18,15 @@ class DecompositionLoss(nn.Module):
         super().__init__()
         self.foreground_weight = foreground_weight
 
-    def forward(self, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                channels: torch.Tensor | None = None) -> torch.Tensor:
+        """``channels`` (B, M) bool: the target modalities that exist (None: all); absent ones are not scored."""
         sq = (out.float() - target.float()) ** 2
+        if channels is not None and not bool(channels.all()):
+            present = channels.to(sq)[(...,) + (None,) * (sq.dim() - 2)].expand_as(sq)
+            m = present if mask is None else mask.to(sq).expand_as(sq) * present
+            return (self.foreground_weight * (sq * m).sum() / m.sum().clamp_min(1)
+                    + (sq * present).sum() / present.sum().clamp_min(1))
         if mask is None:
             fg = sq.mean()
         else:

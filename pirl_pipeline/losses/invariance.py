@@ -41,3 +41,29 @@ class InvarianceLoss(nn.Module):
                     terms.append(self(row, anchor))
                 anchor = self.update_anchor(anchor, row)
         return torch.stack(terms).mean() if terms else x_h.sum() * 0
+
+
+class SubjectAnchors:
+    """The running L_inv anchors of the B subjects of one Algorithm-1 batch, for subjects that may lack
+    modalities: a subject's first modality sets its anchor, each later one is compared with it, then
+    updates it (:meth:`InvarianceLoss.update_anchor`). Complete subjects: exactly the plain running anchor."""
+
+    def __init__(self, batch: int) -> None:
+        self.value: torch.Tensor | None = None  # (B, C, *grid), detached
+        self.seen = torch.zeros(batch, dtype=torch.bool)
+
+    def step(self, loss: InvarianceLoss, x_h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """x_h (b, C, *grid) of the subjects where ``rows`` ((B,) bool, b of them True) is set; returns L_inv
+        over those that already had an anchor (None if none had one)."""
+        if self.value is None:
+            self.value = x_h.new_zeros((self.seen.numel(), *x_h.shape[1:])).detach()
+        index = rows.nonzero()[:, 0]
+        seen = self.seen[index]
+        on = seen.to(x_h.device)
+        result = loss(x_h[on], self.value[index[seen]]) if bool(seen.any()) else None
+        before = self.value[index]
+        updated = torch.where(on[(...,) + (None,) * (x_h.dim() - 1)],
+                              loss.update_anchor(before, x_h), x_h.detach())
+        self.value[index] = updated.to(self.value.dtype)
+        self.seen[index] = True
+        return result

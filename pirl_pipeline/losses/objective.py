@@ -14,7 +14,7 @@ from pirl_pipeline.losses.contrastive import InfoNCELoss
 from pirl_pipeline.losses.decomposition import DecompositionLoss
 from pirl_pipeline.losses.equivariance import EquivarianceLoss
 from pirl_pipeline.losses.geometric import GeometricTransforms
-from pirl_pipeline.losses.invariance import InvarianceLoss
+from pirl_pipeline.losses.invariance import InvarianceLoss, SubjectAnchors
 from pirl_pipeline.losses.views import ViewAugmentation
 from pirl_pipeline.networks.modalities import repeat_modality
 
@@ -135,6 +135,7 @@ class PIRLObjective(nn.Module):
         backward: Callable[[torch.Tensor], None] | None = None,
         targets: torch.Tensor | None = None,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
+        present: torch.Tensor | None = None,
     ) -> StepResult:
         """images (B, M, *patch) all modalities (the network inputs, intensity-augmented in training);
         targets (B, M, *patch) what L_decom reconstructs (the same patch with the spatial transform only;
@@ -144,6 +145,8 @@ class PIRLObjective(nn.Module):
         ``model.no_sync()`` except for the last one when the model is DDP-wrapped), outside ``autocast``.
         None: the returned loss carries the whole graph and the caller back-propagates it.
         autocast: a context factory wrapped around each modality's forward pass and losses only.
+        present: (B, M) bool, the modalities each subject has (None: all). A subject contributes only those:
+        it is encoded from them, its L_inv anchor is its first one, L_decom scores only them.
         """
         net = getattr(model, "module", model)
         cfg = self.config
@@ -151,18 +154,20 @@ class PIRLObjective(nn.Module):
             raise ValueError(f"config.prior={cfg.prior} but the model has use_prior={net.use_prior}")
         if cfg.decomposition and images.shape[1] != net.out_channels:
             raise ValueError(f"L_decom predicts all {images.shape[1]} modalities; model has {net.out_channels} outputs")
-        modalities = images.shape[1]
         targets = images if targets is None else targets
-        counts = {t: modalities for t in TERMS} | {"invariance": max(modalities - 1, 1)}
-        order = torch.randperm(modalities).tolist()
+        present = (torch.ones(images.shape[:2], dtype=torch.bool) if present is None
+                   else present.to(torch.bool).cpu())
+        order = torch.randperm(images.shape[1]).tolist()
+        visited = [m for m in order if bool(present[:, m].any())]
+        counts = self._term_counts(present, visited)
         sums: dict[str, torch.Tensor] = {}
         total = images.new_zeros((), dtype=torch.float)
-        anchor, queries = None, []
-        for step, m in enumerate(order):
-            defer_sync = backward is not None and step < modalities - 1 and hasattr(model, "no_sync")
+        anchors, queries = SubjectAnchors(images.shape[0]), []
+        for step, m in enumerate(visited):
+            defer_sync = backward is not None and step < len(visited) - 1 and hasattr(model, "no_sync")
             with model.no_sync() if defer_sync else nullcontext():
                 with autocast():
-                    terms, anchor, proj = self._modality(model, net, images, targets, m, mask, anchor)
+                    terms, proj = self._modality(model, net, images, targets, m, mask, anchors, present)
                     loss = sum((cfg.weights.get(t, 1.0) * v / counts[t] for t, v in terms.items()),
                                total.new_zeros(()))
                 if backward is not None and loss.requires_grad:
@@ -176,7 +181,17 @@ class PIRLObjective(nn.Module):
                 queries.append(proj.detach())
         if queries and self.training:  # fix: validation batches never enter the memory queue
             self.contrastive.enqueue(torch.cat(queries))
-        return StepResult(total, {t: v / counts[t] for t, v in sums.items()}, order)
+        return StepResult(total, {t: v / counts[t] for t, v in sums.items()}, visited)
+
+    @staticmethod
+    def _term_counts(present: torch.Tensor, visited: list[int]) -> dict[str, int]:
+        """Modalities over which each term is averaged: every visited one; L_inv: those where some subject
+        already had an anchor (complete data: M - 1)."""
+        seen, inv = torch.zeros(present.shape[0], dtype=torch.bool), 0
+        for m in visited:
+            inv += int(bool((seen & present[:, m]).any()))
+            seen |= present[:, m]
+        return {t: max(len(visited), 1) for t in TERMS} | {"invariance": max(inv, 1)}
 
     def _modality(
         self,
@@ -186,9 +201,17 @@ class PIRLObjective(nn.Module):
         targets: torch.Tensor,
         m: int,
         mask: torch.Tensor | None,
-        anchor: torch.Tensor | None,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        anchors: SubjectAnchors,
+        present: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         cfg, phi = self.config, self.transforms
+        rows, channels = present[:, m], None
+        if not bool(rows.all()):  # only the subjects that have modality m
+            index = rows.nonzero()[:, 0].to(images.device)
+            images, targets = images[index], targets[index]
+            mask = None if mask is None else mask[index]
+        if not bool(present.all()):
+            channels = present[rows].to(images.device)
         batch = images.shape[0]
         t = phi.sample(batch)
         x = phi.apply_batch(repeat_modality(images, m, net.in_channels), t)
@@ -205,9 +228,9 @@ class PIRLObjective(nn.Module):
             terms["equivariance"] = self.equivariance(out.equ_logits, t)
         if cfg.invariance:
             x_h = phi.inverse_batch(out.x_h, t)  # un-rotated frame: phi^-1 is exact on the bottleneck grid
-            if anchor is not None:
-                terms["invariance"] = self.invariance(x_h, anchor)
-            anchor = self.invariance.update_anchor(anchor, x_h)
+            inv = anchors.step(self.invariance, x_h, rows)
+            if inv is not None:
+                terms["invariance"] = inv
         if cfg.decomposition:
-            terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), targets, mask)
-        return terms, anchor, out.proj if cfg.contrastive else None
+            terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), targets, mask, channels)
+        return terms, out.proj if cfg.contrastive else None

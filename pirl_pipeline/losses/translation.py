@@ -19,8 +19,13 @@ class TranslationLoss(nn.Module):
             raise ValueError(f"kind must be 'l1' or 'mse', got {kind!r}")
         self.power = 1 if kind == "l1" else 2
 
-    def forward(self, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                channels: torch.Tensor | None = None) -> torch.Tensor:
+        """``channels`` (B, M) bool: the target modalities that exist (None: all); absent ones are not scored."""
         err = (out.float() - target.float()).abs() ** self.power
+        if channels is not None and not bool(channels.all()):
+            present = channels.to(err)[(...,) + (None,) * (err.dim() - 2)].expand_as(err)
+            mask = present if mask is None else mask.to(err).expand_as(err) * present
         if mask is None:
             return err.mean()
         m = mask.to(err).expand_as(err)

@@ -54,25 +54,26 @@ class PIRLPretrainer(BaseTrainer):
         cfg = self.objective.config
         return cfg.contrastive and cfg.equivariance and cfg.decomposition
 
-    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(network inputs, decomposition targets, foreground mask); validation batches have no augmentation."""
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(network inputs, decomposition targets, foreground mask, (B, M) channels each subject has);
+        validation batches have no augmentation."""
         images = batch["data"].to(self.device, non_blocking=True)
         targets = batch["target_image"].to(self.device, non_blocking=True) if "target_image" in batch else images
         mask = (batch["target"] >= 0).to(self.device, non_blocking=True)
-        return images, targets, mask
+        return images, targets, mask, batch.get("channels")
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        images, targets, mask = self._inputs(batch)
+        images, targets, mask, present = self._inputs(batch)
         self.objective.train()
         result = self.objective(self.model, images, mask, backward=self.backward, targets=targets,
-                                autocast=self.autocast)
+                                autocast=self.autocast, present=present)
         return {"loss": float(result.loss), **{t: float(v) for t, v in result.terms.items()}}
 
     def validation_step(self, batch: dict, step: int) -> dict[str, float]:
-        images, targets, mask = self._inputs(batch)
+        images, targets, mask, present = self._inputs(batch)
         self.objective.eval()  # no queue update from validation data
         with self.autocast():
-            result = self.objective(self.network, images, mask, targets=targets)
+            result = self.objective(self.network, images, mask, targets=targets, present=present)
         loss = float(result.loss)
         return {"loss": loss, "metric": -loss, **{t: float(v) for t, v in result.terms.items()}}
 

@@ -37,7 +37,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.training.data.sampling import crop_padded
+from pirl_pipeline.training.data.sampling import crop_image, crop_padded
 
 IMAGE_PAD = 0.0
 SEG_PAD = -1
@@ -179,19 +179,25 @@ class PatchAugmenter:
         # the spatial parameters only need a shape: a zero-stride view allocates nothing
         self._frame = torch.zeros(1).expand(1, *self.patch_size)
 
-    def __call__(self, data: np.ndarray, seg: np.ndarray,
-                 lower: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, data: np.ndarray, seg: np.ndarray, lower: np.ndarray,
+                 present: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(image, seg, clean image or None); ``lower``: corner of the (unaugmented) patch in array
-        coordinates (may be negative: padding)."""
+        coordinates (may be negative: padding); ``present`` (C,) bool: the channels the case has (None: all).
+        An absent channel (stored as NaN) is 0 in the outputs, before and after the intensity augmentation."""
+        absent = None if present is None or np.all(present) else ~np.asarray(present, bool)
+
+        def crop(lower_: np.ndarray, size: tuple[int, ...]) -> torch.Tensor:
+            return _tensor(crop_image(data, lower_, size, IMAGE_PAD, present))
+
         params = self.spatial.get_parameters(image=self._frame) if self.spatial is not None else None
         if params is None or params["grid"] is None:
-            sample = {"image": _tensor(crop_padded(data, lower, self.patch_size, IMAGE_PAD)),
+            sample = {"image": crop(lower, self.patch_size),
                       "segmentation": _tensor(crop_padded(seg, lower, self.patch_size, SEG_PAD))}
         else:
             box_lower, box_size = grid_bounding_box(params["grid"], self.patch_size)
             reframe_grid(params["grid"], self.patch_size, box_lower, box_size)
             box_lower = np.asarray(lower) + box_lower
-            sample = self.spatial.apply({"image": _tensor(crop_padded(data, box_lower, box_size, IMAGE_PAD)),
+            sample = self.spatial.apply({"image": crop(box_lower, box_size),
                                          "segmentation": _tensor(crop_padded(seg, box_lower, box_size, SEG_PAD))},
                                         **params)
         if self.mirror is not None:
@@ -200,6 +206,8 @@ class PatchAugmenter:
         clean = sample["image"].clone() if self.clean_targets else None
         if self.intensity is not None:
             sample = self.intensity(**sample)
+            if absent is not None:  # e.g. noise added to an absent channel
+                sample["image"][torch.from_numpy(absent)] = 0
         return sample["image"], sample["segmentation"], clean
 
 

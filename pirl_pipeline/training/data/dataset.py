@@ -1,7 +1,9 @@
 """Access to one preprocessed configuration folder (``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``).
 
 Per case: ``CASE.npy`` float32 (C, z, y, x), ``CASE_seg.npy`` int8 (1, z, y, x) (labels; -1 outside the body
-mask) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling). Arrays are opened
+mask) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling and, for datasets
+with missing channels, ``channels_present``: the channel indices the case has; an absent channel is stored as
+NaN, so it can never pass for data). Arrays are opened
 with ``np.load(mmap_mode="r")`` on every access, so only the patches read are paged in and worker processes
 share the page cache; the (small) foreground locations are cached per process.
 """
@@ -39,7 +41,7 @@ class PreprocessedDataset:
             raise PirlInputError(f"{self.folder}: preprocessed case(s) missing or incomplete: {shown} "
                                  "(rerun pirl_plan_and_preprocess)")
         self._cache_size = cache_size
-        self._locations: OrderedDict[str, dict[int, np.ndarray]] = OrderedDict()
+        self._meta: OrderedDict[str, tuple[dict[int, np.ndarray], tuple[int, ...] | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.case_names)
@@ -60,14 +62,28 @@ class PreprocessedDataset:
         """The full ``CASE.json`` (geometry, crop box, normalisation, class locations, ...)."""
         return load_json(self.folder / f"{name}.json")
 
+    def _case_meta(self, name: str) -> tuple[dict[int, np.ndarray], tuple[int, ...] | None]:
+        """(foreground locations, present channel indices or None = all) of a case, from CASE.json (LRU)."""
+        if name in self._meta:
+            self._meta.move_to_end(name)
+            return self._meta[name]
+        props = self.properties(name)
+        locations = {int(c): np.asarray(v, dtype=np.int32).reshape(-1, 3)
+                     for c, v in props.get("class_locations", {}).items()}
+        present = props.get("channels_present")
+        self._meta[name] = (locations, None if present is None else tuple(int(c) for c in present))
+        if len(self._meta) > self._cache_size:
+            self._meta.popitem(last=False)
+        return self._meta[name]
+
     def foreground_locations(self, name: str) -> dict[int, np.ndarray]:
-        """{class: (N, 3) int32 voxel positions (z, y, x)} from ``class_locations`` (cached, LRU)."""
-        if name in self._locations:
-            self._locations.move_to_end(name)
-            return self._locations[name]
-        raw = self.properties(name).get("class_locations", {})
-        locations = {int(c): np.asarray(v, dtype=np.int32).reshape(-1, 3) for c, v in raw.items()}
-        self._locations[name] = locations
-        if len(self._locations) > self._cache_size:
-            self._locations.popitem(last=False)
-        return locations
+        """{class: (N, 3) int32 voxel positions (z, y, x)} from ``class_locations``."""
+        return self._case_meta(name)[0]
+
+    def present_channels(self, name: str, num_channels: int) -> np.ndarray:
+        """(num_channels,) bool: the channels case ``name`` has (all of them without ``channels_present``)."""
+        present = self._case_meta(name)[1]
+        mask = np.zeros(num_channels, bool) if present is not None else np.ones(num_channels, bool)
+        if present is not None:
+            mask[list(present)] = True
+        return mask

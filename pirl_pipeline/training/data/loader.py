@@ -4,6 +4,8 @@ run in-process or in background worker processes (batchgenerators' (NonDet)Multi
 Batch format (a dict)::
 
     data         float32 tensor (B, C, *patch_size): every channel (modality) of the case, none dropped
+                 (a channel the case lacks is 0 there, and False in ``channels``)
+    channels     bool tensor (B, C): the channels each case has (all True for complete datasets)
     target       int8 tensor (B, 1, *patch_size): labels; -1 outside the body mask and in padding. Use
                  ``target >= 0`` as the mask and ``target.clamp_min(0).long()`` for losses
     target_image float32 tensor (B, C, *patch_size), only with ``clean_targets``: ``data`` with the spatial
@@ -122,12 +124,13 @@ class PatchLoader(SlimDataLoaderBase):
                 lower = random_position(data.shape[1:], self.patch_size, rng)
             else:  # centred on the voxel (as nnU-Net), so rotation/scaling about the centre keep it inside
                 lower = centered_position(data.shape[1:], self.patch_size, voxel)
-            plan.append((name, data, seg, lower, voxel is not None))
+            plan.append((name, data, seg, lower, voxel is not None,
+                         self.dataset.present_channels(name, data.shape[0])))
         images, segs, cleans = [], [], []
         aug_seed = int(aug_seq.generate_state(1, np.uint64)[0])
         with torch_threads(self.aug_threads), seeded_global_rngs(aug_seed), torch.no_grad():
-            for _, data, seg, lower, _ in plan:
-                image, target, clean = self.augmenter(data, seg, lower)
+            for _, data, seg, lower, _, present in plan:
+                image, target, clean = self.augmenter(data, seg, lower, present)
                 images.append(image)
                 segs.append(target)
                 cleans.append(clean)
@@ -135,7 +138,8 @@ class PatchLoader(SlimDataLoaderBase):
         # descriptors, which break when a worker exits while the parent is still unpickling at shutdown)
         batch = {"data": torch.stack(images).float().numpy(), "target": torch.stack(segs).to(torch.int8).numpy(),
                  "keys": [p[0] for p in plan], "patch_lower": np.stack([p[3] for p in plan]).astype(np.int64),
-                 "oversampled": np.array([p[4] for p in plan]), "batch_index": index}
+                 "oversampled": np.array([p[4] for p in plan]), "channels": np.stack([p[5] for p in plan]),
+                 "batch_index": index}
         if self.augmenter.clean_targets:
             batch["target_image"] = torch.stack(cleans).float().numpy()
         return batch
@@ -166,7 +170,7 @@ class BatchStream:
 
     def __next__(self) -> dict[str, Any]:
         batch = next(self._augmenter)
-        for key in ("data", "target", "target_image"):
+        for key in ("data", "target", "target_image", "channels"):
             if key not in batch:
                 continue
             batch[key] = torch.from_numpy(batch[key])

@@ -69,3 +69,13 @@ def crop_padded(array: np.ndarray, lower: np.ndarray, size: tuple[int, ...], pad
         dst = (slice(None), *(slice(s - lo, e - lo) for s, e, lo in zip(start, end, lower)))
         out[dst] = array[src]
     return out
+
+
+def crop_image(data: np.ndarray, lower: np.ndarray, size: tuple[int, ...], pad_value: float,
+               present: np.ndarray | None = None) -> np.ndarray:
+    """:func:`crop_padded` of image channels (C, *S); channels not in ``present`` ((C,) bool, None: all) are 0
+    (an absent channel is stored as NaN; a network sees it as 0, and the batch's ``channels`` say it is absent)."""
+    out = crop_padded(data, lower, size, pad_value)
+    if present is not None and not np.all(present):
+        out[~np.asarray(present, bool)] = 0
+    return out

@@ -22,7 +22,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.training.data.augmentation import IMAGE_PAD, SEG_PAD
 from pirl_pipeline.training.data.dataset import PreprocessedDataset
 from pirl_pipeline.training.data.loader import resolve_patch_and_batch
-from pirl_pipeline.training.data.sampling import centered_position, crop_padded, pick_foreground_voxel
+from pirl_pipeline.training.data.sampling import centered_position, crop_image, crop_padded, pick_foreground_voxel
 from plans.plans_manager import ConfigurationPlans
 
 
@@ -62,12 +62,14 @@ class ValidationPatches:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for start in range(0, len(self.items), self.batch_size):
             chunk = self.items[start:start + self.batch_size]
-            images, segs = [], []
+            images, segs, channels = [], [], []
             for name, lower, _ in chunk:
                 data, seg = self.dataset.arrays(name)
-                images.append(torch.from_numpy(crop_padded(data, lower, self.patch_size, IMAGE_PAD)))
+                channels.append(self.dataset.present_channels(name, data.shape[0]))
+                images.append(torch.from_numpy(crop_image(data, lower, self.patch_size, IMAGE_PAD, channels[-1])))
                 segs.append(torch.from_numpy(crop_padded(seg, lower, self.patch_size, SEG_PAD)))
             yield {"data": torch.stack(images).float(), "target": torch.stack(segs).to(torch.int8),
+                   "channels": torch.from_numpy(np.stack(channels)),
                    "keys": [c[0] for c in chunk], "patch_lower": np.stack([c[1] for c in chunk]).astype(np.int64),
                    "oversampled": np.array([c[2] for c in chunk]), "batch_index": start // self.batch_size}
 
