@@ -96,3 +96,17 @@ def test_crop_image_zeroes_absent_channels():
     data[1] = np.nan  # an absent channel as stored
     patch = crop_image(data, np.array([-1, 0, 0]), (4, 4, 4), 0.0, np.array([True, False, True]))
     assert np.isfinite(patch).all() and (patch[1] == 0).all() and patch[0, 1:].min() == 1
+
+
+def test_random_subsets_draw_only_from_the_modalities_a_case_has():
+    from pirl_pipeline.training.downstream import random_subsets
+
+    present = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    torch.manual_seed(0)
+    subsets = torch.cat([random_subsets(2, 4, present=present) for _ in range(200)])
+    assert not (subsets & ~present.repeat(200, 1)).any() and subsets.any(1).all()
+    assert {tuple(r.tolist()) for r in subsets[::2]} == {(1, 0, 0, 0), (0, 0, 1, 0), (1, 0, 1, 0)}
+    torch.manual_seed(3)
+    plain = random_subsets(2, 4)
+    torch.manual_seed(3)
+    assert torch.equal(plain, random_subsets(2, 4, present=torch.ones(2, 4, dtype=torch.bool)))

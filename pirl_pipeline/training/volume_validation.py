@@ -44,14 +44,17 @@ def segmentation_scores(logits: torch.Tensor, seg: np.ndarray, dj: DatasetJson,
     return {**scores, "metric": float(np.mean([scores[k] for k in ranked]))}
 
 
-def translation_volume_metrics(predict, data: np.ndarray, seg: np.ndarray) -> dict[str, float]:
-    """Mean PSNR/SSIM over every (source -> other target) pair of one case; ``predict(available)`` returns
-    the network output (M, *S) from the listed source channels. 'metric' = the mean PSNR."""
+def translation_volume_metrics(predict, data: np.ndarray, seg: np.ndarray,
+                               present: list[int] | None = None) -> dict[str, float]:
+    """Mean PSNR/SSIM over every (source -> other target) pair of the ``present`` channels (None: all) of one
+    case; ``predict(available)`` returns the network output (M, *S) from the listed source channels.
+    'metric' = the mean PSNR."""
     mask = np.asarray(seg[0]) >= 0
+    present = list(range(data.shape[0])) if present is None else present
     psnrs, ssims = [], []
-    for source in range(data.shape[0]):
+    for source in present:
         output = predict([source]).float().numpy()
-        for target in range(data.shape[0]):
+        for target in present:
             if target == source:
                 continue
             scores = translation_metrics(output[target], data[target], mask, ["t"])
@@ -72,16 +75,17 @@ def validate_volumes(network: torch.nn.Module, kind: str, task: str, dataset: Pr
     try:
         for case in cases:
             data, seg = dataset.arrays(case)
-            volume = torch.from_numpy(np.ascontiguousarray(data))
+            present = np.flatnonzero(dataset.present_channels(case, data.shape[0])).tolist()
+            volume = torch.from_numpy(np.nan_to_num(data, nan=0.0))  # absent channels (NaN) are never read
 
             def predict(available: list[int], volume: torch.Tensor = volume) -> torch.Tensor:
                 return predict_volume([network], kind, volume, available, patch_size, step_size=0.5, mirror=False,
                                       device=device)
 
             if task == "seg":
-                rows.append(segmentation_scores(predict(list(range(data.shape[0]))), seg, dj))
-            else:
-                rows.append(translation_volume_metrics(predict, np.asarray(data), seg))
+                rows.append(segmentation_scores(predict(present), seg, dj))
+            elif len(present) > 1:
+                rows.append(translation_volume_metrics(predict, np.asarray(data), seg, present))
     finally:
         network.train(was_training)
     return rows
