@@ -37,10 +37,19 @@ from pirl_pipeline.training.volume_validation import segmentation_scores, valida
 log = logging.getLogger("pirl")
 
 
-def random_subsets(batch: int, modalities: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, M) bool: a uniformly drawn non-empty modality subset per sample."""
-    codes = torch.randint(1, 2**modalities, (batch,), generator=generator)
-    return (codes[:, None] >> torch.arange(modalities)) & 1 == 1
+def random_subsets(batch: int, modalities: int, generator: torch.Generator | None = None,
+                   present: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, M) bool: a uniformly drawn non-empty subset per sample of the modalities it has (``present``
+    (B, M) bool, each row non-empty; None: all)."""
+    if present is None or bool(present.all()):
+        codes = torch.randint(1, 2**modalities, (batch,), generator=generator)
+        return (codes[:, None] >> torch.arange(modalities)) & 1 == 1
+    subsets = torch.zeros(batch, modalities, dtype=torch.bool)
+    for b in range(batch):
+        channels = present[b].nonzero()[:, 0]
+        code = torch.randint(1, 2 ** len(channels), (1,), generator=generator)
+        subsets[b, channels] = (code >> torch.arange(len(channels))) & 1 == 1
+    return subsets
 
 
 class DownstreamTrainer(BaseTrainer):
@@ -159,44 +168,59 @@ class DownstreamTrainer(BaseTrainer):
         masked = images * available[:, :, None, None, None].to(images.device, images.dtype)
         return model(masked), images.new_zeros(())
 
-    def _loss(self, output: torch.Tensor, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """seg: labels ``target``; translate: ``images`` (the un-augmented modalities) inside ``target >= 0``."""
+    def _loss(self, output: torch.Tensor, images: torch.Tensor, target: torch.Tensor,
+              present: torch.Tensor) -> torch.Tensor:
+        """seg: labels ``target``; translate: ``images`` (the un-augmented modalities) inside ``target >= 0``,
+        only the modalities each case has (``present`` (B, M))."""
         if self.config.task == "seg":
             return self.loss(output, target.clamp_min(0))
-        return self.loss(output, images, target >= 0)
+        return self.loss(output, images, target >= 0, present.to(output.device))
+
+    def _present(self, batch: dict) -> torch.Tensor:
+        """(B, M) bool: the modalities each case of the batch has."""
+        if "channels" in batch:
+            return batch["channels"].to(torch.bool).cpu()
+        return torch.ones(batch["data"].shape[0], self.num_modalities, dtype=torch.bool)
 
     def train_step(self, batch: dict) -> dict[str, float]:
         images = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
         clean = batch["target_image"].to(self.device, non_blocking=True) if "target_image" in batch else images
-        batch_size = images.shape[0]
+        present = self._present(batch)
         if self.config.modality_dropout:
-            available = random_subsets(batch_size, self.num_modalities)
+            available = random_subsets(images.shape[0], self.num_modalities, present=present)
         else:
-            available = torch.ones(batch_size, self.num_modalities, dtype=torch.bool)
+            available = present
         with self.autocast():
             output, inv = self._forward(self.model, images, available)
-            task_loss = self._loss(output, clean, target)
+            task_loss = self._loss(output, clean, target, present)
             loss = task_loss + self.config.w_inv_finetune * inv
         self.backward(loss)
         return {"loss": loss.item(), self.config.task: task_loss.item(), "invariance": inv.item()}
 
     def validation_step(self, batch: dict, step: int) -> dict[str, float]:
-        """seg: Dice per region/class with all modalities; translate: foreground PSNR of every output
-        from one input modality (modality ``step % M``)."""
+        """seg: Dice per region/class with the modalities each case has; translate: foreground PSNR of every
+        output the case has, from one input modality (its ``step % count``-th present one)."""
         images = batch["data"].to(self.device)
         target = batch["target"].to(self.device)
-        available = torch.ones(images.shape[0], self.num_modalities, dtype=torch.bool)
+        present = self._present(batch)
+        available = present.clone()
         if self.config.task == "translate":
             available[:] = False
-            available[:, step % self.num_modalities] = True
+            for b, row in enumerate(present):
+                channels = row.nonzero()[:, 0]
+                available[b, channels[step % len(channels)]] = True
         with self.autocast():
             output, _ = self._forward(self.network, images, available)
         output = output.float()
         if self.config.task == "seg":
             return self._seg_metrics(output, target)
         mask = (target >= 0)[:, 0]
-        values = [psnr(output[:, c][mask], images[:, c][mask]) for c in range(self.num_modalities)]
+        if bool(present.all()):  # complete cases: each channel's PSNR over the whole batch's foreground
+            values = [psnr(output[:, c][mask], images[:, c][mask]) for c in range(self.num_modalities)]
+        else:
+            values = [psnr(output[b, c][mask[b]], images[b, c][mask[b]]) for b in range(images.shape[0])
+                      for c in present[b].nonzero()[:, 0].tolist()]
         return {"psnr": sum(values) / len(values), "metric": sum(values) / len(values)}
 
     def _seg_metrics(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
