@@ -49,5 +49,7 @@ class StageRunner:
             raise PirlInputError(f"experiment stage {name!r} failed (exit {code}); last lines of {log_file}:\n{tail}")
         self.timings[name] = {"seconds": round(seconds, 1), "command": shlex.join(["python", *command[1:]]),
                               "results": results}
-        save_json(self.timings, self.timings_file)
+        # merged with the file: another experiments run may share the work folder
+        on_disk = load_json(self.timings_file) if self.timings_file.is_file() else {}
+        save_json({**on_disk, **self.timings}, self.timings_file)
         print(f"    finished in {seconds / 60:.1f} min", flush=True)
