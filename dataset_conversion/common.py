@@ -2,8 +2,10 @@
 
 ``RawDatasetWriter`` writes ``DatasetXXX_Name/{imagesTr,labelsTr,imagesTs,labelsTs}`` into a hidden temp
 folder beside the target, checks every case as it writes it (channels and label on one grid, no NaN/Inf,
-label values expected), writes ``dataset.json`` last, re-reads the result with the pipeline's own reader,
-and only then renames the folder into place. A failed conversion therefore leaves nothing behind.
+no all-zero image, complete files, label values expected; odd cases are warned about), writes every file
+verified (``file_io``) and ``dataset.json`` last, re-reads the result with the pipeline's own reader, and
+only then renames the folder into place. A failed conversion therefore leaves nothing behind; the temp
+folder a killed one left is removed by the next conversion of the same dataset.
 
 Unlabelled cases (rule of ``split_labeled``): when some cases of a source have labels, the labelled ones go
 to ``imagesTr``/``labelsTr`` and the unlabelled ones to ``imagesTs`` (a warning names them), so every
@@ -28,10 +30,24 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from pirl_pipeline.data.dataset_json import DatasetJson, list_cases, load_dataset_json
+from pirl_pipeline.data.dataset_json import (
+    DatasetJson,
+    list_cases,
+    load_dataset_json,
+    modality_kind,
+    parse_dataset_json,
+)
 from pirl_pipeline.data.image_io import Geometry, read_image, write_array
-from pirl_pipeline.data.integrity import check_finite, check_label_values, check_nifti_finite, check_same_grid
+from pirl_pipeline.data.integrity import (
+    check_finite,
+    check_label_values,
+    check_nifti_finite,
+    check_not_empty,
+    check_same_grid,
+    degenerate_warnings,
+)
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import make_dirs, remove_stale
 from pirl_pipeline.paths import dataset_folder_name, raw_root
 
 log = logging.getLogger(__name__)
@@ -40,8 +56,11 @@ _NOT_IN_CASE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def sanitise_case_name(text: str) -> str:
-    """Keep letters, digits, '_' and '-'; every other run of characters becomes one '-'."""
-    return _NOT_IN_CASE_NAME.sub("-", text).strip("-_") or "case"
+    """Keep letters, digits, '_' and '-'; every other run of characters becomes one '-' (logged)."""
+    name = _NOT_IN_CASE_NAME.sub("-", text).strip("-_") or "case"
+    if name != text:
+        log.warning("case %r is written as %s (case names keep ASCII letters, digits, '_' and '-')", text, name)
+    return name
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_name: str | None = None,
@@ -125,7 +144,13 @@ class RawDatasetWriter:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
             raise PirlInputError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
         self.root = Path(root) if root is not None else raw_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise PirlInputError(f"{self.root}: exists and is not a folder (the raw-data root, -o/--output_root)")
         self.target = self.root / dataset_folder_name(dataset_id, name)
+        parse_dataset_json({"channel_names": {str(i): n for i, n in enumerate(channel_names)},
+                            "labels": labels or {"background": 0}, "numTraining": 0, "file_ending": FILE_ENDING,
+                            **({"regions_class_order": regions_class_order} if regions_class_order else {})},
+                           self.target / "dataset.json")  # labels and regions_class_order, before any work
         self.channel_names = list(channel_names)
         self.labels = labels
         self.regions_class_order = regions_class_order
@@ -151,8 +176,9 @@ class RawDatasetWriter:
             raise PirlInputError(f"{self.target}: dataset folder already exists (use --overwrite to replace it)")
 
     def __enter__(self) -> Self:
-        self._tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}-{self.target.name}"
-        self._tmp.mkdir(parents=True)
+        for prefix in (".tmp-", ".old-"):  # what a killed conversion of this dataset left
+            remove_stale(self.root, f"{prefix}*-{self.target.name}")
+        self._tmp = make_dirs(self.root / f".tmp-{uuid.uuid4().hex[:8]}-{self.target.name}")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -172,10 +198,13 @@ class RawDatasetWriter:
             if array.dtype == np.float64:
                 array = array.astype(np.float32)
             check_finite(array, path)
+            check_not_empty(array, path)
             arrays.append(array)
         outside = None
         if case.mask is not None:
             outside = self._read(case.mask, reference)[0] <= 0
+            if outside.all():
+                raise PirlInputError(f"{case.mask}: the mask is empty (every voxel is 0)")
             for array in arrays:
                 array[outside] = 0
         label = None
@@ -195,6 +224,7 @@ class RawDatasetWriter:
             if array.shape != geometry.shape:
                 raise PirlInputError(f"{name} channel {index}: shape {array.shape} != {geometry.shape}")
             check_finite(array, Path(f"{name}_{index:04d}{FILE_ENDING}"))
+            check_not_empty(array, Path(f"{name}_{index:04d}{FILE_ENDING}"))
         if label is not None:
             if label.shape != geometry.shape:
                 raise PirlInputError(f"{name} label: shape {label.shape} != {geometry.shape}")
@@ -224,6 +254,8 @@ class RawDatasetWriter:
             raise PirlInputError(f"{origin}: case name {name} is already used by another case")
         self._names.add(name)
         assert len(images) == len(self.channel_names), f"{name}: wrong number of channels"
+        for warning in degenerate_warnings(images, self.channel_names, [modality_kind(n) for n in self.channel_names]):
+            log.warning("case %s: %s", name, warning)
         for index, array in enumerate(images):
             write_array(array, geometry, self._tmp / f"images{subset}" / f"{name}_{index:04d}{FILE_ENDING}")
         if label is not None:

@@ -1,43 +1,155 @@
-"""Atomic file writing: write to a hidden temp file beside the target, then rename.
+"""Atomic, verified file writing: a hidden temp file beside the target is written, flushed to disk (fsync),
+checked, and only then renamed over the target.
 
-A crash never leaves a half-written file under the final name, so a resumed step can trust what exists.
+A crash never leaves a half-written file under the final name, and neither does a full disk (SimpleITK then
+writes a stub without raising; the check catches it), so a resumed step can trust what exists. Every writer
+goes through :func:`atomic_path`; a failure is one :class:`PirlWriteError` naming the target and the cause.
+Temp files start with ``.tmp-``; :func:`remove_stale` clears those an interrupted (kill -9) run left.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pirl_pipeline.errors import PirlWriteError
+
+log = logging.getLogger("pirl")
+TEMP_PREFIX = ".tmp-"
+LOW_SPACE_BYTES = 1 << 20  # a failed check with less free space than this is reported as a full disk
+
+Verify = Callable[[Path], "str | None"]  # the written temp file -> what is wrong with it, or None
+
+
+def os_reason(err: OSError) -> str:
+    """'no space left on device' for an OSError with an errno, else its text."""
+    return os.strerror(err.errno).lower() if err.errno else str(err)
+
+
+def make_dirs(folder: str | os.PathLike) -> Path:
+    """``mkdir -p``; a failure (a file in the way, a full disk) is a PirlWriteError naming the folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PirlWriteError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PirlWriteError(f"{folder}: cannot create the folder ({os_reason(err)})") from err
+    return folder
+
+
+def _fsync(path: Path, folder: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not (folder and err.errno in (errno.EINVAL, errno.ENOTSUP)):  # some file systems refuse it for folders
+            raise
+    finally:
+        os.close(fd)
+
+
+def _failure(target: Path, problem: str) -> PirlWriteError:
+    if problem != os.strerror(errno.ENOSPC).lower() and shutil.disk_usage(target.parent).free < LOW_SPACE_BYTES:
+        problem = f"no space left on device ({problem})"
+    return PirlWriteError(f"{target}: write failed: {problem}")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path with the same suffix; on success it replaces ``path``, on error it is removed."""
+def atomic_path(path: str | os.PathLike, verify: Verify | None = None) -> Iterator[Path]:
+    """Yield a temp path with the same suffix for the block to write; then fsync it, check it (not empty, and
+    ``verify(tmp)`` finds nothing wrong) and rename it over ``path``. On any error the temp file is removed;
+    an OSError or a failed check is a PirlWriteError naming ``path`` and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    make_dirs(path.parent)
     try:
         yield tmp
+        _fsync(tmp)
+        problem = "empty file" if tmp.stat().st_size == 0 else None
+        if problem is None and verify is not None:
+            problem = verify(tmp)
+        if problem:
+            raise _failure(path, problem)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)
+    except OSError as err:
+        raise _failure(path, os_reason(err)) from err
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
-def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+def remove_stale(folder: str | os.PathLike, pattern: str = f"{TEMP_PREFIX}*") -> int:
+    """Delete the entries of ``folder`` matching ``pattern`` that an interrupted run left (files or folders);
+    logs and returns how many. Call it before a run writes into ``folder``, never during one."""
+    stale = sorted(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if stale:
+        log.info("%s: removed %d unfinished temp file(s) of an interrupted run (%s)", folder, len(stale),
+                 stale[0].name)
+    return len(stale)
+
+
+def size_is(expected: int) -> Verify:
+    """A check that the written file holds exactly ``expected`` bytes."""
+    return lambda tmp: None if (n := tmp.stat().st_size) == expected else f"{n} of {expected} bytes written"
+
+
+def json_bytes(obj: Any, indent: int | None = 2) -> bytes:
+    return (json.dumps(obj, indent=indent, sort_keys=False) + "\n").encode()
+
+
+def save_json(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> None:
+    data = json_bytes(obj, indent)
+    with atomic_path(path, size_is(len(data))) as tmp:
+        tmp.write_bytes(data)
 
 
 def load_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _npy_problem(tmp: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    try:
+        stored = np.load(tmp, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        return f"unreadable .npy ({err})"
+    if stored.shape != shape or stored.dtype != dtype:
+        return f"stored {stored.dtype}{stored.shape}, expected {dtype}{shape}"
+    return None
+
+
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    """``np.save``, verified by mapping the written file back (its header and full length)."""
+    with atomic_path(path, lambda tmp: _npy_problem(tmp, array.shape, array.dtype)) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+def _npz_problem(tmp: Path, names: list[str]) -> str | None:
+    try:
+        with zipfile.ZipFile(tmp) as archive:
+            bad = archive.testzip()
+            stored = sorted(n.removesuffix(".npy") for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"damaged .npz ({err})"
+    return f"damaged member {bad}" if bad else None if stored == sorted(names) else f"holds {stored}"
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed``, verified by testing every member's CRC in the written archive."""
+    with atomic_path(path, lambda tmp: _npz_problem(tmp, list(arrays))) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)

@@ -5,7 +5,8 @@ statistics from a bounded random sample of voxels (at most ``SAMPLES_PER_CASE`` 
 the labelled foreground when the case has a non-empty label (nnU-Net's choice, which CT normalisation
 relies on), else the non-zero mask (image-only datasets). The same statistics over the whole non-zero
 (body) mask are kept too: translation returns synthesised modalities in those units. The integrity checks run in the same pass, so
-the raw data are read once for both.
+the raw data are read once for both; so do the warnings about degenerate cases (logged, grouped, and kept
+under ``warnings`` in the fingerprint).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, modality_kind
-from pirl_pipeline.data.integrity import load_case
+from pirl_pipeline.data.integrity import degenerate_warnings, load_case
 from pirl_pipeline.parallel import parallel_map
 from pirl_pipeline.preprocessing.cropping import bounding_box, crop, nonzero_mask
 
@@ -35,7 +36,10 @@ def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 12
     data = crop(loaded.data, box)
     rng = np.random.default_rng(seed)
     samples, body_samples = sample_voxels(data, foreground, rng), sample_voxels(data, crop(mask, box), rng)
+    names = [dj.channel_names[str(c)] for c in range(dj.num_channels)]
+    kinds = [modality_kind(n) for n in names]
     return {
+        "warnings": degenerate_warnings(loaded.data, names, kinds) if check else [],
         "name": case.name,
         "spacing": list(loaded.geometry.spacing),
         "shape_before_cropping": list(loaded.geometry.shape),
@@ -67,6 +71,8 @@ def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: in
     """Fingerprint of all cases (parallel over ``num_processes``); raises on the first bad case."""
     work = partial(case_fingerprint, dj=dj, check=check)
     per_case = parallel_map(work, cases, num_processes, desc="fingerprint")
+    warnings = log_warnings(per_case)
+
     def statistics(key: str) -> dict[str, dict[str, float]]:
         return {c: intensity_statistics(np.concatenate([pc[key][int(c)] for pc in per_case]))
                 for c in dj.channel_names}
@@ -81,7 +87,20 @@ def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: in
         "foreground_intensity_properties_per_channel": statistics("samples"),
         "nonzero_intensity_properties_per_channel": statistics("body_samples"),
         "samples_per_case": SAMPLES_PER_CASE,
+        "warnings": warnings,
     }
+
+
+def log_warnings(per_case: list[dict]) -> dict[str, list[str]]:
+    """Log each kind of degenerate-case warning once, naming its cases; returns ``{warning: [case, ...]}``."""
+    grouped: dict[str, list[str]] = {}
+    for pc in per_case:
+        for warning in pc["warnings"]:
+            grouped.setdefault(warning, []).append(pc["name"])
+    for warning, names in grouped.items():
+        shown = ", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+        log.warning("%d case(s): %s: %s", len(names), warning, shown)
+    return grouped
 
 
 def fingerprint_path(preprocessed_folder: Path) -> Path:

@@ -6,12 +6,15 @@ survives a load/save round trip.
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json, save_json
 
+log = logging.getLogger("pirl")
 PLANS_FILE = "PIRLPlans.json"
 NORMALIZATION_SCHEMES = ("ZScoreNormalization", "CTNormalization", "PETNormalization", "NoNormalization")
 
@@ -41,9 +44,15 @@ class ConfigurationPlans:
         for scheme in d["normalization_schemes"]:
             if scheme not in NORMALIZATION_SCHEMES:
                 raise PirlInputError(f"plans configuration {name!r}: unknown normalization scheme {scheme!r}")
-        if any(int(s) % 32 for s in d["patch_size"]):
-            raise PirlInputError(f"plans configuration {name!r}: every patch_size side must be a multiple "
+        if len(d["patch_size"]) != 3 or any(int(s) % 32 or int(s) < 32 for s in d["patch_size"]):
+            raise PirlInputError(f"plans configuration {name!r}: patch_size must be 3 sides, each a multiple "
                                  f"of 32 (SwinUNETR), got {d['patch_size']}")
+        if len(d["spacing"]) != 3 or not all(float(s) > 0 for s in d["spacing"]):
+            raise PirlInputError(f"plans configuration {name!r}: spacing must be 3 values > 0, got {d['spacing']}")
+        if len(d["use_mask_for_norm"]) != len(d["normalization_schemes"]):
+            raise PirlInputError(f"plans configuration {name!r}: use_mask_for_norm has "
+                                 f"{len(d['use_mask_for_norm'])} entries, normalization_schemes "
+                                 f"{len(d['normalization_schemes'])}")
         return cls(name=name, **{k: d[k] for k in keys}, extra={k: v for k, v in d.items() if k not in keys})
 
     def to_dict(self) -> dict:
@@ -82,6 +91,10 @@ class Plans:
         if missing:
             raise PirlInputError(f"plans: missing key(s) {', '.join(missing)}")
         configs = {n: ConfigurationPlans.from_dict(n, c) for n, c in d["configurations"].items()}
+        for config in configs.values():
+            if len(config.normalization_schemes) != len(d["channel_names"]):
+                raise PirlInputError(f"plans configuration {config.name!r}: {len(config.normalization_schemes)} "
+                                     f"normalization_schemes for {len(d['channel_names'])} channels")
         extra = {k: v for k, v in d.items() if k not in keys and k != "configurations"}
         return cls(**{k: d[k] for k in keys}, configurations=configs, extra=extra)
 
@@ -104,3 +117,42 @@ class Plans:
 
     def save(self, path: str | Path) -> None:
         save_json(self.to_dict(), path)
+
+
+def as_json(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists), for comparing plans with a file."""
+    return json.loads(json.dumps(value))
+
+
+def differences(a: object, b: object, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON values differ (``configurations.3d_fullres.patch_size``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(the whole file)"]
+
+
+def keep_or_write_plans(path: Path, planned: Plans, replace: bool) -> Plans:
+    """The plans to use. An existing file is kept, hand edits included (the log names what the planner would
+    change), unless ``replace``; else ``planned`` is written. Kept plans must fit the dataset's channels and
+    labels."""
+    path = Path(path)
+    if replace or not path.is_file():
+        planned.save(path)
+        log.info("plans: wrote %s", path)
+        return planned
+    try:
+        existing = Plans.load(path)
+    except PirlInputError as err:
+        raise PirlInputError(f"{err} (fix the file, or --overwrite_plans replaces it)") from None
+    for key in ("channel_names", "labels", "regions_class_order"):
+        if getattr(existing, key) != getattr(planned, key):
+            raise PirlInputError(f"{path}: the plans' {key} {getattr(existing, key)} differ from the dataset's "
+                                 f"{getattr(planned, key)}; rerun with --overwrite_plans")
+    changed = differences(as_json(existing.to_dict()), as_json(planned.to_dict()))
+    if changed:
+        log.warning("plans: using the existing %s, which differs from what the planner would write now in %s "
+                    "(hand edits are kept; --overwrite_plans replaces the file)", path,
+                    ", ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
+    else:
+        log.info("plans: using the existing %s (as planned)", path)
+    return existing

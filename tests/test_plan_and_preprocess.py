@@ -1,5 +1,6 @@
 """End to end: raw dataset -> fingerprint -> plans -> preprocessed cases -> splits, and bad input."""
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -49,10 +50,12 @@ def test_end_to_end_resumable(roots):
     mtime = (folder / "case000.npy").stat().st_mtime_ns
     assert main(["-d", "Dataset901_Synthetic", "-np", "1"]) == 0
     assert (folder / "case000.npy").stat().st_mtime_ns == mtime
-    # a half-finished case (array but no properties) is redone
+    # a half-finished case (array but no properties) is redone; a temp file kill -9 left is removed
     (folder / "case001.json").unlink()
+    (stale := folder / ".tmp-deadbeef-case001.npy").write_bytes(b"\x93NUMPY half an array")
     assert main(["-d", "901", "-np", "1"]) == 0
     assert (folder / "case001.json").is_file() and (folder / "case000.npy").stat().st_mtime_ns == mtime
+    assert not stale.exists()
 
 
 def test_image_only_dataset_gets_foreground_masks(roots):
@@ -196,3 +199,22 @@ def test_spacing_override_must_be_positive(roots, capsys):
     write_raw_dataset(raw, 906, name="Bad", num_cases=1)
     assert main(["-d", "906", "--spacing", "1", "0", "1"]) == 2
     assert "--spacing" in capsys.readouterr().err
+
+
+def test_hand_edited_plans_are_kept_unless_overwritten(roots, capsys, caplog):
+    raw, pre = roots
+    write_raw_dataset(raw, 907, name="Edited", num_cases=2)
+    plans_file = pre / "Dataset907_Edited" / "PIRLPlans.json"
+    assert main(["-d", "907", "-np", "1", "--plan_only"]) == 0
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"]["batch_size"] = 1
+    plans_file.write_text(json.dumps(plans))
+    with caplog.at_level(logging.WARNING, "pirl"):
+        assert main(["-d", "907", "-np", "1", "--plan_only"]) == 0
+    assert json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["batch_size"] == 1
+    assert "configurations.3d_fullres.batch_size" in caplog.text and str(plans_file) in caplog.text
+    capsys.readouterr()
+    assert main(["-d", "907", "-np", "1", "--plan_only", "--spacing", "2", "2", "2"]) == 2
+    assert "--overwrite_plans" in capsys.readouterr().err
+    assert main(["-d", "907", "-np", "1", "--plan_only", "--overwrite_plans"]) == 0
+    assert json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["batch_size"] == 2

@@ -5,17 +5,18 @@ import argparse
 import logging
 import shutil
 import time
+from pathlib import Path
 
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json
+from pirl_pipeline.data.dataset_json import DatasetJson, check_num_training, list_cases, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import save_json
+from pirl_pipeline.file_io import make_dirs, remove_stale, save_json
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
 from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
 from pirl_pipeline.splits import load_or_create_splits
 from plans.fingerprint import extract_fingerprint, fingerprint_path
 from plans.planner import plan
-from plans.plans_manager import PLANS_FILE
+from plans.plans_manager import PLANS_FILE, Plans, as_json, keep_or_write_plans
 
 log = logging.getLogger("pirl")
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", default="3d_fullres", choices=["3d_fullres"], help="configuration (default 3d_fullres)")
     p.add_argument("-np", type=int, default=2, dest="num_processes", help="worker processes (default 2)")
     p.add_argument("--clean", action="store_true", help="delete existing preprocessed data of this dataset first")
+    p.add_argument("--overwrite_plans", action="store_true",
+                   help="replace an existing PIRLPlans.json (default: keep it, hand edits included)")
     p.add_argument("--no_integrity_check", action="store_true",
                    help="skip the grid/label/NaN checks (they run by default; only for data you trust)")
     p.add_argument("--plan_only", action="store_true", help="stop after writing the plans")
@@ -46,20 +49,24 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     out = preprocessed_root() / name
     dj = load_dataset_json(raw)
     cases = list_cases(raw, dj, "imagesTr")
+    if not args.no_integrity_check:
+        check_num_training(dj, cases, raw / "dataset.json")
+    if args.spacing and any(v <= 0 for v in args.spacing):
+        raise PirlInputError(f"--spacing {args.spacing}: every value must be > 0")
     if args.clean and out.exists():
         shutil.rmtree(out)
     log.info("%s: %d training cases, channels %s", name, len(cases), dj.channel_names)
     fingerprint = extract_fingerprint(cases, dj, args.num_processes, check=not args.no_integrity_check)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
+    remove_stale(out)
     save_json(fingerprint, fingerprint_path(out))
     save_json(dj.to_dict(), out / "dataset.json")
-    if args.spacing and any(v <= 0 for v in args.spacing):
-        raise PirlInputError(f"--spacing {args.spacing}: every value must be > 0")
-    plans = plan(fingerprint, dj, name, args.c, spacing_override=args.spacing)
-    plans.save(out / PLANS_FILE)
+    planned = plan(fingerprint, dj, name, args.c, spacing_override=args.spacing)
+    replace = args.overwrite_plans or args.clean or spacing_replans(out / PLANS_FILE, fingerprint, dj, name, args)
+    plans = keep_or_write_plans(out / PLANS_FILE, planned, replace)
     config = plans.configuration(args.c)
-    log.info("plans: spacing %s, patch %s, normalisation %s -> %s", config.spacing, config.patch_size,
-             config.normalization_schemes, out / PLANS_FILE)
+    log.info("plans: spacing %s, patch %s, normalisation %s", config.spacing, config.patch_size,
+             config.normalization_schemes)
     if args.plan_only:
         return
     counts = preprocess_dataset(cases, plans, args.c, out, dj.label_values, args.num_processes)
@@ -67,6 +74,22 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     log.info("%s: preprocessed %d, skipped %d (already done) in %.1f s -> %s", name, counts["done"],
              counts["skipped"], time.perf_counter() - start, out / config.data_identifier)
     log.info("next: pirl_train %s %s pretrain", name, args.c)
+
+
+def spacing_replans(path: Path, fingerprint: dict, dj: DatasetJson, name: str, args: argparse.Namespace) -> bool:
+    """Whether ``--spacing`` replaces existing plans: yes when they hold another spacing and nobody edited them
+    (they equal the planner's own output for this data); edited plans need --overwrite_plans."""
+    if not args.spacing or args.overwrite_plans or not path.is_file():
+        return False
+    kept = Plans.load(path)
+    spacing = kept.configuration(args.c).spacing
+    if [float(v) for v in spacing] == [float(v) for v in args.spacing]:
+        return False
+    as_planned = [as_json(plan(fingerprint, dj, name, args.c, spacing_override=s).to_dict()) for s in (None, spacing)]
+    if as_json(kept.to_dict()) in as_planned:
+        return True
+    raise PirlInputError(f"{path}: edited plans with spacing {spacing}; --spacing {' '.join(map(str, args.spacing))} "
+                         "needs --overwrite_plans (which replaces the file, hand edits included)")
 
 
 @cli_entry

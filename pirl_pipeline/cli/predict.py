@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import make_dirs, remove_stale
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, results_root
 
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg)")
     p.add_argument("--channels", help="use only these channels, e.g. 0,2 (others present are ignored)")
     p.add_argument("-np", dest="num_processes", type=int, default=2, help="reading/writing threads")
-    p.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases whose outputs exist and read back complete")
     return p
 
 
@@ -69,10 +72,34 @@ def check_folders(input_dir: Path, output_dir: Path) -> None:
     inp, out = input_dir.resolve(), output_dir.resolve()
     if out == inp or inp in out.parents:
         raise PirlInputError(f"{output_dir}: the output folder must not be (inside) the input folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PirlInputError(f"{output_dir}: exists and is not a folder (-o names the output folder)")
+
+
+def parse_channels(text: str | None) -> set[int] | None:
+    """``--channels 0,2`` -> {0, 2}; anything but comma-separated channel numbers is an error."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise PirlInputError(f"--channels {text}: expected comma-separated channel numbers, e.g. 0,2")
+    return {int(p) for p in parts}
+
+
+def is_complete(paths: list[Path]) -> bool:
+    """Every output exists and reads back complete (a stub an older version left on a full disk does not)."""
+    for path in paths:
+        if not path.is_file():
+            return False
+        if problem := data_problem(path):
+            log.warning("%s: %s; predicting it again", path, problem)
+            return False
+    return True
 
 
 def run(args: argparse.Namespace) -> None:
     check_folders(args.input, args.output)
+    keep = parse_channels(args.channels)
     folds = None if args.folds in (None, ["all"]) else args.folds
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -87,17 +114,21 @@ def run(args: argparse.Namespace) -> None:
         raise PirlInputError(f"-t {args.task}: the model was trained for {predictor.task}")
     dj = predictor.model.dataset_json
     cases = group_channel_files(args.input, dj)
-    if args.channels:
-        keep = {int(c) for c in args.channels.split(",")}
+    if keep is not None:
+        unknown = sorted(keep - set(range(dj.num_channels)))
+        if unknown:
+            raise PirlInputError(f"--channels {args.channels}: channel(s) {unknown} do not exist (the model has "
+                                 f"0..{dj.num_channels - 1}: {', '.join(dj.channel_names.values())})")
         cases = {k: {c: p for c, p in v.items() if c in keep} for k, v in cases.items()}
         cases = {k: v for k, v in cases.items() if v}
         if not cases:
             raise PirlInputError(f"{args.input}: no case has any of channels {sorted(keep)}")
     outputs = {k: expected_outputs(k, predictor, dj.file_ending, args.output) for k in cases}
-    todo = [k for k in cases if not (args.resume and all(p.is_file() for p in outputs[k]))]
+    todo = [k for k in cases if not (args.resume and is_complete(outputs[k]))]
     log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task,
              predictor.model.folds, "on" if predictor.mirror else "off")
-    args.output.mkdir(parents=True, exist_ok=True)
+    make_dirs(args.output)
+    remove_stale(args.output)
     with ThreadPoolExecutor(max(1, args.num_processes)) as pool:  # reading ahead and writing behind
         queue = iter(todo)
         reads: deque = deque()
@@ -120,6 +151,9 @@ def run(args: argparse.Namespace) -> None:
                 result = predictor.predict_case(images, geometry)
                 del images
                 exports.append(pool.submit(predictor.export, case, result, geometry, args.output, dj.file_ending))
+                for future in exports:  # a failed write (a full disk) stops the run now, not after every case
+                    if future.done():
+                        future.result()
                 bar.update()
         for future in exports:
             future.result()

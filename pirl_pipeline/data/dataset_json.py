@@ -115,9 +115,31 @@ def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
     extra = {k: v for k, v in d.items()
              if k not in (*REQUIRED_KEYS, "regions_class_order", "modality")}
     dj = DatasetJson(channels, labels, int(d["numTraining"]), ending, d.get("regions_class_order"), extra)
-    if dj.has_regions and dj.regions_class_order is None:
-        raise PirlInputError(f"{path}: labels declare regions, so regions_class_order is required")
+    if dj.has_regions:
+        check_regions_class_order(dj, path)
     return dj
+
+
+def check_regions_class_order(dj: DatasetJson, path: Path | str) -> None:
+    """One declared label value per region (nnU-Net): with fewer, the last regions would never be painted."""
+    order, regions = dj.regions_class_order, dj.regions()
+    if order is None:
+        raise PirlInputError(f"{path}: labels declare regions, so regions_class_order is required")
+    if not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
+        raise PirlInputError(f"{path}: regions_class_order must be a list of label values, got {order!r}")
+    if len(order) != len(regions):
+        raise PirlInputError(f"{path}: regions_class_order has {len(order)} value(s) for {len(regions)} "
+                             f"regions {regions} (one label value per region, in region order)")
+    undeclared = sorted(set(order) - dj.label_values)
+    if undeclared:
+        raise PirlInputError(f"{path}: regions_class_order value(s) {undeclared} are not declared labels")
+
+
+def check_num_training(dj: DatasetJson, cases: list[RawCase], path: Path | str) -> None:
+    """``numTraining`` must count the cases in imagesTr (nnU-Net's integrity check)."""
+    if dj.num_training != len(cases):
+        raise PirlInputError(f"{path}: numTraining is {dj.num_training} but imagesTr holds {len(cases)} "
+                             "case(s); correct numTraining or the images")
 
 
 @dataclass(frozen=True)
@@ -177,4 +199,9 @@ def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "im
         unlabeled = [c.name for c in cases if c.label is None]
         if unlabeled and len(unlabeled) < len(cases):
             raise PirlInputError(f"{labels_folder}: no label for case(s) {', '.join(unlabeled[:5])}")
+        orphans = sorted(f for f in labels_folder.iterdir() if f.name.endswith(dj.file_ending)
+                         and not f.name.startswith(".") and f.name[: -len(dj.file_ending)] not in files)
+        if orphans:
+            raise PirlInputError(f"{orphans[0]}: a label without images (no {orphans[0].name[: -len(dj.file_ending)]}"
+                                 f"_XXXX{dj.file_ending} in {folder})")
     return cases

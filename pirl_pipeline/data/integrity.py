@@ -1,10 +1,12 @@
 """Integrity checks shared by the converters, the fingerprint and prediction.
 
 Each check raises PirlInputError naming the offending file: channels and label on one grid, label values
-declared in dataset.json, no NaN/Inf in images.
+declared in dataset.json, no NaN/Inf in images, no all-zero image. :func:`degenerate_warnings` lists what is
+valid but almost certainly not meant (a constant channel, a tiny image, MRI without a zero background).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import SimpleITK as sitk
 from pirl_pipeline.data.dataset_json import RawCase
 from pirl_pipeline.data.image_io import Geometry, read_image
 from pirl_pipeline.errors import PirlInputError
+
+MIN_SIDE = 8  # an image with fewer voxels along an axis is warned about (and refused by the demo generator)
 
 
 def check_same_grid(reference: Geometry, reference_path: Path, other: Geometry, other_path: Path) -> None:
@@ -37,6 +41,31 @@ def check_nifti_finite(path: Path, image: sitk.Image) -> None:
     """
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and path.name.endswith((".nii", ".nii.gz")):
         check_finite(np.asanyarray(nibabel.load(path).dataobj), path)
+
+
+def check_not_empty(array: np.ndarray, path: Path) -> None:
+    if not array.any():
+        raise PirlInputError(f"{path}: every voxel is 0 (an empty image)")
+
+
+def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], kinds: list[str]) -> list[str]:
+    """What is odd about a valid case (its channels, each (z, y, x)), one short text each, case name not
+    included: a channel constant inside the non-zero region (stored with std 0, it normalises to 0), a side
+    under MIN_SIDE voxels, or MRI without a single 0 voxel (z-scored or not skull-stripped: the crop to the
+    non-zero region and the body mask then do nothing)."""
+    found = []
+    body = np.logical_or.reduce([channel != 0 for channel in data])
+    for c, channel in enumerate(data):
+        values = channel[body]
+        if values.size and values.min() == values.max():
+            found.append(f"channel {c} ({channel_names[c]}) is constant inside the non-zero region "
+                         "(std 0: it normalises to 0)")
+    if min(body.shape) < MIN_SIDE:
+        found.append(f"image of {'x'.join(map(str, body.shape))} voxels (< {MIN_SIDE} along an axis)")
+    if body.all() and all(k == "MRI" for k in kinds):
+        found.append("no voxel is 0 in any channel (z-scored or not skull-stripped?): the crop to the non-zero "
+                     "region and the body mask do nothing; zero the background first (pirl_convert_folder --mask)")
+    return found
 
 
 def check_label_values(label: np.ndarray, path: Path, allowed: set[int]) -> None:
@@ -75,6 +104,7 @@ def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True
         if check:
             check_finite(array, path)
             check_nifti_finite(Path(path), image)
+            check_not_empty(array, path)
         arrays.append(array)
     label = None
     if case.label is not None:

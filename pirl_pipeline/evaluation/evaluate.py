@@ -18,10 +18,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
-from pirl_pipeline.data.image_io import Geometry, read_image
+from pirl_pipeline.data.image_io import Geometry, check_3d, read_image
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.metrics import CONVENTIONS
-from pirl_pipeline.file_io import atomic_path, save_json
+from pirl_pipeline.file_io import atomic_path, json_bytes, size_is
 from pirl_pipeline.parallel import parallel_map
 from pirl_pipeline.paths import find_dataset_name, raw_root
 
@@ -111,6 +111,7 @@ def read_geometry(path: Path) -> Geometry:
     except RuntimeError:
         read_image(path)  # raises the standard one-line error naming the file
         raise
+    check_3d(path, reader.GetDimension(), reader.GetNumberOfComponents())
     return Geometry(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
@@ -189,6 +190,8 @@ def write_summary(table: pd.DataFrame, path: Path, info: dict) -> None:
                "mean": nest(stats.loc["mean"]), "std": nest(stats.loc["std"]),
                "count": {t: {m: int(v) for m, v in d.items()} for t, d in nest(stats.loc["count"]).items()},
                "per_case": [{"case": str(case), "metrics": nest(row)} for case, row in table.iterrows()]}
-    with atomic_path(path.with_suffix(".csv")) as tmp:
-        table.to_csv(tmp, index_label="case")
-    save_json(summary, path)
+    data = json_bytes(summary)
+    # both written before either is renamed: a full disk leaves neither (nor a stale pair of mixed runs)
+    with atomic_path(path.with_suffix(".csv")) as csv_tmp, atomic_path(path, size_is(len(data))) as json_tmp:
+        table.to_csv(csv_tmp, index_label="case")
+        json_tmp.write_bytes(data)

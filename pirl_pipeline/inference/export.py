@@ -39,9 +39,10 @@ def labels_from_probabilities(probs: np.ndarray, dataset_json: DatasetJson) -> n
     regions = [set(r) for r in dataset_json.regions()]
     on = probs > 0.5
     labels = np.zeros(probs.shape[1:], np.uint8)
-    for k, value in enumerate(dataset_json.regions_class_order):
+    # strict: a short regions_class_order would leave the last regions unpainted (dataset.json checks it too)
+    for k, (region, value) in enumerate(zip(regions, dataset_json.regions_class_order, strict=True)):
         # fix: nested painting (nnU-Net paints each region alone)
-        parents = [j for j, parent in enumerate(regions) if regions[k] < parent]
+        parents = [j for j, parent in enumerate(regions) if region < parent]
         labels[np.logical_and.reduce([on[k], *(on[j] for j in parents)])] = value
     return labels
 

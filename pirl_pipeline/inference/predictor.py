@@ -22,7 +22,7 @@ from pirl_pipeline.data.dataset_json import RawCase
 from pirl_pipeline.data.image_io import Geometry, write_array
 from pirl_pipeline.data.integrity import load_case
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import atomic_path
+from pirl_pipeline.file_io import save_npz
 from pirl_pipeline.inference.export import (
     intensities_in_input_units,
     labels_from_probabilities,
@@ -108,15 +108,14 @@ class PIRLPredictor:
 
     def export(self, case: str, result: CasePrediction, geometry: Geometry, output_folder: Path,
                file_ending: str) -> list[Path]:
-        """Write the prediction as NIfTI on the input's grid (atomic); returns the written paths."""
+        """Write the prediction as NIfTI on the input's grid (atomic, verified); returns the written paths."""
         written = []
         if result.segmentation is not None:
             path = output_folder / f"{case}{file_ending}"
             write_array(result.segmentation, geometry, path)
             written.append(path)
             if result.probabilities is not None:
-                with atomic_path(output_folder / f"{case}.npz") as tmp, open(tmp, "wb") as f:
-                    np.savez_compressed(f, probabilities=result.probabilities.astype(np.float16))
+                save_npz(output_folder / f"{case}.npz", probabilities=result.probabilities.astype(np.float16))
         if result.images is not None:
             for c, image in enumerate(result.images):
                 path = output_folder / f"{case}_{c:04d}{file_ending}"

@@ -6,8 +6,9 @@ On disk, per case in ``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``:
   datasets, where it is the foreground mask of the decomposition loss);
 - ``CASE.json``: geometry to restore the original image, crop box, shapes, normalisation parameters,
   foreground-class voxel locations for oversampling, and the plans fingerprint it was made with.
-``CASE.json`` is written last, atomically: its presence (with a matching plans fingerprint and readable
-arrays) marks a finished case, which a rerun skips.
+Every file is written atomically and verified (``file_io``); ``CASE.json`` comes last: its presence (with a
+matching plans fingerprint and readable arrays) marks a finished case, which a rerun skips. A rerun first
+removes the ``.tmp-*`` files an interrupted (kill -9) run left.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from pirl_pipeline.data.dataset_json import RawCase
 from pirl_pipeline.data.integrity import load_case
-from pirl_pipeline.file_io import load_json, save_json, save_npy
+from pirl_pipeline.file_io import load_json, make_dirs, remove_stale, save_json, save_npy
 from pirl_pipeline.parallel import parallel_map
 from pirl_pipeline.preprocessing.cropping import crop_to_nonzero
 from pirl_pipeline.preprocessing.normalization import normalize_channel
@@ -117,8 +118,8 @@ def preprocess_dataset(cases: list[RawCase], plans: Plans, configuration: str, p
                        labels: set[int], num_processes: int = 2) -> dict[str, int]:
     """Preprocess every case (skipping finished ones); returns counts of 'done' and 'skipped'."""
     config = plans.configuration(configuration)
-    out = Path(preprocessed_folder) / config.data_identifier
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(Path(preprocessed_folder) / config.data_identifier)
+    remove_stale(out)
     foreground = sorted(v for v in labels if v > 0)
     work = partial(preprocess_case, plans=plans, config=config, out=out, labels=labels,
                    foreground_classes=foreground, fingerprint=plans_fingerprint(plans, config))
