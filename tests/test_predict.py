@@ -1,4 +1,6 @@
 """pirl_predict: any channel subset in, outputs on the input's exact grid, clear errors."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.data.image_io import Geometry, read_array
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from tests.synthetic import make_case, write_image, write_raw_dataset
 
@@ -72,13 +75,23 @@ def test_translation_writes_every_modality_in_input_units(trained):
     assert abs(float(np.median(flair_out[inside])) - float(np.median(flair_in[inside]))) < 5 * flair_in[inside].std()
 
 
-def test_python_api(trained):
+def test_python_api_arrays_equal_the_file_route(trained, tmp_path):
     root, inputs, _ = trained
-    predictor = PIRLPredictor.from_model_folder(
-        root / "results" / "Dataset930_TinyPredict" / "PIRLSegTrainer__PIRLPlans__3d_fullres", mirror=False)
-    t1, geometry = read_array(inputs / "lps_0000.nii.gz")
-    result = predictor.predict_case({0: t1}, geometry)
-    assert result.available == [0] and result.segmentation.shape == t1.shape
+    folder = root / "results" / "Dataset930_TinyPredict" / "PIRLSegTrainer__PIRLPlans__3d_fullres"
+    (tmp_path / "in").mkdir()
+    shutil.copy(inputs / "lps_0001.nii.gz", tmp_path / "in")
+    assert run_predict(["-i", tmp_path / "in", "-o", tmp_path / "out", "-m", folder, "--disable_tta"]) == 0
+    from_file, _ = read_array(tmp_path / "out" / "lps.nii.gz", dtype=np.uint8)
+    predictor = PIRLPredictor.from_model_folder(folder, task="seg", mirror=False)
+    image = sitk.ReadImage(str(inputs / "lps_0001.nii.gz"))  # FLAIR only: channel 1 of the model
+    flair, spacing = sitk.GetArrayFromImage(image)[None], image.GetSpacing()[::-1]
+    [result] = predictor.predict_arrays([flair], [spacing], channels=[1])
+    assert result.available == [1] and result.segmentation.shape == flair.shape[1:]
+    np.testing.assert_array_equal(result.segmentation, from_file)
+    with pytest.raises(PirlInputError, match=r"shape \(1, 40, 44, 42\) with channels \[0, 1\]"):
+        predictor.predict_array(flair, spacing, channels=[0, 1])
+    with pytest.raises(PirlInputError, match="the model was trained for seg, not translate"):
+        PIRLPredictor.from_model_folder(folder, task="translate")
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -1,5 +1,6 @@
 """``pirl_evaluate_missing``: Table-11 (segmentation, every modality subset) or Table-10 (translation,
-every source -> target) matrices of a trained fold, predicted and scored on real images."""
+every source -> target) matrices of a trained fold, predicted and scored on real images; for seg, with
+``--complete_with``, also the "complete, then segment" route beside the model's missing-modality path."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--step_size", type=float, default=0.5)
     p.add_argument("--disable_tta", action="store_true")
+    p.add_argument("--complete_with", type=Path, metavar="TRANSLATE_MODEL_FOLDER",
+                   help="seg: also synthesise each subset's missing channels with this translation model (same "
+                        "fold) and segment the completed case; writes per_case.csv with a 'path' column "
+                        "(direct / completed) and missing_modalities_dice_completed.csv beside the direct matrix")
     return p
 
 
@@ -68,22 +73,35 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str
 def run(args: argparse.Namespace) -> None:
     args.model_folder = None
     folder = model_folder_from(args)
-    predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device,
-                                                step_size=args.step_size, mirror=not args.disable_tta)
-    if predictor.task != args.task:
-        raise PirlInputError(f"{folder}: the model was trained for {predictor.task}, not {args.task}")
+    if args.complete_with and args.task != "seg":
+        raise PirlInputError("--complete_with: only with -t seg (it completes cases for the seg model)")
+    options = {"step_size": args.step_size, "mirror": not args.disable_tta}
+    predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device, task=args.task,
+                                                **options)
+    completer = None
+    if args.complete_with:
+        completer = PIRLPredictor.from_model_folder(args.complete_with, [args.fold], args.checkpoint, args.device,
+                                                    task="translate", **options)
+        theirs, ours = completer.model.dataset_json.channel_names, predictor.model.dataset_json.channel_names
+        if theirs != ours:
+            raise PirlInputError(f"{args.complete_with}: channels {theirs} differ from the seg model's {ours}")
     cases = select_cases(args, predictor)
     name = find_dataset_name(args.dataset, raw_root())
     info = {"model": str(folder), "fold": args.fold, "cases": len(cases), "case_names": sorted(cases),
-            "tta": not args.disable_tta, "step_size": args.step_size}
+            "tta": not args.disable_tta, "step_size": args.step_size,
+            "complete_with": str(args.complete_with) if completer else None}
     if args.task == "seg":
         refs = args.references or raw_root() / name / "labelsTr"
         references = {k: refs / f"{k}{predictor.model.dataset_json.file_ending}" for k in cases}
         missing = [str(p) for p in references.values() if not p.is_file()]
         if missing:
             raise PirlInputError(f"{missing[0]}: reference label not found")
-        table = segmentation_table(predictor, cases, references)
-        matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice")}
+        table = segmentation_table(predictor, cases, references, completer)
+        if completer is None:
+            matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice")}
+        else:
+            matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice", "direct"),
+                        "missing_modalities_dice_completed": segmentation_matrix(table, "Dice", "completed")}
     else:
         table = translation_table(predictor, cases)
         matrices = {"translation_psnr": translation_matrix(table, "PSNR"),

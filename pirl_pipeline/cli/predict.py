@@ -17,6 +17,7 @@ from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, remove_stale
+from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, results_root
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg)")
     p.add_argument("--channels", help="use only these channels, e.g. 0,2 (others present are ignored)")
+    p.add_argument("--missing_only", action="store_true",
+                   help="translate: write only the channels a case lacks in INPUT_DIR, as CASE_XXXX files, so the "
+                        "output folder plus the input is a complete case (e.g. to segment it next)")
     p.add_argument("-np", dest="num_processes", type=int, default=2, help="reading/writing threads")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="skip cases whose outputs exist and read back complete")
@@ -99,7 +103,7 @@ def is_complete(paths: list[Path]) -> bool:
 
 def run(args: argparse.Namespace) -> None:
     check_folders(args.input, args.output)
-    keep = parse_channels(args.channels)
+    keep = parse_channels(args.channels)  # a typo fails before the model loads
     folds = None if args.folds in (None, ["all"]) else args.folds
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -109,21 +113,10 @@ def run(args: argparse.Namespace) -> None:
                                                 step_size=args.step_size, mirror=not args.disable_tta,
                                                 save_probabilities=args.save_probabilities,
                                                 precision="fp32" if args.fp32 else "auto",
-                                                sw_batch_size=args.sw_batch_size)
-    if args.task and args.task != predictor.task:
-        raise PirlInputError(f"-t {args.task}: the model was trained for {predictor.task}")
+                                                sw_batch_size=args.sw_batch_size, task=args.task)
     dj = predictor.model.dataset_json
-    cases = group_channel_files(args.input, dj)
-    if keep is not None:
-        unknown = sorted(keep - set(range(dj.num_channels)))
-        if unknown:
-            raise PirlInputError(f"--channels {args.channels}: channel(s) {unknown} do not exist (the model has "
-                                 f"0..{dj.num_channels - 1}: {', '.join(dj.channel_names.values())})")
-        cases = {k: {c: p for c, p in v.items() if c in keep} for k, v in cases.items()}
-        cases = {k: v for k, v in cases.items() if v}
-        if not cases:
-            raise PirlInputError(f"{args.input}: no case has any of channels {sorted(keep)}")
-    outputs = {k: expected_outputs(k, predictor, dj.file_ending, args.output) for k in cases}
+    cases, targets = select_cases(args, predictor, keep)
+    outputs = {k: output_paths(args.output, k, dj.file_ending, targets[k]) for k in cases}
     todo = [k for k in cases if not (args.resume and is_complete(outputs[k]))]
     log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task,
              predictor.model.folds, "on" if predictor.mirror else "off")
@@ -150,7 +143,8 @@ def run(args: argparse.Namespace) -> None:
                 log.info("%s: channels %s", case, sorted(images))
                 result = predictor.predict_case(images, geometry)
                 del images
-                exports.append(pool.submit(predictor.export, case, result, geometry, args.output, dj.file_ending))
+                exports.append(pool.submit(predictor.export, case, result, geometry, args.output, dj.file_ending,
+                                           targets[case]))
                 for future in exports:  # a failed write (a full disk) stops the run now, not after every case
                     if future.done():
                         future.result()
@@ -160,10 +154,32 @@ def run(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.output)
 
 
-def expected_outputs(case: str, predictor: PIRLPredictor, ending: str, folder: Path) -> list[Path]:
+def select_cases(args: argparse.Namespace, predictor: PIRLPredictor, keep: set[int] | None
+                 ) -> tuple[dict[str, dict[int, Path]], dict[str, list[int] | None]]:
+    """``({case: {channel: input file}}, {case: image channels to write, None for a label map})`` of the cases
+    to predict: ``--channels`` picks the inputs; ``--missing_only`` the channels absent from INPUT_DIR (a
+    case that has every channel is left out: nothing to write)."""
+    dj = predictor.model.dataset_json
+    cases = found = group_channel_files(args.input, dj)
+    if keep is not None:
+        unknown = sorted(keep - set(range(dj.num_channels)))
+        if unknown:
+            raise PirlInputError(f"--channels {args.channels}: channel(s) {unknown} do not exist (the model has "
+                                 f"0..{dj.num_channels - 1}: {', '.join(dj.channel_names.values())})")
+        cases = {k: {c: p for c, p in v.items() if c in keep} for k, v in cases.items()}
+        cases = {k: v for k, v in cases.items() if v}
+        if not cases:
+            raise PirlInputError(f"{args.input}: no case has any of channels {sorted(keep)}")
     if predictor.task == "seg":
-        return [folder / f"{case}{ending}"]
-    return [folder / f"{case}_{c:04d}{ending}" for c in range(predictor.num_modalities)]
+        if args.missing_only:
+            raise PirlInputError("--missing_only: the model is a seg model; completing cases needs -t translate")
+        return cases, dict.fromkeys(cases)
+    channels = range(dj.num_channels)
+    targets = {k: [c for c in channels if c not in found[k]] if args.missing_only else list(channels) for k in cases}
+    if complete := [k for k in cases if not targets[k]]:
+        log.info("--missing_only: %d case(s) have every channel, nothing to write: %s", len(complete),
+                 ", ".join(complete))
+    return {k: v for k, v in cases.items() if targets[k]}, targets
 
 
 @cli_entry

@@ -3,7 +3,9 @@
 - segmentation (Table 11): Dice per region/label for each of the 2^M - 1 non-empty modality subsets;
 - translation (Table 10): PSNR/SSIM for every source -> target pair (one source modality in).
 Each case is read once; every subset is predicted from the same arrays with the model's own
-missing-modality path. Results: per-case CSV, matrix CSV, heat-map PNG and summary JSON.
+missing-modality path ("direct") and, given a translation model, also "completed": the absent channels
+synthesised first, then every channel segmented (``pirl_predict -t translate --missing_only``, then
+``-t seg``). Results: per-case CSV, matrix CSV, heat-map PNG and summary JSON.
 """
 from __future__ import annotations
 
@@ -35,36 +37,48 @@ def subset_name(subset: tuple[int, ...], dj: DatasetJson) -> str:
     return "+".join(dj.channel_names[str(c)] for c in subset)
 
 
-def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]],
-                       references: dict[str, Path]) -> pd.DataFrame:
-    """One row per (subset, case) with every segmentation metric."""
+def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]], references: dict[str, Path],
+                       completer: PIRLPredictor | None = None) -> pd.DataFrame:
+    """One row per (subset, case) with every segmentation metric. With ``completer`` (a translation model of
+    the same channels) a ``path`` column tells the rows of the two routes apart: "direct" (the seg model on
+    the subset) and "completed" (``completer.complete`` fills in the absent channels, the seg model sees
+    all; the full subset is one prediction, scored for both)."""
     dj = predictor.model.dataset_json
     rows = []
     for case, files in tqdm(cases.items(), desc="cases"):
         images, geometry = predictor.read_case(case, files)
         reference, _ = read_array(references[case], dtype=np.int16)
         for subset in modality_subsets(predictor.num_modalities):
-            result = predictor.predict_case({c: images[c] for c in subset}, geometry)
-            metrics = segmentation_metrics(result.segmentation, reference, dj)
-            rows.append({"subset": subset_name(subset, dj), "case": case, **metrics})
+            given = {c: images[c] for c in subset}
+            direct = predictor.predict_case(given, geometry).segmentation
+            row = {"subset": subset_name(subset, dj), "case": case}
+            if completer is None:
+                rows.append({**row, **segmentation_metrics(direct, reference, dj)})
+                continue
+            completed = direct
+            if len(subset) < predictor.num_modalities:
+                completed = predictor.predict_case(completer.complete(given, geometry), geometry).segmentation
+            for path, labels in (("direct", direct), ("completed", completed)):
+                rows.append({"path": path, **row, **segmentation_metrics(labels, reference, dj)})
     return pd.DataFrame(rows)
 
 
 def translation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]]) -> pd.DataFrame:
-    """One row per (source, target, case): the source modality alone in, every other one out."""
+    """One row per (source, target, case): the source modality alone in, every other one out; a case that
+    lacks modalities (``allow_missing_channels``) gives the pairs among those it has."""
     dj = predictor.model.dataset_json
     names = channel_targets(dj)
     rows = []
     for case, files in tqdm(cases.items(), desc="cases"):
         images, geometry = predictor.read_case(case, files)
-        reference = np.stack([images[c] for c in range(predictor.num_modalities)])
-        mask = reference_mask(reference)  # from the reference images only
-        for source in range(predictor.num_modalities):
+        present = sorted(images)
+        mask = reference_mask(np.stack([images[c] for c in present]))  # from the reference images only
+        for source in present:
             result = predictor.predict_case({source: images[source]}, geometry)
-            for target in range(predictor.num_modalities):
+            for target in present:
                 if target == source:
                     continue
-                metrics = translation_metrics(result.images[target], reference[target], mask, ["x"])
+                metrics = translation_metrics(result.images[target], images[target], mask, ["x"])
                 rows.append({"source": names[source], "target": names[target], "case": case,
                              **{k.split("/")[0]: v for k, v in metrics.items()}})
     return pd.DataFrame(rows)
@@ -87,6 +101,7 @@ def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}") -
 
 
 def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: Path, info: dict) -> None:
+    """``per_case.csv`` (``table``), ``NAME.csv`` + ``NAME.png`` per matrix, ``summary.json``."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "per_case.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -97,8 +112,11 @@ def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: P
     save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / "summary.json")
 
 
-def segmentation_matrix(table: pd.DataFrame, metric: str = "Dice") -> pd.DataFrame:
-    """Rows: subsets (in enumeration order); columns: targets; values: mean ``metric`` over cases."""
+def segmentation_matrix(table: pd.DataFrame, metric: str = "Dice", path: str | None = None) -> pd.DataFrame:
+    """Rows: subsets (in enumeration order); columns: targets; values: mean ``metric`` over cases (of the rows
+    of ``path`` when given)."""
+    if path is not None:
+        table = table[table["path"] == path]
     columns = [c for c in table.columns if c.startswith(f"{metric}/")]
     matrix = table.groupby("subset", sort=False)[columns].mean()
     matrix.columns = [c.split("/", 1)[1] for c in columns]

@@ -3,6 +3,9 @@ the crop back into the full grid, and turn outputs into label maps or intensitie
 input's units; synthesised MRI channels in z-score units, CT/PET in HU/SUV)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -11,6 +14,15 @@ from pirl_pipeline.preprocessing.cropping import uncrop
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
 from plans.plans_manager import Plans
+
+
+def output_paths(folder: Path, case: str, file_ending: str, channels: Iterable[int] | None = None) -> list[Path]:
+    """Prediction file names, the raw layout's: ``CASE{ending}`` for a label map (``channels`` None), else
+    ``CASE_XXXX{ending}`` per image channel, so a translation output folder reads as an ``imagesTs``."""
+    folder = Path(folder)
+    if channels is None:
+        return [folder / f"{case}{file_ending}"]
+    return [folder / f"{case}_{c:04d}{file_ending}" for c in channels]
 
 
 def to_original_grid(array: np.ndarray, properties: dict, order: int = 1) -> np.ndarray:
