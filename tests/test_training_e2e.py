@@ -3,6 +3,7 @@
 Tiny but real: the same CLI, trainers, loader and networks as a full run; 64^3 patches (the smallest that
 SwinUNETR's instance norm accepts), feature_size 12, batch 1, one iteration per epoch.
 """
+import logging
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ import torch
 
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.train import main as train_main
+from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.training.checkpoint import load_checkpoint
+from pirl_pipeline.training.config import TrainerConfig
 from tests.synthetic import write_raw_dataset
 
 TINY = ["--epochs", "1", "--iters", "1", "--val-iters", "1", "--patch-size", "64", "64", "64", "--feature-size",
@@ -84,6 +87,12 @@ def _train_cmd(*extra: str) -> list[str]:
             "32", "32", "--feature-size", "12", "--batch-size", "2", "-npa", "0", "-device", "cpu", *extra]
 
 
+def _resume_cmd(*extra: str) -> list[str]:
+    """``--c`` without repeating the run's flags: the saved configuration (feature size 12, patch 32^3, 3 epochs
+    of 4 iterations, batch 2) must win over the defaults (plans: feature size 48, patch 64^3, batch 2)."""
+    return [*_train_cmd()[:10], "-device", "cpu", "--c", *extra]
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(roots, tmp_path):
     _, env = roots
     runs = {}
@@ -99,13 +108,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(roots, tmp_path
             proc.wait()
             state = load_checkpoint(out / "checkpoint_latest.pth")
             assert 1 <= state["epoch"] < 3, "the kill should land before the last epoch"
-            subprocess.run(_train_cmd("--c"), env=run_env, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+            subprocess.run(_resume_cmd(), env=run_env, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
         else:
             subprocess.run(_train_cmd(), env=run_env, cwd=REPO, check=True, stderr=subprocess.DEVNULL)
         runs[name] = load_checkpoint(out / "checkpoint_final.pth")
     a, b = runs["straight"]["network_weights"], runs["killed"]["network_weights"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["epoch"] for r in runs["killed"]["history"]] == [0, 1, 2]
+    assert runs["killed"]["config"] == runs["straight"]["config"]
+
+
+def test_resume_uses_the_saved_config_and_refuses_conflicting_flags(roots, tmp_path, monkeypatch, capsys, caplog):
+    """Killed before checkpoint_latest.pth: --c starts again from config.json, not from the defaults; a flag that
+    would change the run is an error naming it, --epochs a logged override."""
+    monkeypatch.setenv("PIRL_results", str(tmp_path))
+    out = tmp_path / "Dataset920_TinyTrain" / "DynUNetSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
+    config = TrainerConfig(task="seg", trainer="DynUNetSegTrainer", epochs=1, iters_per_epoch=1, val_iters=1,
+                           patch_size=[32, 32, 32], feature_size=12, batch_size=1, num_workers=0, val_volumes=False)
+    save_json(config.to_dict(), out / "config.json")
+    for flags, field in ((["--lr", "0.001"], "--lr 0.001 (the run has 0.0002)"),
+                         (["--feature-size", "24"], "--feature-size 24 (the run has 12)"),
+                         (["--set", "w_inv_finetune=0.5"], "--set w_inv_finetune 0.5 (the run has 1.0)")):
+        assert train_main(_resume_cmd(*flags)[3:]) == 2
+        err = capsys.readouterr().err
+        assert "config.json: --c continues the run with its saved configuration" in err and field in err
+    with caplog.at_level(logging.INFO, logger="pirl"):
+        assert train_main(_resume_cmd("--epochs", "2")[3:]) == 0
+    assert "--c: --epochs 2 overrides the run's 1" in caplog.text
+    state = load_checkpoint(out / "checkpoint_final.pth")
+    assert state["config"] == {**config.to_dict(), "epochs": 2} and state["network_kwargs"]["filters"][0] == 8
+    assert [r["epoch"] for r in state["history"]] == [0, 1]
 
 
 def test_corrupt_latest_checkpoint_is_reported(roots, tmp_path, monkeypatch, capsys):

@@ -1,4 +1,8 @@
-"""``pirl_train DATASET CONFIGURATION TASK``: pre-train (Algorithm 1), or fine-tune for seg/translate."""
+"""``pirl_train DATASET CONFIGURATION TASK``: pre-train (Algorithm 1), or fine-tune for seg/translate.
+
+``--c`` continues the run that was started: its saved configuration (checkpoint_latest.pth, or config.json when
+it was killed before the first checkpoint), its network; a flag that would change it is an error, except the
+``RESUME_SAFE`` ones (``--epochs``, ...), which are logged overrides."""
 from __future__ import annotations
 
 import argparse
@@ -10,13 +14,14 @@ import torch
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.paths import find_dataset_name, preprocessed_root, results_root
+from pirl_pipeline.file_io import load_json
+from pirl_pipeline.paths import find_dataset_name, preprocessed_root
 from pirl_pipeline.splits import load_or_create_splits
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.base_trainer import RunContext
-from pirl_pipeline.training.checkpoint import load_checkpoint
-from pirl_pipeline.training.config import ABLATIONS, TASKS, TrainerConfig
-from pirl_pipeline.training.registry import TRAINERS, build_trainer, resolve_trainer
+from pirl_pipeline.training.checkpoint import PretrainedWeights, load_checkpoint, load_pretrained
+from pirl_pipeline.training.config import ABLATIONS, RESUME_SAFE, TASKS, TrainerConfig
+from pirl_pipeline.training.registry import TRAINERS, build_trainer, model_folder, resolve_trainer
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")
@@ -33,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=TASKS)
     p.add_argument("-f", dest="fold", default=None, help="fold index or 'all' (default: 0; pretrain: all)")
     p.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: the task's PIRL trainer)")
-    p.add_argument("--pretrained", type=Path, default=None, help="checkpoint of a PIRLPretrainer run")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="initial weights: a pirl checkpoint (any channel set and patch size: the stem, prior O and "
+                        "output head are adapted, and logged) or a plain MONAI SwinUNETR state dict")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--c", dest="resume", action="store_true", help="continue from checkpoint_latest.pth")
+    p.add_argument("--c", dest="resume", action="store_true",
+                   help="continue from checkpoint_latest.pth with the run's saved configuration (flags may change "
+                        "only " + ", ".join(RESUME_SAFE) + ")")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iters", type=int, dest="iters_per_epoch", help="training iterations per epoch")
     p.add_argument("--val-iters", type=int, dest="val_iters", help="validation batches per epoch")
@@ -61,10 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_config(args: argparse.Namespace, pretrained_state: dict | None) -> TrainerConfig:
-    fields = ("epochs", "iters_per_epoch", "val_iters", "lr", "batch_size", "patch_size", "feature_size",
-              "seed", "num_workers")
-    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+FLAGS = {"epochs": "--epochs", "iters_per_epoch": "--iters", "val_iters": "--val-iters", "lr": "--lr",
+         "batch_size": "--batch-size", "patch_size": "--patch-size", "feature_size": "--feature-size", "seed": "--seed",
+         "num_workers": "-npa", "disabled": "--disable", "save_probabilities": "--npz", "amp": "--fp32",
+         "grad_checkpoint": "--grad-checkpoint", "compile": "--compile", "pretrained": "--pretrained"}
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The TrainerConfig fields the command line sets explicitly (``--set`` aside)."""
+    overrides = {k: getattr(args, k) for k in ("epochs", "iters_per_epoch", "val_iters", "lr", "batch_size",
+                                               "patch_size", "feature_size", "seed", "num_workers")
+                 if getattr(args, k) is not None}
     if args.disable:
         overrides["disabled"] = list(args.disable)
     if args.save_probabilities:
@@ -74,13 +90,55 @@ def make_config(args: argparse.Namespace, pretrained_state: dict | None) -> Trai
     for flag in ("grad_checkpoint", "compile"):
         if getattr(args, flag):
             overrides[flag] = True
-    if pretrained_state is not None:  # the backbone's size comes from the pre-trained network by default
-        source = pretrained_state["network_kwargs"]
-        for key in ("feature_size", "patch_size"):
-            if key not in overrides and key in source:
-                overrides[key] = list(source[key]) if key == "patch_size" else int(source[key])
+    if args.pretrained is not None:
+        overrides["pretrained"] = str(Path(args.pretrained).resolve())
+    return overrides
+
+
+def make_config(args: argparse.Namespace, pretrained: PretrainedWeights | None) -> TrainerConfig:
+    """A new run's configuration: defaults, the backbone size of ``pretrained``, then the flags and ``--set``."""
+    overrides = flag_overrides(args)
+    if pretrained is not None:  # the backbone's size comes from the pre-trained network by default
+        overrides.setdefault("feature_size", pretrained.feature_size)
+        if pretrained.patch_size is not None:
+            overrides.setdefault("patch_size", pretrained.patch_size)
     config = TrainerConfig.from_dict({**TrainerConfig(task=args.task).to_dict(), **overrides})
     return config.with_overrides(args.set) if args.set else config
+
+
+def resumed_config(args: argparse.Namespace, saved: TrainerConfig, source: Path) -> TrainerConfig:
+    """The run's saved configuration; flags that would change it are an error, the ``RESUME_SAFE`` ones a
+    logged override."""
+    config = TrainerConfig.from_dict({**saved.to_dict(), **flag_overrides(args)})
+    config = config.with_overrides(args.set) if args.set else config
+    changes = saved.changes(config)
+    words = {k: f"{FLAGS.get(k, '--set ' + k)} {new}" for k, _, new in changes}
+    refused = [f"{words[k]} (the run has {old})" for k, old, _ in changes if k not in RESUME_SAFE]
+    if refused:
+        raise PirlInputError(f"{source}: --c continues the run with its saved configuration; " + "; ".join(refused)
+                             + f" would change it (a resumed run may change only {', '.join(RESUME_SAFE)}): drop "
+                               "the flag, or start a new run without --c")
+    for key, old, new in changes:
+        log.info("--c: %s overrides the run's %s", words[key], old)
+    return config
+
+
+def select_run(args: argparse.Namespace, output: Path) -> tuple[TrainerConfig, PretrainedWeights | None, dict | None]:
+    """(configuration, pretrained weights to start from, checkpoint state to resume) of this invocation."""
+    latest, saved = output / "checkpoint_latest.pth", output / "config.json"
+    if args.resume and latest.is_file():
+        state = load_checkpoint(latest)
+        return resumed_config(args, TrainerConfig.from_dict(state["config"]), latest), None, state
+    if args.resume and saved.is_file():
+        config = resumed_config(args, TrainerConfig.from_dict(load_json(saved)), saved)
+        log.warning("--c: no checkpoint in %s yet; starting the run again from its saved configuration", output)
+        return config, load_pretrained(config.pretrained) if config.pretrained else None, None
+    if args.resume:
+        log.warning("--c: nothing to continue in %s, starting from scratch", output)
+    elif latest.is_file():
+        log.warning("%s exists; training again from scratch (use --c to continue)", latest)
+    pretrained = load_pretrained(args.pretrained) if args.pretrained else None
+    return make_config(args, pretrained), pretrained, None
 
 
 def select_device(choice: str | None, info: distributed.DistInfo) -> torch.device:
@@ -110,23 +168,22 @@ def run(args: argparse.Namespace) -> None:
         if not fold.isdigit() or int(fold) >= len(splits):
             raise PirlInputError(f"{folder / 'splits_final.json'}: no fold {fold} (folds 0..{len(splits) - 1}, or all)")
         train_cases, val_cases = splits[int(fold)]["train"], splits[int(fold)]["val"]
-    pretrained_state = load_checkpoint(args.pretrained) if args.pretrained else None
-    config = make_config(args, pretrained_state)
+    output = model_folder(name, trainer_name, plans.plans_name, args.configuration) / f"fold_{fold}"
+    config, pretrained, state = select_run(args, output)
     config.trainer = trainer_name
     info = distributed.init_distributed("cuda" if args.device == "cuda" or
                                         (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
-        output = results_root() / name / f"{trainer_name}__{plans.plans_name}__{args.configuration}" / f"fold_{fold}"
         ctx = RunContext(plans, args.configuration, dataset_json, data_folder, output, train_cases, val_cases,
                          select_device(args.device, info), info)
-        trainer = build_trainer(trainer_name, ctx, config, args.pretrained)
-        latest = output / "checkpoint_latest.pth"
-        if args.resume and latest.is_file():
-            trainer.resume(latest)
-        elif args.resume:
-            log.warning("--c: no %s yet, starting from scratch", latest)
-        elif latest.is_file() and info.is_main:
-            log.warning("%s exists; training again from scratch (use --c to continue)", latest)
+        trainer = build_trainer(trainer_name, ctx, config, pretrained, state["network_kwargs"] if state else None)
+        if state is not None:
+            built, saved = trainer.network_kwargs(), state["network_kwargs"]
+            if built != saved:
+                differs = [k for k in {**saved, **built} if saved.get(k) != built.get(k)]
+                raise PirlInputError(f"{output / 'checkpoint_latest.pth'}: its network differs from the one the "
+                                     f"plans build now ({', '.join(differs)}); were the plans edited?")
+            trainer.resume(output / "checkpoint_latest.pth")
         trainer.run()
         if info.is_main:
             log.info("done: %s", output)

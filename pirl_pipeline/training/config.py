@@ -1,5 +1,6 @@
 """Trainer hyper-parameters as one dataclass: defaults here, overrides from the command line, saved with
-every checkpoint (``config.json`` beside it), so a run is reproducible without subclassing anything."""
+every checkpoint (``config.json`` beside it), so a run is reproducible without subclassing anything.
+A resumed run (``--c``) reads its config back; the command line may change only ``RESUME_SAFE`` fields."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,10 @@ from pirl_pipeline.errors import PirlInputError
 
 TASKS = ("pretrain", "seg", "translate")
 ABLATIONS = ("contrastive", "decomposition", "equivariance", "invariance", "prior")
+#: what a resumed run may change (logged): how long it runs, how it validates and saves, how it executes —
+#: never what its finished epochs computed (lr, iterations, batch, patch, network, losses, data, seed)
+RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "save_probabilities", "amp", "fused_attention",
+               "grad_checkpoint", "compile")
 
 
 @dataclass
@@ -18,6 +23,7 @@ class TrainerConfig:
 
     task: str = "pretrain"
     trainer: str = ""  # registry name; empty -> the task's default trainer
+    pretrained: str | None = None  # --pretrained file the run started from (absolute path; None: from scratch)
     epochs: int = 1000
     iters_per_epoch: int = 250
     val_iters: int = 20
@@ -61,6 +67,7 @@ class TrainerConfig:
         unknown = sorted(set(self.disabled) - set(ABLATIONS))
         if unknown:
             raise PirlInputError(f"unknown ablation(s) {unknown}; choose from {ABLATIONS}")
+        self.disabled = sorted(set(self.disabled))
         if "prior" in self.disabled:
             self.use_prior = False
         if self.patch_size is not None and (len(self.patch_size) != 3 or any(p % 32 for p in self.patch_size)):
@@ -79,6 +86,11 @@ class TrainerConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainerConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def changes(self, other: TrainerConfig) -> list[tuple[str, Any, Any]]:
+        """(field, value here, value in ``other``) for every field that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
 
     def with_overrides(self, pairs: list[str]) -> TrainerConfig:
         """Apply ``key=value`` strings (``--set lr=1e-3``), parsed with the field's type."""

@@ -15,7 +15,6 @@ are augmented, what the network must synthesise is not. Each epoch ends with who
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +24,11 @@ from pirl_pipeline.evaluation.metrics import psnr
 from pirl_pipeline.losses.invariance import InvarianceLoss
 from pirl_pipeline.losses.segmentation import SegmentationLoss, class_weights_from_counts
 from pirl_pipeline.losses.translation import TranslationLoss
-from pirl_pipeline.networks.factory import create
+from pirl_pipeline.networks import factory
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
+from pirl_pipeline.networks.transfer import head_rows_by_name
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
-from pirl_pipeline.training.checkpoint import load_checkpoint, transfer_weights
+from pirl_pipeline.training.checkpoint import PretrainedWeights, transfer_weights
 from pirl_pipeline.training.config import TrainerConfig
 from pirl_pipeline.training.data import PreprocessedDataset
 from pirl_pipeline.training.final_validation import validate_fold
@@ -56,9 +56,10 @@ class DownstreamTrainer(BaseTrainer):
     """Segmentation or translation for network kind ``pirl``, ``swinunetr`` or ``dynunet``."""
 
     def __init__(self, ctx: RunContext, config: TrainerConfig, *, name: str, network_kind: str,
-                 pretrained: Path | None = None) -> None:
-        self.name, self.network_kind, self.pretrained = name, network_kind, pretrained
-        self.pretrained_state = load_checkpoint(pretrained) if pretrained else None
+                 pretrained: PretrainedWeights | None = None, network: dict | None = None) -> None:
+        """pretrained: initial weights (``checkpoint.load_pretrained``); network: a description to build instead
+        (``--c``: the checkpoint's network, whose weights ``resume`` then loads)."""
+        self.name, self.network_kind, self.pretrained, self.resumed_network = name, network_kind, pretrained, network
         dj = ctx.dataset_json
         self.regions = dj.regions() if dj.has_regions else None
         if config.task == "seg" and not dj.has_regions:
@@ -125,23 +126,39 @@ class DownstreamTrainer(BaseTrainer):
         return len(self.regions) if self.regions else len(self.ctx.dataset_json.label_values)
 
     def build_network(self) -> torch.nn.Module:
+        if self.resumed_network is not None:  # weights, optimiser and output bias come from the checkpoint
+            self.description = dict(self.resumed_network)
+            return factory.build_network(self.description)
+        source = self.pretrained
         options = {"use_prior": self.config.use_prior} if self.network_kind == "pirl" else {}
-        if self.pretrained_state is not None and self.network_kind == "pirl":
-            source = self.pretrained_state["network_kwargs"]
-            options = {k: source[k] for k in ("use_prior", "depths", "num_heads", "attn_heads", "window_size")
-                       if k in source}
-        net, self.description = create(self.network_kind, self.num_modalities, self.out_channels,
-                                       self.patch_size, self.feature_size, **options)
-        if self.pretrained_state is not None:
-            weights = self.pretrained_state["network_weights"]
+        if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
+            options = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
+                                                             "window_size") if k in source.network_kwargs}
+        net, self.description = factory.create(self.network_kind, self.num_modalities, self.out_channels,
+                                               self.patch_size, self.feature_size, **options)
+        if source is not None:
+            if self.network_kind == "dynunet":
+                raise PirlInputError("DynUNet baselines train from scratch; drop --pretrained")
+            weights = source.weights
             if self.network_kind == "swinunetr":
                 weights = filter_swinunetr_state(weights, include_out=True)
-            elif self.network_kind == "dynunet":
-                raise PirlInputError("DynUNet baselines train from scratch; drop --pretrained")
-            transfer_weights(net, weights, str(self.pretrained))
+            transfer_weights(net, weights, str(source.path), head_rows=self.head_rows(source))
         if self.config.task == "seg":  # after the transfer: a pre-trained output layer predicted intensities
             self.init_output_prior(net)
         return net
+
+    def head_rows(self, source: PretrainedWeights) -> list[int | None]:
+        """Source row of each output channel: translation takes the source's row of the same modality (by
+        ``channel_names``, aliases such as T1c = T1ce count); segmentation's head, and modalities the source
+        did not output, start fresh (Algorithm 2: a new output head)."""
+        if self.config.task != "translate" or not source.output_modalities:
+            return [None] * self.out_channels
+        names = [self.ctx.dataset_json.channel_names[str(c)] for c in range(self.num_modalities)]
+        rows = head_rows_by_name(names, source.output_modalities)
+        log.info("output head by modality name: %s", ", ".join(
+            f"{n} <- {source.output_modalities[r]}" if r is not None else f"{n} freshly initialised (not in the "
+            f"source's {', '.join(source.output_modalities)})" for n, r in zip(names, rows)))
+        return rows
 
     def network_kwargs(self) -> dict:
         return self.description

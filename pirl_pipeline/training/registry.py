@@ -1,4 +1,5 @@
-"""Trainer names (the ``-tr`` option and the results folder name) -> what they build.
+"""Trainer names (the ``-tr`` option and the results folder name) -> what they build, and the results-folder
+layout (``model_folder``: the one place that knows ``DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION``).
 
 Names are configurations of two classes, not subclasses: comparisons are one flag away.
 """
@@ -8,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.paths import results_root
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
+from pirl_pipeline.training.checkpoint import PretrainedWeights, load_pretrained
 from pirl_pipeline.training.config import TrainerConfig
 from pirl_pipeline.training.downstream import DownstreamTrainer
 from pirl_pipeline.training.pretrainer import PIRLPretrainer
@@ -46,12 +49,25 @@ def resolve_trainer(task: str, name: str | None) -> str:
     return name
 
 
-def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained: Path | None) -> BaseTrainer:
+def model_folder(dataset_name: str, trainer: str, plans_name: str, configuration: str,
+                 root: Path | None = None) -> Path:
+    """``ROOT/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION`` (ROOT: $PIRL_results; ``Path()`` gives the relative
+    form); its folds are ``fold_F`` inside it."""
+    return (results_root() if root is None else root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
+
+
+def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained: PretrainedWeights | Path | None,
+                  network: dict | None = None) -> BaseTrainer:
+    """The trainer ``name`` on ``ctx``. ``pretrained``: initial weights (fine-tuning); ``network``: the description
+    of the network to build instead (a resumed run: the checkpoint's own, whose weights replace any other)."""
     spec = TRAINERS[name]
-    if spec.pretrained == "required" and pretrained is None:
-        raise PirlInputError(f"{name} needs --pretrained CHECKPOINT (a PIRLPretrainer checkpoint)")
+    if isinstance(pretrained, (str, Path)):
+        pretrained = load_pretrained(pretrained)
+    if spec.pretrained == "required" and pretrained is None and network is None:
+        raise PirlInputError(f"{name} needs --pretrained CHECKPOINT (a PIRLPretrainer checkpoint or SwinUNETR weights)")
     if spec.pretrained == "refused" and pretrained is not None:
         raise PirlInputError(f"{name} trains from scratch; drop --pretrained")
     if spec.task == "pretrain":
         return PIRLPretrainer(ctx, config)
-    return DownstreamTrainer(ctx, config, name=name, network_kind=spec.network_kind, pretrained=pretrained)
+    return DownstreamTrainer(ctx, config, name=name, network_kind=spec.network_kind, pretrained=pretrained,
+                             network=network)
