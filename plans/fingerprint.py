@@ -6,7 +6,9 @@ the labelled foreground when the case has a non-empty label (nnU-Net's choice, w
 relies on), else the non-zero mask (image-only datasets). The same statistics over the whole non-zero
 (body) mask are kept too: translation returns synthesised modalities in those units. The integrity checks run in the same pass, so
 the raw data are read once for both; so do the warnings about degenerate cases (logged, grouped, and kept
-under ``warnings`` in the fingerprint).
+under ``warnings`` in the fingerprint). Incomplete datasets (``allow_missing_channels``): ``channels_per_case``
+lists the channels each case has; a channel's statistics come from the cases that have it, the crop and the
+masks from the channels a case has; a channel no case has is an error.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, modality_kind
 from pirl_pipeline.data.integrity import degenerate_warnings, load_case
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.parallel import parallel_map
 from pirl_pipeline.preprocessing.cropping import bounding_box, crop, nonzero_mask
 
@@ -27,7 +30,8 @@ FINGERPRINT_FILE = "dataset_fingerprint.json"
 
 
 def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 1234) -> dict:
-    """Read one case (checking it unless ``check`` is False) and summarise it."""
+    """Read one case (checking it unless ``check`` is False) and summarise it; ``samples`` and ``body_samples``
+    hold one array per channel of ``channels`` (those the case has)."""
     loaded = load_case(case, dj.label_values, check=check)
     mask = nonzero_mask(loaded.data)
     box = bounding_box(mask)
@@ -39,8 +43,9 @@ def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 12
     names = [dj.channel_names[str(c)] for c in range(dj.num_channels)]
     kinds = [modality_kind(n) for n in names]
     return {
-        "warnings": degenerate_warnings(loaded.data, names, kinds) if check else [],
+        "warnings": degenerate_warnings(loaded.data, names, kinds, loaded.channels) if check else [],
         "name": case.name,
+        "channels": list(loaded.channels),
         "spacing": list(loaded.geometry.spacing),
         "shape_before_cropping": list(loaded.geometry.shape),
         "shape_after_cropping": list(data.shape[1:]),
@@ -69,18 +74,21 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float]:
 def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: int = 2,
                         check: bool = True) -> dict:
     """Fingerprint of all cases (parallel over ``num_processes``); raises on the first bad case."""
+    check_every_channel_present(cases, dj)
     work = partial(case_fingerprint, dj=dj, check=check)
     per_case = parallel_map(work, cases, num_processes, desc="fingerprint")
     warnings = log_warnings(per_case)
 
-    def statistics(key: str) -> dict[str, dict[str, float]]:
-        return {c: intensity_statistics(np.concatenate([pc[key][int(c)] for pc in per_case]))
+    def statistics(key: str) -> dict[str, dict[str, float]]:  # each channel over the cases that have it
+        return {c: intensity_statistics(np.concatenate([pc[key][pc["channels"].index(int(c))] for pc in per_case
+                                                        if int(c) in pc["channels"]]))
                 for c in dj.channel_names}
 
     return {
         "channel_names": dj.channel_names,
         "modality_kinds": [modality_kind(dj.channel_names[str(i)]) for i in range(dj.num_channels)],
         "case_names": [pc["name"] for pc in per_case],
+        "channels_per_case": [pc["channels"] for pc in per_case],
         "spacings": [pc["spacing"] for pc in per_case],
         "shapes_before_cropping": [pc["shape_before_cropping"] for pc in per_case],
         "shapes_after_cropping": [pc["shape_after_cropping"] for pc in per_case],
@@ -89,6 +97,15 @@ def extract_fingerprint(cases: list[RawCase], dj: DatasetJson, num_processes: in
         "samples_per_case": SAMPLES_PER_CASE,
         "warnings": warnings,
     }
+
+
+def check_every_channel_present(cases: list[RawCase], dj: DatasetJson) -> None:
+    """A declared channel that no case has cannot be normalised or learnt: an error naming it."""
+    absent = sorted(set(range(dj.num_channels)) - {c for case in cases for c in case.channels})
+    if absent and cases:
+        shown = ", ".join(f"{c:04d} ({dj.channel_names[str(c)]})" for c in absent)
+        raise PirlInputError(f"{cases[0].images[0].parent}: no case has channel(s) {shown}; remove them from "
+                             "channel_names in dataset.json or add their images")
 
 
 def log_warnings(per_case: list[dict]) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pirl_pipeline.data.dataset_json import list_cases, load_dataset_json, modality_kind
+from pirl_pipeline.data.dataset_json import RawCase, list_cases, load_dataset_json, modality_kind
 from pirl_pipeline.errors import PirlInputError
 from tests.synthetic import write_image, write_raw_dataset
 
@@ -84,6 +84,33 @@ def test_subset_listing_for_prediction(dataset):
     (dataset / "imagesTr" / "case000_0001.nii.gz").unlink()
     cases = list_cases(dataset, load_dataset_json(dataset), require_all_channels=False)
     assert [p.name[-11:] for p in cases[0].images] == ["0000.nii.gz", "0002.nii.gz", "0003.nii.gz"]
+    assert cases[0].channels == (0, 2, 3) and cases[1].channels == (0, 1, 2, 3)
+
+
+def test_allow_missing_channels_is_declared_validated_and_saved(dataset, tmp_path):
+    (dataset / "imagesTr" / "case000_0001.nii.gz").unlink()
+    d = json.loads((dataset / "dataset.json").read_text())
+    with pytest.raises(PirlInputError, match='missing channel.*case000_0001.*"allow_missing_channels": true'):
+        list_cases(dataset, load_dataset_json(dataset))
+    (dataset / "dataset.json").write_text(json.dumps({**d, "allow_missing_channels": True}))
+    dj = load_dataset_json(dataset)
+    assert dj.allow_missing_channels and "allow_missing_channels" not in dj.extra
+    cases = list_cases(dataset, dj)
+    assert [c.channels for c in cases] == [(0, 2, 3), (0, 1, 2, 3)] and cases[0].label.name == "case000.nii.gz"
+    dj.save(tmp_path / "saved")
+    assert load_dataset_json(tmp_path / "saved").allow_missing_channels
+    complete = {**d, "allow_missing_channels": False}
+    (dataset / "dataset.json").write_text(json.dumps(complete))
+    assert "allow_missing_channels" not in load_dataset_json(dataset).to_dict()  # complete datasets: as before
+    (dataset / "dataset.json").write_text(json.dumps({**d, "allow_missing_channels": 1}))
+    with pytest.raises(PirlInputError, match="dataset.json: allow_missing_channels must be true or false, got 1"):
+        load_dataset_json(dataset)
+
+
+def test_raw_case_channels_default_to_a_complete_case(tmp_path):
+    assert RawCase("a", (tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz")).channels == (0, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        RawCase("a", (tmp_path / "a_0000.nii.gz",), channels=(0, 2))
 
 
 @pytest.mark.parametrize("name, kind", [("T1", "MRI"), ("FLAIR", "MRI"), ("CT", "CT"), ("CTres", "CT"),

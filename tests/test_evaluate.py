@@ -256,3 +256,56 @@ def test_translate_bad_input(brats, tmp_path, run_cli):
     (ref / "b_0001.nii.gz").rename(pred / "b_0001.nii.gz")
     err = error_of(run_cli, ["-ref", ref, "-pred", pred, "-d", 501, "-t", "translate", "-np", 1])
     assert "b_0001.nii.gz: no reference image for channel 0001" in err
+
+
+def test_translate_missing_reference_is_skipped_when_channels_may_be_missing(brats, pirl_raw, tmp_path, run_cli):
+    """A dataset with missing channels: a synthesised channel whose reference does not exist is not scored (and
+    listed); the others are scored as before, inside the mask of the references the case has."""
+    ref, pred, arrays, body = write_translation(tmp_path, shift=2.0)
+    (ref / "b_0002.nii.gz").unlink()  # case b has no T2
+    write_image(arrays["a"][1], pred / "a_0001.nii.gz")
+    dj = DatasetJson(MRI4, {"background": 0, "lesion": 1}, 2, allow_missing_channels=True)
+    dj.save(pirl_raw / "Dataset502_Incomplete")
+    code, err = run_cli(main, ["-ref", ref, "-pred", pred, "-d", 502, "-t", "translate", "-np", 1])
+    assert code == 0, err
+    summary = json.loads((pred / "summary.json").read_text())
+    assert summary["not_scored"] == ["b_0002.nii.gz"]
+    assert summary["count"]["T2"]["PSNR_raw"] == 1 and summary["count"]["T1ce"]["NMSE_raw"] == 1
+    a = arrays["a"][2][body]
+    assert summary["mean"]["T2"]["PSNR_raw"] == pytest.approx(10 * math.log10(float(a.max() - a.min()) ** 2 / 4.0),
+                                                              rel=1e-5)
+    assert summary["per_case"][1]["metrics"]["T2"]["PSNR_raw"] is None
+    assert summary["mean"]["T1ce"]["NMSE_raw"] == 0.0
+    # the same folders against a dataset that declares no missing channels: the error names the file
+    err = error_of(run_cli, ["-ref", ref, "-pred", pred, "-d", 501, "-t", "translate", "-np", 1])
+    assert "b_0002.nii.gz: no reference image for channel 0002" in err and "allow_missing_channels" in err
+
+
+def test_translation_table_scores_the_pairs_a_case_has():
+    """Final validation of translation (every single source -> every other modality) on a case lacking one."""
+    from types import SimpleNamespace
+
+    from pirl_pipeline.evaluation.missing_modalities import translation_table
+
+    images = {c: np.full(SHAPE, 10.0 * (c + 1), np.float32) for c in (0, 2, 3)}  # channel 1 absent
+
+    class Predictor:
+        num_modalities = 4
+        model = SimpleNamespace(dataset_json=BRATS)
+
+        def __init__(self):
+            self.calls = []
+
+        def read_case(self, case, files):
+            return {c: images[c] for c in files}, None
+
+        def predict_case(self, available, geometry):
+            self.calls.append(sorted(available))
+            return SimpleNamespace(images=np.stack([images.get(c, np.zeros(SHAPE, np.float32)) for c in range(4)]))
+
+    predictor = Predictor()
+    table = translation_table(predictor, {"x": {0: "x_0000", 2: "x_0002", 3: "x_0003"}})
+    assert predictor.calls == [[0], [2], [3]]
+    pairs = list(zip(table["source"], table["target"]))
+    assert pairs == [("T1", "T2"), ("T1", "FLAIR"), ("T2", "T1"), ("T2", "FLAIR"), ("FLAIR", "T1"), ("FLAIR", "T2")]
+    assert (table["NMSE_raw"] == 0).all()

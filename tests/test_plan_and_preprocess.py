@@ -218,3 +218,79 @@ def test_hand_edited_plans_are_kept_unless_overwritten(roots, capsys, caplog):
     assert "--overwrite_plans" in capsys.readouterr().err
     assert main(["-d", "907", "-np", "1", "--plan_only", "--overwrite_plans"]) == 0
     assert json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["batch_size"] == 2
+
+
+def _incomplete(raw: Path, dataset_id: int, deleted: dict[str, list[int]]) -> Path:
+    """A 3-case synthetic dataset declaring allow_missing_channels, with the channel files ``deleted`` removed."""
+    folder = write_raw_dataset(raw, dataset_id, name="Incomplete", num_cases=3)
+    for case, channels in deleted.items():
+        for c in channels:
+            (folder / "imagesTr" / f"{case}_{c:04d}.nii.gz").unlink()
+    d = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**d, "allow_missing_channels": True}))
+    return folder
+
+
+def test_incomplete_case_is_redone_when_its_channels_change(roots):
+    raw, pre = roots
+    folder = _incomplete(raw, 908, {"case001": [0, 2]})
+    assert main(["-d", "908", "-np", "1"]) == 0
+    out = pre / "Dataset908_Incomplete" / "pirl_plans_3d_fullres"
+    props, data = load_json(out / "case001.json"), np.load(out / "case001.npy")
+    assert props["channels_present"] == [1, 3] and np.isnan(data[[0, 2]]).all() and np.isfinite(data[[1, 3]]).all()
+    assert "channels_present" not in load_json(out / "case000.json")
+    # the crop box comes from the channels the case has (a NaN-filled stack would keep the whole image)
+    raw_data, _ = make_case((24, 28, 26), seed=1)
+    hits = [np.flatnonzero(np.any(raw_data[[1, 3]] != 0, axis=(0, *[a for a in (1, 2, 3) if a != axis])))
+            for axis in (1, 2, 3)]
+    assert props["bbox_used_for_cropping"] == [[int(h[0]), int(h[-1]) + 1] for h in hits] != [[0, 24], [0, 28], [0, 26]]
+    complete_mtime = (out / "case000.npy").stat().st_mtime_ns
+    data_full, _ = make_case((24, 28, 26), seed=1)  # the channels come back: the case is redone, complete
+    for c in (0, 2):
+        write_image(data_full[c], folder / "imagesTr" / f"case001_{c:04d}.nii.gz")
+    assert main(["-d", "908", "-np", "1"]) == 0
+    assert "channels_present" not in load_json(out / "case001.json") and np.isfinite(np.load(out / "case001.npy")).all()
+    assert (out / "case000.npy").stat().st_mtime_ns == complete_mtime
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("channel_in_no_case", "no case has channel(s) 0002 (T2)"),
+    ("all_zero_present_channel", "case001_0001.nii.gz: every voxel is 0"),
+    ("grid_of_present_channels", "case001_0003.nii.gz: not on the grid of case001_0001.nii.gz"),
+    ("label_without_images", "labelsTr/case001.nii.gz: a label without images"),
+    ("flag_not_boolean", "allow_missing_channels must be true or false"),
+])
+def test_incomplete_dataset_still_refuses_what_is_broken(roots, capsys, problem, expected):
+    raw, pre = roots
+    folder = _incomplete(raw, 909, {"case001": [0, 2]})
+    data, _ = make_case((24, 28, 26), seed=1)
+    if problem == "channel_in_no_case":
+        for case in ("case000", "case002"):
+            (folder / "imagesTr" / f"{case}_0002.nii.gz").unlink()
+    elif problem == "all_zero_present_channel":
+        write_image(np.zeros_like(data[1]), folder / "imagesTr" / "case001_0001.nii.gz")
+    elif problem == "grid_of_present_channels":
+        write_image(data[3], folder / "imagesTr" / "case001_0003.nii.gz", spacing=(1.0, 1.0, 1.5))
+    elif problem == "label_without_images":
+        for c in (1, 3):
+            (folder / "imagesTr" / f"case001_{c:04d}.nii.gz").unlink()
+    else:
+        d = json.loads((folder / "dataset.json").read_text())
+        (folder / "dataset.json").write_text(json.dumps({**d, "allow_missing_channels": "yes"}))
+    assert main(["-d", "909", "-np", "1"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error: " in line]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not (pre / "Dataset909_Incomplete" / "pirl_plans_3d_fullres").exists()
+
+
+def test_incomplete_case_warnings_name_the_channels_it_has(roots, caplog):
+    raw, pre = roots
+    folder = _incomplete(raw, 910, {"case001": [0]})
+    data, _ = make_case((24, 28, 26), seed=1)
+    write_image(np.where(data[1] != 0, 5.0, 0.0).astype(np.float32), folder / "imagesTr" / "case001_0001.nii.gz")
+    with caplog.at_level(logging.WARNING, "pirl"):
+        assert main(["-d", "910", "-np", "1", "--plan_only"]) == 0
+    fingerprint = load_json(pre / "Dataset910_Incomplete" / "dataset_fingerprint.json")
+    assert fingerprint["warnings"] == {
+        "channel 1 (T1ce) is constant inside the non-zero region (std 0: it normalises to 0)": ["case001"]}
+    assert fingerprint["channels_per_case"] == [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3]]

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         info["segmentation_options"] = options.to_dict()
     else:
         table = evaluate_translation_folder(ref_dir, pred_dir, dj, args.num_processes)
+        if table.attrs["not_scored"]:  # predicted channels without a reference (allow_missing_channels)
+            info["not_scored"] = table.attrs["not_scored"]
     write_summary(table, output, info)
     if len(table.columns):
         log.info("mean over cases:\n%s", mean_table(table).to_string(float_format="%.4f"))

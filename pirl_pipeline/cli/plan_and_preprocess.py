@@ -56,6 +56,10 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     if args.clean and out.exists():
         shutil.rmtree(out)
     log.info("%s: %d training cases, channels %s", name, len(cases), dj.channel_names)
+    incomplete = [f"{c.name} {list(c.channels)}" for c in cases if len(c.channels) < dj.num_channels]
+    if incomplete:
+        log.info("%d case(s) lack channels (allow_missing_channels; present channels shown): %s", len(incomplete),
+                 ", ".join(incomplete[:8]) + (f" (+{len(incomplete) - 8} more)" if len(incomplete) > 8 else ""))
     fingerprint = extract_fingerprint(cases, dj, args.num_processes, check=not args.no_integrity_check)
     make_dirs(out)
     remove_stale(out)

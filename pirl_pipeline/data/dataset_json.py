@@ -3,7 +3,8 @@
 ``channel_names`` maps channel index -> modality name (the name decides normalisation), ``labels`` maps
 name -> value or list of values (a list declares a region, e.g. BraTS whole tumour), ``numTraining`` and
 ``file_ending`` as in nnU-Net. An image-only dataset (no ``labelsTr``) is valid: pre-training and
-translation need no labels.
+translation need no labels. ``allow_missing_channels`` (pirl's key, default false) declares an incomplete
+dataset: a training case may lack channel files (it needs at least one); without it a missing channel is an error.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class DatasetJson:
     file_ending: str = ".nii.gz"
     regions_class_order: list[int] | None = None
     extra: dict = field(default_factory=dict)
+    allow_missing_channels: bool = False
 
     @property
     def num_channels(self) -> int:
@@ -70,6 +72,8 @@ class DatasetJson:
              "file_ending": self.file_ending}
         if self.regions_class_order is not None:
             d["regions_class_order"] = self.regions_class_order
+        if self.allow_missing_channels:
+            d["allow_missing_channels"] = True
         return {**d, **self.extra}
 
     def save(self, folder: Path) -> None:
@@ -112,9 +116,13 @@ def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
     ending = d["file_ending"]
     if not isinstance(ending, str) or not ending.startswith("."):
         raise PirlInputError(f"{path}: file_ending must look like '.nii.gz', got {ending!r}")
+    allow_missing = d.get("allow_missing_channels", False)
+    if not isinstance(allow_missing, bool):
+        raise PirlInputError(f"{path}: allow_missing_channels must be true or false, got {allow_missing!r}")
     extra = {k: v for k, v in d.items()
-             if k not in (*REQUIRED_KEYS, "regions_class_order", "modality")}
-    dj = DatasetJson(channels, labels, int(d["numTraining"]), ending, d.get("regions_class_order"), extra)
+             if k not in (*REQUIRED_KEYS, "regions_class_order", "modality", "allow_missing_channels")}
+    dj = DatasetJson(channels, labels, int(d["numTraining"]), ending, d.get("regions_class_order"), extra,
+                     allow_missing)
     if dj.has_regions:
         check_regions_class_order(dj, path)
     return dj
@@ -144,11 +152,19 @@ def check_num_training(dj: DatasetJson, cases: list[RawCase], path: Path | str) 
 
 @dataclass(frozen=True)
 class RawCase:
-    """One case of a raw dataset: its channel files (index order) and optional label file."""
+    """One case of a raw dataset: its channel files (index order), optional label file and ``channels``, the
+    channel index of each file (default ``0..len(images)-1``; fewer than the dataset's for an incomplete case)."""
 
     name: str
     images: tuple[Path, ...]
     label: Path | None = None
+    channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        channels = tuple(range(len(self.images))) if self.channels is None else tuple(self.channels)
+        if len(channels) != len(self.images) or list(channels) != sorted(set(channels)):
+            raise ValueError(f"{self.name}: channels {channels} do not match {len(self.images)} image file(s)")
+        object.__setattr__(self, "channels", channels)
 
 
 def group_channel_files(folder: str | Path, dj: DatasetJson) -> dict[str, dict[int, Path]]:
@@ -176,12 +192,15 @@ def group_channel_files(folder: str | Path, dj: DatasetJson) -> dict[str, dict[i
 
 
 def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "imagesTr",
-               require_all_channels: bool = True) -> list[RawCase]:
+               require_all_channels: bool | None = None) -> list[RawCase]:
     """Group ``subfolder/CASE_XXXX{ending}`` files into cases and attach ``labelsTr/CASE{ending}``.
 
-    With ``require_all_channels`` a case lacking a channel is an error; otherwise missing channels are
-    left out (used by prediction, which handles modality subsets).
+    With ``require_all_channels`` (default: unless dataset.json declares ``allow_missing_channels``) a case
+    lacking a channel is an error; otherwise missing channels are left out and ``RawCase.channels`` says
+    which the case has.
     """
+    if require_all_channels is None:
+        require_all_channels = not dj.allow_missing_channels
     folder = Path(dataset_folder) / subfolder
     files = group_channel_files(folder, dj)
     labels_folder = Path(dataset_folder) / "labelsTr"
@@ -191,10 +210,12 @@ def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "im
             missing = [c for c in range(dj.num_channels) if c not in by_channel]
             if missing:
                 raise PirlInputError(f"{folder / name}: case is missing channel(s) "
-                                     + ", ".join(f"{name}_{c:04d}{dj.file_ending}" for c in missing))
+                                     + ", ".join(f"{name}_{c:04d}{dj.file_ending}" for c in missing)
+                                     + ' (an incomplete dataset declares "allow_missing_channels": true)')
         label = labels_folder / f"{name}{dj.file_ending}"
-        cases.append(RawCase(name, tuple(by_channel[c] for c in sorted(by_channel)),
-                             label if subfolder == "imagesTr" and label.is_file() else None))
+        present = tuple(sorted(by_channel))
+        cases.append(RawCase(name, tuple(by_channel[c] for c in present),
+                             label if subfolder == "imagesTr" and label.is_file() else None, present))
     if subfolder == "imagesTr" and labels_folder.is_dir():
         unlabeled = [c.name for c in cases if c.label is None]
         if unlabeled and len(unlabeled) < len(cases):

@@ -2,7 +2,9 @@
 
 Each check raises PirlInputError naming the offending file: channels and label on one grid, label values
 declared in dataset.json, no NaN/Inf in images, no all-zero image. :func:`degenerate_warnings` lists what is
-valid but almost certainly not meant (a constant channel, a tiny image, MRI without a zero background).
+valid but almost certainly not meant (a constant channel, a tiny image, MRI without a zero background). A case
+of an incomplete dataset is checked on the channels it has (an absent channel has no file; an all-zero file is
+still refused, so nothing that looks like data can stand for a missing channel).
 """
 from __future__ import annotations
 
@@ -48,21 +50,24 @@ def check_not_empty(array: np.ndarray, path: Path) -> None:
         raise PirlInputError(f"{path}: every voxel is 0 (an empty image)")
 
 
-def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], kinds: list[str]) -> list[str]:
+def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], kinds: list[str],
+                        channels: Sequence[int] | None = None) -> list[str]:
     """What is odd about a valid case (its channels, each (z, y, x)), one short text each, case name not
     included: a channel constant inside the non-zero region (stored with std 0, it normalises to 0), a side
     under MIN_SIDE voxels, or MRI without a single 0 voxel (z-scored or not skull-stripped: the crop to the
-    non-zero region and the body mask then do nothing)."""
+    non-zero region and the body mask then do nothing). ``channels``: the dataset channel index of each array
+    (default 0, 1, ...), which indexes ``channel_names`` and ``kinds``; only these channels are looked at."""
     found = []
+    channels = list(range(len(data))) if channels is None else list(channels)
     body = np.logical_or.reduce([channel != 0 for channel in data])
-    for c, channel in enumerate(data):
+    for c, channel in zip(channels, data, strict=True):
         values = channel[body]
         if values.size and values.min() == values.max():
             found.append(f"channel {c} ({channel_names[c]}) is constant inside the non-zero region "
                          "(std 0: it normalises to 0)")
     if min(body.shape) < MIN_SIDE:
         found.append(f"image of {'x'.join(map(str, body.shape))} voxels (< {MIN_SIDE} along an axis)")
-    if body.all() and all(k == "MRI" for k in kinds):
+    if body.all() and all(kinds[c] == "MRI" for c in channels):
         found.append("no voxel is 0 in any channel (z-scored or not skull-stripped?): the crop to the non-zero "
                      "region and the body mask do nothing; zero the background first (pirl_convert_folder --mask)")
     return found
@@ -80,16 +85,35 @@ def check_label_values(label: np.ndarray, path: Path, allowed: set[int]) -> None
 
 @dataclass
 class LoadedCase:
-    """A raw case in memory: images stacked (C, z, y, x) float32, label (z, y, x) or None."""
+    """A raw case in memory: the images it has stacked (K, z, y, x) float32, ``channels`` (K,) their dataset
+    channel indices (all of them, 0..C-1, for a complete case), label (z, y, x) or None.
+
+    The one place that says how a case with missing channels looks in memory: ``data`` holds only the
+    present channels; :meth:`full` places them in the dataset's (C, z, y, x) layout.
+    """
 
     name: str
     data: np.ndarray
     label: np.ndarray | None
     geometry: Geometry
+    channels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(self.channels) or tuple(range(len(self.data)))
+
+    def full(self, num_channels: int, fill: float = 0.0) -> np.ndarray:
+        """(num_channels, z, y, x) float32: the present channels at their indices, ``fill`` in the absent ones
+        (``data`` itself when nothing is missing)."""
+        if self.channels == tuple(range(num_channels)):
+            return self.data
+        out = np.full((num_channels, *self.data.shape[1:]), fill, np.float32)
+        out[list(self.channels)] = self.data
+        return out
 
 
 def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True) -> LoadedCase:
-    """Read a case's channels and label; with ``check`` verify grids, finiteness and label values."""
+    """Read the channels a case has and its label; with ``check`` verify grids (among the present channels and
+    the label), finiteness, non-empty images and label values."""
     arrays, reference = [], None
     for path in case.images:
         image = read_image(path)
@@ -115,4 +139,4 @@ def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True
         if check and allowed_labels is not None:
             check_label_values(label, case.label, allowed_labels)
         label = label.astype(np.int16, copy=False)
-    return LoadedCase(case.name, np.stack(arrays), label, reference)
+    return LoadedCase(case.name, np.stack(arrays), label, reference, case.channels)

@@ -8,11 +8,15 @@ reference voxels (the paper's reference code does that; it inflates every score)
 reference each by its own 0.5/99.5 percentiles inside the mask; BraTS-synthesis style, insensitive to MRI's
 arbitrary gain and offset), and ``PSNR_raw``/``NMSE_raw``/``SSIM_raw`` on the written intensities with the
 data range (max - min) of the reference inside the mask. A channel with no file in the prediction folder
-is not evaluated (NaN in the table); a case with no prediction file at all is an error.
+is not evaluated (NaN in the table); a case with no prediction file at all is an error. A predicted channel
+with no reference file is an error, unless dataset.json declares ``allow_missing_channels``: then it is not
+scored (NaN), logged, and listed in ``DataFrame.attrs["not_scored"]`` (``pirl_evaluate``: ``not_scored`` in
+summary.json).
 """
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ from pirl_pipeline.evaluation.evaluate import (
     run_cases,
 )
 from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, image_metrics
+
+log = logging.getLogger("pirl")
 
 
 def channel_targets(dj: DatasetJson) -> dict[int, str]:
@@ -75,11 +81,13 @@ def translation_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | No
 
 def evaluate_translation_case(ref_files: dict[int, Path], pred_files: dict[int, Path],
                               dataset_json: DatasetJson) -> dict[str, float]:
-    """Metrics of one case from its reference channel files and predicted channel files (same grid)."""
+    """Metrics of one case from its reference channel files and predicted channel files (same grid); a
+    predicted channel without a reference is left out when the dataset allows missing channels."""
     unknown = sorted(set(pred_files) - set(ref_files))
-    if unknown:
+    if unknown and not dataset_json.allow_missing_channels:
         raise PirlInputError(f"{pred_files[unknown[0]]}: no reference image for channel {unknown[0]:04d} "
-                             f"in {ref_files[min(ref_files)].parent}")
+                             f"in {ref_files[min(ref_files)].parent} (a dataset whose cases lack channels "
+                             'declares "allow_missing_channels": true)')
     first = ref_files[min(ref_files)]
     ref0, grid = read_on_grid(first, None)
     refs = {c: (ref0 if f == first else read_on_grid(f, grid, first)[0]) for c, f in ref_files.items()}
@@ -87,6 +95,8 @@ def evaluate_translation_case(ref_files: dict[int, Path], pred_files: dict[int, 
     names = channel_targets(dataset_json)
     out: dict[str, float] = {}
     for c, f in sorted(pred_files.items()):
+        if c not in refs:
+            continue
         pred = read_on_grid(f, grid, first)[0]
         out.update(translation_metrics(pred, refs[c], mask, [names[c]]))
     return out
@@ -100,7 +110,8 @@ def evaluate_translation_folder(ref_dir: str | Path, pred_dir: str | Path,
                                 dataset_json: DatasetJson | str | Path | int,
                                 num_processes: int = 1) -> pd.DataFrame:
     """Per-case table (index ``case``, columns ``"<metric>/<channel name>"``) of ``pred_dir/CASE_XXXX``
-    against ``ref_dir/CASE_XXXX``; columns only for channels predicted in at least one case."""
+    against ``ref_dir/CASE_XXXX``; columns only for channels predicted in at least one case.
+    ``attrs["not_scored"]``: the predicted files without a reference (allowed with missing channels)."""
     dj = resolve_dataset_json(dataset_json)
     ref_dir, pred_dir = check_folder(ref_dir, "reference"), check_folder(pred_dir, "prediction")
     ref, pred = list_channel_files(ref_dir, dj), list_channel_files(pred_dir, dj)
@@ -111,4 +122,10 @@ def evaluate_translation_folder(ref_dir: str | Path, pred_dir: str | Path,
     names = channel_targets(dj)
     predicted = sorted({ch for c in cases for ch in pred[c]})
     columns = [f"{m}/{names[ch]}" for m in IMAGE_METRICS for ch in predicted]
-    return pd.DataFrame(rows, index=pd.Index(cases, name="case"), columns=columns)
+    table = pd.DataFrame(rows, index=pd.Index(cases, name="case"), columns=columns)
+    table.attrs["not_scored"] = [pred[c][ch].name for c in cases for ch in sorted(pred[c]) if ch not in ref[c]]
+    if table.attrs["not_scored"]:
+        shown = table.attrs["not_scored"]
+        log.warning("%d predicted channel(s) not scored: no reference image (allow_missing_channels): %s",
+                    len(shown), ", ".join(shown[:8]) + (f" (+{len(shown) - 8} more)" if len(shown) > 8 else ""))
+    return table

@@ -6,6 +6,10 @@ On disk, per case in ``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``:
   datasets, where it is the foreground mask of the decomposition loss);
 - ``CASE.json``: geometry to restore the original image, crop box, shapes, normalisation parameters,
   foreground-class voxel locations for oversampling, and the plans fingerprint it was made with.
+A case that lacks channels (``allow_missing_channels``) is cropped to the non-zero box of the channels it has,
+which alone are normalised and resampled; every absent channel is stored as NaN in ``CASE.npy`` (never zeros
+that would look like data) and ``CASE.json`` gets ``channels_present`` (written only for such a case, so the
+files of a complete case are what they always were).
 Every file is written atomically and verified (``file_io``); ``CASE.json`` comes last: its presence (with a
 matching plans fingerprint and readable arrays) marks a finished case, which a rerun skips. A rerun first
 removes the ``.tmp-*`` files an interrupted (kill -9) run left.
@@ -84,7 +88,7 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: tuple[f
     return data, seg, properties
 
 
-def _case_is_done(out: Path, name: str, fingerprint: str) -> bool:
+def _case_is_done(out: Path, name: str, fingerprint: str, channels_present: list[int] | None = None) -> bool:
     props_file = out / f"{name}.json"
     if not props_file.is_file():
         return False
@@ -94,16 +98,23 @@ def _case_is_done(out: Path, name: str, fingerprint: str) -> bool:
         seg_shape = np.load(out / f"{name}_seg.npy", mmap_mode="r").shape
     except (OSError, ValueError):
         return False
-    return props.get("plans_fingerprint") == fingerprint and shape[1:] == seg_shape[1:]
+    return (props.get("plans_fingerprint") == fingerprint and shape[1:] == seg_shape[1:]
+            and props.get("channels_present") == channels_present)
 
 
 def preprocess_case(case: RawCase, plans: Plans, config: ConfigurationPlans, out: Path, labels: set[int],
                     foreground_classes: list[int], fingerprint: str) -> str:
     """Preprocess and save one case; returns 'skipped' or 'done'."""
-    if _case_is_done(out, case.name, fingerprint):
+    num_channels = len(config.normalization_schemes)
+    present = None if case.channels == tuple(range(num_channels)) else list(case.channels)
+    if _case_is_done(out, case.name, fingerprint, present):
         return "skipped"
     loaded = load_case(case, labels, check=False)  # checked during the fingerprint pass
-    data, seg, props = preprocess_arrays(loaded.data, loaded.label, loaded.geometry.spacing, plans, config)
+    data, seg, props = preprocess_arrays(loaded.full(num_channels), loaded.label, loaded.geometry.spacing, plans,
+                                         config, present)
+    if present is not None:  # absent channels: NaN, so they can never pass for data
+        data[[c for c in range(num_channels) if c not in present]] = np.nan
+        props["channels_present"] = present
     rng = np.random.default_rng(int(hashlib.sha1(case.name.encode()).hexdigest()[:8], 16))
     props.update({"case": case.name, "geometry": loaded.geometry.to_dict(), "has_label": loaded.label is not None,
                   "class_locations": class_locations(seg, foreground_classes, rng),
