@@ -56,6 +56,8 @@ import sys
 import time
 from pathlib import Path
 
+from pirl_pipeline.paths import model_folder
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2020_style" / "TCGA-DU-7294"
@@ -115,7 +117,7 @@ def prepare_model(args, work: Path, env: dict) -> tuple[Path, dict]:
     roi_tag = "x".join(map(str, args.roi))
     results = work / f"models_fs{args.fs}_roi{roi_tag}"
     dataset = f"Dataset{DATASET_ID:03d}_BenchBraTS"
-    model = results / dataset / f"{TRAINER}__PIRLPlans__3d_fullres"
+    model = model_folder(dataset, TRAINER, root=results)
     info = {"model_folder": str(model), "trainer": TRAINER, "fold": "0",
             "weights": "untrained: 1 training iteration (timing only; the cost does not depend on the weights)"}
     raw, pre = work / "raw", work / "preprocessed"

@@ -27,6 +27,7 @@ import pandas as pd
 from experiments import data
 from experiments.stages import StageRunner
 from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.paths import fold_folder, model_folder
 from pirl_pipeline.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ class Curve:
 
     def folder(self, work: Path) -> Path:
         trainer = "PIRLSegTrainer" if self.task == "seg" else "PIRLTranslateTrainer"
-        return work / "results" / self.key / self.dataset / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0"
+        return fold_folder(model_folder(self.dataset, trainer, root=work / "results" / self.key), 0)
 
 
 def curves_for(steps: int, epochs: int) -> list[Curve]:

@@ -35,9 +35,9 @@ from experiments.config import (
 from experiments.report import write_report
 from experiments.stages import StageRunner
 from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.paths import fold_folder, model_folder
 
 REPO = Path(__file__).resolve().parents[1]
-PLANS = "PIRLPlans__3d_fullres"
 ALL_PARTS = ["translation", "seg", "seg2", "ablation", "representation"]
 
 
@@ -96,7 +96,7 @@ class Experiment:
                 "-device", b.device, "--set", f"seed={seed}", f"lr_schedule={b.lr_schedule}"]
 
     def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
-        return self.work / "results" / run / PARTS[part][0] / f"{trainer}__{PLANS}" / f"fold_{fold}"
+        return fold_folder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
 
     def pretrain_checkpoint(self, model: Model, part: str, fold: int, seed: int) -> Path:
         return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer", fold) / \

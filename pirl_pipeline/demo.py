@@ -25,11 +25,11 @@ from pirl_pipeline.cli import evaluate, evaluate_missing, plan_and_preprocess, p
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
-from pirl_pipeline.paths import raw_root, results_root
+from pirl_pipeline.paths import fold_folder, model_folder, raw_root, results_root
 
 log = logging.getLogger("pirl")
 DATASET = "Dataset500_DemoBrain"
-PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 120, 40, 4  # from the learning curves, see README
+PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 160, 40, 4  # from the learning curves, see README
 #: the trivial references, scored beside the models (the report compares them): (folder, task, arguments)
 REFERENCES = (("seg_flair_reference_threshold", "seg", ["--kind", "threshold", "--channels", "3"]),
               ("seg_all_reference_whole_brain", "seg", ["--kind", "whole_brain"]),
@@ -88,13 +88,13 @@ def run(args: argparse.Namespace) -> None:
     pre_iters = str(max(1, args.pretrain_iters // pre_epochs))
     fine_iters = {"seg": str(max(1, args.seg_iters // args.epochs)),
                   "translate": str(max(1, args.translate_iters // args.epochs))}
-    pre_folder = res / "PIRLPretrainer__PIRLPlans__3d_fullres" / "fold_all"
+    pre_folder = fold_folder(model_folder(DATASET, "PIRLPretrainer"), "all")
     stages.run("pretrain", train.main, ["500", "3d_fullres", "pretrain", "--iters", pre_iters, "--feature-size",
                                         str(args.feature_size), "--epochs", str(pre_epochs), "--val-iters", "1",
                                         *size], pre_folder / "checkpoint_final.pth")
     ckpt = str(pre_folder / "checkpoint_final.pth")
     for task, trainer in (("seg", "PIRLSegTrainer"), ("translate", "PIRLTranslateTrainer")):
-        folder = res / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0"
+        folder = fold_folder(model_folder(DATASET, trainer), 0)
         stages.run(f"finetune {task}", train.main, ["500", "3d_fullres", task, "-f", "0", "--pretrained", ckpt,
                                                     "--iters", fine_iters[task], "--epochs", str(args.epochs),
                                                     "--val-iters", "2", *size],
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
                                                        "-d", "500", "-t", task], preds / name / "summary.json")
     for task, trainer, folder in (("seg", "PIRLSegTrainer", "missing_modalities"),
                                   ("translate", "PIRLTranslateTrainer", "translation_matrix")):
-        done = res / f"{trainer}__PIRLPlans__3d_fullres" / "fold_0" / folder / "summary.json"
+        done = fold_folder(model_folder(DATASET, trainer), 0) / folder / "summary.json"
         stages.run(f"missing modalities {task}", evaluate_missing.main,
                    ["-d", "500", "-f", "0", "-t", task, "--max_cases", "1", "--disable_tta", "-device", args.device],
                    done)

@@ -62,3 +62,19 @@ def find_dataset_name(dataset: str | int, root: Path | None = None) -> str:
     if len(matches) > 1:
         raise PirlInputError(f"{root}: dataset id {int(text)} is ambiguous: {', '.join(matches)}")
     return matches[0]
+
+
+DEFAULT_PLANS = "PIRLPlans"  # the planner's plans name (plans/planner.py writes it into PIRLPlans.json)
+DEFAULT_CONFIGURATION = "3d_fullres"
+
+
+def model_folder(dataset_name: str, trainer: str, plans_name: str = DEFAULT_PLANS,
+                 configuration: str = DEFAULT_CONFIGURATION, root: Path | None = None) -> Path:
+    """``ROOT/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION`` (ROOT: $PIRL_results; ``Path()`` gives the relative
+    form), the one owner of nnU-Net's results-folder layout; its folds are :func:`fold_folder`."""
+    return (results_root() if root is None else root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
+
+
+def fold_folder(model: Path, fold: int | str) -> Path:
+    """``MODEL_FOLDER/fold_F`` (F: an index or 'all')."""
+    return Path(model) / f"fold_{fold}"

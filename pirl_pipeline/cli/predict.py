@@ -19,7 +19,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, remove_stale
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.predictor import PIRLPredictor
-from pirl_pipeline.paths import find_dataset_name, results_root
+from pirl_pipeline.paths import find_dataset_name, model_folder, results_root
 
 log = logging.getLogger("pirl")
 
@@ -67,7 +67,7 @@ def model_folder_from(args: argparse.Namespace) -> Path:
 
     name = find_dataset_name(args.dataset, results_root())
     trainer = args.trainer or DEFAULT_TRAINER[args.task]
-    return results_root() / name / f"{trainer}__PIRLPlans__{args.configuration}"
+    return model_folder(name, trainer, configuration=args.configuration)
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.paths import results_root
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.checkpoint import PretrainedWeights, load_pretrained
 from pirl_pipeline.training.config import TrainerConfig
@@ -47,13 +46,6 @@ def resolve_trainer(task: str, name: str | None) -> str:
     if TRAINERS[name].task != task:
         raise PirlInputError(f"trainer {name} is for task {TRAINERS[name].task!r}, not {task!r}")
     return name
-
-
-def model_folder(dataset_name: str, trainer: str, plans_name: str, configuration: str,
-                 root: Path | None = None) -> Path:
-    """``ROOT/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION`` (ROOT: $PIRL_results; ``Path()`` gives the relative
-    form); its folds are ``fold_F`` inside it."""
-    return (results_root() if root is None else root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
 
 
 def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained: PretrainedWeights | Path | None,
