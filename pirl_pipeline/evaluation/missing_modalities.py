@@ -49,6 +49,8 @@ def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path
         images, geometry = predictor.read_case(case, files)
         reference, _ = read_array(references[case], dtype=np.int16)
         for subset in modality_subsets(predictor.num_modalities):
+            if not set(subset) <= set(images):  # a case lacking modalities: only the subsets it has
+                continue
             given = {c: images[c] for c in subset}
             direct = predictor.predict_case(given, geometry).segmentation
             row = {"subset": subset_name(subset, dj), "case": case}
