@@ -54,3 +54,15 @@ def run_cli(capsys: pytest.CaptureFixture) -> Callable[..., tuple[int, str]]:
         return code, lines[-1] if lines else ""
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: as fast for tiny tensors and immune to oversubscription on shared cores.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,12 +14,7 @@ from pirl_pipeline.training.data.sampling import crop_image
 PATCH = (64, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(modalities=3, batch=2):

@@ -12,13 +12,7 @@ from pirl_pipeline.networks import PIRLNet
 PATCH = (64, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: as fast for these tiny tensors and immune to oversubscription on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(seed=0, modalities=2, **config):

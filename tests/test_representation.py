@@ -28,12 +28,7 @@ TINY = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size
 PATCH = (64, 64, 64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
