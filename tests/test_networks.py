@@ -4,6 +4,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks import PIRLNet, attention_heads, repeat_modality
 
 SMALL = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
@@ -125,12 +126,23 @@ def test_without_prior_equals_swinunetr():
         assert torch.allclose(net(x).output, swin(x), atol=1e-5)
 
 
-def test_from_plans_ignores_unknown_keys():
+def test_from_plans_reads_every_planner_key_and_refuses_unknown_ones():
     block = {"architecture": "PIRLNet", "explanation": "small", "feature_size": 24, "depths": [1, 1, 1, 1],
-             "num_heads": [3, 6, 12, 24], "use_prior": False}  # fmt: skip
+             "num_heads": [3, 6, 12, 24], "prior_attention_heads": 2, "use_prior": True}  # fmt: skip
     net = PIRLNet.from_plans(block, 4, 3, [64, 64, 32], proj_dim=8)
-    assert net.config["feature_size"] == 24 and not net.use_prior and net.patch_size == (64, 64, 32)
+    assert net.config["feature_size"] == 24 and net.use_prior and net.patch_size == (64, 64, 32)
+    assert net.config["attn_heads"] == 2 and tuple(net.config["depths"]) == (1, 1, 1, 1)  # the plans' names
     assert PIRLNet(**net.config).config == net.config
+    with pytest.raises(PirlInputError, match="attn_heads"):  # the constructor's name is not a plans key
+        PIRLNet.options_from_plans({**block, "attn_heads": 2})
+
+
+def test_planner_block_builds_the_default_network():
+    from plans.planner import network_block
+
+    options = PIRLNet.options_from_plans(network_block([64, 64, 64], 12))
+    default = PIRLNet(4, 4, (64, 64, 64), 12).config
+    assert all(default[k] == (list(v) if isinstance(default[k], list) else v) for k, v in options.items())
 
 
 def test_prior_requires_the_built_patch_size():

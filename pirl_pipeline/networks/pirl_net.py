@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +10,16 @@ import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.heads import EquivarianceHead, ProjectionHead
 from pirl_pipeline.networks.modalities import repeat_modality, scatter_mean, split_modalities
 from pirl_pipeline.networks.prior import PriorFusion
 from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state, set_fused_attention
 
+#: plans network-block key (plans/planner.py) -> PIRLNet argument; the one place the two vocabularies meet
+PLANS_KEYS = {"feature_size": "feature_size", "depths": "depths", "num_heads": "num_heads",
+              "prior_attention_heads": "attn_heads", "use_prior": "use_prior", "window_size": "window_size"}
+PLANS_INFO_KEYS = ("architecture", "explanation")
 
 @dataclass
 class PIRLOutput:
@@ -108,17 +112,24 @@ class PIRLNet(nn.Module):
         self.equivariance_head = EquivarianceHead(channels, num_transforms)
         self.projection_head = ProjectionHead(channels, proj_dim)
 
+    @staticmethod
+    def options_from_plans(network: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments from the plans' network block, by :data:`PLANS_KEYS` (the planner's names, e.g.
+        ``prior_attention_heads`` -> ``attn_heads``); ``architecture`` and ``explanation`` are information; any
+        other key is an error (a hand edit that would otherwise do nothing)."""
+        unknown = sorted(set(network) - set(PLANS_KEYS) - set(PLANS_INFO_KEYS))
+        if unknown:
+            raise PirlInputError(f"plans network block: unknown key(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join((*PLANS_KEYS, *PLANS_INFO_KEYS))})")
+        return {PLANS_KEYS[k]: (tuple(v) if isinstance(v, list) else v) for k, v in network.items() if k in PLANS_KEYS}
+
     @classmethod
     def from_plans(
         cls, network: Mapping[str, Any], in_channels: int, out_channels: int, patch_size: Sequence[int], **overrides
     ) -> PIRLNet:
-        """Build from the plans' network block (e.g. {"architecture": "PIRLNet", "feature_size": 48, ...}).
-
-        Keys that are not constructor arguments (``architecture``, ``explanation``, ...) are ignored;
-        ``overrides`` win over the block.
-        """
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        kwargs = {k: v for k, v in network.items() if k in accepted}
+        """Build from the plans' network block (e.g. {"architecture": "PIRLNet", "feature_size": 48, ...}, see
+        :meth:`options_from_plans`); ``overrides`` win over the block."""
+        kwargs = cls.options_from_plans(network)
         kwargs.update(in_channels=in_channels, out_channels=out_channels, patch_size=tuple(patch_size))
         return cls(**(kwargs | overrides))
 

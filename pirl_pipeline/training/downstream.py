@@ -24,7 +24,7 @@ from pirl_pipeline.evaluation.metrics import psnr
 from pirl_pipeline.losses.invariance import InvarianceLoss
 from pirl_pipeline.losses.segmentation import SegmentationLoss, class_weights_from_counts
 from pirl_pipeline.losses.translation import TranslationLoss
-from pirl_pipeline.networks import factory
+from pirl_pipeline.networks import PIRLNet, factory
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.networks.transfer import head_rows_by_name
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
@@ -130,7 +130,11 @@ class DownstreamTrainer(BaseTrainer):
             self.description = dict(self.resumed_network)
             return factory.build_network(self.description)
         source = self.pretrained
-        options = {"use_prior": self.config.use_prior} if self.network_kind == "pirl" else {}
+        options = {}
+        if self.network_kind == "pirl":  # the plans' depths, heads and prior heads (hand edits included)
+            block = self.ctx.plans.configuration(self.ctx.configuration).network
+            options = {k: v for k, v in PIRLNet.options_from_plans(block).items() if k != "feature_size"}
+            options["use_prior"] = self.config.use_prior
         if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
             options = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
                                                              "window_size") if k in source.network_kwargs}
