@@ -55,6 +55,20 @@ def _timings(work: Path) -> str:
     return "\n".join([*lines, f"| **total** | **{total / 60:.1f}** |"])
 
 
+def steps_run(work: Path) -> str:
+    """The training steps each kind of stage actually ran (``--iters`` x ``--epochs`` of the recorded commands,
+    timings.json), e.g. "pretrain translation 20; train seg 200" — the truth when runs used other budgets."""
+    file = work / "timings.json"
+    steps: dict[str, set[int]] = {}
+    for name, t in (load_json(file) if file.is_file() else {}).items():
+        words = t.get("command", "").split()
+        if "--iters" not in words or "--epochs" not in words:
+            continue
+        kind = " ".join(w for w in name.split() if w in ("pretrain", "train") or w in PARTS)
+        steps.setdefault(kind, set()).add(int(words[words.index("--iters") + 1]) * int(words[words.index("--epochs") + 1]))
+    return "; ".join(f"{k} {'/'.join(map(str, sorted(v)))}" for k, v in sorted(steps.items())) or "none recorded"
+
+
 def translation_section(work: Path, out: Path) -> list[str]:
     rows = load_per_case(work, "translation", COMPARISON_KEYS + TRANSLATION_REFERENCES)
     models = [k for k in COMPARISON_KEYS if not rows.empty and k in set(rows["model"])]
@@ -277,7 +291,8 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
          f"'equal total steps' baseline adds {b.pretrain_steps}); AdamW lr 2e-4, {b.lr_schedule} schedule, "
          f"nnU-Net augmentation (intensity on the inputs only), seeds {', '.join(map(str, b.seeds))} for the main "
          "rows (ablation rows and the equal-steps baseline: the first); prediction: sliding window, overlap 0.5, "
-         "Gaussian, no TTA; the final checkpoint of every run (no model selection on the test cases)."),
+         "Gaussian, no TTA; the final checkpoint of every run (no model selection on the test cases). Steps "
+         f"actually run (recorded commands; they win where a part was run with another budget): {steps_run(work)}."),
         (f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
          f"{torch.__version__}, device {b.device}."),
         ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few hundred steps "
