@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pirl_pipeline.data.dataset_json import (
     DatasetJson,
+    channel_file_name,
     list_cases,
     load_dataset_json,
     modality_kind,
@@ -223,8 +224,8 @@ class RawDatasetWriter:
         for index, array in enumerate(images):
             if array.shape != geometry.shape:
                 raise PirlInputError(f"{name} channel {index}: shape {array.shape} != {geometry.shape}")
-            check_finite(array, Path(f"{name}_{index:04d}{FILE_ENDING}"))
-            check_not_empty(array, Path(f"{name}_{index:04d}{FILE_ENDING}"))
+            check_finite(array, Path(channel_file_name(name, index, FILE_ENDING)))
+            check_not_empty(array, Path(channel_file_name(name, index, FILE_ENDING)))
         if label is not None:
             if label.shape != geometry.shape:
                 raise PirlInputError(f"{name} label: shape {label.shape} != {geometry.shape}")
@@ -257,7 +258,7 @@ class RawDatasetWriter:
         for warning in degenerate_warnings(images, self.channel_names, [modality_kind(n) for n in self.channel_names]):
             log.warning("case %s: %s", name, warning)
         for index, array in enumerate(images):
-            write_array(array, geometry, self._tmp / f"images{subset}" / f"{name}_{index:04d}{FILE_ENDING}")
+            write_array(array, geometry, self._tmp / f"images{subset}" / channel_file_name(name, index, FILE_ENDING))
         if label is not None:
             write_array(label, geometry, self._tmp / f"labels{subset}" / f"{name}{FILE_ENDING}")
         self.counts[subset] += 1

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.data.dataset_json import group_channel_files, load_dataset_json
+from pirl_pipeline.data.dataset_json import channel_file_name, group_channel_files, load_dataset_json
 from pirl_pipeline.data.image_io import read_array, write_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.references.common import raw_cases
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
                 raise PirlInputError(f"case {case}: no image for source channel {args.source:04d} in {args.i}")
             image, geometry = read_array(files[args.source])
             for target in targets:
-                path = args.o / f"{case}_{target:04d}{dj.file_ending}"
+                path = args.o / channel_file_name(case, target, dj.file_ending)
                 write_array(translation_reference(args.kind, image, args.source, target, mappings), geometry, path)
                 written.append(path)
     save_json(fitted, args.o / "reference.json")

@@ -167,28 +167,50 @@ class RawCase:
         object.__setattr__(self, "channels", channels)
 
 
-def group_channel_files(folder: str | Path, dj: DatasetJson) -> dict[str, dict[int, Path]]:
-    """``{case: {channel: path}}`` for the ``CASE_XXXX{file_ending}`` files of one folder."""
+def channel_file_name(case: str, channel: int, file_ending: str) -> str:
+    """``CASE_XXXX<ending>``: the one naming rule of an image channel file (nnU-Net's raw layout)."""
+    return f"{case}_{channel:04d}{file_ending}"
+
+
+def parse_channel_file_name(name: str, file_ending: str) -> tuple[str, int] | None:
+    """(case, channel) of a ``CASE_XXXX<ending>`` file name; None for any other name."""
+    m = re.match(r"(.+)_(\d{4})" + re.escape(file_ending) + "$", name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def group_channel_files(folder: str | Path, dj: DatasetJson, strict: bool = True) -> dict[str, dict[int, Path]]:
+    """``{case: {channel: path}}`` for the ``CASE_XXXX{file_ending}`` files of one folder. ``strict``: a visible
+    file with another name, or no image at all, is an error (raw datasets); otherwise such files are ignored
+    (prediction and evaluation folders). A channel not declared in channel_names is always an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PirlInputError(f"{folder}: folder not found")
-    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(dj.file_ending) + "$")
     files: dict[str, dict[int, Path]] = {}
     for f in sorted(folder.iterdir()):
         if f.name.startswith(".") or f.is_dir():
             continue
-        m = pattern.match(f.name)
-        if not m:
-            raise PirlInputError(f"{f}: name does not follow CASE_XXXX{dj.file_ending} "
-                                 f"(file_ending in dataset.json is {dj.file_ending!r})")
-        channel = int(m.group(2))
+        parsed = parse_channel_file_name(f.name, dj.file_ending)
+        if parsed is None:
+            if strict:
+                raise PirlInputError(f"{f}: name does not follow CASE_XXXX{dj.file_ending} "
+                                     f"(file_ending in dataset.json is {dj.file_ending!r})")
+            continue
+        case, channel = parsed
         if channel >= dj.num_channels:
             raise PirlInputError(f"{f}: channel {channel:04d} is not declared in channel_names "
                                  f"(0..{dj.num_channels - 1})")
-        files.setdefault(m.group(1), {})[channel] = f
-    if not files:
+        files.setdefault(case, {})[channel] = f
+    if not files and strict:
         raise PirlInputError(f"{folder}: no images (expected CASE_XXXX{dj.file_ending})")
     return files
+
+
+def list_label_files(folder: str | Path | None, file_ending: str) -> dict[str, Path]:
+    """``{case: folder/CASE<ending>}`` for every visible file with the dataset's ending ({} without a folder)."""
+    if folder is None or not Path(folder).is_dir():
+        return {}
+    return {f.name[: -len(file_ending)]: f for f in sorted(Path(folder).iterdir())
+            if f.is_file() and not f.name.startswith(".") and f.name.endswith(file_ending)}
 
 
 def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "imagesTr",
@@ -210,7 +232,7 @@ def list_cases(dataset_folder: str | Path, dj: DatasetJson, subfolder: str = "im
             missing = [c for c in range(dj.num_channels) if c not in by_channel]
             if missing:
                 raise PirlInputError(f"{folder / name}: case is missing channel(s) "
-                                     + ", ".join(f"{name}_{c:04d}{dj.file_ending}" for c in missing)
+                                     + ", ".join(channel_file_name(name, c, dj.file_ending) for c in missing)
                                      + ' (an incomplete dataset declares "allow_missing_channels": true)')
         label = labels_folder / f"{name}{dj.file_ending}"
         present = tuple(sorted(by_channel))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
+from pirl_pipeline.data.dataset_json import DatasetJson, group_channel_files, load_dataset_json
 from pirl_pipeline.data.image_io import Geometry, check_3d, read_image
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.metrics import CONVENTIONS
@@ -49,25 +49,9 @@ def check_folder(folder: str | Path, role: str) -> Path:
     return folder
 
 
-def list_label_files(folder: Path, file_ending: str) -> dict[str, Path]:
-    """``{case: folder/CASE<ending>}`` for every visible file with the dataset's ending."""
-    return {f.name[: -len(file_ending)]: f for f in sorted(folder.iterdir())
-            if f.is_file() and not f.name.startswith(".") and f.name.endswith(file_ending)}
-
-
 def list_channel_files(folder: Path, dj: DatasetJson) -> dict[str, dict[int, Path]]:
     """``{case: {channel: path}}`` for every ``CASE_XXXX<ending>`` file; other files are ignored."""
-    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(dj.file_ending) + "$")
-    cases: dict[str, dict[int, Path]] = {}
-    for f in sorted(folder.iterdir()):
-        m = pattern.match(f.name)
-        if m and f.is_file():
-            channel = int(m.group(2))
-            if channel >= dj.num_channels:
-                raise PirlInputError(f"{f}: channel {channel:04d} is not declared in channel_names "
-                                     f"(0..{dj.num_channels - 1})")
-            cases.setdefault(m.group(1), {})[channel] = f
-    return cases
+    return group_channel_files(folder, dj, strict=False)
 
 
 def _some(names: list[str], limit: int = 8) -> str:

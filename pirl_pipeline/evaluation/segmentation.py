@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pirl_pipeline.data.dataset_json import DatasetJson, modality_kind
+from pirl_pipeline.data.dataset_json import DatasetJson, list_label_files, modality_kind
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import (
     check_folder,
     check_grids,
-    list_label_files,
     match_cases,
     read_on_grid,
     resolve_dataset_json,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name
 from pirl_pipeline.preprocessing.cropping import uncrop
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
@@ -22,7 +22,7 @@ def output_paths(folder: Path, case: str, file_ending: str, channels: Iterable[i
     folder = Path(folder)
     if channels is None:
         return [folder / f"{case}{file_ending}"]
-    return [folder / f"{case}_{c:04d}{file_ending}" for c in channels]
+    return [folder / channel_file_name(case, c, file_ending) for c in channels]
 
 
 def to_original_grid(array: np.ndarray, properties: dict, order: int = 1) -> np.ndarray:

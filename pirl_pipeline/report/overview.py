@@ -12,7 +12,6 @@ up; aspect ratios follow the voxel spacing.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import SimpleITK as sitk
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.report.collect import PredictionFolder, format_value
 from pirl_pipeline.report.figures import save_figure
@@ -56,23 +56,15 @@ def read_volume(path: Path) -> Volume:
     return Volume(sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing())))
 
 
-def channel_files(folder: Path, file_ending: str) -> dict[str, dict[int, Path]]:
-    """``{case: {channel: path}}`` of ``CASE_XXXX<ending>`` files (other files ignored)."""
-    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending) + "$")
+def channel_files(folder: Path | None, file_ending: str) -> dict[str, dict[int, Path]]:
+    """``{case: {channel: path}}`` of ``CASE_XXXX<ending>`` files (other files ignored; {} without a folder)."""
     cases: dict[str, dict[int, Path]] = {}
     if folder is not None and folder.is_dir():
         for f in sorted(folder.iterdir()):
-            m = pattern.match(f.name)
-            if m and f.is_file():
-                cases.setdefault(m.group(1), {})[int(m.group(2))] = f
+            parsed = parse_channel_file_name(f.name, file_ending) if f.is_file() else None
+            if parsed is not None:
+                cases.setdefault(parsed[0], {})[parsed[1]] = f
     return cases
-
-
-def label_files(folder: Path | None, file_ending: str) -> dict[str, Path]:
-    if folder is None or not folder.is_dir():
-        return {}
-    return {f.name[: -len(file_ending)]: f for f in sorted(folder.iterdir())
-            if f.is_file() and f.name.endswith(file_ending) and not f.name.startswith(".")}
 
 
 def source_channel(label: str, channel_names: list[str]) -> int | None:
@@ -211,8 +203,8 @@ def draw_overview(path: Path, *, channel_names: list[str], label_names: dict[int
                   translate_preds: list[PredictionFolder], case: str | None = None) -> OverviewResult:
     result = OverviewResult()
     images = channel_files(images_dir, file_ending) if images_dir else {}
-    labels = label_files(labels_dir, file_ending)
-    segs = [label_files(p.folder, file_ending) for p in seg_preds]
+    labels = list_label_files(labels_dir, file_ending)
+    segs = [list_label_files(p.folder, file_ending) for p in seg_preds]
     translations = [channel_files(p.folder, file_ending) for p in translate_preds]
     result.case = case = choose_case(case, images, labels, segs, translations)
     if case is None:

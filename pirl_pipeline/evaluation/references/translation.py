@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name
 from pirl_pipeline.data.image_io import read_array, write_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.references.common import (
@@ -167,7 +167,7 @@ def write_translation_references(kind: str, cases: Cases, out_folder: str | Path
             for target in range(dj.num_channels):
                 if target != source:
                     prediction = translation_reference(kind, image, source, target, mappings)
-                    write_array(prediction, geometry, folder / f"{case}_{target:04d}{dj.file_ending}")
+                    write_array(prediction, geometry, folder / channel_file_name(case, target, dj.file_ending))
         folders[source] = folder
     return folders
 
