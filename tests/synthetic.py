@@ -1,10 +1,13 @@
 """Tiny raw datasets written by the tests themselves (so the suite runs without shared data)."""
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 MRI4 = {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
@@ -61,3 +64,14 @@ def write_raw_dataset(raw_root: Path, dataset_id: int = 901, name: str = "Synthe
     (folder / "dataset.json").write_text(json.dumps(
         {"channel_names": channels, "labels": labels, "numTraining": num_cases, "file_ending": file_ending}))
     return folder
+
+
+@contextlib.contextmanager
+def pirl_roots(root: Path) -> Iterator[dict[str, str]]:
+    """PIRL_raw / PIRL_preprocessed / PIRL_results under ``root`` (raw, pre, res) for a block, e.g. inside a
+    module-scoped fixture, where ``monkeypatch`` is not available; yields the variables."""
+    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env

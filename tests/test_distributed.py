@@ -155,13 +155,10 @@ def test_empty_validation_shard_two_gloo_processes(tmp_path):
 @pytest.fixture(scope="module")
 def pretrain_roots(tmp_path_factory):
     from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
-    from tests.synthetic import write_raw_dataset
+    from tests.synthetic import pirl_roots, write_raw_dataset
 
     root = tmp_path_factory.mktemp("ddp")
-    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with pirl_roots(root) as env:
         write_raw_dataset(root / "raw", 921, "TinyDDP", num_cases=3, shape=(40, 44, 42),
                           channels={"0": "T1", "1": "FLAIR"})
         assert plan_main(["-d", "921", "-np", "1"]) == 0

@@ -20,7 +20,7 @@ from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.training.checkpoint import load_checkpoint
 from pirl_pipeline.training.config import TrainerConfig
-from tests.synthetic import write_raw_dataset
+from tests.synthetic import pirl_roots, write_raw_dataset
 
 TINY = ["--epochs", "1", "--iters", "1", "--val-iters", "1", "--patch-size", "64", "64", "64", "--feature-size",
         "12", "--batch-size", "1", "-npa", "0", "-device", "cpu", "--set", "augment=false"]
@@ -30,10 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with pirl_roots(root) as env:
         write_raw_dataset(root / "raw", 920, "TinyTrain", num_cases=3, shape=(40, 44, 42),
                           channels={"0": "T1", "1": "FLAIR"})
         assert plan_main(["-d", "920", "-np", "1"]) == 0

@@ -24,7 +24,7 @@ from pirl_pipeline.training.config import TrainerConfig
 from pirl_pipeline.training.data import AugmentationConfig, PatchAugmenter
 from pirl_pipeline.training.registry import build_trainer
 from plans.plans_manager import Plans
-from tests.synthetic import write_raw_dataset
+from tests.synthetic import pirl_roots, write_raw_dataset
 
 torch.set_num_threads(1)
 NO_INTENSITY = {"p_gaussian_noise": 0, "p_gaussian_blur": 0, "p_brightness": 0, "p_contrast": 0,
@@ -38,10 +38,7 @@ def dataset(tmp_path_factory):
     from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 
     root = tmp_path_factory.mktemp("signal")
-    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with pirl_roots(root):
         write_raw_dataset(root / "raw", 931, "Signal", num_cases=3, shape=(40, 44, 42),
                           channels={"0": "T1", "1": "FLAIR"})
         assert plan_main(["-d", "931", "-np", "1"]) == 0

@@ -16,7 +16,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks import PIRLNet
 from pirl_pipeline.networks.transfer import head_rows_by_name, swinunetr_state
 from pirl_pipeline.training.checkpoint import load_checkpoint, load_pretrained, transfer_weights
-from tests.synthetic import MRI4, write_raw_dataset
+from tests.synthetic import MRI4, pirl_roots, write_raw_dataset
 
 torch.set_num_threads(1)
 TINY = ["--epochs", "1", "--iters", "1", "--val-iters", "1", "--batch-size", "1", "-npa", "0", "-device", "cpu",
@@ -112,10 +112,7 @@ def test_output_rows_matched_by_modality_name():
 def two_datasets(tmp_path_factory):
     """A 4-channel dataset (T1, T1ce, T2, FLAIR) and a 2-channel one (FLAIR, T1c), preprocessed."""
     root = tmp_path_factory.mktemp("transfer")
-    env = {"PIRL_raw": str(root / "raw"), "PIRL_preprocessed": str(root / "pre"), "PIRL_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with pirl_roots(root):
         write_raw_dataset(root / "raw", 941, "Four", num_cases=2, shape=(40, 44, 42))
         write_raw_dataset(root / "raw", 942, "Two", num_cases=3, shape=(40, 44, 42),
                           channels={"0": "FLAIR", "1": "T1c"})
