@@ -12,8 +12,9 @@ Per subject (deterministic for a given ``--seed``):
 2. a glioma-like tumour at a random deep white-matter point: necrotic core (label 1, NCR), enhancing rim
    (label 3, ET) and an irregular oedema that spreads in tissue, not in CSF (label 2, ED); labels follow
    pirl's BraTS convention and dataset.json declares the BraTS regions. The core (NCR + ET) takes about 36 %
-   of the whole tumour's volume (``CORE_FRACTION``, ``NECROSIS_FRACTION``), as in glioblastomas of BraTS
-   (median tumour core ~35-40 % of the whole tumour). An earlier, smaller core (~25 %) made the demo too easy
+   of the whole tumour's volume (mean of 10 simulated cases; ``CORE_FRACTION``, ``NECROSIS_FRACTION``), within
+   the range of real labels (tumour core / whole tumour on the 9 labelled cases in ../shared/data: 0.15-0.78,
+   median 0.48, mean 0.44). An earlier, smaller core (~25 %) made the demo too easy
    for a FLAIR threshold (whole-tumour Dice 0.86 on simulated cases, against 0.66 on real BraTS-2015 cases):
    the dark necrosis and the rim, which FLAIR alone does not show as tumour, are what a model must add;
 3. four contrasts = sum over tissues of (partial volume x intensity), each intensity varied by +-5 % per
