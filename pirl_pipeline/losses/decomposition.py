@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pirl_pipeline.losses.masking import channel_mask
+
 
 class DecompositionLoss(nn.Module):
     """L_decom = w · Σ((out - X)·M)^2 / |M| + mean((out - X)^2)   (reference code, w = 10).
@@ -23,7 +25,7 @@ class DecompositionLoss(nn.Module):
         """``channels`` (B, M) bool: the target modalities that exist (None: all); absent ones are not scored."""
         sq = (out.float() - target.float()) ** 2
         if channels is not None and not bool(channels.all()):
-            present = channels.to(sq)[(...,) + (None,) * (sq.dim() - 2)].expand_as(sq)
+            present = channel_mask(channels, sq)
             m = present if mask is None else mask.to(sq).expand_as(sq) * present
             return (self.foreground_weight * (sq * m).sum() / m.sum().clamp_min(1)
                     + (sq * present).sum() / present.sum().clamp_min(1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pirl_pipeline.losses.masking import channel_mask
+
 
 class TranslationLoss(nn.Module):
     """L = Σ(|out - X|^p · M) / |M|, p = 1 ("l1") or 2 ("mse").
@@ -24,7 +26,7 @@ class TranslationLoss(nn.Module):
         """``channels`` (B, M) bool: the target modalities that exist (None: all); absent ones are not scored."""
         err = (out.float() - target.float()).abs() ** self.power
         if channels is not None and not bool(channels.all()):
-            present = channels.to(err)[(...,) + (None,) * (err.dim() - 2)].expand_as(err)
+            present = channel_mask(channels, err)
             mask = present if mask is None else mask.to(err).expand_as(err) * present
         if mask is None:
             return err.mean()
