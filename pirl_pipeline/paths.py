@@ -75,6 +75,12 @@ def model_folder(dataset_name: str, trainer: str, plans_name: str = DEFAULT_PLAN
     return (results_root() if root is None else root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
 
 
+def parse_model_folder_name(name: str) -> tuple[str, str, str] | None:
+    """(trainer, plans, configuration) of a ``TRAINER__PLANS__CONFIGURATION`` folder name; None for other names."""
+    m = re.fullmatch(r"(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>.+)", name)
+    return (m["trainer"], m["plans"], m["configuration"]) if m else None
+
+
 def fold_folder(model: Path, fold: int | str) -> Path:
     """``MODEL_FOLDER/fold_F`` (F: an index or 'all')."""
     return Path(model) / f"fold_{fold}"

@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pirl_pipeline.paths import parse_model_folder_name
+
 log = logging.getLogger("pirl")
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth")
-_FOLDER = re.compile(r"(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>.+)")
 _LOG_LINE = re.compile(r"^epoch (\d+) \| lr (\S+) \| (\S+)s((?: \| \S+ \S+)*)\s*$")
 
 
@@ -169,9 +170,7 @@ def load_checkpoint_meta(path: Path) -> dict:
 
 
 def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
-    m = _FOLDER.fullmatch(trainer_folder.name)
-    trainer, plans, configuration = (m.group("trainer"), m.group("plans"), m.group("configuration")) if m else \
-        (trainer_folder.name, "?", "?")
+    trainer, plans, configuration = parse_model_folder_name(trainer_folder.name) or (trainer_folder.name, "?", "?")
     run = TrainerRun(trainer, plans, configuration, fold_folder.name.removeprefix("fold_"), fold_folder)
     for name in CHECKPOINTS:
         path = fold_folder / name
@@ -246,7 +245,7 @@ def collect_runs(results_dir: Path) -> list[TrainerRun]:
     runs = []
     if not results_dir.is_dir():
         return runs
-    for trainer_folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and _FOLDER.fullmatch(p.name)):
+    for trainer_folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and parse_model_folder_name(p.name)):
         for fold_folder in sorted((p for p in trainer_folder.glob("fold_*") if p.is_dir()), key=_fold_key):
             runs.append(read_run(trainer_folder, fold_folder))
     order = {"pretrain": 0, "seg": 1, "translate": 2}
