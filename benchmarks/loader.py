@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from pirl_pipeline.training.data import AugmentationConfig, make_train_loader
+from pirl_pipeline.dataloading import AugmentationConfig, make_train_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "brats2020_style"

@@ -83,12 +83,12 @@ def _pirl_case_steps(case, ctx: dict, add) -> None:
     """Time pirl's per-case steps on one case (the same calls its CLI makes, in the same order)."""
     import hashlib
 
+    from pirl_pipeline.data.geometry import crop_to_nonzero, shape_for_spacing
     from pirl_pipeline.data.integrity import load_case
     from pirl_pipeline.file_io import save_json, save_npy
-    from pirl_pipeline.preprocessing.cropping import crop_to_nonzero
     from pirl_pipeline.preprocessing.normalization import normalize_channel
     from pirl_pipeline.preprocessing.preprocessor import class_locations, plans_fingerprint
-    from pirl_pipeline.preprocessing.resampling import resample, shape_for_spacing
+    from pirl_pipeline.preprocessing.resampling import resample
     from plans.fingerprint import case_fingerprint
 
     dj, plans, config, r, tmp = ctx["dj"], ctx["plans"], ctx["config"], ctx["repeats"], ctx["tmp"]

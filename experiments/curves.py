@@ -26,9 +26,9 @@ import pandas as pd
 
 from experiments import data
 from experiments.stages import StageRunner
+from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.paths import fold_folder, model_folder
-from pirl_pipeline.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "Dataset500_DemoBrain"

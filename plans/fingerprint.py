@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, modality_kind
+from pirl_pipeline.data.geometry import bounding_box, crop, nonzero_mask
 from pirl_pipeline.data.integrity import degenerate_warnings, load_case
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.parallel import parallel_map
-from pirl_pipeline.preprocessing.cropping import bounding_box, crop, nonzero_mask
 
 log = logging.getLogger("pirl")
 SAMPLES_PER_CASE = 10_000

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson
-from pirl_pipeline.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
+from pirl_pipeline.data.geometry import ANISOTROPY_THRESHOLD, shape_for_spacing
 from plans.plans_manager import ConfigurationPlans, Plans
 
 DEFAULT_PATCH = 96

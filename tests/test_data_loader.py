@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_and_preprocess
+from pirl_pipeline.dataloading import AugmentationConfig, PatchAugmenter, make_train_loader, make_val_loader
+from pirl_pipeline.dataloading.augmentation import grid_bounding_box, reframe_grid
+from pirl_pipeline.dataloading.sampling import crop_padded
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.preprocessing.preprocessor import class_locations
-from pirl_pipeline.training.data import AugmentationConfig, PatchAugmenter, make_train_loader, make_val_loader
-from pirl_pipeline.training.data.augmentation import grid_bounding_box, reframe_grid
-from pirl_pipeline.training.data.sampling import crop_padded
 from plans.plans_manager import Plans
 from tests.synthetic import ellipsoid, write_raw_dataset
 

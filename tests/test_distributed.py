@@ -172,7 +172,7 @@ def pretrain_roots(tmp_path_factory):
 
 @pytest.mark.parametrize(("row", "disabled"), [(2, ["equivariance", "prior"]), (5, ["equivariance"])])
 def test_ddp_table7_rows_without_equivariance(pretrain_roots, tmp_path, row, disabled):
-    from pirl_pipeline.training.checkpoint import load_checkpoint
+    from pirl_pipeline.checkpoint import load_checkpoint
     from tests.test_training_e2e import TINY
 
     _, env = pretrain_roots

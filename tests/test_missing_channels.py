@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from pirl_pipeline.dataloading.sampling import crop_image
 from pirl_pipeline.losses import PIRLLossConfig, PIRLObjective
 from pirl_pipeline.losses.decomposition import DecompositionLoss
 from pirl_pipeline.losses.invariance import InvarianceLoss, SubjectAnchors
 from pirl_pipeline.losses.translation import TranslationLoss
 from pirl_pipeline.networks import PIRLNet
-from pirl_pipeline.training.data.sampling import crop_image
 
 PATCH = (64, 32, 32)
 

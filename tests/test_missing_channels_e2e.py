@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.evaluate import main as evaluate_main
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.file_io import load_json
-from pirl_pipeline.training.checkpoint import load_checkpoint
 from plans.fingerprint import SAMPLES_PER_CASE
 from tests.conftest import SHARED_DATA
 from tests.synthetic import MRI4, write_raw_dataset

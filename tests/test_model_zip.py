@@ -19,8 +19,8 @@ from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.inference.model_folder import load_model_folder
 from pirl_pipeline.paths import model_folder
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import RunContext
-from pirl_pipeline.training.config import TrainerConfig
 from pirl_pipeline.training.registry import build_trainer
 from plans.plans_manager import Plans
 from tests.synthetic import write_raw_dataset

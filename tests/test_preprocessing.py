@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pirl_pipeline.preprocessing.cropping import bounding_box, crop, crop_to_nonzero, uncrop
+from pirl_pipeline.data.geometry import anisotropic_axis, bounding_box, crop, crop_to_nonzero, shape_for_spacing, uncrop
 from pirl_pipeline.preprocessing.normalization import denormalize_channel, normalize_channel
-from pirl_pipeline.preprocessing.resampling import anisotropic_axis, resample, shape_for_spacing
+from pirl_pipeline.preprocessing.resampling import resample
 
 
 def test_crop_to_nonzero_marks_outside_mask():

@@ -23,7 +23,7 @@ from pirl_pipeline.evaluation.missing_modalities import modality_subsets
 from pirl_pipeline.evaluation.segmentation import evaluate_segmentation_folder
 from pirl_pipeline.evaluation.translation import evaluate_translation_folder
 from pirl_pipeline.report.collect import history_from_log
-from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.progress import ProgressLog
 from tests.synthetic import ellipsoid
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pirl_pipeline.checkpoint import save_checkpoint
 from pirl_pipeline.evaluation.representation import (
     METRICS,
     center_patch,
@@ -22,7 +23,6 @@ from pirl_pipeline.evaluation.representation import (
     write_representation_results,
 )
 from pirl_pipeline.networks import PIRLNet
-from pirl_pipeline.training.checkpoint import save_checkpoint
 
 TINY = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
 PATCH = (64, 64, 64)

@@ -20,9 +20,9 @@ from pirl_pipeline.networks.swinunetr_compat import (
     set_fused_attention,
     set_gradient_checkpointing,
 )
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training import base_trainer
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext, default_num_workers
-from pirl_pipeline.training.config import TrainerConfig
 
 SMALL = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
 PATCH = (64, 32, 32)

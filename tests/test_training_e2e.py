@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.factory import build_network
-from pirl_pipeline.training.checkpoint import load_checkpoint
-from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.trainer_config import TrainerConfig
 from tests.synthetic import pirl_roots, write_raw_dataset
 
 TINY = ["--epochs", "1", "--iters", "1", "--val-iters", "1", "--patch-size", "64", "64", "64", "--feature-size",

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.dataloading import AugmentationConfig, PatchAugmenter
 from pirl_pipeline.losses.geometric import GeometricTransforms
 from pirl_pipeline.losses.invariance import InvarianceLoss
 from pirl_pipeline.losses.objective import PIRLLossConfig, PIRLObjective
 from pirl_pipeline.losses.segmentation import class_weights_from_counts
 from pirl_pipeline.networks import PIRLNet
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import RunContext
-from pirl_pipeline.training.config import TrainerConfig
-from pirl_pipeline.training.data import AugmentationConfig, PatchAugmenter
 from pirl_pipeline.training.registry import build_trainer
 from plans.plans_manager import Plans
 from tests.synthetic import pirl_roots, write_raw_dataset

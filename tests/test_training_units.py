@@ -2,10 +2,10 @@
 import pytest
 import torch
 
+from pirl_pipeline.checkpoint import load_checkpoint, save_checkpoint, transfer_weights
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.factory import build_network, create
-from pirl_pipeline.training.checkpoint import load_checkpoint, save_checkpoint, transfer_weights
-from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.downstream import random_subsets
 from pirl_pipeline.training.registry import resolve_trainer
 

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 
+from pirl_pipeline.checkpoint import load_checkpoint, load_pretrained, transfer_weights
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks import PIRLNet
 from pirl_pipeline.networks.transfer import head_rows_by_name, swinunetr_state
-from pirl_pipeline.training.checkpoint import load_checkpoint, load_pretrained, transfer_weights
 from tests.synthetic import MRI4, pirl_roots, write_raw_dataset
 
 torch.set_num_threads(1)

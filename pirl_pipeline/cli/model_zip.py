@@ -24,12 +24,12 @@ from pathlib import Path, PurePosixPath
 import torch
 from monai.networks.nets import SwinUNETR
 
+from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.paths import model_folder, results_root
-from pirl_pipeline.training.checkpoint import load_checkpoint
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
+from pirl_pipeline.checkpoint import PretrainedWeights, load_checkpoint, load_pretrained
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
 from pirl_pipeline.paths import find_dataset_name, model_folder, preprocessed_root
 from pirl_pipeline.splits import load_or_create_splits
+from pirl_pipeline.trainer_config import ABLATIONS, RESUME_SAFE, TASKS, TrainerConfig
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.base_trainer import RunContext
-from pirl_pipeline.training.checkpoint import PretrainedWeights, load_checkpoint, load_pretrained
-from pirl_pipeline.training.config import ABLATIONS, RESUME_SAFE, TASKS, TrainerConfig
 from pirl_pipeline.training.registry import TRAINERS, build_trainer, resolve_trainer
 from plans.plans_manager import PLANS_FILE, Plans
 

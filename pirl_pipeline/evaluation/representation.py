@@ -37,15 +37,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pirl_pipeline.checkpoint import load_checkpoint
+from pirl_pipeline.dataloading.augmentation import IMAGE_PAD
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
+from pirl_pipeline.dataloading.sampling import centered_position, crop_padded
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.modalities import repeat_modality
 from pirl_pipeline.networks.pirl_net import PIRLNet
-from pirl_pipeline.training.checkpoint import load_checkpoint
-from pirl_pipeline.training.data.augmentation import IMAGE_PAD
-from pirl_pipeline.training.data.dataset import PreprocessedDataset
-from pirl_pipeline.training.data.sampling import centered_position, crop_padded
 
 REPRESENTATIONS = ("z", "x_h")
 METRICS = ("retrieval_top1", "retrieval_top1_centered", "retrieval_chance", "within_var", "between_var",

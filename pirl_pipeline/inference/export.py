@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name
-from pirl_pipeline.preprocessing.cropping import uncrop
+from pirl_pipeline.data.geometry import uncrop
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
 from plans.plans_manager import Plans

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
-from pirl_pipeline.training.checkpoint import load_checkpoint
-from pirl_pipeline.training.config import TrainerConfig
+from pirl_pipeline.trainer_config import TrainerConfig
 from plans.plans_manager import Plans
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import RawCase
+from pirl_pipeline.data.geometry import crop_to_nonzero, shape_for_spacing
 from pirl_pipeline.data.integrity import load_case
 from pirl_pipeline.file_io import load_json, make_dirs, remove_stale, save_json, save_npy
 from pirl_pipeline.parallel import parallel_map
-from pirl_pipeline.preprocessing.cropping import crop_to_nonzero
 from pirl_pipeline.preprocessing.normalization import normalize_channel
-from pirl_pipeline.preprocessing.resampling import resample, shape_for_spacing
+from pirl_pipeline.preprocessing.resampling import resample
 from plans.plans_manager import ConfigurationPlans, Plans
 
 log = logging.getLogger("pirl")

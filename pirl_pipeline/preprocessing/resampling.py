@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-ANISOTROPY_THRESHOLD = 3.0
+from pirl_pipeline.data.geometry import anisotropic_axis
+
 _INTERPOLATORS = {3: sitk.sitkBSpline, 1: sitk.sitkLinear, 0: sitk.sitkNearestNeighbor}
 
 
@@ -25,19 +26,6 @@ def _resample_3d(volume: np.ndarray, new_shape: tuple[int, ...], interpolator: i
     out = sitk.Resample(image, [int(s) for s in new_size], sitk.Transform(), interpolator,
                         origin.tolist(), new_spacing.tolist(), image.GetDirection(), 0.0, image.GetPixelID())
     return sitk.GetArrayFromImage(out)
-
-
-def anisotropic_axis(spacing: tuple[float, ...], target_spacing: tuple[float, ...] | None = None) -> int | None:
-    """The axis to interpolate separately (nearest neighbour), nnU-Net's rule: the coarse axis of the input
-    spacing when it is > 3x the finest, else that of the target spacing; None when none or not unique."""
-    for candidate in (spacing, target_spacing):
-        if candidate is None:
-            continue
-        candidate = np.asarray(candidate, float)
-        if candidate.max() / candidate.min() > ANISOTROPY_THRESHOLD:
-            coarse = np.flatnonzero(candidate == candidate.max())
-            return int(coarse[0]) if coarse.size == 1 else None
-    return None
 
 
 def resample(array: np.ndarray, new_shape: tuple[int, ...], is_label: bool,
@@ -66,9 +54,3 @@ def resample(array: np.ndarray, new_shape: tuple[int, ...], is_label: bool,
     else:
         work = _resample_3d(work, new_shape, interpolator)
     return work.astype(dtype, copy=False)
-
-
-def shape_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...],
-                      target_spacing: tuple[float, ...]) -> tuple[int, ...]:
-    """The voxel shape that covers the same extent at ``target_spacing``."""
-    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))

@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pirl_pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.dataloading import AugmentationConfig, BatchStream, make_train_loader, make_val_loader
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention, set_gradient_checkpointing
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training import distributed
-from pirl_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pirl_pipeline.training.config import TrainerConfig
-from pirl_pipeline.training.data import AugmentationConfig, BatchStream, make_train_loader, make_val_loader
 from pirl_pipeline.training.distributed import gather
 from pirl_pipeline.training.progress import ProgressLog
 from plans.plans_manager import Plans

@@ -19,6 +19,8 @@ import logging
 import numpy as np
 import torch
 
+from pirl_pipeline.checkpoint import PretrainedWeights, transfer_weights
+from pirl_pipeline.dataloading import PreprocessedDataset
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.metrics import psnr
 from pirl_pipeline.losses.invariance import InvarianceLoss
@@ -27,10 +29,8 @@ from pirl_pipeline.losses.translation import TranslationLoss
 from pirl_pipeline.networks import PIRLNet, factory
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.networks.transfer import head_rows_by_name
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
-from pirl_pipeline.training.checkpoint import PretrainedWeights, transfer_weights
-from pirl_pipeline.training.config import TrainerConfig
-from pirl_pipeline.training.data import PreprocessedDataset
 from pirl_pipeline.training.final_validation import validate_fold
 from pirl_pipeline.training.volume_validation import segmentation_scores, validate_volumes
 

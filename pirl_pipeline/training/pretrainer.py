@@ -6,10 +6,10 @@ import logging
 
 import torch
 
+from pirl_pipeline.dataloading import AugmentationConfig
 from pirl_pipeline.losses.objective import TERMS, PIRLLossConfig, PIRLObjective
 from pirl_pipeline.networks import PIRLNet
 from pirl_pipeline.training.base_trainer import BaseTrainer
-from pirl_pipeline.training.data import AugmentationConfig
 
 log = logging.getLogger("pirl")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pirl_pipeline.checkpoint import PretrainedWeights, load_pretrained
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
-from pirl_pipeline.training.checkpoint import PretrainedWeights, load_pretrained
-from pirl_pipeline.training.config import TrainerConfig
 from pirl_pipeline.training.downstream import DownstreamTrainer
 from pirl_pipeline.training.pretrainer import PIRLPretrainer
 

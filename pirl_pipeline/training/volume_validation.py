@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
 from pirl_pipeline.evaluation.metrics import overlap_metrics
 from pirl_pipeline.evaluation.segmentation import segmentation_targets
 from pirl_pipeline.evaluation.translation import translation_metrics
 from pirl_pipeline.inference.export import labels_from_probabilities, probabilities
 from pirl_pipeline.inference.sliding_window import predict_volume
-from pirl_pipeline.training.data.dataset import PreprocessedDataset
 
 
 def metric_key(name: str) -> str:

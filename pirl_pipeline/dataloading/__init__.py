@@ -10,10 +10,10 @@ A trainer calls::
 
     for batch in make_val_loader(folder, split["val"], plans_config, rank=rank, world_size=world_size): ...
 """
-from pirl_pipeline.training.data.augmentation import AugmentationConfig, PatchAugmenter
-from pirl_pipeline.training.data.dataset import PreprocessedDataset
-from pirl_pipeline.training.data.loader import BatchStream, PatchLoader, make_train_loader
-from pirl_pipeline.training.data.validation import ValidationPatches, make_val_loader
+from pirl_pipeline.dataloading.augmentation import AugmentationConfig, PatchAugmenter
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
+from pirl_pipeline.dataloading.loader import BatchStream, PatchLoader, make_train_loader
+from pirl_pipeline.dataloading.validation import ValidationPatches, make_val_loader
 
 __all__ = ["AugmentationConfig", "BatchStream", "PatchAugmenter", "PatchLoader", "PreprocessedDataset",
            "ValidationPatches", "make_train_loader", "make_val_loader"]

@@ -39,15 +39,15 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
-from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.training.data.augmentation import AugmentationConfig, PatchAugmenter, describe
-from pirl_pipeline.training.data.dataset import PreprocessedDataset
-from pirl_pipeline.training.data.sampling import (
+from pirl_pipeline.dataloading.augmentation import AugmentationConfig, PatchAugmenter, describe
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
+from pirl_pipeline.dataloading.sampling import (
     centered_position,
     is_oversampled,
     pick_foreground_voxel,
     random_position,
 )
+from pirl_pipeline.errors import PirlInputError
 from plans.plans_manager import ConfigurationPlans
 
 log = logging.getLogger("pirl")

@@ -36,8 +36,8 @@ from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
+from pirl_pipeline.dataloading.sampling import crop_image, crop_padded
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.training.data.sampling import crop_image, crop_padded
 
 IMAGE_PAD = 0.0
 SEG_PAD = -1

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pirl_pipeline.dataloading.augmentation import IMAGE_PAD, SEG_PAD
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
+from pirl_pipeline.dataloading.loader import resolve_patch_and_batch
+from pirl_pipeline.dataloading.sampling import centered_position, crop_image, crop_padded, pick_foreground_voxel
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.training.data.augmentation import IMAGE_PAD, SEG_PAD
-from pirl_pipeline.training.data.dataset import PreprocessedDataset
-from pirl_pipeline.training.data.loader import resolve_patch_and_batch
-from pirl_pipeline.training.data.sampling import centered_position, crop_image, crop_padded, pick_foreground_voxel
 from plans.plans_manager import ConfigurationPlans
 
 

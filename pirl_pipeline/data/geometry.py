@@ -1,7 +1,13 @@
-"""Crop a case to the bounding box of its non-zero voxels (any channel), as nnU-Net does."""
+"""Voxel-grid arithmetic shared by the fingerprint, the planner, the preprocessor and the exporter.
+
+Crop boxes of the non-zero region (nnU-Net's crop-to-nonzero), the shape of an extent at a new spacing and
+nnU-Net's anisotropy rule. Pure numpy; the interpolation itself is ``preprocessing.resampling``.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+ANISOTROPY_THRESHOLD = 3.0
 
 
 def nonzero_mask(data: np.ndarray) -> np.ndarray:
@@ -47,3 +53,22 @@ def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
     seg = np.zeros(mask.shape, np.int16) if seg is None else crop(seg, box).astype(np.int16, copy=True)
     seg[(~mask) & (seg == 0)] = -1
     return data, seg, box
+
+
+def anisotropic_axis(spacing: tuple[float, ...], target_spacing: tuple[float, ...] | None = None) -> int | None:
+    """The axis to interpolate separately (nearest neighbour), nnU-Net's rule: the coarse axis of the input
+    spacing when it is > 3x the finest, else that of the target spacing; None when none or not unique."""
+    for candidate in (spacing, target_spacing):
+        if candidate is None:
+            continue
+        candidate = np.asarray(candidate, float)
+        if candidate.max() / candidate.min() > ANISOTROPY_THRESHOLD:
+            coarse = np.flatnonzero(candidate == candidate.max())
+            return int(coarse[0]) if coarse.size == 1 else None
+    return None
+
+
+def shape_for_spacing(shape: tuple[int, ...], spacing: tuple[float, ...],
+                      target_spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """The voxel shape that covers the same extent at ``target_spacing``."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))
