@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 class PhaseMemory(threading.Thread):
@@ -213,21 +214,27 @@ def child_pirl(spec: dict) -> dict:
             "load_1min": [load0, os.getloadavg()[0]], "torch_threads": torch.get_num_threads()}
 
 
-def child_tta(spec: dict) -> dict:
-    """``predict_volume`` without and with mirroring (8 passes) on a centred crop of the preprocessed case."""
-    torch = _setup_child(spec)
-    from pirl_pipeline.inference.sliding_window import predict_volume
-
+def _centred_crop(torch, spec: dict) -> tuple[Any, Any, Any, list[int], tuple[int, ...]]:
+    """(model, crop tensor (C, *crop), available, crop, preprocessed shape): the case of ``spec`` preprocessed
+    and cut to its centred ``spec["crop"]`` (None: the whole volume)."""
     predictor = _load(spec)
     images, geometry = predictor.read_case(spec["case"], _files(spec))
     volume, available = preprocessed_volume(predictor, images, geometry)
     del images
     shape = volume.shape[1:]
-    crop = shape if spec["crop"] is None else [min(c, s) for c, s in zip(spec["crop"], shape)]
+    crop = list(shape) if spec["crop"] is None else [min(c, s) for c, s in zip(spec["crop"], shape)]
     lo = [(s - c) // 2 for s, c in zip(shape, crop)]
     sub = torch.from_numpy(volume[(slice(None),) + tuple(slice(a, a + c) for a, c in zip(lo, crop))].copy())
-    model = predictor.model
-    out = {"crop": list(crop), "preprocessed_shape": list(volume.shape), "load_1min": [os.getloadavg()[0]]}
+    return predictor.model, sub, available, crop, volume.shape
+
+
+def child_tta(spec: dict) -> dict:
+    """``predict_volume`` without and with mirroring (8 passes) on a centred crop of the preprocessed case."""
+    torch = _setup_child(spec)
+    from pirl_pipeline.inference.sliding_window import predict_volume
+
+    model, sub, available, crop, volume_shape = _centred_crop(torch, spec)
+    out = {"crop": crop, "preprocessed_shape": list(volume_shape), "load_1min": [os.getloadavg()[0]]}
 
     def timed(mirror: bool) -> dict:
         _sync(torch, spec["device"])
@@ -258,15 +265,7 @@ def child_attention(spec: dict) -> dict:
     from pirl_pipeline.inference.sliding_window import predict_volume
     from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
 
-    predictor = _load(spec)
-    images, geometry = predictor.read_case(spec["case"], _files(spec))
-    volume, available = preprocessed_volume(predictor, images, geometry)
-    del images
-    shape = volume.shape[1:]
-    crop = [min(c, s) for c, s in zip(spec["crop"], shape)]
-    lo = [(s - c) // 2 for s, c in zip(shape, crop)]
-    sub = torch.from_numpy(volume[(slice(None),) + tuple(slice(a, a + c) for a, c in zip(lo, crop))].copy())
-    model = predictor.model
+    model, sub, available, crop, _ = _centred_crop(torch, spec)
     runs: dict[str, list[dict]] = {"plain": [], "fused": []}
     outputs = {}
     for rnd in range(spec["rounds"] + 1):  # round 0: warm-up of both

@@ -34,7 +34,7 @@ from experiments.config import (
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import command
 from pirl_pipeline.paths import fold_folder, model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,10 +184,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"experiments finished in {(time.perf_counter() - start) / 60:.1f} min; results: {report}")
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = command(build_parser, run)
 
 
 if __name__ == "__main__":

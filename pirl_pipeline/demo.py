@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dataset_conversion import demo_brain
 from pirl_pipeline.cli import evaluate, evaluate_missing, plan_and_preprocess, predict, reference, report, train
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import command
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.paths import fold_folder, model_folder, raw_root, results_root
@@ -130,10 +130,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("demo finished in %.1f min:\n%s\nreport: %s", elapsed / 60, "\n".join(lines), res / "report" / "report.md")
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = command(build_parser, run)
 
 
 if __name__ == "__main__":

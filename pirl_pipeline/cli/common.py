@@ -1,6 +1,7 @@
 """Shared command-line plumbing: logging set-up and turning bad input into one line + exit code 2."""
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -27,3 +28,15 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
             return 2
 
     return wrapper
+
+
+def command(build_parser: Callable[[], argparse.ArgumentParser],
+            run: Callable[[argparse.Namespace], object]) -> Callable[[list[str] | None], int]:
+    """The ``main(argv)`` of a command: ``run(build_parser().parse_args(argv))`` under ``cli_entry``."""
+
+    @cli_entry
+    def main(argv: list[str] | None = None) -> int:
+        run(build_parser().parse_args(argv))
+        return 0
+
+    return main

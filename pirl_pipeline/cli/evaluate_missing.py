@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import command
 from pirl_pipeline.cli.predict import model_folder_from
 from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.errors import PirlInputError
@@ -114,10 +114,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("wrote %s", out)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = command(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import command
 from pirl_pipeline.data.dataset_json import channel_file_name, group_channel_files, load_dataset_json
 from pirl_pipeline.data.image_io import read_array, write_array
 from pirl_pipeline.errors import PirlInputError
@@ -94,10 +94,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("%s reference: %d file(s) -> %s", args.kind, len(written), args.o)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = command(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pirl_pipeline.checkpoint import PretrainedWeights, load_checkpoint, load_pretrained
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import command
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
@@ -191,10 +191,7 @@ def run(args: argparse.Namespace) -> None:
         distributed.cleanup(info)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
+main = command(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -166,34 +166,29 @@ def build_report(options: ReportOptions) -> ReportResult:
             "map (red: synthesised brighter than the reference, blue: darker). Bottom: the reference label and "
             "each predicted segmentation overlaid on FLAIR. Panel titles give the case's PSNR/Dice where the "
             "prediction folder was evaluated.")
-    curves = [r for r in runs if r.history]
-    if curves:
-        if _draw("training_curves.png", lambda: figures.training_curves(curves, out / "training_curves.png"),
-                 result.written, missing):
-            data.figures["training_curves.png"] = (
-                "One row per trainer and fold: every training loss term (left; log scale when the terms span "
-                "more than a factor 30), every validation metric (middle; `metric` is the one that picks "
-                "checkpoint_best), the learning rate and the epoch time (right).")
-    elif runs:
-        missing.append("training_curves.png: no run has a per-epoch history")
-    dice = [(r.matrix_title("seg"), r.missing_dice) for r in runs if r.missing_dice is not None]
-    if dice:
-        if _draw("missing_modalities.png", lambda: figures.missing_modalities(dice, out / "missing_modalities.png"),
-                 result.written, missing):
-            data.figures["missing_modalities.png"] = (
-                "Dice of the segmentation predicted from each non-empty subset of the input modalities (rows) "
-                "for each label/region (columns), mean over the evaluated cases.")
-    else:
-        missing.append("missing_modalities.png: no missing_modalities_dice.csv in any fold")
-    trans = [(r.matrix_title("translate"), r.translation) for r in runs if r.translation]
-    if trans:
-        if _draw("translation_matrix.png", lambda: figures.translation_matrices(trans, out / "translation_matrix.png"),
-                 result.written, missing):
-            data.figures["translation_matrix.png"] = (
-                "PSNR (dB) and SSIM of each target modality synthesised from a single source modality, mean over "
-                "the evaluated cases; the diagonal (source = target) is not evaluated.")
-    else:
-        missing.append("translation_matrix.png: no translation_psnr.csv / translation_ssim.csv in any fold")
+    matrix_figures = (  # name, what to draw, drawer, caption, why it is absent (None: say nothing)
+        ("training_curves.png", [r for r in runs if r.history], figures.training_curves, (
+            "One row per trainer and fold: every training loss term (left; log scale when the terms span "
+            "more than a factor 30), every validation metric (middle; `metric` is the one that picks "
+            "checkpoint_best), the learning rate and the epoch time (right)."),
+         "no run has a per-epoch history" if runs else None),
+        ("missing_modalities.png", [(r.matrix_title("seg"), r.missing_dice) for r in runs
+                                    if r.missing_dice is not None], figures.missing_modalities, (
+            "Dice of the segmentation predicted from each non-empty subset of the input modalities (rows) "
+            "for each label/region (columns), mean over the evaluated cases."),
+         "no missing_modalities_dice.csv in any fold"),
+        ("translation_matrix.png", [(r.matrix_title("translate"), r.translation) for r in runs if r.translation],
+         figures.translation_matrices, (
+            "PSNR (dB) and SSIM of each target modality synthesised from a single source modality, mean over "
+            "the evaluated cases; the diagonal (source = target) is not evaluated."),
+         "no translation_psnr.csv / translation_ssim.csv in any fold"),
+    )
+    for name, items, drawer, caption, absent in matrix_figures:
+        if not items:
+            if absent:
+                missing.append(f"{name}: {absent}")
+        elif _draw(name, lambda: drawer(items, out / name), result.written, missing):  # noqa: B023 - called now
+            data.figures[name] = caption
     data.missing = missing
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(data))
