@@ -29,6 +29,7 @@ from experiments.stages import StageRunner
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.paths import fold_folder, model_folder
+from pirl_pipeline.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "Dataset500_DemoBrain"
@@ -44,7 +45,7 @@ class Curve:
     label: str
 
     def folder(self, work: Path) -> Path:
-        trainer = "PIRLSegTrainer" if self.task == "seg" else "PIRLTranslateTrainer"
+        trainer = get_task(self.task).default_trainer
         return fold_folder(model_folder(self.dataset, trainer, root=work / "results" / self.key), 0)
 
 

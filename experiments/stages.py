@@ -8,8 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json, save_json
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero: an internal failure (its traceback is in the stage's log, whose last
+    lines the message carries), not bad input, so it is not turned into a one-line error."""
 
 
 class StageRunner:
@@ -46,7 +50,7 @@ class StageRunner:
         seconds = time.perf_counter() - start
         if code != 0:
             tail = "".join(log_file.read_text().splitlines(keepends=True)[-15:])
-            raise PirlInputError(f"experiment stage {name!r} failed (exit {code}); last lines of {log_file}:\n{tail}")
+            raise StageFailed(f"experiment stage {name!r} failed (exit {code}); last lines of {log_file}:\n{tail}")
         self.timings[name] = {"seconds": round(seconds, 1), "command": shlex.join(["python", *command[1:]]),
                               "results": results}
         # merged with the file: another experiments run may share the work folder

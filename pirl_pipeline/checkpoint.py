@@ -18,6 +18,7 @@ import torch
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path
 from pirl_pipeline.networks.transfer import adapt_state, swinunetr_state
+from pirl_pipeline.tasks import PRETRAIN, TASKS
 
 log = logging.getLogger("pirl")
 REQUIRED_KEYS = ("network_weights", "trainer_name", "network_kwargs", "config", "plans", "epoch")
@@ -89,7 +90,8 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
             raise PirlInputError(f"{path}: a {state['network_kwargs'].get('kind')} checkpoint has no Swin encoder "
                                  f"to fine-tune from")
         return PretrainedWeights(path, state["network_weights"], state["network_kwargs"],
-                                 names if task in ("pretrain", "translate") else None)
+                                 names if task == PRETRAIN or (task in TASKS and not TASKS[task].predicts_labels)
+                                 else None)
     try:
         weights = swinunetr_state(state)
     except ValueError as err:

@@ -27,6 +27,7 @@ from pirl_pipeline.cli.common import command
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.paths import fold_folder, model_folder, raw_root, results_root
+from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
 
 log = logging.getLogger("pirl")
 DATASET = "Dataset500_DemoBrain"
@@ -94,12 +95,11 @@ def run(args: argparse.Namespace) -> None:
                                         str(args.feature_size), "--epochs", str(pre_epochs), "--val-iters", "1",
                                         *size], pre_folder / "checkpoint_final.pth")
     ckpt = str(pre_folder / "checkpoint_final.pth")
-    for task, trainer in (("seg", "PIRLSegTrainer"), ("translate", "PIRLTranslateTrainer")):
-        folder = fold_folder(model_folder(DATASET, trainer), 0)
-        stages.run(f"finetune {task}", train.main, ["500", "3d_fullres", task, "-f", "0", "--pretrained", ckpt,
-                                                    "--iters", fine_iters[task], "--epochs", str(args.epochs),
-                                                    "--val-iters", "2", *size],
-                   folder / "checkpoint_final.pth")
+    for task in (SEG, TRANSLATE):
+        folder = fold_folder(model_folder(DATASET, task.default_trainer), 0)
+        argv = ["500", "3d_fullres", task.name, "-f", "0", "--pretrained", ckpt, "--iters", fine_iters[task.name],
+                "--epochs", str(args.epochs), "--val-iters", "2", *size]
+        stages.run(f"finetune {task.name}", train.main, argv, folder / "checkpoint_final.pth")
     images_ts, labels_ts = raw / "imagesTs", raw / "labelsTs"
     common = ["-d", "500", "-device", args.device, "--disable_tta"]
     for name, task, extra in (("seg_all", "seg", []), ("seg_flair", "seg", ["--channels", "3"]),
@@ -111,14 +111,13 @@ def run(args: argparse.Namespace) -> None:
                                                          "-t", task, *extra], preds / name / "summary.json")
     for name, task, _ in (("seg_all", "seg", []), ("seg_flair", "seg", []), ("translate_t1", "translate", []),
                           *REFERENCES):
-        truth = labels_ts if task == "seg" else images_ts
+        truth = get_task(task).reference_folder(images_ts, labels_ts)
         stages.run(f"evaluate {name}", evaluate.main, ["-ref", str(truth), "-pred", str(preds / name),
                                                        "-d", "500", "-t", task], preds / name / "summary.json")
-    for task, trainer, folder in (("seg", "PIRLSegTrainer", "missing_modalities"),
-                                  ("translate", "PIRLTranslateTrainer", "translation_matrix")):
-        done = fold_folder(model_folder(DATASET, trainer), 0) / folder / "summary.json"
-        stages.run(f"missing modalities {task}", evaluate_missing.main,
-                   ["-d", "500", "-f", "0", "-t", task, "--max_cases", "1", "--disable_tta", "-device", args.device],
+    for task in (SEG, TRANSLATE):
+        done = fold_folder(model_folder(DATASET, task.default_trainer), 0) / task.subsets_folder / "summary.json"
+        stages.run(f"missing modalities {task.name}", evaluate_missing.main,
+                   ["-d", "500", "-f", "0", "-t", task.name, "--max_cases", "1", "--disable_tta", "-device", args.device],
                    done)
     stages.run("report", report.main, ["-d", "500"])
     elapsed = time.perf_counter() - total

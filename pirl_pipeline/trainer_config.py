@@ -4,13 +4,16 @@ A resumed run (``--c``) reads its config back; the command line may change only 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.losses.objective import TERMS
+from pirl_pipeline.tasks import PRETRAIN, TASKS
 
-TASKS = ("pretrain", "seg", "translate")
-ABLATIONS = ("contrastive", "decomposition", "equivariance", "invariance", "prior")
+TRAINING_TASKS = (PRETRAIN, *TASKS)  # what pirl_train trains
+ABLATIONS = tuple(sorted((*TERMS, "prior")))  # the Table-7 switches: the objective's terms and the prior O
 #: what a resumed run may change (logged): how long it runs, how it validates and saves, how it executes —
 #: never what its finished epochs computed (lr, iterations, batch, patch, network, losses, data, seed)
 RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "save_probabilities", "amp", "fused_attention",
@@ -62,8 +65,8 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the network (opt-in; first steps compile)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise PirlInputError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in TRAINING_TASKS:
+            raise PirlInputError(f"task must be one of {TRAINING_TASKS}, got {self.task!r}")
         unknown = sorted(set(self.disabled) - set(ABLATIONS))
         if unknown:
             raise PirlInputError(f"unknown ablation(s) {unknown}; choose from {ABLATIONS}")
@@ -95,27 +98,29 @@ class TrainerConfig:
     def with_overrides(self, pairs: list[str]) -> TrainerConfig:
         """Apply ``key=value`` strings (``--set lr=1e-3``), parsed with the field's type."""
         d = self.to_dict()
-        types = {f.name: f.type for f in fields(self)}
+        types = typing.get_type_hints(TrainerConfig)
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep or key not in d:
-                raise PirlInputError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(d)}")
-            d[key] = _parse(value, types[key])
+                raise PirlInputError(f"{pair!r}: expected FIELD=VALUE with FIELD one of {sorted(d)}")
+            try:
+                d[key] = _parse(value, types[key])
+            except ValueError as err:
+                kind = getattr(types[key], "__name__", str(types[key]))
+                raise PirlInputError(f"{pair!r}: {key} takes {kind}; {err}") from None
         return TrainerConfig.from_dict(d)
 
 
-def _parse(value: str, annotation: str) -> Any:
-    if value.lower() in ("none", "null"):
-        return None
-    if annotation.startswith("bool"):
+def _parse(value: str, kind: Any) -> Any:
+    """``value`` as the field type ``kind`` (a real type from ``typing.get_type_hints``: bool, int, float, str,
+    list[X], or X | None)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if type(None) in typing.get_args(kind):  # X | None
+        return None if value.lower() in ("none", "null") else _parse(value, args[0])
+    if typing.get_origin(kind) is list:
+        return [_parse(v, args[0]) for v in value.split(",") if v]
+    if kind is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise PirlInputError(f"expected a boolean, got {value!r}")
+            raise ValueError(f"expected a boolean, got {value!r}")
         return value.lower() in ("true", "1", "yes")
-    if annotation.startswith("list"):
-        items = [v for v in value.split(",") if v]
-        return [int(v) for v in items] if "int" in annotation else items
-    if annotation.startswith("int"):
-        return int(value)
-    if annotation.startswith("float"):
-        return float(value)
-    return value
+    return kind(value)  # int, float, str

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("paths", "parallel"),
     ("splits",),
     ("data",),                          # raw datasets, image I/O, voxel-grid geometry
+    ("tasks",),                         # seg / translate: what differs between the fine-tuning tasks
     ("plans",),                         # plans schema, fingerprint, planner
     ("preprocessing",),
     ("dataloading",),                   # preprocessed cases -> augmented patch batches

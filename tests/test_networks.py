@@ -159,7 +159,7 @@ def test_modality_paths():
     with torch.no_grad():
         fused = net(x, available=available)
         per_pair = net(x, available=available, fuse=False)
-        single = net.encode_single_modality(x, 1)
+        single = net(repeat_modality(x, 1, net.in_channels))  # modality 1 alone in every input channel
         subset = net.encode_modalities(x, [1])
     assert fused.output.shape == (2, 3, 64, 32, 32) and fused.x_h_modalities.shape[0] == 3
     assert fused.owner.tolist() == [0, 0, 1] and per_pair.output.shape == (3, 3, 64, 32, 32)

@@ -83,6 +83,8 @@ def write_run(results: Path, task: str) -> Path:
     config = TrainerConfig(task=task, trainer=trainer, epochs=4, iters_per_epoch=2, feature_size=12,
                            patch_size=[64, 64, 64], batch_size=1).to_dict()
     progress = ProgressLog(folder / "training_log.txt")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))  # as the trainer writes it before the first epoch
     progress.write(f"{trainer}: 2 training / 1 validation cases, patch [64, 64, 64], batch 1, feature_size 12, "
                    "device cpu")
     for row in run_history(task):
@@ -202,18 +204,18 @@ def test_partial_tree_lists_what_is_missing(tree: Path, run_cli):
     assert not (out / "missing_modalities.png").exists()
     md = (out / "report.md").read_text()
     missing = md.split("## Missing or skipped", 1)[1]
-    for text in ("translate_t1` (translate) not found", "seg_flair` has no summary.json",
+    for text in ("seg_flair` has no summary.json",
                  "PIRLTranslateTrainer fold 0: no readable checkpoint (history from training_log.txt)",
                  "PIRLPretrainer fold all: `checkpoint_final.pth` is unreadable",
                  "missing_modalities.png: no missing_modalities_dice.csv",
                  "PIRLSegTrainer fold 0: no missing_modalities/missing_modalities_dice.csv",
                  "no reference label for case"):
         assert text in missing, text
-    assert "### seg_all" in md and "### seg_flair" not in md
+    assert "### seg_all" in md and "### seg_flair" not in md and "translate_t1" not in md  # no folder is presumed
     assert "Shown: inputs: T1, T1ce, T2, FLAIR; segmentation: predicted (seg_all)" in md
     assert "used the copy inside the PIRLSegTrainer fold 0 checkpoint" in missing
-    assert "| PIRLTranslateTrainer | translate | 0 | unfinished (training_log.txt) | 4 | ? | ? | 1 | 64×64×64 | 12 |" \
-        in md  # patch, batch and feature size from the log's first line
+    assert "| PIRLTranslateTrainer | translate | 0 | unfinished (training_log.txt) | 4/4 | 2 | 8 | 1 | 64×64×64 | 12 |" \
+        in md  # history from the log; task, epochs and sizes from the config.json a run writes before epoch 0
 
 
 def test_history_is_parsed_back_from_the_training_log(tmp_path: Path):

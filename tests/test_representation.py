@@ -23,6 +23,7 @@ from pirl_pipeline.evaluation.representation import (
     write_representation_results,
 )
 from pirl_pipeline.networks import PIRLNet
+from pirl_pipeline.networks.modalities import repeat_modality
 
 TINY = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
 PATCH = (64, 64, 64)
@@ -127,7 +128,8 @@ def test_a_real_network_pins_which_subject_is_which(network):
     assert embedding_metrics(z)["retrieval_top1"] == 0
     patch = torch.from_numpy(center_patch(np.stack([images[2], images[0]]), PATCH))[None]
     with torch.no_grad():
-        direct = network.encode_single_modality(patch, 1, decode=False).x_h.flatten().double().numpy()
+        alone = repeat_modality(patch, 1, network.in_channels)
+        direct = network(alone, decode=False).x_h.flatten().double().numpy()
     assert np.allclose(shifted.x_h[2, 1], direct, atol=1e-5)  # case2's modality 1; batch 2 vs 1: rounding
 
 

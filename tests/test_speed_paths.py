@@ -150,11 +150,14 @@ def test_trainer_wires_the_speed_options(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     config = TrainerConfig(task="seg", grad_checkpoint=True, compile=True)
     trainer = _TinyTrainer(_tiny_context(tmp_path), config)
+    assert not hasattr(trainer, "network")  # construction reads the configuration only
+    trainer.initialize()
     block = trainer.network.swinViT.layers1[0].blocks[0]
     assert isinstance(block.attn, FusedWindowAttention) and block.use_checkpoint
     assert wrapped == [False] and compiled == [trainer.network] and trainer.num_workers == 0
     assert not trainer.use_amp  # CPU: fp32 whatever `amp` says
     plain = _TinyTrainer(_tiny_context(tmp_path), TrainerConfig(task="seg", fused_attention=False))
+    plain.initialize()
     assert type(plain.network.swinViT.layers1[0].blocks[0].attn) is not FusedWindowAttention
 
 

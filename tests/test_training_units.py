@@ -24,6 +24,12 @@ def test_config_overrides_parse_types_and_reject_unknown():
     with pytest.raises(PirlInputError, match="unknown ablation"):
         TrainerConfig(disabled=["magic"])
     assert TrainerConfig.from_dict(config.to_dict()) == config
+    typed = config.with_overrides(["num_workers=none", "batch_size=3", "class_weight_max=1.5", "lr_schedule=poly"])
+    assert (typed.num_workers, typed.batch_size, typed.class_weight_max, typed.lr_schedule) == (None, 3, 1.5, "poly")
+    for bad, why in (("lr=fast", "lr takes float"), ("batch_size=1.5", "batch_size takes int | None"),
+                     ("amp=maybe", "expected a boolean")):
+        with pytest.raises(PirlInputError, match=why):
+            config.with_overrides([bad])
 
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):

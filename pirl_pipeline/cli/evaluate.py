@@ -18,6 +18,7 @@ from pirl_pipeline.evaluation.evaluate import (
 from pirl_pipeline.evaluation.metrics import EMPTY_REFERENCE, NSD_TOLERANCE_MM
 from pirl_pipeline.evaluation.segmentation import SegmentationOptions, evaluate_segmentation_folder
 from pirl_pipeline.evaluation.translation import evaluate_translation_folder
+from pirl_pipeline.tasks import TASKS, get_task
 
 log = logging.getLogger("pirl")
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-d", metavar="DATASET", help="dataset id or name in $PIRL_raw (for its dataset.json)")
     src.add_argument("-dj", type=Path, metavar="DATASET_JSON", help="path to a dataset.json (or its folder)")
-    p.add_argument("-t", required=True, choices=["seg", "translate"], help="task")
+    p.add_argument("-t", required=True, choices=list(TASKS), help="task")
     p.add_argument("-o", type=Path, default=None,
                    help="summary .json path (default PRED/summary.json; summary.csv is written beside it)")
     p.add_argument("-np", type=int, default=2, dest="num_processes", help="worker processes (default 2)")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     output = check_output(args.o, ref_dir, pred_dir)
     info = {"task": args.t, "reference": str(ref_dir.resolve()), "prediction": str(pred_dir.resolve()),
             "dataset": str(args.d if args.d is not None else args.dj)}
-    if args.t == "seg":
+    if get_task(args.t).predicts_labels:
         try:
             options = SegmentationOptions(distance_metrics=not args.no_distance_metrics,
                                           empty_reference=args.empty_reference,

@@ -21,6 +21,7 @@ from pirl_pipeline.evaluation.missing_modalities import (
 from pirl_pipeline.file_io import load_json
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
+from pirl_pipeline.tasks import TASKS, TRANSLATE, get_task
 
 log = logging.getLogger("pirl")
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "source modality (translate) and write the metric matrix as CSV + PNG heat map.")
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
     p.add_argument("-f", dest="fold", default="0", help="fold (its model and its validation cases)")
-    p.add_argument("-t", dest="task", choices=["seg", "translate"], required=True)
+    p.add_argument("-t", dest="task", choices=list(TASKS), required=True)
     p.add_argument("-c", dest="configuration", default="3d_fullres")
     p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
@@ -73,7 +74,8 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str
 def run(args: argparse.Namespace) -> None:
     args.model_folder = None
     folder = model_folder_from(args)
-    if args.complete_with and args.task != "seg":
+    task = get_task(args.task)
+    if args.complete_with and not task.predicts_labels:
         raise PirlInputError("--complete_with: only with -t seg (it completes cases for the seg model)")
     options = {"step_size": args.step_size, "mirror": not args.disable_tta}
     predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device, task=args.task,
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     completer = None
     if args.complete_with:
         completer = PIRLPredictor.from_model_folder(args.complete_with, [args.fold], args.checkpoint, args.device,
-                                                    task="translate", **options)
+                                                    task=TRANSLATE.name, **options)
         theirs, ours = completer.model.dataset_json.channel_names, predictor.model.dataset_json.channel_names
         if theirs != ours:
             raise PirlInputError(f"{args.complete_with}: channels {theirs} differ from the seg model's {ours}")
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     info = {"model": str(folder), "fold": args.fold, "cases": len(cases), "case_names": sorted(cases),
             "tta": not args.disable_tta, "step_size": args.step_size,
             "complete_with": str(args.complete_with) if completer else None}
-    if args.task == "seg":
+    if task.predicts_labels:
         refs = args.references or raw_root() / name / "labelsTr"
         references = {k: refs / f"{k}{predictor.model.dataset_json.file_ending}" for k in cases}
         missing = [str(p) for p in references.values() if not p.is_file()]
@@ -106,8 +108,7 @@ def run(args: argparse.Namespace) -> None:
         table = translation_table(predictor, cases)
         matrices = {"translation_psnr": translation_matrix(table, "PSNR"),
                     "translation_ssim": translation_matrix(table, "SSIM")}
-    out = args.output or folder / f"fold_{args.fold}" / ("missing_modalities" if args.task == "seg"
-                                                          else "translation_matrix")
+    out = args.output or folder / f"fold_{args.fold}" / task.subsets_folder
     write_results(table, matrices, out, info)
     for matrix_name, matrix in matrices.items():
         log.info("%s:\n%s", matrix_name, matrix.round(3).to_string())

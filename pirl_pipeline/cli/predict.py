@@ -20,6 +20,7 @@ from pirl_pipeline.file_io import make_dirs, remove_stale
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, model_folder, results_root
+from pirl_pipeline.tasks import TASKS, get_task
 
 log = logging.getLogger("pirl")
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output", type=Path, required=True, help="output folder (never the input)")
     p.add_argument("-d", dest="dataset", help="dataset id or name (with -c, -tr); or give -m")
     p.add_argument("-c", dest="configuration", default="3d_fullres")
-    p.add_argument("-t", dest="task", choices=["seg", "translate"], help="must match the model (default: its task)")
+    p.add_argument("-t", dest="task", choices=list(TASKS), help="must match the model (default: its task)")
     p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
     p.add_argument("-m", dest="model_folder", type=Path, help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr")
     p.add_argument("-f", dest="folds", nargs="+", help="folds to ensemble (default: all trained folds)")
@@ -63,10 +64,8 @@ def model_folder_from(args: argparse.Namespace) -> Path:
         return args.model_folder
     if not args.dataset or not args.task:
         raise PirlInputError("give -m MODEL_FOLDER, or -d DATASET with -t TASK (and optionally -c, -tr)")
-    from pirl_pipeline.training.registry import DEFAULT_TRAINER  # imports every trainer: only when needed
-
     name = find_dataset_name(args.dataset, results_root())
-    trainer = args.trainer or DEFAULT_TRAINER[args.task]
+    trainer = args.trainer or get_task(args.task).default_trainer
     return model_folder(name, trainer, configuration=args.configuration)
 
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
     cases, targets = select_cases(args, predictor, keep)
     outputs = {k: output_paths(args.output, k, dj.file_ending, targets[k]) for k in cases}
     todo = [k for k in cases if not (args.resume and is_complete(outputs[k]))]
-    log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task,
+    log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task.name,
              predictor.model.folds, "on" if predictor.mirror else "off")
     make_dirs(args.output)
     remove_stale(args.output)
@@ -170,7 +169,7 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor, keep: set[i
         cases = {k: v for k, v in cases.items() if v}
         if not cases:
             raise PirlInputError(f"{args.input}: no case has any of channels {sorted(keep)}")
-    if predictor.task == "seg":
+    if predictor.task.predicts_labels:
         if args.missing_only:
             raise PirlInputError("--missing_only: the model is a seg model; completing cases needs -t translate")
         return cases, dict.fromkeys(cases)

@@ -29,6 +29,7 @@ from pirl_pipeline.evaluation.references.translation import (
 )
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.paths import find_dataset_name, raw_root
+from pirl_pipeline.tasks import TASKS, get_task
 
 log = logging.getLogger("pirl")
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", required=True, type=Path, help="output folder (pirl_predict's layout)")
     p.add_argument("-d", required=True, metavar="DATASET", help="dataset id or name in $PIRL_raw (fitted on its "
                                                                   "imagesTr / labelsTr)")
-    p.add_argument("-t", required=True, choices=["seg", "translate"], help="task")
+    p.add_argument("-t", required=True, choices=list(TASKS), help="task")
     p.add_argument("--kind", required=True, choices=[*SEGMENTATION_KINDS, *TRANSLATION_KINDS])
     p.add_argument("--channels", type=int, nargs="+", help="seg: the channels the reference may read (default all)")
     p.add_argument("--source", type=int, default=0, help="translate: the source channel (default 0)")
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     raw = raw_root() / find_dataset_name(args.d)
     dj = load_dataset_json(raw)
-    if (args.t == "seg") != (args.kind in SEGMENTATION_KINDS):
+    task = get_task(args.t)
+    if task.predicts_labels != (args.kind in SEGMENTATION_KINDS):
         raise PirlInputError(f"--kind {args.kind} is not a {args.t} reference (seg: {SEGMENTATION_KINDS}, "
                              f"translate: {TRANSLATION_KINDS})")
     if not args.i.is_dir():
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
         raise PirlInputError(f"channels {channels} / source {args.source}: choose from 0..{dj.num_channels - 1}")
     train, labels = raw_cases(raw, dj)
     fitted: dict = {"kind": args.kind, "fitted_on": sorted(train)}
-    if args.t == "seg":
+    if task.predicts_labels:
         cases = {c: {k: f[k] for k in channels if k in f} for c, f in cases.items()}
         model = None
         if args.kind == "threshold":

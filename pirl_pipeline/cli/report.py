@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.report.build import DEFAULT_SEG_DIRS, DEFAULT_TRANSLATE_DIRS, ReportOptions, build_report
+from pirl_pipeline.report.build import ReportOptions, build_report
 
 log = logging.getLogger("pirl")
 
@@ -21,10 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "term and validation metric per epoch, one row per trainer/fold), missing_modalities.png "
                     "(Dice per modality subset), translation_matrix.png (source -> target PSNR/SSIM) and "
                     "report.md with the metric tables. Whatever is missing is listed in report.md.",
-        epilog="Prediction folders default to $PIRL_results/DatasetXXX_Name/predictions/{"
-               + ",".join(DEFAULT_SEG_DIRS) + "} (seg) and predictions/{" + ",".join(DEFAULT_TRANSLATE_DIRS)
-               + "} (translate); with neither option given, every other folder under predictions/ is reported "
-                 "too. Their metric tables come from the summary.json that pirl_evaluate writes into them.")
+        epilog="Without --pred-dir-seg / --pred-dir-translate, every folder under $PIRL_results/DatasetXXX_Name/"
+               "predictions/ that pirl_evaluate scored is reported; its summary.json gives the task and the metric "
+               "tables. A translation folder named ..._<modality> marks that modality as the input.")
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name, e.g. 500")
     p.add_argument("-o", dest="output", type=Path, help="report folder (default: $PIRL_results/DatasetXXX_Name/report)")
     p.add_argument("--case", help="held-out case for overview.png (default: the case most prediction folders "
@@ -34,12 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="reference labels (default: $PIRL_raw/DatasetXXX_Name/labelsTs, or "
                                                "labelsTr with imagesTr)")
     p.add_argument("--pred-dir-seg", dest="seg_dirs", type=Path, nargs="+", metavar="DIR",
-                   help="segmentation prediction folder(s) (default: predictions/"
-                        + " predictions/".join(DEFAULT_SEG_DIRS) + ")")
+                   help="segmentation prediction folder(s) (default: the evaluated folders under predictions/)")
     p.add_argument("--pred-dir-translate", dest="translate_dirs", type=Path, nargs="+", metavar="DIR",
-                   help="translation prediction folder(s) (default: predictions/"
-                        + " predictions/".join(DEFAULT_TRANSLATE_DIRS) + "); a name ending in _<modality> "
-                                                                         "marks that modality as the input")
+                   help="translation prediction folder(s) (default: the evaluated folders under predictions/); "
+                        "a name ending in _<modality> marks that modality as the input")
     return p
 
 

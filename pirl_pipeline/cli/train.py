@@ -18,7 +18,8 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
 from pirl_pipeline.paths import find_dataset_name, model_folder, preprocessed_root
 from pirl_pipeline.splits import load_or_create_splits
-from pirl_pipeline.trainer_config import ABLATIONS, RESUME_SAFE, TASKS, TrainerConfig
+from pirl_pipeline.tasks import PRETRAIN
+from pirl_pipeline.trainer_config import ABLATIONS, RESUME_SAFE, TRAINING_TASKS, TrainerConfig
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.base_trainer import RunContext
 from pirl_pipeline.training.registry import TRAINERS, build_trainer, resolve_trainer
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="trainers: " + "; ".join(f"{n} ({s.task}: {s.summary})" for n, s in TRAINERS.items()))
     p.add_argument("dataset", help="dataset id or name, e.g. 501")
     p.add_argument("configuration", help="plans configuration, e.g. 3d_fullres")
-    p.add_argument("task", choices=TASKS)
+    p.add_argument("task", choices=TRAINING_TASKS)
     p.add_argument("-f", dest="fold", default=None, help="fold index or 'all' (default: 0; pretrain: all)")
     p.add_argument("-tr", dest="trainer", default=None, help="trainer name (default: the task's PIRL trainer)")
     p.add_argument("--pretrained", type=Path, default=None,
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
     plans = Plans.load(folder / PLANS_FILE)
     dataset_json: DatasetJson = load_dataset_json(folder)
     trainer_name = resolve_trainer(args.task, args.trainer)
-    fold = args.fold if args.fold is not None else ("all" if args.task == "pretrain" else "0")
+    fold = args.fold if args.fold is not None else ("all" if args.task == PRETRAIN else "0")
     data_folder = folder / plans.configuration(args.configuration).data_identifier
     cases = sorted(p.stem for p in data_folder.glob("*.json"))
     if not cases:

@@ -51,11 +51,6 @@ class ValidationPatches:
     def __len__(self) -> int:
         return math.ceil(len(self.items) / self.batch_size)
 
-    def cycle(self) -> Iterator[dict[str, Any]]:
-        """The batches over and over (for a loop that calls ``next()`` a fixed number of times)."""
-        while self.items:
-            yield from self
-
     def close(self) -> None:
         """Nothing to stop (no workers); here so that trainers can treat all loaders alike."""
 

@@ -12,6 +12,7 @@ from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
+from pirl_pipeline.tasks import PRETRAIN
 from pirl_pipeline.trainer_config import TrainerConfig
 from plans.plans_manager import Plans
 
@@ -73,7 +74,7 @@ def load_model_folder(folder: str | Path, folds: list[str] | None = None,
         set_fused_attention(net, fused_attention)
         networks.append(net.to(device).eval())
     config = TrainerConfig.from_dict(first["config"])
-    if config.task == "pretrain":
+    if config.task == PRETRAIN:
         raise PirlInputError(f"{folder}: a pre-training model; fine-tune it for seg or translate first")
     plans = Plans.from_dict(first["plans"])
     dataset_json = parse_dataset_json(first["dataset_json"], folder / f"fold_{folds[0]}" / checkpoint)

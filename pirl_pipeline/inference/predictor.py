@@ -35,6 +35,7 @@ from pirl_pipeline.inference.export import (
 from pirl_pipeline.inference.model_folder import TrainedModel, load_model_folder
 from pirl_pipeline.inference.sliding_window import PRECISIONS, predict_volume
 from pirl_pipeline.preprocessing.preprocessor import preprocess_arrays
+from pirl_pipeline.tasks import Task, get_task
 
 log = logging.getLogger("pirl")
 
@@ -88,8 +89,8 @@ class PIRLPredictor:
         return cls(model, device, **kwargs)
 
     @property
-    def task(self) -> str:
-        return self.model.task
+    def task(self) -> Task:
+        return get_task(self.model.task)
 
     def predict_array(self, array: np.ndarray, spacing: Sequence[float],
                       channels: Sequence[int] | None = None) -> CasePrediction:
@@ -138,7 +139,7 @@ class PIRLPredictor:
         output = predict_volume(self.model.networks, self.model.kind, torch.from_numpy(pre), available,
                                 self.model.patch_size, self.step_size, self.mirror, self.sw_batch_size,
                                 self.device, self.precision)
-        if self.task == "seg":
+        if self.task.predicts_labels:
             probs = probabilities(output, self.model.dataset_json).numpy()
             probs = to_original_grid(probs, properties, order=1)
             probs[:, ~body] = 0  # nothing outside the input's body mask (the crop box holds background too)
@@ -153,8 +154,8 @@ class PIRLPredictor:
     def complete(self, images: dict[int, np.ndarray], geometry: Geometry) -> dict[int, np.ndarray]:
         """Every channel ``{c: (z, y, x)}``: those given, unchanged, and the absent ones synthesised by this
         translation model (what ``pirl_predict -t translate --missing_only`` writes beside the input)."""
-        if self.task != "translate":
-            raise PirlInputError(f"completing a case needs a translation model, this one is {self.task}")
+        if self.task.predicts_labels:
+            raise PirlInputError(f"completing a case needs a translation model, this one is {self.task.name}")
         if len(images) == self.num_modalities:
             return dict(images)
         synthesised = self.predict_case(images, geometry).images

@@ -12,7 +12,7 @@ from torch import nn
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.heads import EquivarianceHead, ProjectionHead
-from pirl_pipeline.networks.modalities import repeat_modality, scatter_mean, split_modalities
+from pirl_pipeline.networks.modalities import scatter_mean, split_modalities
 from pirl_pipeline.networks.prior import PriorFusion
 from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state, set_fused_attention
 
@@ -235,10 +235,6 @@ class PIRLNet(nn.Module):
         if "contrastive" in heads:
             result.proj = self.projection_head(z)
         return result
-
-    def encode_single_modality(self, x: torch.Tensor, index: int, **kwargs: Any) -> PIRLOutput:
-        """Forward modality ``index`` of x (B, M, *patch) alone, repeated into all C_in input channels."""
-        return self(repeat_modality(x, index, self.in_channels), **kwargs)
 
     def encode_modalities(self, x: torch.Tensor, available: torch.Tensor | Sequence[int], **kwargs: Any) -> PIRLOutput:
         """Missing-modality path: encode each available modality of x (B, M, *patch) alone, fuse X_h' (mean)."""

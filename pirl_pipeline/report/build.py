@@ -20,11 +20,10 @@ from pirl_pipeline.report import figures
 from pirl_pipeline.report.collect import PredictionFolder, TrainerRun, collect_runs, read_prediction_folder
 from pirl_pipeline.report.markdown import ReportData, render
 from pirl_pipeline.report.overview import draw_overview
+from pirl_pipeline.tasks import SEG, TRANSLATE
 
 log = logging.getLogger("pirl")
 
-DEFAULT_SEG_DIRS = ("seg_all", "seg_flair")  # below RESULTS/DatasetXXX_Name/predictions/
-DEFAULT_TRANSLATE_DIRS = ("translate_t1",)
 
 
 @dataclass
@@ -34,8 +33,8 @@ class ReportOptions:
     case: str | None = None  # default: the held-out case the most prediction folders cover
     images: Path | None = None  # default RAW/DatasetXXX_Name/imagesTs (imagesTr when there is no imagesTs)
     labels: Path | None = None  # default the matching labelsTs / labelsTr
-    seg_dirs: list[Path] | None = None  # default predictions/{seg_all,seg_flair} (+ other evaluated seg folders)
-    translate_dirs: list[Path] | None = None  # default predictions/translate_t1 (+ other translate folders)
+    seg_dirs: list[Path] | None = None  # with translate_dirs None: every evaluated folder under predictions/
+    translate_dirs: list[Path] | None = None
     command: str = "pirl_report"
 
 
@@ -63,15 +62,13 @@ def dataset_json_for(name: str, runs: list[TrainerRun], missing: list[str]) -> D
 
 
 def _prediction_folders(results_dir: Path, options: ReportOptions, missing: list[str]) -> list[PredictionFolder]:
+    """The folders given (their task by option), or else every folder under predictions/ that ``pirl_evaluate``
+    scored: its summary.json says the task."""
+    folders: list[tuple[Path, str | None]] = [(Path(p), SEG.name) for p in options.seg_dirs or []]
+    folders += [(Path(p), TRANSLATE.name) for p in options.translate_dirs or []]
     root = results_dir / "predictions"
-    folders: list[tuple[Path, str]] = []
-    for given, defaults, task in ((options.seg_dirs, DEFAULT_SEG_DIRS, "seg"),
-                                  (options.translate_dirs, DEFAULT_TRANSLATE_DIRS, "translate")):
-        folders += [(Path(p), task) for p in (given if given is not None else [root / d for d in defaults])]
     if options.seg_dirs is None and options.translate_dirs is None and root.is_dir():
-        known = {p.resolve() for p, _ in folders}
-        for extra in sorted(p for p in root.iterdir() if p.is_dir() and p.resolve() not in known):
-            folders.append((extra, "translate" if "translat" in extra.name.lower() else "seg"))
+        folders = [(p, None) for p in sorted(root.iterdir()) if p.is_dir()]
     out = []
     for folder, task in folders:
         if not folder.is_dir():
@@ -79,8 +76,10 @@ def _prediction_folders(results_dir: Path, options: ReportOptions, missing: list
             continue
         pred = read_prediction_folder(folder.name, folder, task, missing)
         if pred.summary is None:
-            missing.append(f"`{folder}` has no summary.json (run pirl_evaluate on it for its metric table)")
-        out.append(pred)
+            missing.append(f"`{folder}` has no summary.json (run pirl_evaluate on it for its metric table"
+                           + ("; until then its task is unknown and it is not shown)" if pred.task is None else ")"))
+        if pred.task is not None:
+            out.append(pred)
     return out
 
 
@@ -124,10 +123,10 @@ def build_report(options: ReportOptions) -> ReportResult:
                              "predictions); train and predict first")
     for run in runs:
         missing += run.problems
-        if run.task == "seg" and run.missing_dice is None:
+        if run.task == SEG.name and run.missing_dice is None:
             missing.append(f"{run.name}: no missing_modalities/missing_modalities_dice.csv "
                            f"(pirl_evaluate_missing -d {options.dataset} -f {run.fold} -t seg -tr {run.trainer})")
-        if run.task == "translate" and not run.translation:
+        if run.task == TRANSLATE.name and not run.translation:
             missing.append(f"{run.name}: no translation_matrix/translation_psnr.csv or translation_ssim.csv "
                            f"(pirl_evaluate_missing -d {options.dataset} -f {run.fold} -t translate "
                            f"-tr {run.trainer})")
@@ -154,8 +153,8 @@ def build_report(options: ReportOptions) -> ReportResult:
         data.overview = draw_overview(
             out / "overview.png", channel_names=channel_names, label_names=label_names,
             file_ending=dj.file_ending if dj else ".nii.gz", images_dir=data.images_dir, labels_dir=data.labels_dir,
-            seg_preds=[p for p in predictions if p.task == "seg"],
-            translate_preds=[p for p in predictions if p.task == "translate"], case=options.case)
+            seg_preds=[p for p in predictions if p.task == SEG.name],
+            translate_preds=[p for p in predictions if p.task == TRANSLATE.name], case=options.case)
         missing.extend(data.overview.notes)
         if not data.overview.written:
             raise FileNotFoundError("nothing to show")

@@ -64,11 +64,7 @@ class TrainerRun:
 
     @property
     def task(self) -> str:
-        if self.config.get("task"):
-            return str(self.config["task"])
-        low = self.trainer.lower()
-        return "pretrain" if "pretrain" in low else "seg" if "seg" in low else "translate" if "translat" in low \
-            else "?"
+        return str(self.config.get("task") or "?")  # the run's own config (checkpoint, else config.json)
 
     @property
     def finished(self) -> bool:
@@ -106,7 +102,7 @@ class PredictionFolder:
 
     label: str  # e.g. "seg_all"
     folder: Path
-    task: str  # "seg" or "translate"
+    task: str | None  # a Task name; None: unknown (not evaluated)
     summary: dict | None = None
 
     @property
@@ -252,12 +248,13 @@ def collect_runs(results_dir: Path) -> list[TrainerRun]:
     return sorted(runs, key=lambda r: order.get(r.task, 3))
 
 
-def read_prediction_folder(label: str, folder: Path, task: str, problems: list[str]) -> PredictionFolder:
+def read_prediction_folder(label: str, folder: Path, task: str | None, problems: list[str]) -> PredictionFolder:
+    """``task``: what the caller says it is; the summary's own ``task`` wins (None: neither knows)."""
     pred = PredictionFolder(label, folder, task)
     summary = read_json(folder / "summary.json", problems)
     if isinstance(summary, dict):
         pred.summary = summary
-        pred.task = str(summary.get("task", task))
+        pred.task = summary.get("task") or task
     return pred
 
 

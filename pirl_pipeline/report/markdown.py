@@ -8,6 +8,7 @@ import pandas as pd
 
 from pirl_pipeline.report.collect import PredictionFolder, TrainerRun, format_value, summary_table
 from pirl_pipeline.report.overview import OverviewResult
+from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
 
 PAPER_FEATURE_SIZE = 48
 PAPER_PATCH = 96
@@ -111,7 +112,7 @@ def _runs_section(runs: list[TrainerRun]) -> list[str]:
     return out
 
 
-COMPARED = {"seg": ("Dice", "HD95", "CaseTPR"), "translate": ("PSNR", "SSIM", "NMSE")}
+COMPARED = {SEG.name: ("Dice", "HD95", "CaseTPR"), TRANSLATE.name: ("PSNR", "SSIM", "NMSE")}
 
 
 def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFrame:
@@ -124,7 +125,7 @@ def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFr
         if p.task != task or not p.summary:
             continue
         mean = p.summary.get("mean") or {}
-        if task == "seg":
+        if get_task(task).predicts_labels:
             whole = [t for t in mean if "whole" in t.lower()]
             targets = whole[:1] or list(mean)
         else:
@@ -133,9 +134,9 @@ def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFr
         row = {}
         for metric in COMPARED[task]:
             values = [float(mean[t][metric]) for t in targets if isinstance(mean[t].get(metric), int | float)]
-            row[f"{metric} ({targets[0]})" if task == "seg" and len(targets) == 1 else metric] = (
+            row[f"{metric} ({targets[0]})" if get_task(task).predicts_labels and len(targets) == 1 else metric] = (
                 sum(values) / len(values) if values else float("nan"))
-        if task == "seg":
+        if get_task(task).predicts_labels:
             dice = [float(m["Dice"]) for m in mean.values() if isinstance(m.get("Dice"), int | float)]
             row["Dice (mean over all targets)"] = sum(dice) / len(dice) if dice else float("nan")
         rows[p.label] = row
@@ -144,8 +145,8 @@ def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFr
 
 def _comparison_section(predictions: list[PredictionFolder]) -> list[str]:
     out = []
-    for task, what in (("seg", "Dice / HD95 (mm) / case-level detection of the whole tumour"),
-                       ("translate", ("PSNR / SSIM / NMSE on per-volume percentile-scaled intensities, mean over "
+    for task, what in ((SEG.name, "Dice / HD95 (mm) / case-level detection of the whole tumour"),
+                       (TRANSLATE.name, ("PSNR / SSIM / NMSE on per-volume percentile-scaled intensities, mean over "
                                      "the synthesised modalities"))):
         frame = comparison_rows(predictions, task)
         if frame.empty or not any("reference" in str(i) for i in frame.index):
@@ -170,7 +171,7 @@ def _predictions_section(predictions: list[PredictionFolder]) -> list[str]:
                 + "; mean ± std over cases.", ""]
         frame = summary_table(s)
         suffix = p.label.rsplit("_", 1)[-1].lower()
-        if p.task == "translate" and "_" in p.label and suffix in [str(i).lower() for i in frame.index]:
+        if p.task == TRANSLATE.name and "_" in p.label and suffix in [str(i).lower() for i in frame.index]:
             frame.index = [f"{i} (the input: reconstruction)" if str(i).lower() == suffix else i for i in frame.index]
         if frame.empty:
             out += ["(the summary holds no metrics)", ""]

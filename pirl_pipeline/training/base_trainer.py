@@ -6,8 +6,11 @@ forward passes only, ``cudnn.benchmark``; everywhere the fused Swin window atten
 optional gradient checkpointing and ``torch.compile`` (``grad_checkpoint``, ``compile``). Under DDP the
 per-epoch logs are reduced once per epoch as sums and counts (``distributed.reduce_means``).
 
-Subclasses say what to build and what to compute: ``build_network``, ``train_step`` (returns the
-detached loss terms after calling ``self.backward`` on its loss) and ``validation_step``.
+Construction only reads the configuration; ``initialize()`` builds the network, the losses and the optimiser
+(``run`` and ``resume`` call it; ``registry.build_trainer`` returns an initialised trainer). Subclasses say what
+to build and what to compute: ``build_network`` (the network, nothing else), ``build_losses`` (after it, e.g.
+the objective that needs the network's sizes), ``train_step`` (returns the detached loss terms after calling
+``self.backward`` on its loss) and ``validation_step``.
 
 Reproducibility: every epoch reseeds torch/numpy/python from (seed, epoch, rank) and the batch stream is a
 pure function of (seed, rank, batch index), so a run resumed from ``checkpoint_latest.pth`` repeats exactly
@@ -85,29 +88,45 @@ class BaseTrainer:
         self.plan_config = plan_config
         self.device = ctx.device
         self.num_workers = default_num_workers(self.device) if config.num_workers is None else config.num_workers
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # one patch size all run long: autotuned convolutions pay off
-        torch.manual_seed(config.seed)
-        network = self.build_network()
-        set_fused_attention(network, config.fused_attention)
-        set_gradient_checkpointing(network, config.grad_checkpoint)
-        self.network = network.to(self.device)
-        self.model = distributed.wrap(self.network, ctx.dist, self.device, find_unused=not self.uses_all_parameters())
-        if config.compile:  # the wrapper only: self.network keeps its state-dict keys and runs validation eagerly
-            self.model = torch.compile(self.model)
-        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
         use_amp = config.amp and self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
         self.use_amp = use_amp
         self.epoch = 0
         self.best_metric: float | None = None
         self.progress = ProgressLog(ctx.output_folder / "training_log.txt")
+        self.initialized = False
+
+    def initialize(self) -> None:
+        """Build the network (seeded), the losses, the DDP/compile wrapper, the optimiser and the grad scaler;
+        once (later calls do nothing)."""
+        if self.initialized:
+            return
+        config = self.config
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one patch size all run long: autotuned convolutions pay off
+        torch.manual_seed(config.seed)
+        network = self.build_network()
+        self.build_losses(network)
+        set_fused_attention(network, config.fused_attention)
+        set_gradient_checkpointing(network, config.grad_checkpoint)
+        self.network = network.to(self.device)
+        self.model = distributed.wrap(self.network, self.ctx.dist, self.device,
+                                      find_unused=not self.uses_all_parameters())
+        if config.compile:  # the wrapper only: self.network keeps its state-dict keys and runs validation eagerly
+            self.model = torch.compile(self.model)
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.initialized = True
 
     # ---- what subclasses provide -------------------------------------------------------------
     def build_network(self) -> torch.nn.Module:
+        """The network (not yet on the device), nothing else."""
         raise NotImplementedError
+
+    def build_losses(self, network: torch.nn.Module) -> None:
+        """The losses (on ``self.device``), built right after ``network``; none by default."""
+        return
 
     def network_kwargs(self) -> dict:
         """Keyword arguments that rebuild ``self.network`` (stored in checkpoints)."""
@@ -240,6 +259,7 @@ class BaseTrainer:
 
     def run(self) -> None:
         """Train from ``self.epoch`` to ``config.epochs``, then write the final checkpoint and summary."""
+        self.initialize()
         main = self.ctx.dist.is_main
         if main:
             self.ctx.output_folder.mkdir(parents=True, exist_ok=True)
@@ -308,6 +328,7 @@ class BaseTrainer:
         save_checkpoint(self.checkpoint_state(), self.ctx.output_folder / filename)
 
     def resume(self, path: Path) -> None:
+        self.initialize()
         state = load_checkpoint(path, self.device)
         if state["trainer_name"] != self.name:
             raise PirlInputError(f"{path}: written by {state['trainer_name']}, not {self.name}")

@@ -29,6 +29,7 @@ from pirl_pipeline.losses.translation import TranslationLoss
 from pirl_pipeline.networks import PIRLNet, factory
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.networks.transfer import head_rows_by_name
+from pirl_pipeline.tasks import get_task
 from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.final_validation import validate_fold
@@ -59,24 +60,27 @@ class DownstreamTrainer(BaseTrainer):
                  pretrained: PretrainedWeights | None = None, network: dict | None = None) -> None:
         """pretrained: initial weights (``checkpoint.load_pretrained``); network: a description to build instead
         (``--c``: the checkpoint's network, whose weights ``resume`` then loads)."""
+        super().__init__(ctx, config)
         self.name, self.network_kind, self.pretrained, self.resumed_network = name, network_kind, pretrained, network
         dj = ctx.dataset_json
+        self.task = get_task(config.task)
         self.regions = dj.regions() if dj.has_regions else None
-        if config.task == "seg" and not dj.has_regions:
+        if self.task.predicts_labels and not dj.has_regions:
             classes = sorted(dj.label_values)
             if classes != list(range(len(classes))):
                 raise PirlInputError(f"dataset.json labels must be consecutive 0..K for segmentation, got {classes}")
-        super().__init__(ctx, config)
+
+    def build_losses(self, network: torch.nn.Module) -> None:
         self.inv_loss = InvarianceLoss()
-        if config.task == "seg":
-            weights = self.class_weights() if config.class_weights == "auto" else None
+        if self.task.predicts_labels:
+            weights = self.class_weights() if self.config.class_weights == "auto" else None
             self.loss = SegmentationLoss(self.regions, class_weights=weights).to(self.device)
         else:
-            self.loss = TranslationLoss(config.translate_loss).to(self.device)
+            self.loss = TranslationLoss(self.config.translate_loss).to(self.device)
 
     @property
     def clean_targets(self) -> bool:  # translation: the targets are the un-augmented modalities
-        return self.config.task == "translate"
+        return not self.task.predicts_labels
 
     def label_frequencies(self, max_cases: int = 50) -> list[float]:
         """Share of the body voxels of each output channel (region, or exclusive class) in the training
@@ -116,14 +120,12 @@ class DownstreamTrainer(BaseTrainer):
         if not self.config.val_volumes or not cases:
             return []
         dataset = PreprocessedDataset(self.ctx.preprocessed_folder, cases)
-        return validate_volumes(self.network, self.network_kind, self.config.task, dataset, cases, self.patch_size,
+        return validate_volumes(self.network, self.network_kind, self.task, dataset, cases, self.patch_size,
                                 self.ctx.dataset_json, self.device)
 
     @property
     def out_channels(self) -> int:
-        if self.config.task == "translate":
-            return self.num_modalities
-        return len(self.regions) if self.regions else len(self.ctx.dataset_json.label_values)
+        return self.task.out_channels(self.ctx.dataset_json, self.num_modalities)
 
     def build_network(self) -> torch.nn.Module:
         if self.resumed_network is not None:  # weights, optimiser and output bias come from the checkpoint
@@ -147,7 +149,7 @@ class DownstreamTrainer(BaseTrainer):
             if self.network_kind == "swinunetr":
                 weights = filter_swinunetr_state(weights, include_out=True)
             transfer_weights(net, weights, str(source.path), head_rows=self.head_rows(source))
-        if self.config.task == "seg":  # after the transfer: a pre-trained output layer predicted intensities
+        if self.task.predicts_labels:  # after the transfer: a pre-trained output layer predicted intensities
             self.init_output_prior(net)
         return net
 
@@ -155,7 +157,7 @@ class DownstreamTrainer(BaseTrainer):
         """Source row of each output channel: translation takes the source's row of the same modality (by
         ``channel_names``, aliases such as T1c = T1ce count); segmentation's head, and modalities the source
         did not output, start fresh (Algorithm 2: a new output head)."""
-        if self.config.task != "translate" or not source.output_modalities:
+        if self.task.predicts_labels or not source.output_modalities:
             return [None] * self.out_channels
         names = [self.ctx.dataset_json.channel_names[str(c)] for c in range(self.num_modalities)]
         rows = head_rows_by_name(names, source.output_modalities)
@@ -174,7 +176,7 @@ class DownstreamTrainer(BaseTrainer):
 
     def write_validation_summary(self) -> None:
         """Whole validation volumes through the sliding-window predictor (patch-level if raw data are absent)."""
-        if validate_fold(self.network, self.network_kind, self.config.task, self.ctx, self.patch_size,
+        if validate_fold(self.network, self.network_kind, self.task, self.ctx, self.patch_size,
                          self.config.save_probabilities) is None:
             super().write_validation_summary()
 
@@ -193,7 +195,7 @@ class DownstreamTrainer(BaseTrainer):
               present: torch.Tensor) -> torch.Tensor:
         """seg: labels ``target``; translate: ``images`` (the un-augmented modalities) inside ``target >= 0``,
         only the modalities each case has (``present`` (B, M))."""
-        if self.config.task == "seg":
+        if self.task.predicts_labels:
             return self.loss(output, target.clamp_min(0))
         return self.loss(output, images, target >= 0, present.to(output.device))
 
@@ -226,7 +228,7 @@ class DownstreamTrainer(BaseTrainer):
         target = batch["target"].to(self.device)
         present = self._present(batch)
         available = present.clone()
-        if self.config.task == "translate":
+        if not self.task.predicts_labels:
             available[:] = False
             for b, row in enumerate(present):
                 channels = row.nonzero()[:, 0]
@@ -234,7 +236,7 @@ class DownstreamTrainer(BaseTrainer):
         with self.autocast():
             output, _ = self._forward(self.network, images, available)
         output = output.float()
-        if self.config.task == "seg":
+        if self.task.predicts_labels:
             return self._seg_metrics(output, target)
         mask = (target >= 0)[:, 0]
         if bool(present.all()):  # complete cases: each channel's PSNR over the whole batch's foreground

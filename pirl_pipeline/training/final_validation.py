@@ -20,11 +20,12 @@ from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.inference.model_folder import TrainedModel
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import raw_root
+from pirl_pipeline.tasks import Task
 
 log = logging.getLogger("pirl")
 
 
-def validate_fold(network: torch.nn.Module, kind: str, task: str, ctx, patch_size: list[int],
+def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_size: list[int],
                   save_probabilities: bool = False) -> Path | None:
     """Predict and score ``ctx.val_cases``; returns the summary path, or None when the raw data are absent."""
     dj = ctx.dataset_json
@@ -34,11 +35,11 @@ def validate_fold(network: torch.nn.Module, kind: str, task: str, ctx, patch_siz
     except PirlInputError as err:
         log.warning("full-volume validation skipped (%s); the patch-level summary stays", err)
         return None
-    model = TrainedModel([network.eval()], kind, task, ctx.plans, ctx.configuration, dj, patch_size, ["current"])
+    model = TrainedModel([network.eval()], kind, task.name, ctx.plans, ctx.configuration, dj, patch_size, ["current"])
     predictor = PIRLPredictor(model, ctx.device, mirror=False, save_probabilities=save_probabilities)
     out = ctx.output_folder / "validation"
-    info = {"kind": "full-volume sliding-window validation (no TTA)", "task": task, "cases": len(ctx.val_cases)}
-    if task == "translate":  # every single source modality -> every other modality (Table 10 layout)
+    info = {"kind": "full-volume sliding-window validation (no TTA)", "task": task.name, "cases": len(ctx.val_cases)}
+    if not task.predicts_labels:  # every single source modality -> every other modality (Table 10 layout)
         table = translation_table(predictor, {case: files[case] for case in ctx.val_cases})
         write_results(table, {"translation_psnr": translation_matrix(table, "PSNR"),
                               "translation_ssim": translation_matrix(table, "SSIM")}, out, info)

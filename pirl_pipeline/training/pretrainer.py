@@ -42,8 +42,10 @@ class PIRLPretrainer(BaseTrainer):
         net = PIRLNet.from_plans(block, in_channels=self.num_modalities, out_channels=self.num_modalities,
                                  patch_size=self.patch_size, feature_size=self.feature_size,
                                  use_prior=self.config.use_prior)
-        self.objective = PIRLObjective.for_model(net, loss_config_from(self.config)).to(self.device)
         return net
+
+    def build_losses(self, network: torch.nn.Module) -> None:
+        self.objective = PIRLObjective.for_model(network, loss_config_from(self.config)).to(self.device)
 
     def network_kwargs(self) -> dict:
         return {"kind": "pirl", **self.network.config}

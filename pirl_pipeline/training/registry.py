@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pirl_pipeline.checkpoint import PretrainedWeights, load_pretrained
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.tasks import PRETRAIN, TASKS
 from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.downstream import DownstreamTrainer
@@ -36,7 +37,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "DynUNetSegTrainer": TrainerSpec("seg", "dynunet", "refused", "nnU-Net-like plain U-Net from scratch"),
     "DynUNetTranslateTrainer": TrainerSpec("translate", "dynunet", "refused", "plain U-Net from scratch"),
 }
-DEFAULT_TRAINER = {"pretrain": "PIRLPretrainer", "seg": "PIRLSegTrainer", "translate": "PIRLTranslateTrainer"}
+DEFAULT_TRAINER = {PRETRAIN: "PIRLPretrainer", **{t.name: t.default_trainer for t in TASKS.values()}}
 
 
 def resolve_trainer(task: str, name: str | None) -> str:
@@ -50,8 +51,9 @@ def resolve_trainer(task: str, name: str | None) -> str:
 
 def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained: PretrainedWeights | Path | None,
                   network: dict | None = None) -> BaseTrainer:
-    """The trainer ``name`` on ``ctx``. ``pretrained``: initial weights (fine-tuning); ``network``: the description
-    of the network to build instead (a resumed run: the checkpoint's own, whose weights replace any other)."""
+    """The trainer ``name`` on ``ctx``, initialised (network, losses, optimiser built). ``pretrained``: initial
+    weights (fine-tuning); ``network``: the description of the network to build instead (a resumed run: the
+    checkpoint's own, whose weights replace any other)."""
     spec = TRAINERS[name]
     if isinstance(pretrained, (str, Path)):
         pretrained = load_pretrained(pretrained)
@@ -59,7 +61,10 @@ def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained:
         raise PirlInputError(f"{name} needs --pretrained CHECKPOINT (a PIRLPretrainer checkpoint or SwinUNETR weights)")
     if spec.pretrained == "refused" and pretrained is not None:
         raise PirlInputError(f"{name} trains from scratch; drop --pretrained")
-    if spec.task == "pretrain":
-        return PIRLPretrainer(ctx, config)
-    return DownstreamTrainer(ctx, config, name=name, network_kind=spec.network_kind, pretrained=pretrained,
-                             network=network)
+    if spec.task == PRETRAIN:
+        trainer: BaseTrainer = PIRLPretrainer(ctx, config)
+    else:
+        trainer = DownstreamTrainer(ctx, config, name=name, network_kind=spec.network_kind, pretrained=pretrained,
+                                    network=network)
+    trainer.initialize()
+    return trainer

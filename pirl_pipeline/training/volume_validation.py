@@ -20,6 +20,7 @@ from pirl_pipeline.evaluation.segmentation import segmentation_targets
 from pirl_pipeline.evaluation.translation import translation_metrics
 from pirl_pipeline.inference.export import labels_from_probabilities, probabilities
 from pirl_pipeline.inference.sliding_window import predict_volume
+from pirl_pipeline.tasks import Task
 
 
 def metric_key(name: str) -> str:
@@ -65,7 +66,7 @@ def translation_volume_metrics(predict, data: np.ndarray, seg: np.ndarray,
 
 
 @torch.no_grad()
-def validate_volumes(network: torch.nn.Module, kind: str, task: str, dataset: PreprocessedDataset,
+def validate_volumes(network: torch.nn.Module, kind: str, task: Task, dataset: PreprocessedDataset,
                      cases: list[str], patch_size: list[int], dj: DatasetJson,
                      device: torch.device) -> list[dict[str, float]]:
     """One row of metrics per case (see the module docstring)."""
@@ -82,7 +83,7 @@ def validate_volumes(network: torch.nn.Module, kind: str, task: str, dataset: Pr
                 return predict_volume([network], kind, volume, available, patch_size, step_size=0.5, mirror=False,
                                       device=device)
 
-            if task == "seg":
+            if task.predicts_labels:
                 rows.append(segmentation_scores(predict(present), seg, dj))
             elif len(present) > 1:
                 rows.append(translation_volume_metrics(predict, np.asarray(data), seg, present))
