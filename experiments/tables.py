@@ -20,7 +20,7 @@ import pandas as pd
 
 from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
-from pirl_pipeline.file_io import atomic_path
+from pirl_pipeline.plots import heatmap, save_figure
 
 OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
 IMAGE = ("PSNR", "NMSE", "SSIM")
@@ -113,9 +113,7 @@ def model_labels(keys: list[str] | None = None) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ figures
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_translation(rows: pd.DataFrame, labels: dict[str, str], path: Path, metric: str = "PSNR") -> None:
@@ -129,21 +127,11 @@ def plot_translation(rows: pd.DataFrame, labels: dict[str, str], path: Path, met
     vmin, vmax = np.nanmin(values), np.nanmax(values)
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4), squeeze=False)
     for ax, key in zip(axes[0], models, strict=True):
-        mat = mats[key]
-        image = ax.imshow(mat.to_numpy(float), vmin=vmin, vmax=vmax, cmap="viridis")
-        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=30)
-        ax.set_yticks(range(mat.shape[0]), mat.index)
-        for (i, j), v in np.ndenumerate(mat.to_numpy(float)):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
-        ax.set_title(labels[key], fontsize=9)
-        ax.set_xlabel("target")
-    axes[0][0].set_ylabel("source (the only input)")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=metric)
+        mat = mats[key].rename_axis(index="source (the only input)", columns="target")
+        heatmap(ax, fig, mat, labels[key], "{:.2f}", vmin, vmax)
     fig.suptitle(f"Translation {metric} (mean over held-out cases)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-    plt.close(fig)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def plot_bars(table: pd.DataFrame, path: Path, title: str, ylabel: str) -> None:

@@ -16,6 +16,7 @@ PACKAGES = ("pirl_pipeline", "plans", "dataset_conversion")
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("file_io",),
+    ("plots",),                         # figure primitives (matplotlib): heat map, history panels, PNG writer
     ("paths", "parallel"),
     ("splits",),
     ("data",),                          # raw datasets, image I/O, voxel-grid geometry

@@ -12,9 +12,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -26,6 +23,7 @@ from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.evaluation.translation import channel_targets, reference_mask, translation_metrics
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.inference.predictor import PIRLPredictor
+from pirl_pipeline.plots import heatmap, save_figure
 
 
 def modality_subsets(num: int) -> list[tuple[int, ...]]:
@@ -86,20 +84,12 @@ def translation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]
     return pd.DataFrame(rows)
 
 
-def heatmap(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}") -> None:
+def heatmap_png(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}") -> None:
+    """One matrix as an annotated heat map PNG (``plots.heatmap``)."""
     fig, ax = plt.subplots(figsize=(1.2 * matrix.shape[1] + 3, 0.45 * matrix.shape[0] + 1.8))
-    image = ax.imshow(matrix.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
-    ax.set_yticks(range(matrix.shape[0]), matrix.index)
-    for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
-        if np.isfinite(value):
-            ax.text(j, i, fmt.format(value), ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(image, ax=ax)
-    ax.set_title(title)
+    heatmap(ax, fig, matrix, title, fmt, None, None)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: Path, info: dict) -> None:
@@ -110,7 +100,7 @@ def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: P
     for name, matrix in matrices.items():
         with atomic_path(out / f"{name}.csv") as tmp:
             matrix.to_csv(tmp)
-        heatmap(matrix, out / f"{name}.png", f"{name} ({info['cases']} case(s))")
+        heatmap_png(matrix, out / f"{name}.png", f"{name} ({info['cases']} case(s))")
     save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / "summary.json")
 
 

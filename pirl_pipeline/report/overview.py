@@ -26,8 +26,8 @@ from matplotlib.patches import Patch
 
 from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.plots import save_figure
 from pirl_pipeline.report.collect import PredictionFolder, format_value
-from pirl_pipeline.report.figures import save_figure
 
 LABEL_COLOURS = ["#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf"]
 FLAIR_NAMES = ("flair", "t2f", "t2-flair", "t2flair")

@@ -2,15 +2,11 @@
 metric, learning rate, epoch time). The history travels inside checkpoints so resumed runs keep it."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pirl_pipeline.file_io import atomic_path
+from pirl_pipeline.plots import history_row, save_figure
 
 
 class ProgressLog:
@@ -35,28 +31,11 @@ class ProgressLog:
         return line
 
     def plot(self, path: Path, title: str = "") -> None:
+        """``progress.png``: the history panels of ``plots.history_row`` (as the report draws them)."""
         if not self.history:
             return
-        epochs = [r["epoch"] for r in self.history]
-        train_keys = sorted({k for r in self.history for k in r if k.startswith("train/")})
-        val_keys = sorted({k for r in self.history for k in r if k.startswith("val/")})
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-        for ax, keys, name in ((axes[0, 0], train_keys, "training loss terms"),
-                               (axes[0, 1], val_keys, "validation")):
-            for key in keys:
-                ax.plot(epochs, [r.get(key, math.nan) for r in self.history], label=key.split("/", 1)[1])
-            ax.set_title(name)
-            ax.set_xlabel("epoch")
-            if keys:
-                ax.legend(fontsize=8)
-        axes[1, 0].plot(epochs, [r["lr"] for r in self.history])
-        axes[1, 0].set_title("learning rate")
-        axes[1, 1].plot(epochs, [r["epoch_time"] for r in self.history])
-        axes[1, 1].set_title("epoch time (s)")
-        for ax in axes[1]:
-            ax.set_xlabel("epoch")
-        fig.suptitle(title)
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        done = f"{len(self.history)} epoch(s)"
+        history_row(axes, self.history, title, done, sum(r.get("epoch_time", 0.0) for r in self.history))
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-        plt.close(fig)
+        save_figure(fig, path)
