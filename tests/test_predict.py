@@ -72,7 +72,9 @@ def test_translation_writes_every_modality_in_input_units(trained):
     flair_out, _ = read_array(out / "flaironly_0001.nii.gz")
     flair_in, _ = read_array(inputs / "flaironly_0001.nii.gz")
     inside = flair_in != 0
-    assert abs(float(np.median(flair_out[inside])) - float(np.median(flair_in[inside]))) < 5 * flair_in[inside].std()
+    # in the input's units: the median lands within one std of the input's (measured 0.07 std off); output left
+    # in z-units would be ~11 std off (median 150, std 13)
+    assert abs(float(np.median(flair_out[inside])) - float(np.median(flair_in[inside]))) < flair_in[inside].std()
 
 
 def test_python_api_arrays_equal_the_file_route(trained, tmp_path):
