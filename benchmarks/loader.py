@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.machine import machine_info
 from pirl_pipeline.dataloading import AugmentationConfig, make_train_loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "benchmarks" / "results" / "loader.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"patch_size": list(args.patch), "batch_size": args.batch, "channels": 4,
-                               "source": args.source, "cpu_count": os.cpu_count(), "machine": platform.processor()
-                               or platform.machine(), "torch_threads": torch.get_num_threads(),
+                               "source": args.source, "machine": machine_info(), "torch_threads": torch.get_num_threads(),
                                "batches_measured": args.batches, "results": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -48,13 +48,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.machine import machine_info
 from benchmarks.predict_report import print_table, summarise
 from pirl_pipeline.paths import model_folder
 
@@ -143,25 +143,6 @@ def prepare_model(args, work: Path, env: dict) -> tuple[Path, dict]:
     else:
         info["reused"] = True
     return model, info
-
-
-def machine_info() -> dict:
-    import monai
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "monai": monai.__version__,
-            "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def run_cli(args, inputs: Path, model: Path, work: Path, env: dict, rep: int) -> dict:

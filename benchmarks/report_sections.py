@@ -152,7 +152,7 @@ def section_predict(d: dict) -> list[str]:
                         if "cli_labels_equal_api" in ch else "") + ".")
     la = d.get("load_average_1min", {})
     lines.append(f"- 1-minute load average {f(la.get('start'))} at start, {f(la.get('end'))} at end, max "
-                 f"{f(la.get('max'))} (on {d['machine'].get('cpu_count')} CPUs).")
+                 f"{f(la.get('max'))} (on {_cpus(d['machine'])} CPUs).")
     return lines
 
 
@@ -190,3 +190,8 @@ def headline(name: str, d: dict) -> list[str]:
     except (KeyError, TypeError, ValueError, StopIteration):
         pass
     return ["see below", "", ""]
+
+
+def _cpus(machine: dict) -> int | None:
+    """CPUs of a benchmark's ``machine`` record (``benchmarks.machine``; older results say ``cpu_count``)."""
+    return machine.get("usable_cpus") or machine.get("host_cpus") or machine.get("cpu_count")

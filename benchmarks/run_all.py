@@ -21,12 +21,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.machine import machine_info
 from benchmarks.report_sections import SECTIONS, headline, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,40 +87,6 @@ def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-# ------------------------------------------------------------------------------------------------ machine
-def machine() -> dict:
-    info: dict = {"host_cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        info["usable_cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    info.setdefault("cpu", platform.processor() or platform.machine())
-    versions = {}
-    for module in ("torch", "monai", "numpy", "SimpleITK", "batchgenerators", "batchgeneratorsv2"):
-        try:
-            from importlib.metadata import version
-
-            versions[module] = version(module)
-        except Exception:  # noqa: BLE001 - a missing package is reported as such
-            versions[module] = "not installed"
-    info["versions"] = versions
-    import torch
-
-    info["torch_threads"] = torch.get_num_threads()
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return info
-
-
 # ------------------------------------------------------------------------------------------------- report
 def load_json(path: Path) -> dict | None:
     try:
@@ -130,7 +96,7 @@ def load_json(path: Path) -> dict | None:
 
 
 def write_report(runs: dict) -> Path:
-    m = machine()
+    m = machine_info()
     intro = ["# Benchmark results", "",
              (f"Generated {now()} by `python -m benchmarks.run_all --report-only` (`make bench` runs the benchmarks "
              "first, then this) from the JSON files in `benchmarks/results/` (git-ignored). How to run each "
