@@ -78,7 +78,7 @@ def _bench_module(name: str):
 
 
 def run_child(mode: str, spec: dict, log: Path, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.predict_children", mode, json.dumps(spec)]
+    cmd = [sys.executable, "-m", "benchmarks.predict_methods", mode, json.dumps(spec)]
     load = os.getloadavg()[0]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}")

@@ -53,7 +53,7 @@ from benchmarks.preprocess_report import (
 )
 from benchmarks.process_monitor import measure, tail
 
-INTERNAL_SCRIPT = Path(__file__).resolve().parent / "preprocess_internal.py"  # runs in either tool's venv
+INTERNAL_SCRIPT = Path(__file__).resolve().parent / "preprocess_tools.py"  # runs in either tool's venv
 
 
 def nnunet_available(venv: Path, install: bool, log_file: Path) -> tuple[bool, str]:

@@ -1,6 +1,6 @@
-"""The measuring children of ``benchmarks/predict.py``: each method runs in a fresh interpreter,
+"""The methods ``benchmarks/predict.py`` measures (floor, pirl, tta, attention), each in a fresh interpreter,
 
-    python -m benchmarks.predict_children MODE SPEC_JSON      # MODE: floor, pirl, tta or attention
+    python -m benchmarks.predict_methods MODE SPEC_JSON      # MODE: floor, pirl, tta or attention
 
 and prints one JSON line (wall and CPU time per phase, peak memory per phase). See ``benchmarks/predict.py``
 for what each mode measures and why.

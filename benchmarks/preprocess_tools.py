@@ -1,6 +1,6 @@
-"""Helpers of ``benchmarks/preprocess.py`` that run INSIDE a tool's own interpreter (pirl's venv or nnU-Net's):
+"""What ``benchmarks/preprocess.py`` runs inside each tool's own interpreter (pirl's venv or nnU-Net's):
 
-    <venv>/bin/python benchmarks/preprocess_internal.py MODE SPEC_JSON      # prints one JSON line
+    <venv>/bin/python benchmarks/preprocess_tools.py MODE SPEC_JSON      # prints one JSON line
 
 Modes: ``compare`` (nnU-Net venv: shapes and voxel-wise differences of both preprocessed outputs),
 ``preprocess_pirl``, ``profile_pirl`` and ``profile_nnunet`` (per-case step timings). Only the standard
