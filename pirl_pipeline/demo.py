@@ -9,8 +9,9 @@ pirl command (printed, so it can be re-run by hand); finished stages are skipped
 
 The CPU configuration overrides the plans on the command line: 3 mm voxels (one 64^3 patch holds the whole
 brain), feature_size 12, batch 1, and the step counts where the learning curves flatten (README, "Demo and
-report"): translation beats copying the source there; segmentation stays just below the FLAIR threshold on
-the whole tumour (measured, not assumed); far from the paper's 1000 epochs on 4 GPUs.
+report"): translation beats copying the source there; segmentation ties the FLAIR threshold on the whole
+tumour and beats it on tumour core and enhancing tumour (measured, not assumed); far from the paper's 1000
+epochs on 4 GPUs.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
 log = logging.getLogger("pirl")
 DATASET = "Dataset500_DemoBrain"
 PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 160, 40, 4  # from the learning curves, see README
+#: constant learning rate per fine-tuning task: seg at 1e-3 reached validation WT 0.810 / TC 0.483 after 160 steps
+#: against 0.778 / 0.406 at the default 2e-4 (same seed, fold-0 validation cases; README "Demo and report")
+FINETUNE_LR = {"seg": 1e-3, "translate": 2e-4}
 #: the trivial references, scored beside the models (the report compares them): (folder, task, arguments)
 REFERENCES = (("seg_flair_reference_threshold", "seg", ["--kind", "threshold", "--channels", "3"]),
               ("seg_all_reference_whole_brain", "seg", ["--kind", "whole_brain"]),
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     for task in (SEG, TRANSLATE):
         folder = fold_folder(model_folder(DATASET, task.default_trainer), 0)
         argv = ["500", "3d_fullres", task.name, "-f", "0", "--pretrained", ckpt, "--iters", fine_iters[task.name],
-                "--epochs", str(args.epochs), "--val-iters", "2", *size]
+                "--epochs", str(args.epochs), "--val-iters", "2", "--lr", f"{FINETUNE_LR[task.name]:g}", *size]
         stages.run(f"finetune {task.name}", train.main, argv, folder / "checkpoint_final.pth")
     images_ts, labels_ts = raw / "imagesTs", raw / "labelsTs"
     common = ["-d", "500", "-device", args.device, "--disable_tta"]

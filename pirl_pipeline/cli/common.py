@@ -32,11 +32,12 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
 
 def command(build_parser: Callable[[], argparse.ArgumentParser],
             run: Callable[[argparse.Namespace], object]) -> Callable[[list[str] | None], int]:
-    """The ``main(argv)`` of a command: ``run(build_parser().parse_args(argv))`` under ``cli_entry``."""
+    """The ``main(argv)`` of a command: ``run(build_parser().parse_args(argv))`` under ``cli_entry``; it
+    belongs to ``run``'s module (the demo prints commands by module name)."""
 
-    @cli_entry
     def main(argv: list[str] | None = None) -> int:
         run(build_parser().parse_args(argv))
         return 0
 
-    return main
+    main.__module__ = run.__module__
+    return cli_entry(main)
