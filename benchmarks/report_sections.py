@@ -2,11 +2,12 @@
 of each (``run_all`` runs the benchmarks and assembles the report)."""
 from __future__ import annotations
 
+from pirl_pipeline.report.markdown import table as markdown_table
+
 
 def table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
+    """The lines of a markdown table (``report.markdown.table``) of cells written as given (``str``)."""
+    return markdown_table(header, [[str(c) for c in row] for row in rows]).split("\n")
 
 
 def f(value, digits: int = 2) -> str:

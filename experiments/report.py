@@ -28,6 +28,7 @@ from experiments.tables import (
     translation_table,
 )
 from pirl_pipeline.file_io import atomic_path, load_json
+from pirl_pipeline.report.markdown import table as markdown_table
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
 TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
@@ -49,10 +50,9 @@ def _timings(work: Path) -> str:
     if not file.is_file():
         return "No stage has run yet."
     timings = load_json(file)
-    lines = ["| stage | minutes |", "|---|---|"]
-    lines += [f"| {name} | {t['seconds'] / 60:.1f} |" for name, t in timings.items()]
     total = sum(t["seconds"] for t in timings.values())
-    return "\n".join([*lines, f"| **total** | **{total / 60:.1f}** |"])
+    return markdown_table(["stage", "minutes"], [*([name, f"{t['seconds'] / 60:.1f}"] for name, t in timings.items()),
+                                                 ["**total**", f"**{total / 60:.1f}**"]])
 
 
 def steps_run(work: Path) -> str:

@@ -21,6 +21,7 @@ import pandas as pd
 from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
 from pirl_pipeline.plots import heatmap, save_figure
+from pirl_pipeline.report.markdown import table as markdown_table
 
 OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
 IMAGE = ("PSNR", "NMSE", "SSIM")
@@ -154,9 +155,9 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
         frame.columns = [" ".join(str(c) for c in col if str(c)) for col in frame.columns]
     index_names = [n or "" for n in (frame.index.names if frame.index.nlevels > 1 else [frame.index.name])]
     header = [*index_names, *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for index, *row in frame.itertuples(name=None):
         keys = index if isinstance(index, tuple) else (index,)
-        cells = [f"{v:.{digits}f}" if isinstance(v, float | np.floating) else str(v) for v in row]
-        lines.append("| " + " | ".join([*map(str, keys), *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([*map(str, keys), *(f"{v:.{digits}f}" if isinstance(v, float | np.floating) else str(v)
+                                         for v in row)])
+    return markdown_table(header, rows)
