@@ -16,6 +16,7 @@ epochs on 4 GPUs.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import shlex
 import time
@@ -58,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def script_name(main: Callable) -> str:
+    """The console script that runs ``main`` (``pirl_train`` for ``pirl_pipeline.cli.train:main``), from the
+    installed entry points; ``python -m MODULE`` when none does."""
+    target = f"{main.__module__}:{main.__name__}"
+    for script in importlib.metadata.entry_points(group="console_scripts"):
+        if script.value == target:
+            return script.name
+    return f"python -m {main.__module__}"
+
+
 class Stages:
     """Runs pirl commands in order, timing each; a stage whose output exists is skipped."""
 
@@ -65,7 +76,7 @@ class Stages:
         self.timings: list[dict] = []
 
     def run(self, name: str, main: Callable[[list[str]], int], argv: list[str], done: Path | None = None) -> None:
-        command = f"{main.__module__.rsplit('.', 1)[-1]} {shlex.join(argv)}"
+        command = f"{script_name(main)} {shlex.join(argv)}"
         if done is not None and done.exists():
             log.info("[%s] already done (%s exists), skipping", name, done)
             self.timings.append({"stage": name, "seconds": 0.0, "skipped": True, "command": command})
