@@ -74,9 +74,9 @@ class TrainerConfig:
         if "prior" in self.disabled:
             self.use_prior = False
         if self.patch_size is not None and (len(self.patch_size) != 3 or any(p % 32 for p in self.patch_size)):
-            raise PirlInputError(f"--patch-size needs 3 sides, each a multiple of 32; got {self.patch_size}")
+            raise PirlInputError(f"patch_size needs 3 sides, each a multiple of 32; got {self.patch_size}")
         if self.feature_size is not None and self.feature_size % 12:
-            raise PirlInputError(f"--feature-size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
+            raise PirlInputError(f"feature_size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
         if self.class_weights not in ("auto", "none"):
             raise PirlInputError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
         if self.lr_schedule not in ("poly", "constant"):

@@ -247,7 +247,7 @@ def test_only_predictions_still_report(tree: Path, run_cli):
 
 def test_no_results_is_a_clear_error(tree: Path, run_cli):
     code, err = run_cli(report_main, ["-d", "500", "--case", "nope"])
-    assert code == 2 and "--case nope: not found" in err
+    assert code == 2 and "case nope: not found" in err
     code, err = run_cli(report_main, ["-d", "501"])
     assert code == 2 and "no results for dataset 501" in err
     shutil.rmtree(tree / "results" / NAME)

@@ -63,11 +63,11 @@ class PIRLPredictor:
                  mirror: bool = True, save_probabilities: bool = False, precision: str = "auto",
                  sw_batch_size: int | None = None) -> None:
         if not 0 < step_size <= 1:
-            raise PirlInputError(f"--step_size must lie in (0, 1], got {step_size}")
+            raise PirlInputError(f"step_size must lie in (0, 1], got {step_size}")
         if precision not in PRECISIONS:
             raise PirlInputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
         if sw_batch_size is not None and sw_batch_size < 1:
-            raise PirlInputError(f"--sw_batch_size must be >= 1, got {sw_batch_size}")
+            raise PirlInputError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
         self.model, self.device, self.step_size, self.mirror = model, torch.device(device), step_size, mirror
         self.precision, self.sw_batch_size = precision, sw_batch_size
         if self.device.type == "cuda":

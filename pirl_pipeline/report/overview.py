@@ -80,7 +80,7 @@ def choose_case(requested: str | None, images: dict, labels: dict, segs: list[di
     everything = set(images) | set(labels) | {c for d in segs + translations for c in d}
     if requested is not None:
         if requested not in everything:
-            raise PirlInputError(f"--case {requested}: not found in the images, labels or prediction folders "
+            raise PirlInputError(f"case {requested}: not found in the images, labels or prediction folders "
                                  f"(known: {', '.join(sorted(everything)[:8]) or 'none'})")
         return requested
     if not everything:

@@ -144,7 +144,7 @@ class DownstreamTrainer(BaseTrainer):
                                                self.patch_size, self.feature_size, **options)
         if source is not None:
             if self.network_kind == "dynunet":
-                raise PirlInputError("DynUNet baselines train from scratch; drop --pretrained")
+                raise PirlInputError("DynUNet baselines train from scratch: no pretrained weights")
             weights = source.weights
             if self.network_kind == "swinunetr":
                 weights = filter_swinunetr_state(weights, include_out=True)

@@ -58,9 +58,9 @@ def build_trainer(name: str, ctx: RunContext, config: TrainerConfig, pretrained:
     if isinstance(pretrained, (str, Path)):
         pretrained = load_pretrained(pretrained)
     if spec.pretrained == "required" and pretrained is None and network is None:
-        raise PirlInputError(f"{name} needs --pretrained CHECKPOINT (a PIRLPretrainer checkpoint or SwinUNETR weights)")
+        raise PirlInputError(f"{name} needs pretrained weights (a PIRLPretrainer checkpoint or SwinUNETR weights)")
     if spec.pretrained == "refused" and pretrained is not None:
-        raise PirlInputError(f"{name} trains from scratch; drop --pretrained")
+        raise PirlInputError(f"{name} trains from scratch: no pretrained weights")
     if spec.task == PRETRAIN:
         trainer: BaseTrainer = PIRLPretrainer(ctx, config)
     else:
