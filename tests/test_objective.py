@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pirl_pipeline.losses import TABLE7, PIRLLossConfig, PIRLObjective
+from pirl_pipeline.losses.objective import TERMS
 from pirl_pipeline.networks import PIRLNet
 
 PATCH = (64, 32, 32)
@@ -116,3 +117,13 @@ def test_algorithm1_step_overfits_a_fixed_input():
     assert after.loss < 0.7 * before.loss
     assert after.terms["decomposition"] < 0.8 * before.terms["decomposition"]
     assert after.terms["equivariance"] < before.terms["equivariance"]
+
+
+def test_every_objective_term_has_a_config_weight_and_a_switch():
+    from pirl_pipeline.trainer_config import ABLATIONS, TrainerConfig
+    from pirl_pipeline.training.pretrainer import loss_config_from
+
+    for term in TERMS:  # a new term in the objective needs exactly one more thing: its w_<term> field
+        assert hasattr(TrainerConfig(task="pretrain"), f"w_{term}") and term in ABLATIONS
+    config = loss_config_from(TrainerConfig(task="pretrain", w_equivariance=0.5, disabled=["invariance"]))
+    assert config.weights["equivariance"] == 0.5 and not config.invariance and config.equivariance

@@ -17,8 +17,7 @@ log = logging.getLogger("pirl")
 def loss_config_from(config) -> PIRLLossConfig:
     """The objective's switches and weights from the trainer config (Table-7 ablations by name)."""
     on = {t: t not in config.disabled for t in TERMS}
-    weights = {"contrastive": config.w_contrastive, "equivariance": config.w_equivariance,
-               "invariance": config.w_invariance, "decomposition": config.w_decomposition}
+    weights = {t: getattr(config, f"w_{t}") for t in TERMS}  # TrainerConfig.w_<term>, one per objective term
     return PIRLLossConfig(**on, prior=config.use_prior, weights=weights, temperature=config.temperature)
 
 
