@@ -259,7 +259,7 @@ def coverage(work: Path) -> list[str]:
         missing = [labels[k] for k in COMPARISON_KEYS if k not in set(rows["model"])]
         lines.append(f"- {part}: " + ("; ".join(present) or "no model yet") + "; references: "
                      + ", ".join(labels[k] for k in references if k in set(rows["model"]))
-                     + (f". NOT run yet: {', '.join(missing)}." if missing else "."))
+                     + (f". NOT run yet: {'; '.join(missing)}." if missing else "."))
     return lines
 
 
