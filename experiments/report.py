@@ -192,7 +192,31 @@ def ablation_section(work: Path, out: Path) -> list[str]:
             better, ties = int((others > row6 + tol).sum()), int(((others - row6).abs() <= tol).sum())
             lines.append(f"- {metric}: of the other {len(others)} rows, {better} beat the full objective (row 6) by "
                          f"more than {tol}, {ties} tie with it within {tol} (the paper: row 6 best).")
+    lines += pretraining_loss_shares(work, [int(i) for i in table.index], int(rows["fold"].iloc[0]))
     return lines
+
+
+def pretraining_loss_shares(work: Path, table_rows: list[int], fold: int) -> list[str]:
+    """One line: each row's pre-training terms in its last epoch (checkpoint history), and the share of
+    L_decom in the total: what the rows differ by, seen from the loss."""
+    from experiments.run import Experiment  # the one owner of the results-folder layout
+
+    layout, parts = Experiment(Budget(), work), []
+    for row in table_rows:
+        key = "pirl" if row == 6 else ablation_model(row).key
+        path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold) / "checkpoint_final.pth"
+        if not path.is_file():
+            continue
+        last = (torch.load(path, map_location="cpu", weights_only=False).get("history") or [{}])[-1]
+        terms = {k.split("/")[1]: v for k, v in last.items() if k.startswith("train/") and k != "train/loss"}
+        if terms and last.get("train/loss"):
+            share = terms.get("decomposition", 0.0) / last["train/loss"]
+            parts.append(f"row {row}: " + ", ".join(f"{t} {v:.3g}" for t, v in sorted(terms.items()))
+                         + f" (L_decom {share:.0%} of the loss)")
+    if not parts:
+        return []
+    return ["- Pre-training loss terms in the last epoch (the terms a row switches off are absent): "
+            + "; ".join(parts) + "."]
 
 
 SHORT = {"retrieval_top1": "retrieval", "retrieval_top1_centered": "retrieval centred",
