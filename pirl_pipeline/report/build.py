@@ -171,12 +171,12 @@ def build_report(options: ReportOptions) -> ReportResult:
             "more than a factor 30), every validation metric (middle; `metric` is the one that picks "
             "checkpoint_best), the learning rate and the epoch time (right)."),
          "no run has a per-epoch history" if runs else None),
-        ("missing_modalities.png", [(r.matrix_title("seg"), r.missing_dice) for r in runs
+        ("missing_modalities.png", [(r.matrix_title(SEG.name), r.missing_dice) for r in runs
                                     if r.missing_dice is not None], figures.missing_modalities, (
             "Dice of the segmentation predicted from each non-empty subset of the input modalities (rows) "
             "for each label/region (columns), mean over the evaluated cases."),
          "no missing_modalities_dice.csv in any fold"),
-        ("translation_matrix.png", [(r.matrix_title("translate"), r.translation) for r in runs if r.translation],
+        ("translation_matrix.png", [(r.matrix_title(TRANSLATE.name), r.translation) for r in runs if r.translation],
          figures.translation_matrices, (
             "PSNR (dB) and SSIM of each target modality synthesised from a single source modality, mean over "
             "the evaluated cases; the diagonal (source = target) is not evaluated."),

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from pirl_pipeline.paths import parse_model_folder_name
+from pirl_pipeline.tasks import PRETRAIN, SEG, TASKS, TRANSLATE
 
 log = logging.getLogger("pirl")
 
@@ -50,7 +51,7 @@ class TrainerRun:
     validation: dict | None = None
     missing_dice: pd.DataFrame | None = None
     translation: dict[str, pd.DataFrame] = field(default_factory=dict)
-    matrix_cases: dict[str, int] = field(default_factory=dict)  # "seg"/"translate" -> cases evaluated
+    matrix_cases: dict[str, int] = field(default_factory=dict)  # task name -> cases evaluated
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -212,15 +213,15 @@ def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
                           "feature_size": int(m.group(3))}
     summary = read_json(fold_folder / "validation" / "summary.json", run.problems)
     run.validation = summary if isinstance(summary, dict) else None
-    run.missing_dice = read_matrix(fold_folder / "missing_modalities" / "missing_modalities_dice.csv", run.problems)
+    run.missing_dice = read_matrix(fold_folder / SEG.subsets_folder / "missing_modalities_dice.csv", run.problems)
     for metric in ("psnr", "ssim"):
-        matrix = read_matrix(fold_folder / "translation_matrix" / f"translation_{metric}.csv", run.problems)
+        matrix = read_matrix(fold_folder / TRANSLATE.subsets_folder / f"translation_{metric}.csv", run.problems)
         if matrix is not None:
             run.translation[metric.upper()] = square(matrix)
-    for task, sub in (("seg", "missing_modalities"), ("translate", "translation_matrix")):
-        info = read_json(fold_folder / sub / "summary.json", run.problems)
+    for task in TASKS.values():
+        info = read_json(fold_folder / task.subsets_folder / "summary.json", run.problems)
         if isinstance(info, dict) and isinstance(info.get("cases"), int):
-            run.matrix_cases[task] = info["cases"]
+            run.matrix_cases[task.name] = info["cases"]
     return run
 
 
@@ -244,7 +245,7 @@ def collect_runs(results_dir: Path) -> list[TrainerRun]:
     for trainer_folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and parse_model_folder_name(p.name)):
         for fold_folder in sorted((p for p in trainer_folder.glob("fold_*") if p.is_dir()), key=_fold_key):
             runs.append(read_run(trainer_folder, fold_folder))
-    order = {"pretrain": 0, "seg": 1, "translate": 2}
+    order = {PRETRAIN: 0, SEG.name: 1, TRANSLATE.name: 2}
     return sorted(runs, key=lambda r: order.get(r.task, 3))
 
 
