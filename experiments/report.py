@@ -28,6 +28,7 @@ from experiments.tables import (
     translation_table,
 )
 from pirl_pipeline.file_io import atomic_path, load_json
+from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.report.markdown import table as markdown_table
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
@@ -186,6 +187,13 @@ def ablation_section(work: Path, out: Path) -> list[str]:
                    f"{table.loc[6, metric] - scratch[metric].mean():+.4f}" if 6 in table.index and not scratch.empty
                    else "")
             lines.append(f"- {metric} spread across the rows (max - min): {spread:.4f}{gap}.")
+        references = load_per_case(work, "translation", TRANSLATION_REFERENCES)
+        references = references[references["fold"] == rows["fold"].iloc[0]] if not references.empty else references
+        if not references.empty:  # the same evaluator on the same cases and pairs
+            labels = model_labels()
+            lines.append("- The references on the same cases and pairs: " + "; ".join(
+                f"{labels[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
+                for k, g in references.groupby("model")) + ".")
     if 6 in table.index and len(table) > 1:
         for metric, tol in (("PSNR", 0.05), ("SSIM", 0.001)):
             row6, others = table.loc[6, metric], table[metric].drop(6)
@@ -207,7 +215,7 @@ def pretraining_loss_shares(work: Path, table_rows: list[int], fold: int) -> lis
         path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold) / "checkpoint_final.pth"
         if not path.is_file():
             continue
-        last = (torch.load(path, map_location="cpu", weights_only=False).get("history") or [{}])[-1]
+        last = (load_checkpoint_meta(path).get("history") or [{}])[-1]  # the weights are never read
         terms = {k.split("/")[1]: v for k, v in last.items() if k.startswith("train/") and k != "train/loss"}
         if terms and last.get("train/loss"):
             share = terms.get("decomposition", 0.0) / last["train/loss"]

@@ -33,7 +33,7 @@ class ReportOptions:
     case: str | None = None  # default: the held-out case the most prediction folders cover
     images: Path | None = None  # default RAW/DatasetXXX_Name/imagesTs (imagesTr when there is no imagesTs)
     labels: Path | None = None  # default the matching labelsTs / labelsTr
-    seg_dirs: list[Path] | None = None  # with translate_dirs None: every evaluated folder under predictions/
+    seg_dirs: list[Path] | None = None  # both None: every evaluated folder under predictions/ (task: its summary)
     translate_dirs: list[Path] | None = None
     command: str = "pirl_report"
 
