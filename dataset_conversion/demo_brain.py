@@ -37,8 +37,9 @@ ED  (2)       0.65   0.68   1.35   1.30
 ET  (3)       0.75   1.60   1.10   1.05
 ============  =====  =====  =====  =====
 
-Output: ``-n`` training cases (imagesTr, labelsTr) plus 2 held-out cases in imagesTs with their labels in
-labelsTs (for evaluation demos). ``--downsample F`` (an integer) block-averages the template to F mm before
+Output: ``-n`` training cases (imagesTr, labelsTr) plus ``--num_test`` held-out cases (default 2) in imagesTs
+with their labels in labelsTs (for evaluation demos; case k of either list is the same subject whatever the
+other count is). ``--downsample F`` (an integer) block-averages the template to F mm before
 anything else (F=4: 49x58x47 voxels, for fast tests). At full size (1 mm) the brain's bounding box exceeds 96 voxels in
 every axis, so 96^3 patches are exercised.
 """
@@ -77,7 +78,7 @@ CSF, GM, WM, NCR, ED, ET = range(6)
 LABEL_OF = {NCR: 1, ED: 2, ET: 3}
 #: core radius / oedema radius, and necrosis radius / core radius: uniform ranges per subject
 CORE_FRACTION, NECROSIS_FRACTION = (0.6, 0.8), (0.5, 0.75)
-NUM_TEST_CASES = 2
+NUM_TEST_CASES = 2  # default held-out cases
 NOISE_SIGMA = 0.02
 STORE_SCALE = 1000.0
 
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     add_output_arguments(parser, default_name="DemoBrain", default_id=500, name_flags=("--name",))
     parser.add_argument("-n", "--num_cases", type=int, default=12, help="training cases (default 12)")
+    parser.add_argument("--num_test", type=int, default=NUM_TEST_CASES,
+                        help=f"held-out cases in imagesTs/labelsTs (default {NUM_TEST_CASES})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--downsample", type=int, default=1,
                         help="block-average the 1 mm template by this factor first (e.g. 4 for tests)")
@@ -216,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.num_cases < 1 or args.downsample < 1:
-        raise PirlInputError("--num_cases must be >= 1 and --downsample >= 1")
+    if args.num_cases < 1 or args.downsample < 1 or args.num_test < 0:
+        raise PirlInputError("--num_cases must be >= 1, --num_test >= 0 and --downsample >= 1")
     extra = {**brats_dataset_json_extra(),
              "description": "Simulated T1/T1ce/T2/FLAIR brain-tumour MRI on the MNI152 2009a anatomy "
                             f"(pirl_make_demo_dataset, seed {args.seed}); for demonstration and tests"}
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         raise PirlInputError(f"--downsample {args.downsample}: gives {'x'.join(map(str, template.geometry.shape))}-"
                              f"voxel images; choose a factor that keeps >= {MIN_SIDE} voxels per axis")
     jobs = ([(f"DemoBrain_{i:03d}", "Tr", 0, i) for i in range(args.num_cases)]
-            + [(f"DemoBrainTest_{i:03d}", "Ts", 1, i) for i in range(NUM_TEST_CASES)])
+            + [(f"DemoBrainTest_{i:03d}", "Ts", 1, i) for i in range(args.num_test)])
     with writer:
         for name, subset, stream, index in tqdm(jobs, desc=f"simulating {writer.target.name}", unit="case"):
             images, label = simulate_subject(template, np.random.default_rng([args.seed, stream, index]))

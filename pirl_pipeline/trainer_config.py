@@ -55,6 +55,9 @@ class TrainerConfig:
     # fine-tuning (Algorithm 2)
     w_inv_finetune: float = 1.0
     modality_dropout: bool = True  # random non-empty modality subsets per sample
+    #: with modality_dropout: share of samples that keep every modality they have (0: uniform over the 2^M - 1
+    #: subsets, so all four MRI modalities in 1 of 15 samples)
+    full_modality_share: float = 0.0
     class_weights: str = "auto"  # weighted CE: "auto" (training-label frequencies, see SegmentationLoss) or "none"
     class_weight_max: float = 2.0  # upper clip of the "auto" weights (a BCE weight w moves p=0.5 to 1/(1+w))
     val_volumes: bool = True  # whole validation volumes each epoch (curves, 'best' checkpoint); False: patches
@@ -79,6 +82,8 @@ class TrainerConfig:
             raise PirlInputError(f"feature_size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
         if self.class_weights not in ("auto", "none"):
             raise PirlInputError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
+        if not 0.0 <= self.full_modality_share <= 1.0:
+            raise PirlInputError(f"full_modality_share must be in [0, 1], got {self.full_modality_share}")
         if self.lr_schedule not in ("poly", "constant"):
             raise PirlInputError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
 

@@ -82,3 +82,18 @@ def test_nan_in_a_simulated_image_writes_nothing(pirl_raw):
     with pytest.raises(PirlInputError, match="DemoBrain_000_0003.nii.gz: contains .* NaN"), writer:
         writer.add_arrays("DemoBrain_000", images, template.geometry, label)
     assert not any(pirl_raw.iterdir())
+
+
+def test_num_test_adds_held_out_cases_and_keeps_the_first_ones(pirl_raw, run_cli):
+    """--num_test 3: three held-out cases; DemoBrainTest_000 is the same subject as with the default 2."""
+    assert run_cli(main, ["-n", 1, "--downsample", 4, "--num_test", 3, "-d", 510])[0] == 0
+    assert run_cli(main, ["-n", 1, "--downsample", 4, "-d", 511])[0] == 0
+    more, default = pirl_raw / "Dataset510_DemoBrain", pirl_raw / "Dataset511_DemoBrain"
+    assert sorted(p.name for p in (more / "labelsTs").iterdir()) == [f"DemoBrainTest_{i:03d}.nii.gz" for i in range(3)]
+    assert len(list((default / "labelsTs").iterdir())) == 2
+    for folder in ("labelsTs", "imagesTs"):
+        name = "DemoBrainTest_000.nii.gz" if folder == "labelsTs" else "DemoBrainTest_000_0003.nii.gz"
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / folder / name))) for d in (more, default))
+        assert np.array_equal(a, b)
+    code, line = run_cli(main, ["-n", 1, "--downsample", 4, "--num_test", -1, "-d", 512])
+    assert code == 2 and "--num_test" in line

@@ -68,6 +68,22 @@ def test_random_subsets_are_non_empty_and_cover_all():
     assert len({tuple(s.tolist()) for s in subsets}) == 15
 
 
+def test_full_modality_share_keeps_every_modality_a_case_has_in_that_share():
+    torch.manual_seed(0)
+    uniform = random_subsets(4000, 4).all(1).float().mean().item()
+    torch.manual_seed(1)
+    default = random_subsets(50, 4)
+    torch.manual_seed(1)
+    assert torch.equal(default, random_subsets(50, 4, keep_all=0.0))  # share 0: the same draws as before
+    half = random_subsets(4000, 4, keep_all=0.5).all(1).float().mean().item()
+    assert abs(uniform - 1 / 15) < 0.02 and abs(half - (0.5 + 0.5 / 15)) < 0.03
+    present = torch.tensor([[True, False, True, True]] * 1000)
+    subsets = random_subsets(1000, 4, present=present, keep_all=1.0)
+    assert torch.equal(subsets, present)  # never a modality the case does not have
+    with pytest.raises(PirlInputError, match="full_modality_share"):
+        TrainerConfig(task="seg", full_modality_share=1.5)
+
+
 def test_registry_checks_task():
     assert resolve_trainer("seg", None) == "PIRLSegTrainer"
     with pytest.raises(PirlInputError, match="is for task 'seg'"):

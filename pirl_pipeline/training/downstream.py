@@ -5,8 +5,8 @@
 - PIRLNet additionally gets L_inv across the available modalities of each subject, and sees each
   available modality on its own (X_h' fused by the mean); plain networks (SwinUNETR, DynUNet) get the
   stacked channels with the missing ones zeroed, the usual way a plain network handles them.
-Random modality dropout (a uniformly drawn non-empty subset per sample) makes one model serve all
-2^M - 1 subsets at inference.
+Random modality dropout (a uniformly drawn non-empty subset per sample; ``full_modality_share`` of the samples
+keep all their modalities) makes one model serve all 2^M - 1 subsets at inference.
 
 Translation targets are the patch without intensity augmentation (``target_image``): the input modalities
 are augmented, what the network must synthesise is not. Each epoch ends with whole-volume validation
@@ -39,17 +39,21 @@ log = logging.getLogger("pirl")
 
 
 def random_subsets(batch: int, modalities: int, generator: torch.Generator | None = None,
-                   present: torch.Tensor | None = None) -> torch.Tensor:
+                   present: torch.Tensor | None = None, keep_all: float = 0.0) -> torch.Tensor:
     """(B, M) bool: a uniformly drawn non-empty subset per sample of the modalities it has (``present``
-    (B, M) bool, each row non-empty; None: all)."""
+    (B, M) bool, each row non-empty; None: all); with probability ``keep_all`` a sample keeps all of them."""
     if present is None or bool(present.all()):
         codes = torch.randint(1, 2**modalities, (batch,), generator=generator)
-        return (codes[:, None] >> torch.arange(modalities)) & 1 == 1
-    subsets = torch.zeros(batch, modalities, dtype=torch.bool)
-    for b in range(batch):
-        channels = present[b].nonzero()[:, 0]
-        code = torch.randint(1, 2 ** len(channels), (1,), generator=generator)
-        subsets[b, channels] = (code >> torch.arange(len(channels))) & 1 == 1
+        subsets = (codes[:, None] >> torch.arange(modalities)) & 1 == 1
+    else:
+        subsets = torch.zeros(batch, modalities, dtype=torch.bool)
+        for b in range(batch):
+            channels = present[b].nonzero()[:, 0]
+            code = torch.randint(1, 2 ** len(channels), (1,), generator=generator)
+            subsets[b, channels] = (code >> torch.arange(len(channels))) & 1 == 1
+    if keep_all > 0:  # drawn after the subsets, so keep_all 0 leaves the random stream as it was
+        keep = torch.rand(batch, generator=generator) < keep_all
+        subsets[keep] = True if present is None else present[keep]
     return subsets
 
 
@@ -211,7 +215,8 @@ class DownstreamTrainer(BaseTrainer):
         clean = batch["target_image"].to(self.device, non_blocking=True) if "target_image" in batch else images
         present = self._present(batch)
         if self.config.modality_dropout:
-            available = random_subsets(images.shape[0], self.num_modalities, present=present)
+            available = random_subsets(images.shape[0], self.num_modalities, present=present,
+                                       keep_all=self.config.full_modality_share)
         else:
             available = present
         with self.autocast():
