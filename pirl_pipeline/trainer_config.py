@@ -37,6 +37,9 @@ class TrainerConfig:
     batch_size: int | None = None  # None -> plans
     patch_size: list[int] | None = None  # None -> plans; multiples of 32
     feature_size: int | None = None  # None -> plans; multiple of 12
+    #: Swin attention window in tokens; None -> plans (the paper's 7). A 64^3 patch has token grids 32/16/8/4,
+    #: which window 7 pads to 35/21/14 (3.2x the step time of window 4 on 2 CPU cores, benchmarks/RESULTS.md)
+    window_size: int | None = None
     seed: int = 12345
     num_workers: int | None = None  # None -> min(8, CPUs // 2) on CUDA, 0 on the CPU (base_trainer.default_num_workers)
     amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16 + grad scaler); --fp32 turns it off
@@ -80,6 +83,8 @@ class TrainerConfig:
             raise PirlInputError(f"patch_size needs 3 sides, each a multiple of 32; got {self.patch_size}")
         if self.feature_size is not None and self.feature_size % 12:
             raise PirlInputError(f"feature_size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
+        if self.window_size is not None and self.window_size < 1:
+            raise PirlInputError(f"window_size must be a positive number of tokens; got {self.window_size}")
         if self.class_weights not in ("auto", "none"):
             raise PirlInputError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
         if not 0.0 <= self.full_modality_share <= 1.0:

@@ -3,6 +3,7 @@
 Tiny but real: the same CLI, trainers, loader and networks as a full run; 64^3 patches (the smallest that
 SwinUNETR's instance norm accepts), feature_size 12, batch 1, one iteration per epoch.
 """
+import json
 import logging
 import os
 import signal
@@ -88,6 +89,23 @@ def _resume_cmd(*extra: str) -> list[str]:
     """``--c`` without repeating the run's flags: the saved configuration (feature size 12, patch 32^3, 3 epochs
     of 4 iterations, batch 2) must win over the defaults (plans: feature size 48, patch 64^3, batch 2)."""
     return [*_train_cmd()[:10], "-device", "cpu", "--c", *extra]
+
+
+def test_window_size_is_set_by_pretraining_and_inherited_by_finetuning(roots, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIRL_results", str(tmp_path / "res"))
+    assert train_main(["920", "3d_fullres", "pretrain", "--window-size", "4", *TINY]) == 0
+    ckpt = tmp_path / "res" / "Dataset920_TinyTrain" / "PIRLPretrainer__PIRLPlans__3d_fullres" / "fold_all"
+    state = load_checkpoint(ckpt / "checkpoint_final.pth")
+    assert state["network_kwargs"]["window_size"] == 4  # the plans say 7
+    table = "swinViT.layers1.0.blocks.0.attn.relative_position_bias_table"
+    assert state["network_weights"][table].shape[0] == (2 * 4 - 1) ** 3
+    pretrained = ["--pretrained", str(ckpt / "checkpoint_final.pth")]
+    assert train_main(["920", "3d_fullres", "seg", "-f", "0", *pretrained, *TINY]) == 0
+    seg = tmp_path / "res" / "Dataset920_TinyTrain" / "PIRLSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
+    assert load_checkpoint(seg / "checkpoint_final.pth")["network_kwargs"]["window_size"] == 4
+    assert TrainerConfig.from_dict(json.loads((seg / "config.json").read_text())).window_size == 4
+    assert train_main(["920", "3d_fullres", "translate", "-f", "0", *pretrained, "--window-size", "7", *TINY]) == 2
+    assert "was trained with window 4" in capsys.readouterr().err
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(roots, tmp_path):

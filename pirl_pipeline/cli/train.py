@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--patch-size", type=int, nargs=3, dest="patch_size", metavar=("X", "Y", "Z"))
     p.add_argument("--feature-size", type=int, dest="feature_size")
+    p.add_argument("--window-size", type=int, dest="window_size",
+                   help="Swin attention window in tokens (default: the plans' 7; fine-tuning: the pre-trained one's)")
     p.add_argument("--seed", type=int)
     p.add_argument("-npa", type=int, dest="num_workers",
                    help="data augmentation worker processes per rank (default: min(8, CPUs/2) on CUDA, 0 on the CPU)")
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAGS = {"epochs": "--epochs", "iters_per_epoch": "--iters", "val_iters": "--val-iters", "lr": "--lr",
-         "batch_size": "--batch-size", "patch_size": "--patch-size", "feature_size": "--feature-size", "seed": "--seed",
+         "batch_size": "--batch-size", "patch_size": "--patch-size", "feature_size": "--feature-size",
+         "window_size": "--window-size", "seed": "--seed",
          "num_workers": "-npa", "disabled": "--disable", "save_probabilities": "--npz", "amp": "--fp32",
          "grad_checkpoint": "--grad-checkpoint", "compile": "--compile", "pretrained": "--pretrained"}
 
@@ -80,7 +83,7 @@ FLAGS = {"epochs": "--epochs", "iters_per_epoch": "--iters", "val_iters": "--val
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The TrainerConfig fields the command line sets explicitly (``--set`` aside)."""
     overrides = {k: getattr(args, k) for k in ("epochs", "iters_per_epoch", "val_iters", "lr", "batch_size",
-                                               "patch_size", "feature_size", "seed", "num_workers")
+                                               "patch_size", "feature_size", "window_size", "seed", "num_workers")
                  if getattr(args, k) is not None}
     if args.disable:
         overrides["disabled"] = list(args.disable)
@@ -101,6 +104,8 @@ def make_config(args: argparse.Namespace, pretrained: PretrainedWeights | None) 
     overrides = flag_overrides(args)
     if pretrained is not None:  # the backbone's size comes from the pre-trained network by default
         overrides.setdefault("feature_size", pretrained.feature_size)
+        if (pretrained.network_kwargs or {}).get("window_size") is not None:
+            overrides.setdefault("window_size", int(pretrained.network_kwargs["window_size"]))
         if pretrained.patch_size is not None:
             overrides.setdefault("patch_size", pretrained.patch_size)
     config = TrainerConfig.from_dict({**TrainerConfig(task=args.task).to_dict(), **overrides})

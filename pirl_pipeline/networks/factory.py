@@ -35,11 +35,12 @@ def dynunet_kwargs(in_channels: int, out_channels: int, feature_size: int) -> di
 
 
 def create(
-    kind: str, in_channels: int, out_channels: int, patch_size: list[int], feature_size: int, **pirl_options: Any
+    kind: str, in_channels: int, out_channels: int, patch_size: list[int], feature_size: int, **options: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A new network of ``kind`` and the description that rebuilds it."""
+    """A new network of ``kind`` and the description that rebuilds it. ``options``: PIRLNet's keyword arguments
+    (pirl); ``window_size`` only (swinunetr); none (dynunet)."""
     if kind == "pirl":
-        net = PIRLNet(in_channels, out_channels, patch_size, feature_size, **pirl_options)
+        net = PIRLNet(in_channels, out_channels, patch_size, feature_size, **options)
         return net, {"kind": "pirl", **net.config}
     if kind == "swinunetr":
         description = {
@@ -47,11 +48,14 @@ def create(
             "in_channels": in_channels,
             "out_channels": out_channels,
             "feature_size": feature_size,
+            **{k: options.pop(k) for k in ("window_size",) if k in options},
         }
     elif kind == "dynunet":
         description = {"kind": "dynunet", **dynunet_kwargs(in_channels, out_channels, feature_size)}
     else:
         raise ValueError(f"unknown network kind {kind!r}; choose from {KINDS}")
+    if options:
+        raise ValueError(f"a {kind} network takes no option(s) {sorted(options)}")
     return build_network(description), description
 
 

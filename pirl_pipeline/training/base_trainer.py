@@ -96,6 +96,10 @@ class BaseTrainer:
         self.progress = ProgressLog(ctx.output_folder / "training_log.txt")
         self.initialized = False
 
+    def window_override(self) -> dict[str, int]:
+        """``{"window_size": W}`` when the run sets the Swin window (``--window-size``), else {} (the plans')."""
+        return {} if self.config.window_size is None else {"window_size": int(self.config.window_size)}
+
     def initialize(self) -> None:
         """Build the network (seeded), the losses, the DDP/compile wrapper, the optimiser and the grad scaler;
         once (later calls do nothing)."""

@@ -141,9 +141,19 @@ class DownstreamTrainer(BaseTrainer):
             block = self.ctx.plans.configuration(self.ctx.configuration).network
             options = {k: v for k, v in PIRLNet.options_from_plans(block).items() if k != "feature_size"}
             options["use_prior"] = self.config.use_prior
+            options |= self.window_override()
+        elif self.network_kind == "swinunetr":
+            options = self.window_override()
+        elif self.config.window_size is not None:
+            raise PirlInputError(f"--window-size: a {self.network_kind} network has no attention window")
         if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
-            options = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
-                                                             "window_size") if k in source.network_kwargs}
+            inherited = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
+                                                               "window_size") if k in source.network_kwargs}
+            wanted = self.config.window_size
+            if wanted is not None and "window_size" in inherited and wanted != inherited["window_size"]:
+                raise PirlInputError(f"--window-size {wanted}: {source.path} was trained with window "
+                                     f"{inherited['window_size']} (its attention tables have that size); drop the flag")
+            options = inherited
         net, self.description = factory.create(self.network_kind, self.num_modalities, self.out_channels,
                                                self.patch_size, self.feature_size, **options)
         if source is not None:

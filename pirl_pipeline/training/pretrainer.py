@@ -40,7 +40,7 @@ class PIRLPretrainer(BaseTrainer):
         block = self.ctx.plans.configuration(self.ctx.configuration).network
         net = PIRLNet.from_plans(block, in_channels=self.num_modalities, out_channels=self.num_modalities,
                                  patch_size=self.patch_size, feature_size=self.feature_size,
-                                 use_prior=self.config.use_prior)
+                                 use_prior=self.config.use_prior, **self.window_override())
         return net
 
     def build_losses(self, network: torch.nn.Module) -> None:
