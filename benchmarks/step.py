@@ -5,6 +5,7 @@
     python benchmarks/step.py --device cuda --amp --sizes 48:96
     python benchmarks/step.py --attention both         # each method with MONAI's and with the fused attention
     python benchmarks/step.py --methods seg_floor seg  # a fine-tuning (Algorithm 2) step vs one SwinUNETR pass
+    python benchmarks/step.py --window 4 --out benchmarks/results/step_window4.json   # the Swin window (7)
 
 Both methods take one AdamW step per repetition on a batch of subjects with 4 modalities: the floor runs
 4 forward+backward passes of SwinUNETR(4 -> 4 channels); PIRL runs PIRLObjective (all losses, 2 views).
@@ -72,9 +73,11 @@ def build(method: str, args: argparse.Namespace) -> Callable[[], None]:
     images = torch.randn(args.batch, MODALITIES, *patch, device=device)
     labels = torch.randint(0, 3, (args.batch, 1, *patch), device=device)
     if method in ("floor", "seg_floor"):
-        model = SwinUNETR(MODALITIES, MODALITIES if method == "floor" else 3, feature_size=args.fs).to(device)
+        model = SwinUNETR(MODALITIES, MODALITIES if method == "floor" else 3, feature_size=args.fs,
+                          window_size=args.window).to(device)
     else:
-        model = PIRLNet(MODALITIES, MODALITIES if method == "pirl" else 3, patch, feature_size=args.fs).to(device)
+        model = PIRLNet(MODALITIES, MODALITIES if method == "pirl" else 3, patch, feature_size=args.fs,
+                        window_size=args.window).to(device)
     set_fused_attention(model, bool(fused))
     if method == "floor":
 
@@ -153,6 +156,7 @@ def run_child(args: argparse.Namespace, mode: str, fs: int, patch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--fs", str(fs), "--patch", str(patch), "--device", args.device,
            "--batch", str(args.batch), "--repeats", str(args.repeats), "--views", str(args.views),
            "--threads", str(args.threads), "--attention", args.attention, "--warmup", str(args.warmup),
+           "--window", str(args.window),
            "--methods", *args.methods]  # fmt: skip
     cmd += ["--amp"] * args.amp + ["--view-grad"] * args.view_grad
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -204,6 +208,7 @@ def main() -> None:
                         help="floor pirl (Algorithm 1, default) and/or seg_floor seg (a fine-tuning step)")
     parser.add_argument("--attention", choices=["plain", "fused", "both"], default="plain",
                         help="Swin window attention: MONAI's (plain), scaled_dot_product_attention (fused), both")
+    parser.add_argument("--window", type=int, default=7, help="Swin attention window in tokens (the paper's 7)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method memory children")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -1,7 +1,9 @@
 """What the experiments run: the budget (one dataclass, a full and a quick preset) and the compared models.
 
 Equal optimisation budget: every fine-tuning runs the same number of optimiser steps (``finetune_iters``)
-with the same learning rate, batch, patch, augmentation and seed. PIRL additionally ran ``pretrain_iters``
+with the same learning rate, batch, patch, augmentation and seed. The fine-tuning settings per task (lr,
+schedule, modality dropout) are the demo's, chosen on the demo's validation volumes (``pirl_pipeline.demo``,
+``FINETUNE_LR`` and ``FINETUNE_SET``). PIRL additionally ran ``pretrain_iters``
 steps of Algorithm 1 before, so one baseline gets those steps too ("equal total steps"): pre-training must
 beat spending the same number of steps on the task itself.
 """
@@ -43,7 +45,10 @@ class Budget:
     finetune_iters_per_epoch: int = 20  # 200 seg steps
     translate_iters_per_epoch: int = 10  # 100 translation steps
     val_iters: int = 1
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"  # pre-training (lr 2e-4); fine-tuning: finetune_options
+    #: Swin attention window in tokens: 4 tiles the 64^3 patch's token grids, the paper's 7 pads them (3.2x the
+    #: step time on 2 cores; benchmarks/RESULTS.md)
+    window_size: int = 4
     seeds: tuple[int, ...] = (12345, 2)  # main rows; ablation rows and the long baseline: the first only
     translation_folds: tuple[int, ...] = (0,)
     seg_folds: tuple[int, ...] = (0, 1)

@@ -27,6 +27,7 @@ from experiments.tables import (
     translation_summary,
     translation_table,
 )
+from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.file_io import atomic_path, load_json
 from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.report.markdown import table as markdown_table
@@ -56,18 +57,34 @@ def _timings(work: Path) -> str:
                                                  ["**total**", f"**{total / 60:.1f}**"]])
 
 
-def steps_run(work: Path) -> str:
-    """The training steps each kind of stage actually ran (``--iters`` x ``--epochs`` of the recorded commands,
-    timings.json), e.g. "pretrain translation 20; train seg 200" — the truth when runs used other budgets."""
+def _flag(words: list[str], option: str, default: str) -> str:
+    """The value after ``option`` in a command's words, or ``default`` when the command lacks it."""
+    return words[words.index(option) + 1] if option in words else default
+
+
+def settings_run(work: Path) -> str:
+    """What each kind of training stage actually ran, from the recorded commands (timings.json): steps
+    (``--iters`` x ``--epochs``), lr, Swin window and ``--set`` fields besides the seed, e.g. "train seg: 200
+    steps, lr 0.001, window 4, full_modality_share=0.5 lr_schedule=poly" — the truth when runs used other
+    budgets (a command without ``--lr`` / ``--window-size`` ran the defaults: 2e-4, the plans' window 7)."""
     file = work / "timings.json"
-    steps: dict[str, set[int]] = {}
+    kinds: dict[str, set[str]] = {}
     for name, t in (load_json(file) if file.is_file() else {}).items():
         words = t.get("command", "").split()
         if "--iters" not in words or "--epochs" not in words:
             continue
+
+        sets = words[words.index("--set") + 1:] if "--set" in words else []
+        sets = sets[:next((i for i, w in enumerate(sets) if w.startswith("-")), len(sets))]
+        fields = {}
+        for pair in sets:
+            if not pair.startswith("seed="):
+                fields[pair.split("=")[0]] = pair  # the last one wins, as in pirl_train
         kind = " ".join(w for w in name.split() if w in ("pretrain", "train") or w in PARTS)
-        steps.setdefault(kind, set()).add(int(words[words.index("--iters") + 1]) * int(words[words.index("--epochs") + 1]))
-    return "; ".join(f"{k} {'/'.join(map(str, sorted(v)))}" for k, v in sorted(steps.items())) or "none recorded"
+        steps = int(_flag(words, "--iters", "0")) * int(_flag(words, "--epochs", "0"))
+        kinds.setdefault(kind, set()).add(f"{steps} steps, lr {_flag(words, '--lr', '2e-4')}, window "
+                                          f"{_flag(words, '--window-size', '7')}, " + " ".join(sorted(fields.values())))
+    return "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in sorted(kinds.items())) or "none recorded"
 
 
 def translation_section(work: Path, out: Path) -> list[str]:
@@ -320,11 +337,14 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
         (f"- Budget (equal for every model): spacing {b.spacing:g} mm, patch {b.patch}^3, feature_size "
          f"{b.feature_size}, batch {b.batch_size}, {b.epochs} epochs; pre-training {b.pretrain_steps} steps, "
          f"fine-tuning {b.finetune_steps('seg')} seg / {b.finetune_steps('translate')} translation steps (the "
-         f"'equal total steps' baseline adds {b.pretrain_steps}); AdamW lr 2e-4, {b.lr_schedule} schedule, "
-         f"nnU-Net augmentation (intensity on the inputs only), seeds {', '.join(map(str, b.seeds))} for the main "
-         "rows (ablation rows and the equal-steps baseline: the first); prediction: sliding window, overlap 0.5, "
-         "Gaussian, no TTA; the final checkpoint of every run (no model selection on the test cases). Steps "
-         f"actually run (recorded commands; they win where a part was run with another budget): {steps_run(work)}."),
+         f"'equal total steps' baseline adds {b.pretrain_steps}); Swin window {b.window_size}; AdamW, "
+         f"pre-training lr 2e-4 {b.lr_schedule}, fine-tuning the demo's settings per task (seg lr "
+         f"{FINETUNE_LR['seg']:g} {' '.join(FINETUNE_SET['seg'])}; translation lr {FINETUNE_LR['translate']:g} "
+         f"{' '.join(FINETUNE_SET['translate'])}), nnU-Net augmentation (intensity on the inputs only), seeds "
+         f"{', '.join(map(str, b.seeds))} for the main rows (ablation rows and the equal-steps baseline: the "
+         "first); prediction: sliding window, overlap 0.5, Gaussian, no TTA; the final checkpoint of every run "
+         "(no model selection on the test cases). Actually run (recorded commands; they win where a part was run "
+         f"with another budget): {settings_run(work)}."),
         (f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
          f"{torch.__version__}, device {b.device}."),
         ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few hundred steps "

@@ -35,6 +35,7 @@ from experiments.config import (
 from experiments.report import write_report
 from experiments.stages import StageRunner
 from pirl_pipeline.cli.common import command
+from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.paths import fold_folder, model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,11 +90,16 @@ class Experiment:
         self.models = [m for m in COMPARISON if models is None or m.key in models]
         self.stages: list[tuple] = []
 
-    def common(self, seed: int) -> list[str]:
+    def common(self, seed: int, task: str = "pretrain") -> list[str]:
+        """Flags every run of ``task`` shares; a fine-tuning adds the demo's lr and ``--set`` fields for its
+        task (after the budget's, so they win)."""
         b = self.budget
+        lr = [] if task == "pretrain" else ["--lr", f"{FINETUNE_LR[task]:g}"]
+        sets = [] if task == "pretrain" else FINETUNE_SET[task]
         return ["--epochs", str(b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
-                "--feature-size", str(b.feature_size), "--batch-size", str(b.batch_size), "-npa", "0",
-                "-device", b.device, "--set", f"seed={seed}", f"lr_schedule={b.lr_schedule}"]
+                "--feature-size", str(b.feature_size), "--window-size", str(b.window_size), "--batch-size",
+                str(b.batch_size), "-npa", "0", "-device", b.device, *lr, "--set", f"seed={seed}",
+                f"lr_schedule={b.lr_schedule}", *sets]
 
     def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
         return fold_folder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
@@ -117,7 +123,7 @@ class Experiment:
         folder = self.fold_folder(run, part, trainer, fold)
         self.add(f"train {run} {part} fold{fold}", run, folder / "checkpoint_final.pth",
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
-                  "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed), *pretrained])
+                  "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task), *pretrained])
         out = self.work / "eval" / run / f"{part}_fold{fold}"
         self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,

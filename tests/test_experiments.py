@@ -9,10 +9,11 @@ import pytest
 
 from experiments import data
 from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
-from experiments.report import segmentation_verdicts, write_report
+from experiments.report import segmentation_verdicts, settings_run, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
 from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.demo import FINETUNE_SET
 from pirl_pipeline.file_io import load_json, save_json
 from pirl_pipeline.losses.objective import TABLE7
 
@@ -67,8 +68,24 @@ def test_stage_plan_pretrains_once_per_seed_and_passes_the_budget(tmp_path):
     pirl = next(s for s in experiment.stages if s[0] == "train pirl_seed2 seg fold1")[3]
     pretrained = pirl[pirl.index("--pretrained") + 1]
     assert "fold_1" in pretrained and "/pirl_seed2/" in pretrained and "seed=2" in pirl
+    # fine-tuning runs the demo's settings for its task, after the budget's --set fields (so they win)
+    assert pirl[pirl.index("--lr") + 1] == "0.001" and pirl[pirl.index("--window-size") + 1] == str(FULL.window_size)
+    sets = pirl[pirl.index("--set") + 1:pirl.index("--pretrained")]
+    assert sets[:2] == ["seed=2", "lr_schedule=constant"] and sets[2:] == FINETUNE_SET["seg"]
+    pre = next(s for s in pretrains if s[0] == "pretrain pirl_seed2 seg fold1")[3]
+    assert "--lr" not in pre and pre[pre.index("--window-size") + 1] == str(FULL.window_size)
     assert sum(s[0].startswith("references") for s in experiment.stages) == folds
     assert names[-1] == "representation"
+
+
+def test_settings_run_reads_the_recorded_commands(tmp_path):
+    base = "python -m pirl_pipeline.cli.train D 3d_fullres seg --iters 20 --epochs 10"
+    save_json({"train pirl seg fold0": {"seconds": 1, "command": base + " --set seed=1 lr_schedule=constant"},
+               "train pirl_seed2 seg fold0": {"seconds": 1, "command": base + " --window-size 4 --lr 0.001 --set "
+                                              "seed=2 lr_schedule=constant lr_schedule=poly --pretrained X"},
+               "evaluate pirl seg fold0": {"seconds": 1, "command": "python -m x -d D"}}, tmp_path / "timings.json")
+    assert settings_run(tmp_path) == ("train seg: 200 steps, lr 0.001, window 4, lr_schedule=poly / "
+                                      "200 steps, lr 2e-4, window 7, lr_schedule=constant")
 
 
 def _fake_translation(work, key, fold, case, offset):
