@@ -50,6 +50,7 @@ def model(tmp_path_factory):
         (folder / "fold_0" / "validation").mkdir()
         (folder / "fold_0" / "validation" / "case001.nii.gz").write_bytes(b"a prediction of a training case")
         save_json({"metrics": {}}, folder / "fold_0" / "validation" / "summary.json")
+        save_json({"keep_largest": [[1, 2]]}, folder / "fold_0" / "postprocessing.json")
         yield folder, trainer.network
 
 
@@ -58,7 +59,8 @@ def test_export_then_install_round_trip(model, tmp_path, monkeypatch, capsys):
     assert export_main(["-m", str(folder), "-o", str(tmp_path / "model.zip")]) == 0
     names = set(zipfile.ZipFile(tmp_path / "model.zip").namelist())
     assert names == {f"{PREFIX}/{n}" for n in ("dataset.json", "PIRLPlans.json", "fold_0/checkpoint_final.pth",
-                                               "fold_0/config.json", "fold_0/validation/summary.json")}
+                                               "fold_0/config.json", "fold_0/validation/summary.json",
+                                               "fold_0/postprocessing.json")}
     monkeypatch.setenv("PIRL_results", str(tmp_path / "other"))
     assert install_main([str(tmp_path / "model.zip")]) == 0
     installed = tmp_path / "other" / PREFIX

@@ -11,6 +11,8 @@ from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.data.image_io import Geometry, read_array
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import load_json
+from pirl_pipeline.inference.postprocessing import Postprocessing, keep_largest
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from tests.synthetic import make_case, write_image, write_raw_dataset
 
@@ -84,7 +86,7 @@ def test_python_api_arrays_equal_the_file_route(trained, tmp_path):
     shutil.copy(inputs / "lps_0001.nii.gz", tmp_path / "in")
     assert run_predict(["-i", tmp_path / "in", "-o", tmp_path / "out", "-m", folder, "--disable_tta"]) == 0
     from_file, _ = read_array(tmp_path / "out" / "lps.nii.gz", dtype=np.uint8)
-    predictor = PIRLPredictor.from_model_folder(folder, task="seg", mirror=False)
+    predictor = PIRLPredictor.from_model_folder(folder, task="seg", mirror=False, postprocess=True)  # as the CLI
     image = sitk.ReadImage(str(inputs / "lps_0001.nii.gz"))  # FLAIR only: channel 1 of the model
     flair, spacing = sitk.GetArrayFromImage(image)[None], image.GetSpacing()[::-1]
     [result] = predictor.predict_arrays([flair], [spacing], channels=[1])
@@ -94,6 +96,27 @@ def test_python_api_arrays_equal_the_file_route(trained, tmp_path):
         predictor.predict_array(flair, spacing, channels=[0, 1])
     with pytest.raises(PirlInputError, match="the model was trained for seg, not translate"):
         PIRLPredictor.from_model_folder(folder, task="translate")
+
+
+def test_prediction_applies_the_postprocessing_its_fold_chose(trained, caplog):
+    root, inputs, _ = trained
+    folder = root / "results" / "Dataset930_TinyPredict" / "PIRLSegTrainer__PIRLPlans__3d_fullres"
+    record = load_json(folder / "fold_0" / "postprocessing.json")  # the final validation chose it
+    assert record["cases"] and [d["keep_largest"] for d in record["decisions"]] == [[1, 2], [1], [2]]
+    assert PIRLPredictor.from_model_folder(folder, postprocess=True).postprocessing.keep_largest == \
+        record["keep_largest"]
+    predictor = PIRLPredictor.from_model_folder(folder, mirror=False)  # the API's default: none
+    assert predictor.postprocessing is None
+    image = sitk.ReadImage(str(inputs / "lps_0001.nii.gz"))
+    flair, spacing = sitk.GetArrayFromImage(image)[None], image.GetSpacing()[::-1]
+    raw = predictor.predict_array(flair, spacing, channels=[1]).segmentation
+    predictor.postprocessing = Postprocessing([[1, 2]])
+    np.testing.assert_array_equal(predictor.predict_array(flair, spacing, channels=[1]).segmentation,
+                                  keep_largest(raw, [1, 2]))
+    with caplog.at_level("INFO", logger="pirl"):
+        assert run_predict(["-i", inputs, "-o", root / "pp_off", "-m", folder, "--disable_tta",
+                            "--disable_postprocessing"]) == 0
+    assert "post-processing: off (--disable_postprocessing)" in caplog.text
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -3,7 +3,8 @@
 ``strict=True``, without pirl.
 
 The zip holds ``DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION/`` (``registry.model_folder``): dataset.json and the
-plans, and per fold the chosen checkpoints, config.json, training_log.txt, progress.png and validation/summary.json;
+plans, and per fold the chosen checkpoints, config.json, training_log.txt, progress.png, validation/summary.json and
+postprocessing.json (what pirl_predict applies);
 no images and no predictions. Install puts it under $PIRL_results. A zip comes from strangers, so install refuses
 entries outside that one folder (absolute paths, ``..``, backslashes, links, anything but files and folders),
 refuses to replace an installed model without ``--overwrite``, and loads every checkpoint with
@@ -33,7 +34,7 @@ from pirl_pipeline.paths import model_folder, results_root
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")
-FOLD_FILES = ("config.json", "training_log.txt", "progress.png", "validation/summary.json")
+FOLD_FILES = ("config.json", "training_log.txt", "progress.png", "validation/summary.json", "postprocessing.json")
 EXECUTION_ONLY = ("use_checkpoint", "use_flash_attention")  # SwinUNETR options that leave the weights alone
 
 

@@ -18,6 +18,7 @@ from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, remove_stale
 from pirl_pipeline.inference.export import output_paths
+from pirl_pipeline.inference.postprocessing import Postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, model_folder, results_root
 from pirl_pipeline.tasks import TASKS, get_task
@@ -48,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MONAI's explicit Swin window attention instead of scaled_dot_product_attention")
     p.add_argument("--step_size", type=float, default=0.5, help="window step as a fraction of the patch (0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
-    p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg)")
+    p.add_argument("--disable_postprocessing", action="store_true",
+                   help="seg: skip the post-processing the folds chose on their validation cases "
+                        "(fold_F/postprocessing.json: keep the largest foreground component where that helped)")
+    p.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (seg; never "
+                                                                         "post-processed)")
     p.add_argument("--channels", help="use only these channels, e.g. 0,2 (others present are ignored)")
     p.add_argument("--missing_only", action="store_true",
                    help="translate: write only the channels a case lacks in INPUT_DIR, as CASE_XXXX files, so the "
@@ -100,6 +105,17 @@ def is_complete(paths: list[Path]) -> bool:
     return True
 
 
+def describe(postprocessing: Postprocessing | None, disabled: bool) -> str:
+    """One line on what post-processing the predictions get."""
+    if disabled:
+        return "off (--disable_postprocessing)"
+    if postprocessing is None:
+        return "none (a fold has no postprocessing.json: trained before pirl chose post-processing)"
+    if not postprocessing.keep_largest:
+        return "none (no step raised the validation Dice)"
+    return "; ".join(f"keep the largest component of labels {labels}" for labels in postprocessing.keep_largest)
+
+
 def run(args: argparse.Namespace) -> None:
     check_folders(args.input, args.output)
     keep = parse_channels(args.channels)  # a typo fails before the model loads
@@ -112,13 +128,16 @@ def run(args: argparse.Namespace) -> None:
                                                 step_size=args.step_size, mirror=not args.disable_tta,
                                                 save_probabilities=args.save_probabilities,
                                                 precision="fp32" if args.fp32 else "auto",
-                                                sw_batch_size=args.sw_batch_size, task=args.task)
+                                                sw_batch_size=args.sw_batch_size, task=args.task,
+                                                postprocess=not args.disable_postprocessing)
     dj = predictor.model.dataset_json
     cases, targets = select_cases(args, predictor, keep)
     outputs = {k: output_paths(args.output, k, dj.file_ending, targets[k]) for k in cases}
     todo = [k for k in cases if not (args.resume and is_complete(outputs[k]))]
     log.info("%d case(s), %d to predict (%s, folds %s, TTA %s)", len(cases), len(todo), predictor.task.name,
              predictor.model.folds, "on" if predictor.mirror else "off")
+    if predictor.task.predicts_labels:
+        log.info("post-processing: %s", describe(predictor.postprocessing, args.disable_postprocessing))
     make_dirs(args.output)
     remove_stale(args.output)
     with ThreadPoolExecutor(max(1, args.num_processes)) as pool:  # reading ahead and writing behind

@@ -33,6 +33,7 @@ from pirl_pipeline.inference.export import (
     to_original_grid,
 )
 from pirl_pipeline.inference.model_folder import TrainedModel, load_model_folder
+from pirl_pipeline.inference.postprocessing import Postprocessing, load_postprocessing
 from pirl_pipeline.inference.sliding_window import PRECISIONS, predict_volume
 from pirl_pipeline.preprocessing.preprocessor import preprocess_arrays
 from pirl_pipeline.tasks import Task, get_task
@@ -61,7 +62,9 @@ class CasePrediction:
 class PIRLPredictor:
     def __init__(self, model: TrainedModel, device: torch.device | str = "cpu", step_size: float = 0.5,
                  mirror: bool = True, save_probabilities: bool = False, precision: str = "auto",
-                 sw_batch_size: int | None = None) -> None:
+                 sw_batch_size: int | None = None, postprocessing: Postprocessing | None = None) -> None:
+        """``postprocessing``: applied to every segmentation (not to the saved probabilities), as
+        ``pirl_predict`` does with the folds' ``postprocessing.json`` (``inference/postprocessing.py``)."""
         if not 0 < step_size <= 1:
             raise PirlInputError(f"step_size must lie in (0, 1], got {step_size}")
         if precision not in PRECISIONS:
@@ -73,19 +76,24 @@ class PIRLPredictor:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # every window has the same shape
         self.save_probabilities = save_probabilities
+        self.postprocessing = postprocessing
         self.config = model.plans.configuration(model.configuration)
         self.num_modalities = model.plans.num_input_channels
 
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: list[str] | None = None,
                           checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
-                          fused_attention: bool = True, task: str | None = None, **kwargs) -> PIRLPredictor:
+                          fused_attention: bool = True, task: str | None = None, postprocess: bool = False,
+                          **kwargs) -> PIRLPredictor:
         """Load ``folder`` (``TRAINER__PIRLPlans__CONFIG``; default: every trained fold). ``task`` ("seg" or
-        "translate"), when given, must be the model's. ``kwargs``: ``step_size``, ``mirror``,
-        ``save_probabilities``, ``precision``, ``sw_batch_size`` (see ``__init__``)."""
+        "translate"), when given, must be the model's. ``postprocess``: apply the steps the folds'
+        ``postprocessing.json`` kept (seg). ``kwargs``: ``step_size``, ``mirror``, ``save_probabilities``,
+        ``precision``, ``sw_batch_size`` (see ``__init__``)."""
         model = load_model_folder(folder, folds, checkpoint, device, fused_attention)
         if task is not None and task != model.task:
             raise PirlInputError(f"{folder}: the model was trained for {model.task}, not {task}")
+        if postprocess and get_task(model.task).predicts_labels:
+            kwargs["postprocessing"] = load_postprocessing(Path(folder), model.folds)
         return cls(model, device, **kwargs)
 
     @property
@@ -143,7 +151,10 @@ class PIRLPredictor:
             probs = probabilities(output, self.model.dataset_json).numpy()
             probs = to_original_grid(probs, properties, order=1)
             probs[:, ~body] = 0  # nothing outside the input's body mask (the crop box holds background too)
-            result = CasePrediction(available, labels_from_probabilities(probs, self.model.dataset_json))
+            labels = labels_from_probabilities(probs, self.model.dataset_json)
+            if self.postprocessing is not None:
+                labels = self.postprocessing.apply(labels)
+            result = CasePrediction(available, labels)
             result.probabilities = probs if self.save_probabilities else None
             return result
         restored = to_original_grid(output.numpy(), properties, order=3)

@@ -1,6 +1,7 @@
 """End-of-fold validation of a fine-tuned model on whole volumes: the fold's validation cases are read
 from the raw dataset, predicted with the full sliding window (no TTA) exactly as ``pirl_predict`` does and scored as
-``pirl_evaluate`` does, into ``validation/``: segmentation from all modalities (predictions + summary),
+``pirl_evaluate`` does, into ``validation/``: segmentation from all modalities (predictions + summary; the
+post-processing chosen on them goes to ``postprocessing.json`` in the fold folder),
 translation from every single source modality to every other one (PSNR/SSIM matrices, as
 ``pirl_evaluate_missing``)."""
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pirl_pipeline.evaluation.evaluate import write_summary
 from pirl_pipeline.evaluation.missing_modalities import translation_matrix, translation_table, write_results
 from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.inference.model_folder import TrainedModel
+from pirl_pipeline.inference.postprocessing import determine_postprocessing, save_postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import raw_root
 from pirl_pipeline.tasks import Task
@@ -52,4 +54,7 @@ def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_si
         reference, _ = read_array(raw / "labelsTr" / f"{case}{dj.file_ending}")
         rows[case] = segmentation_metrics(result.segmentation, reference.astype(int), dj)
     write_summary(pd.DataFrame.from_dict(rows, orient="index"), out / "summary.json", info)
+    pairs = {case: (out / f"{case}{dj.file_ending}", raw / "labelsTr" / f"{case}{dj.file_ending}")
+             for case in ctx.val_cases}
+    save_postprocessing(determine_postprocessing(pairs, dj), ctx.output_folder)
     return out / "summary.json"

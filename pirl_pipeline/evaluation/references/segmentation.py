@@ -35,6 +35,7 @@ from pirl_pipeline.evaluation.references.common import (
 )
 from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.evaluation.translation import reference_mask
+from pirl_pipeline.inference.postprocessing import largest_component
 
 SEGMENTATION_KINDS = ("whole_brain", "threshold")
 CLEANUPS = ("none", "largest")
@@ -73,16 +74,6 @@ def lesion_channel(dj: DatasetJson) -> int:
             if any(w in name for w in wanted):
                 return c
     return 0
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of a boolean mask (the empty mask stays empty)."""
-    components, count = ndimage.label(mask)
-    if count <= 1:
-        return components > 0
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return components == int(np.argmax(sizes))
 
 
 @dataclass
