@@ -144,7 +144,7 @@ class DownstreamTrainer(BaseTrainer):
             options |= self.window_override()
         elif self.network_kind == "swinunetr":
             options = self.window_override()
-        elif self.config.window_size is not None:
+        elif self.config.window_size is not None and source is None:  # with weights: the error below
             raise PirlInputError(f"--window-size: a {self.network_kind} network has no attention window")
         if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
             inherited = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
