@@ -111,6 +111,8 @@ def write_matrices(results: Path) -> None:
     dice = pd.DataFrame(np.linspace(0.1, 0.9, len(subsets) * 6).reshape(len(subsets), 6),
                         index=pd.Index(subsets, name="subset"), columns=targets)
     dice.to_csv(seg / "missing_modalities_dice.csv")
+    (seg.parent / "postprocessing.json").write_text(json.dumps({"keep_largest": [[1, 2, 3]], "decisions": [
+        {"keep_largest": [1, 2, 3], "dice_before": 0.5, "dice_after": 0.625, "accepted": True}]}))
     trans = results / "PIRLTranslateTrainer__PIRLPlans__3d_fullres" / "fold_0" / "translation_matrix"
     trans.mkdir(parents=True)
     rows = [{"source": s, "target": t, "PSNR": 20 + i + j, "SSIM": 0.5 + 0.1 * j}
@@ -180,7 +182,9 @@ def test_full_tree_writes_every_file(tree: Path, run_cli):
                  "![overview](overview.png)", "![training curves](training_curves.png)",
                  "![missing modalities](missing_modalities.png)", "![translation matrix](translation_matrix.png)",
                  "Patch-level validation", "Case `DemoBrain_t00`", "synthesised T2 from T1",
-                 "Nothing: every expected input was found."):
+                 "Nothing: every expected input was found.", "| Swin window |",
+                 ("PIRLSegTrainer fold 0: keep the largest component of labels [1, 2, 3] (mean validation Dice "
+                 "0.500 -> 0.625)")):
         assert text in md, text
     assert "synthesised T1 from" not in md  # the input channel of translate_t1 is not shown as a synthesis
 

@@ -52,6 +52,7 @@ class TrainerRun:
     missing_dice: pd.DataFrame | None = None
     translation: dict[str, pd.DataFrame] = field(default_factory=dict)
     matrix_cases: dict[str, int] = field(default_factory=dict)  # task name -> cases evaluated
+    postprocessing: dict | None = None  # postprocessing.json: what the final validation chose (seg)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -213,6 +214,9 @@ def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
                           "feature_size": int(m.group(3))}
     summary = read_json(fold_folder / "validation" / "summary.json", run.problems)
     run.validation = summary if isinstance(summary, dict) else None
+    if (fold_folder / "postprocessing.json").is_file():
+        chosen = read_json(fold_folder / "postprocessing.json", run.problems)
+        run.postprocessing = chosen if isinstance(chosen, dict) else None
     run.missing_dice = read_matrix(fold_folder / SEG.subsets_folder / "missing_modalities_dice.csv", run.problems)
     for metric in ("psnr", "ssim"):
         matrix = read_matrix(fold_folder / TRANSLATE.subsets_folder / f"translation_{metric}.csv", run.problems)

@@ -79,6 +79,15 @@ def configuration_statement(runs: list[TrainerRun]) -> str:
     return f"**Full-size configuration** ({facts})."
 
 
+def postprocessing_statement(record: dict) -> str:
+    """``keep the largest component of labels [1, 2, 3] (mean validation Dice 0.801 -> 0.823); ...`` from a
+    postprocessing.json, every candidate with its decision."""
+    parts = [f"{'keep' if d.get('accepted') else 'not kept:'} the largest component of labels {d.get('keep_largest')} "
+             f"(mean validation Dice {format_value(d.get('dice_before'))} -> {format_value(d.get('dice_after'))})"
+             for d in record.get("decisions", [])]
+    return "; ".join(parts) or "no candidate"
+
+
 def _runs_section(runs: list[TrainerRun]) -> list[str]:
     rows = []
     for r in runs:
@@ -88,11 +97,13 @@ def _runs_section(runs: list[TrainerRun]) -> list[str]:
         disabled = ", ".join(r.config.get("disabled") or []) or "–"
         rows.append([r.trainer, r.task, r.fold, "finished" if r.finished else f"unfinished ({r.source})", epochs,
                      r.config.get("iters_per_epoch", "?"), r.iterations if r.iterations is not None else "?",
-                     r.batch_size or "?", _patch(r.patch_size), r.feature_size or "?", _lr(r.config.get("lr")),
+                     r.batch_size or "?", _patch(r.patch_size), r.feature_size or "?",
+                     r.network.get("window_size", "–"), _lr(r.config.get("lr")),
                      disabled, r.device or "?", f"{r.training_time:.0f} s"])
     out = ["## What was run", "",
            table(["trainer", "task", "fold", "status", "epochs", "iterations/epoch", "iterations", "batch",
-                  "patch", "feature size", "lr", "ablated terms", "device", "training time"], rows), ""]
+                  "patch", "feature size", "Swin window", "lr", "ablated terms", "device", "training time"], rows),
+           ""]
     finals = []
     for r in runs:
         if r.history:
@@ -101,6 +112,10 @@ def _runs_section(runs: list[TrainerRun]) -> list[str]:
             finals.append(f"- {r.name} (epoch {last.get('epoch', '?')}): {values or 'no values'}")
     if finals:
         out += ["Last epoch of each run:", "", *finals, ""]
+    chosen = [f"- {r.name}: {postprocessing_statement(r.postprocessing)}" for r in runs if r.postprocessing]
+    if chosen:
+        out += [("Post-processing chosen on each fold's validation cases (`postprocessing.json`, applied by "
+                "`pirl_predict`):"), "", *chosen, ""]
     validation = [(r, r.validation) for r in runs if r.validation and r.validation.get("metrics")]
     if validation:
         keys = sorted({k for _, v in validation for k in v["metrics"]})
