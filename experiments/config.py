@@ -46,8 +46,8 @@ class Budget:
     translate_iters_per_epoch: int = 10  # 100 translation steps
     val_iters: int = 1
     lr_schedule: str = "constant"  # pre-training (lr 2e-4); fine-tuning: finetune_options
-    #: Swin attention window in tokens: 4 tiles the 64^3 patch's token grids, the paper's 7 pads them (3.2x the
-    #: step time on 2 cores; benchmarks/RESULTS.md)
+    #: Swin attention window in tokens: 4 tiles the 64^3 patch's token grids, the paper's 7 pads them (3.3-3.4x
+    #: the CPU time per step; benchmarks/RESULTS.md)
     window_size: int = 4
     seeds: tuple[int, ...] = (12345, 2)  # main rows; ablation rows and the long baseline: the first only
     translation_folds: tuple[int, ...] = (0,)

@@ -38,7 +38,7 @@ class TrainerConfig:
     patch_size: list[int] | None = None  # None -> plans; multiples of 32
     feature_size: int | None = None  # None -> plans; multiple of 12
     #: Swin attention window in tokens; None -> plans (the paper's 7). A 64^3 patch has token grids 32/16/8/4,
-    #: which window 7 pads to 35/21/14 (3.2x the step time of window 4 on 2 CPU cores, benchmarks/RESULTS.md)
+    #: which window 7 pads to 35/21/14 (3.4x the CPU time of window 4 per fine-tuning step, benchmarks/RESULTS.md)
     window_size: int | None = None
     seed: int = 12345
     num_workers: int | None = None  # None -> min(8, CPUs // 2) on CUDA, 0 on the CPU (base_trainer.default_num_workers)
