@@ -45,7 +45,7 @@ FINETUNE_SET = {"seg": ["lr_schedule=poly", "full_modality_share=0.5"], "transla
 #: held-out cases: with 2 the model and the FLAIR threshold read 0.801 vs 0.803, one case each (README)
 TEST_CASES = 8
 #: Swin attention window: 4 tiles the 64^3 patch's token grids (32/16/8/4) exactly, where the paper's 7 pads them
-#: to 35/21/14 and makes every step 3.3-3.4x costlier in CPU time (benchmarks/RESULTS.md, "Attention window")
+#: to 35/21/14 and makes every step 3.3-3.4x costlier in CPU time (benchmarks/RESULTS.md, "Swin attention window")
 WINDOW = 4
 #: the trivial references, scored beside the models (the report compares them): (folder, task, arguments)
 REFERENCES = (("seg_flair_reference_threshold", "seg", ["--kind", "threshold", "--channels", "3"]),
