@@ -32,8 +32,9 @@ class Budget:
     """Sizes and step counts of one experiment run (CPU-feasible by default).
 
     Chosen from the learning curves (``python -m experiments.curves``, experiments/RESULTS.md): at 3 mm one
-    64^3 patch holds the whole brain, a seg step costs ~5 s and a translation step ~8 s on 2 cores. The
-    learning rate is constant, as in the curves, so a run of N steps is the curve's point N.
+    64^3 patch holds the whole brain. At window 4 on 2 cores a BraTS-2015 seg run of 200 steps (2 modalities,
+    whole-volume validation every epoch) takes ~5 min and its 40-step pre-training ~2.5 min (window 7: 23 and
+    14 min). Pre-training runs at a constant lr; fine-tuning decays it (poly, the demo's choice).
     """
 
     spacing: float = 3.0  # mm, isotropic target spacing (pirl_plan_and_preprocess --spacing)

@@ -151,13 +151,18 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
              (f"Spread of the whole-tumour Dice across seeds ({subsets[-1]}, max - min of the seed means): "
               + ", ".join(f"{labels[k]} {v:.3f}" for k, v in spread.items() if k in labels) + "."), ""]
     whole = dice["whole tumour"] if "whole tumour" in dice else mean["Dice"]
-    lines += [f"- {line}" for subset in subsets for line in segmentation_verdicts(whole.loc[subset], labels, subset)]
+    for subset in subsets:
+        spreads = seed_spread(rows[rows["subset"] == subset], "Dice/whole tumour")
+        spreads = {labels[k]: v for k, v in spreads.items() if k in labels}
+        lines += [f"- {line}" for line in segmentation_verdicts(whole.loc[subset], labels, subset, spread=spreads)]
     return lines
 
 
-def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005) -> list[str]:
+def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005,
+                          spread: dict[str, float] | None = None) -> list[str]:
     """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference), and
-    PIRL against the best other model."""
+    PIRL against the best other model: a lead no larger than the seed spread (``spread``: model label -> max -
+    min of its seed means) of either model is "within the seed spread", not a win."""
     refs = [labels[k] for k in SEGMENTATION_REFERENCES if k in labels and labels[k] in scores]
     models = [labels[k] for k in COMPARISON_KEYS if k in labels and labels[k] in scores]
     out = []
@@ -172,7 +177,10 @@ def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str
         pirl, others = scores[labels["pirl"]], scores[[m for m in models if m != labels["pirl"]]]
         if len(others):
             best, diff = others.idxmax(), pirl - others.max()
-            verdict = "no difference" if abs(diff) < tie else ("PIRL wins" if diff > 0 else "PIRL does not win")
+            noise = max((spread or {}).get(labels["pirl"], 0.0), (spread or {}).get(best, 0.0))
+            verdict = "no difference" if abs(diff) < tie else (
+                f"within the seed spread ({noise:.3f}), not evidence" if abs(diff) <= noise else
+                "PIRL wins" if diff > 0 else "PIRL does not win")
             out.append(f"{subset}: PIRL {pirl:.3f} vs best other model ({best}) {others.max():.3f}: {verdict} "
                        f"({diff:+.3f}).")
     return out

@@ -174,3 +174,6 @@ def test_segmentation_verdicts_call_small_differences_ties_and_name_the_best_ref
     assert "no difference (+0.002)" in verdicts[1]
     verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.60, "W": 0.11, "T": 0.3}), labels, "T1c")
     assert "beaten (by > 0.005) by: P 0.700, S 0.600." in verdicts[0] and "PIRL wins (+0.100)" in verdicts[1]
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.68, "W": 0.11, "T": 0.3}), labels, "T1c",
+                                     spread={"P": 0.01, "S": 0.03})
+    assert "within the seed spread (0.030), not evidence (+0.020)" in verdicts[1]
