@@ -280,3 +280,18 @@ def test_models_against_references_table_reads_whole_tumour_and_skips_the_transl
     assert translate.loc["translate_t1_reference_identity", "PSNR"] == 20.0
     text = "\n".join(_comparison_section(folders))
     assert "Models against trivial references" in text and "seg_flair_reference_threshold" in text
+
+
+def test_overview_shows_a_synthesis_in_another_unit_as_it_is_scored():
+    """A perfect synthesis in z-score units beside its reference in scanner units: one grey scale, no
+    difference (the raw window showed it black, with the unit gap as the 'difference')."""
+    from pirl_pipeline.report.overview import Volume, as_scored
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((8, 9, 10), bool)
+    brain[1:7, 2:8, 2:9] = True
+    reference = np.where(brain, rng.uniform(200, 1200, brain.shape), 0.0)
+    zscored = np.where(brain, (reference - reference[brain].mean()) / reference[brain].std(), 0.0)
+    shown_ref, shown_syn = as_scored(Volume(reference, (1, 1, 1)), brain), as_scored(Volume(zscored, (1, 1, 1)), brain)
+    assert shown_ref.array.max() == 1.0 and shown_ref.array.min() == 0.0
+    np.testing.assert_allclose(shown_syn.array, shown_ref.array, atol=1e-12)

@@ -2,7 +2,8 @@
 
 Sections (each skipped, with a note, when its inputs are missing):
 1. every input modality, axial and coronal;
-2. each synthesised modality next to its reference and the difference map (synthesised - reference);
+2. each synthesised modality next to its reference and the difference map (synthesised - reference), both
+   scaled as the translation scores scale them (:func:`as_scored`);
 3. the reference label and each predicted segmentation overlaid on FLAIR.
 
 Slices go through the centre of mass of the tumour (reference label, else the first predicted
@@ -26,6 +27,8 @@ from matplotlib.patches import Patch
 
 from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.metrics import percentile_scale
+from pirl_pipeline.evaluation.translation import reference_mask
 from pirl_pipeline.plots import save_figure
 from pirl_pipeline.report.collect import PredictionFolder, format_value
 
@@ -126,6 +129,13 @@ def window(array: np.ndarray) -> tuple[float, float]:
     low, high = np.percentile(values, [0.5, 99.5])
     low = min(0.0, float(low))
     return low, float(high) if high > low else low + 1.0
+
+
+def as_scored(volume: Volume, brain: np.ndarray) -> Volume:
+    """``volume`` as the translation scores see it: scaled by its own 0.5-99.5 percentiles inside ``brain`` to
+    [0, 1] (``percentile_scale``), 0 outside; a synthesis in z-score units and its reference in scanner units
+    then share one grey scale."""
+    return Volume(np.where(brain, percentile_scale(volume.array, brain), 0.0), volume.spacing)
 
 
 class Panels:
@@ -317,20 +327,21 @@ def draw_overview(path: Path, *, channel_names: list[str], label_names: dict[int
                     panels.show(axes[2 * i + j], v, view, f"{name(c)} {view}", vmin=low, vmax=high)
             result.shown.append("inputs: " + ", ".join(name(c) for c in inputs))
         elif kind == "translation":
-            subfig.suptitle("synthesised modality | reference | difference (synthesised - reference)",
+            subfig.suptitle("synthesised modality | reference | difference (synthesised - reference), each "
+                            "volume scaled by its own 0.5-99.5 percentiles in the brain to [0, 1], as scored",
                             fontsize=10, fontweight="bold")
             axes = subfig.subplots(rows, 6, squeeze=False)
             for r, (pred, c, synth, source) in enumerate(synth_rows):
                 ref = inputs.get(c)
-                low, high = window(ref.array if ref is not None else synth.array)
                 origin = f"from {name(source)}" if source is not None else f"({pred.label})"
                 score = translate_score(pred, case, name(c))
-                diff = None
+                diff, low, high = None, *window(synth.array)
                 if ref is not None:
-                    mask = (ref.array != 0) | (synth.array != 0)
-                    diff_array = np.where(mask, synth.array - ref.array, 0.0)
-                    limit = float(np.percentile(np.abs(diff_array[mask]), 99)) if mask.any() else 1.0
-                    diff = (Volume(diff_array, ref.spacing), max(limit, 1e-6))
+                    # synthesised MRI is in z-score units, the reference in scanner units: one raw window showed
+                    # the synthesis black and the difference as the unit gap; the scores scale each volume alone
+                    brain = reference_mask(np.stack([v.array for v in inputs.values()]))
+                    synth, ref = as_scored(synth, brain), as_scored(ref, brain)
+                    diff, low, high = (Volume(synth.array - ref.array, ref.spacing), 1.0), 0.0, 1.0
                 for j, view in enumerate(("axial", "coronal")):
                     ax_s, ax_r, ax_d = axes[r, 3 * j: 3 * j + 3]
                     panels.show(ax_s, synth, view, f"{name(c)} synthesised {origin}\n{view}"
