@@ -2,11 +2,10 @@
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import parse_dataset_json
+from pirl_pipeline.evaluation.postprocessing import candidates, determine_postprocessing
 from pirl_pipeline.file_io import load_json
 from pirl_pipeline.inference.postprocessing import (
     Postprocessing,
-    candidates,
-    determine_postprocessing,
     keep_largest,
     load_postprocessing,
     save_postprocessing,

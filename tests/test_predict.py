@@ -86,7 +86,7 @@ def test_python_api_arrays_equal_the_file_route(trained, tmp_path):
     shutil.copy(inputs / "lps_0001.nii.gz", tmp_path / "in")
     assert run_predict(["-i", tmp_path / "in", "-o", tmp_path / "out", "-m", folder, "--disable_tta"]) == 0
     from_file, _ = read_array(tmp_path / "out" / "lps.nii.gz", dtype=np.uint8)
-    predictor = PIRLPredictor.from_model_folder(folder, task="seg", mirror=False, postprocess=True)  # as the CLI
+    predictor = PIRLPredictor.from_model_folder(folder, task="seg", mirror=False)  # post-processed, as the CLI
     image = sitk.ReadImage(str(inputs / "lps_0001.nii.gz"))  # FLAIR only: channel 1 of the model
     flair, spacing = sitk.GetArrayFromImage(image)[None], image.GetSpacing()[::-1]
     [result] = predictor.predict_arrays([flair], [spacing], channels=[1])
@@ -103,9 +103,8 @@ def test_prediction_applies_the_postprocessing_its_fold_chose(trained, caplog):
     folder = root / "results" / "Dataset930_TinyPredict" / "PIRLSegTrainer__PIRLPlans__3d_fullres"
     record = load_json(folder / "fold_0" / "postprocessing.json")  # the final validation chose it
     assert record["cases"] and [d["keep_largest"] for d in record["decisions"]] == [[1, 2], [1], [2]]
-    assert PIRLPredictor.from_model_folder(folder, postprocess=True).postprocessing.keep_largest == \
-        record["keep_largest"]
-    predictor = PIRLPredictor.from_model_folder(folder, mirror=False)  # the API's default: none
+    assert PIRLPredictor.from_model_folder(folder).postprocessing.keep_largest == record["keep_largest"]
+    predictor = PIRLPredictor.from_model_folder(folder, mirror=False, postprocess=False)
     assert predictor.postprocessing is None
     image = sitk.ReadImage(str(inputs / "lps_0001.nii.gz"))
     flair, spacing = sitk.GetArrayFromImage(image)[None], image.GetSpacing()[::-1]

@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> None:
     if args.complete_with and not task.predicts_labels:
         raise PirlInputError("--complete_with: only with -t seg (it completes cases for the seg model)")
     options = {"step_size": args.step_size, "mirror": not args.disable_tta}
+    # the raw predictions: the fold's post-processing was chosen on these very validation cases
     predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device, task=args.task,
-                                                **options)
+                                                postprocess=False, **options)
     completer = None
     if args.complete_with:
         completer = PIRLPredictor.from_model_folder(args.complete_with, [args.fold], args.checkpoint, args.device,

@@ -1,11 +1,13 @@
 """nnU-Net's post-processing, decided on a fold's validation cases: keep only the largest connected component
-of the foreground where that raises the validation Dice.
+of the foreground where that raises the validation Dice. This module applies, saves and loads it; the choice
+is ``evaluation/postprocessing.py`` (it scores with the evaluation's metrics).
 
 The final validation of a seg fold (``training/final_validation.py``) predicts its validation cases with all
-modalities, then :func:`determine_postprocessing` compares the mean Dice over the dataset's targets with and
+modalities, then ``determine_postprocessing`` compares the mean Dice over the dataset's targets with and
 without each candidate step and keeps a step only when it helps; the decision, with both Dice values, is
-``postprocessing.json`` in the fold folder. ``pirl_predict`` and ``pirl_evaluate_missing`` apply it
-(:func:`load_postprocessing`; ``--disable_postprocessing`` to switch it off).
+``postprocessing.json`` in the fold folder. ``pirl_predict`` applies it (:func:`load_postprocessing`;
+``--disable_postprocessing`` to switch it off); ``pirl_evaluate_missing``, which scores the very cases the choice
+was made on, does not.
 
 Candidates, in order: the whole foreground (every label > 0: the whole tumour of BraTS), then, for datasets
 with plain labels, each label alone. Regions (BraTS's nested TC/ET) get the foreground step only: removing a
@@ -13,7 +15,6 @@ component of an inner region would leave a hole in the region around it. Removed
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,13 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pirl_pipeline.data.dataset_json import DatasetJson
-from pirl_pipeline.data.image_io import read_array
-from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.file_io import load_json, save_json
 
-log = logging.getLogger("pirl")
 FILE = "postprocessing.json"
 
 
@@ -71,44 +67,6 @@ class Postprocessing:
     def from_dict(cls, d: dict) -> Postprocessing:
         return cls([[int(v) for v in labels] for labels in d.get("keep_largest", [])], d.get("decisions", []),
                    d.get("cases", []))
-
-
-def candidates(dataset_json: DatasetJson) -> list[list[int]]:
-    """Label sets to try, in order: the whole foreground, then each plain label (none with regions)."""
-    foreground = sorted(dataset_json.label_values - {0})
-    singles = [] if dataset_json.has_regions or len(foreground) < 2 else [[v] for v in foreground]
-    return [foreground, *singles]
-
-
-def determine_postprocessing(pairs: dict[str, tuple[Path, Path]], dataset_json: DatasetJson) -> Postprocessing:
-    """Greedy nnU-Net-style choice on ``{case: (prediction file, reference file)}``: a candidate is kept when
-    it raises the mean Dice (over cases and the dataset's targets, empty references skipped) of the
-    predictions post-processed by the steps kept so far."""
-    if not pairs:
-        raise PirlInputError("post-processing needs at least one validation case")
-    loaded = {case: (read_array(pred)[0].astype(np.int16), read_array(ref)[0].astype(np.int16))
-              for case, (pred, ref) in pairs.items()}
-
-    def mean_dice(steps: list[list[int]]) -> float:
-        values = []
-        for pred, ref in loaded.values():
-            metrics = segmentation_metrics(Postprocessing(steps).apply(pred), ref, dataset_json)
-            values += [v for k, v in metrics.items() if k.startswith("Dice/") and np.isfinite(v)]
-        return float(np.mean(values)) if values else float("nan")
-
-    result = Postprocessing(cases=sorted(pairs))
-    current = mean_dice([])
-    for labels in candidates(dataset_json):
-        trial = mean_dice([*result.keep_largest, labels])
-        accepted = bool(np.isfinite(trial) and trial > current)
-        result.decisions.append({"keep_largest": labels, "dice_before": round(current, 6),
-                                 "dice_after": round(trial, 6), "accepted": accepted})
-        log.info("post-processing: largest component of labels %s: mean validation Dice %.4f -> %.4f (%s)",
-                 labels, current, trial, "kept" if accepted else "not kept")
-        if accepted:
-            result.keep_largest.append(labels)
-            current = trial
-    return result
 
 
 def save_postprocessing(postprocessing: Postprocessing, fold_folder: Path) -> Path:

@@ -83,11 +83,11 @@ class PIRLPredictor:
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: list[str] | None = None,
                           checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
-                          fused_attention: bool = True, task: str | None = None, postprocess: bool = False,
+                          fused_attention: bool = True, task: str | None = None, postprocess: bool = True,
                           **kwargs) -> PIRLPredictor:
         """Load ``folder`` (``TRAINER__PIRLPlans__CONFIG``; default: every trained fold). ``task`` ("seg" or
         "translate"), when given, must be the model's. ``postprocess``: apply the steps the folds'
-        ``postprocessing.json`` kept (seg). ``kwargs``: ``step_size``, ``mirror``, ``save_probabilities``,
+        ``postprocessing.json`` kept (seg; as ``pirl_predict`` does, so the default gives the CLI's output). ``kwargs``: ``step_size``, ``mirror``, ``save_probabilities``,
         ``precision``, ``sw_batch_size`` (see ``__init__``)."""
         model = load_model_folder(folder, folds, checkpoint, device, fused_attention)
         if task is not None and task != model.task:

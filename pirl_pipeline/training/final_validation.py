@@ -17,9 +17,10 @@ from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import write_summary
 from pirl_pipeline.evaluation.missing_modalities import translation_matrix, translation_table, write_results
+from pirl_pipeline.evaluation.postprocessing import determine_postprocessing
 from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.inference.model_folder import TrainedModel
-from pirl_pipeline.inference.postprocessing import determine_postprocessing, save_postprocessing
+from pirl_pipeline.inference.postprocessing import save_postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import raw_root
 from pirl_pipeline.tasks import Task
