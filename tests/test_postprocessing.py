@@ -10,7 +10,7 @@ from pirl_pipeline.inference.postprocessing import (
     load_postprocessing,
     save_postprocessing,
 )
-from tests.synthetic import ellipsoid, write_image
+from tests.synthetic import ellipsoid
 
 SHAPE = (20, 24, 22)
 LABELS = parse_dataset_json({"channel_names": {"0": "FLAIR"}, "labels": {"background": 0, "edema": 1, "core": 2},
@@ -24,14 +24,9 @@ def lesion(center, radii=(4, 4, 4)) -> np.ndarray:
     return ellipsoid(SHAPE, center, radii)
 
 
-def write_pairs(tmp_path, predictions, references) -> dict:
-    pairs = {}
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
-        case = f"case_{i}"
-        write_image(pred.astype(np.uint8), tmp_path / "pred" / f"{case}.nii.gz")
-        write_image(ref.astype(np.uint8), tmp_path / "ref" / f"{case}.nii.gz")
-        pairs[case] = (tmp_path / "pred" / f"{case}.nii.gz", tmp_path / "ref" / f"{case}.nii.gz")
-    return pairs
+def pairs_of(predictions, references) -> dict:
+    return {f"case_{i}": (pred.astype(np.int16), ref.astype(np.int16))
+            for i, (pred, ref) in enumerate(zip(predictions, references))}
 
 
 def test_keep_largest_removes_the_other_components_of_the_given_labels_only():
@@ -49,14 +44,14 @@ def test_a_step_is_kept_only_where_it_raises_the_validation_dice(tmp_path):
     ref = lesion((10, 8, 8)).astype(np.int16)
     island = ref.copy()
     island[lesion((10, 19, 17), (2, 2, 2))] = 1  # a false-positive island far from the lesion
-    result = determine_postprocessing(write_pairs(tmp_path / "a", [island, island], [ref, ref]), LABELS)
+    result = determine_postprocessing(pairs_of([island, island], [ref, ref]), LABELS)
     assert result.keep_largest == [[1, 2]] and result.cases == ["case_0", "case_1"]
     first = result.decisions[0]
     assert first["accepted"] and first["dice_after"] > first["dice_before"]
     # two true lesions, both predicted: keeping the largest would delete one, so nothing is kept
     two = ref.copy()
     two[lesion((10, 19, 17), (2, 2, 2))] = 1
-    result = determine_postprocessing(write_pairs(tmp_path / "b", [two], [two]), LABELS)
+    result = determine_postprocessing(pairs_of([two], [two]), LABELS)
     assert result.keep_largest == [] and not any(d["accepted"] for d in result.decisions)
     assert Postprocessing.from_dict(load_json(save_postprocessing(result, tmp_path))).decisions == result.decisions
 

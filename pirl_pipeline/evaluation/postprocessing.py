@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson
-from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.inference.postprocessing import Postprocessing
@@ -23,18 +21,17 @@ def candidates(dataset_json: DatasetJson) -> list[list[int]]:
     return [foreground, *singles]
 
 
-def determine_postprocessing(pairs: dict[str, tuple[Path, Path]], dataset_json: DatasetJson) -> Postprocessing:
-    """Greedy nnU-Net-style choice on ``{case: (prediction file, reference file)}``: a candidate is kept when
-    it raises the mean Dice (over cases and the dataset's targets, empty references skipped) of the
-    predictions post-processed by the steps kept so far."""
+def determine_postprocessing(pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+                             dataset_json: DatasetJson) -> Postprocessing:
+    """Greedy nnU-Net-style choice on ``{case: (predicted labels, reference labels)}`` (z, y, x arrays, as the
+    final validation holds them): a candidate is kept when it raises the mean Dice (over cases and the
+    dataset's targets, empty references skipped) of the predictions post-processed by the steps kept so far."""
     if not pairs:
         raise PirlInputError("post-processing needs at least one validation case")
-    loaded = {case: (read_array(pred)[0].astype(np.int16), read_array(ref)[0].astype(np.int16))
-              for case, (pred, ref) in pairs.items()}
 
     def mean_dice(steps: list[list[int]]) -> float:
         values = []
-        for pred, ref in loaded.values():
+        for pred, ref in pairs.values():
             metrics = segmentation_metrics(Postprocessing(steps).apply(pred), ref, dataset_json)
             values += [v for k, v in metrics.items() if k.startswith("Dice/") and np.isfinite(v)]
         return float(np.mean(values)) if values else float("nan")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -47,15 +48,14 @@ def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_si
         write_results(table, {"translation_psnr": translation_matrix(table, "PSNR"),
                               "translation_ssim": translation_matrix(table, "SSIM")}, out, info)
         return out / "summary.json"
-    rows = {}
+    rows, pairs = {}, {}
     for case in ctx.val_cases:  # all modalities in
         images, geometry = predictor.read_case(case, files[case])
         result = predictor.predict_case(images, geometry)
         predictor.export(case, result, geometry, out, dj.file_ending)
         reference, _ = read_array(raw / "labelsTr" / f"{case}{dj.file_ending}")
-        rows[case] = segmentation_metrics(result.segmentation, reference.astype(int), dj)
+        pairs[case] = (result.segmentation.astype(np.int16), reference.astype(np.int16))
+        rows[case] = segmentation_metrics(*pairs[case], dj)
     write_summary(pd.DataFrame.from_dict(rows, orient="index"), out / "summary.json", info)
-    pairs = {case: (out / f"{case}{dj.file_ending}", raw / "labelsTr" / f"{case}{dj.file_ending}")
-             for case in ctx.val_cases}
     save_postprocessing(determine_postprocessing(pairs, dj), ctx.output_folder)
     return out / "summary.json"
