@@ -6,10 +6,11 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from experiments import data
 from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
-from experiments.report import segmentation_verdicts, settings_run, write_report
+from experiments.report import finetune_curves_section, segmentation_verdicts, settings_run, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
 from pirl_pipeline.data.dataset_json import load_dataset_json
@@ -140,6 +141,25 @@ def test_report_tables_and_verdicts_come_from_the_numbers(tmp_path):
     for png in ("table10_translation_psnr.png", "table8_seg_dice.png", "table7_ablation_ssim.png"):
         assert (out / "results" / png).stat().st_size > 1000
     assert "| **total** | **2.0** |" in report
+
+
+def test_finetune_curves_average_folds_and_seeds_per_epoch(tmp_path):
+    layout = Experiment(FULL, tmp_path)
+    for run, fold, values in (("pirl", 0, [0.5, 0.6, 0.7, 0.9]), ("pirl_seed2", 1, [0.3, 0.4, 0.5, 0.7]),
+                              ("swin_scratch", 0, [0.6, 0.6, 0.6, 0.5])):
+        trainer = "SwinUNETRSegTrainer" if run.startswith("swin") else "PIRLSegTrainer"
+        folder = layout.fold_folder(run, "seg", trainer, fold)
+        folder.mkdir(parents=True)
+        history = [{"epoch": e, "val/volume_dice_label_1": 0.0, "val/volume_dice_whole_tumour": v}
+                   for e, v in enumerate(values)]
+        torch.save({"config": {"iters_per_epoch": 5}, "history": history}, folder / "checkpoint_final.pth")
+    lines = finetune_curves_section(tmp_path, "seg")
+    assert "| PIRL pre-train -> fine-tune | 0.400 | 0.500 | 0.600 | 0.800 | 20 | 2 |" in "\n".join(lines)
+    assert ("- PIRL pre-train -> fine-tune: 0.400 after epoch 1, 0.500 after epoch 2, 0.800 after epoch 4 of 20 "
+            "steps (+0.300 over the second half).") in lines
+    assert any(line.startswith("- SwinUNETR from scratch: 0.600 after epoch 1") and "(-0.100 " in line
+               for line in lines)
+    assert finetune_curves_section(tmp_path, "seg2") == []
 
 
 def test_report_without_results_says_not_run(tmp_path):
