@@ -3,6 +3,7 @@ has them."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -240,3 +241,17 @@ def test_surface_metrics_on_the_bounding_box_equal_monai_on_the_full_grid():
     assert hd95(pred, ref, spacing) == pytest.approx(float(expected), rel=1e-6)
     expected = compute_surface_dice(*full, [2.0], include_background=True, spacing=list(spacing))
     assert surface_dice(pred, ref, spacing, 2.0) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_read_only_inputs_are_scored_without_a_torch_warning():
+    """Memory-mapped (read-only) volumes: torch warns that a tensor over them is undefined behaviour."""
+    rng = np.random.default_rng(0)
+    ref = rng.random((8, 8, 8))
+    pred = ref + 0.1
+    frozen = [a.copy() for a in (pred, ref)]
+    for a in frozen:
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert psnr(*frozen) == pytest.approx(psnr(pred, ref))
+        assert nmse(*frozen) == pytest.approx(nmse(pred, ref))

@@ -112,7 +112,12 @@ CONVENTIONS = {
 
 
 def _tensor(x: Array) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    """``x`` as a tensor sharing its memory; a read-only array (memory-mapped file) is copied first, since a
+    tensor over read-only memory is undefined behaviour in torch."""
+    if isinstance(x, torch.Tensor):
+        return x
+    x = np.asarray(x)
+    return torch.as_tensor(x if x.flags.writeable else x.copy())
 
 
 def _bool_array(x: Array) -> np.ndarray:
