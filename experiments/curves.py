@@ -7,7 +7,7 @@ whole brain (3 mm, feature_size 12, batch 1), and validates on whole volumes aft
 - ``demo_seg`` / ``demo_translate``: the demo dataset (Dataset500_DemoBrain, 8 training cases, fold 0);
 - ``brats2015_seg``: the four expert-labelled BraTS-2015 FLAIR + T1c cases (fold 0: 2 train / 2 validate).
 
-Each run is a stage of the experiments' runner (logged, timed, skipped when done). The curves (CSV + PNG)
+Each run is a stage of the experiments' runner (logged, timed, skipped when done). ``finetune_curves_section``: the same reading for the experiments' own fine-tunings (RESULTS.md). The curves (CSV + PNG)
 come from the checkpoints' own history. The budget is where a curve flattens or where the run reaches its
 time ceiling; the validation cases of these runs are only used to read the curves, never to pick a model
 for the tables.
@@ -25,10 +25,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments import data
+from experiments.config import COMPARISON, PARTS, Budget, model_of_run
 from experiments.stages import StageRunner
+from experiments.tables import model_labels, to_markdown
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.paths import fold_folder, model_folder
+from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +124,55 @@ def plot(table: pd.DataFrame, curves: list[Curve], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
+    """Whole-volume validation after every epoch of the part's compared fine-tunings (checkpoint history):
+    one row per (model, seed, fold, epoch) with its ``steps`` and ``value`` = the first whole-volume metric of
+    the task (the whole tumour's Dice, else the first label's; PSNR for translation)."""
+    from experiments.run import Experiment  # the one owner of the results-folder layout
+
+    layout, task, rows = Experiment(Budget(), work), PARTS[part][1], []
+    for run in sorted(p.name for p in (work / "results").iterdir()) if (work / "results").is_dir() else []:
+        model = next((m for m in COMPARISON if m.key == model_of_run(run)[0]), None)
+        for fold in range(8) if model is not None else []:
+            path = layout.fold_folder(run, part, model.trainer(task), fold) / "checkpoint_final.pth"
+            if not path.is_file():
+                continue
+            meta = load_checkpoint_meta(path)
+            iters = (meta.get("config") or {}).get("iters_per_epoch")
+            for record in meta.get("history") or []:
+                keys = ["val/volume_psnr"] if task == "translate" else [
+                    "val/volume_dice_whole_tumour", *sorted(k for k in record if k.startswith("val/volume_dice_"))]
+                key = next((k for k in keys if record.get(k) is not None), None)
+                if key is not None and iters:
+                    rows.append({"model": model.key, "seed": model_of_run(run)[1], "fold": fold,
+                                 "epoch": record["epoch"] + 1, "steps": (record["epoch"] + 1) * iters,
+                                 "metric": key, "value": record[key]})
+    return pd.DataFrame(rows)
+
+
+def finetune_curves_section(work: Path, part: str) -> list[str]:
+    """Did the fine-tunings flatten within the budget? Mean whole-volume validation per model after every
+    epoch (over folds and seeds), and the change over the second half of the run."""
+    rows = finetune_curve_rows(work, part)
+    if rows.empty:
+        return []
+    labels = model_labels()
+    view = rows.pivot_table(index="model", columns="epoch", values="value", aggfunc="mean", sort=False)
+    steps = rows.groupby("model", sort=False)["steps"].max()
+    runs = rows.groupby("model", sort=False)[["seed", "fold"]].apply(lambda g: len(g.drop_duplicates()))
+    mid, last = view.columns[len(view.columns) // 2 - 1], view.columns[-1]
+    metric = rows["metric"].iloc[0].removeprefix("val/")
+    lines = [(f"Validation during the fine-tunings: {metric} on the fold's whole held-out volumes after every "
+              "epoch (columns: epochs; the trainer's `val_volumes` on the preprocessed grid), mean over folds and "
+              "seeds; read only, never used to pick a checkpoint:"), "",
+             to_markdown(view.assign(steps=steps, runs=runs).rename(index=labels), 3), ""]
+    for model, values in view.iterrows():
+        lines.append(f"- {labels[model]}: {values.iloc[0]:.3f} after epoch 1, {values[mid]:.3f} after epoch {mid}, "
+                     f"{values[last]:.3f} after epoch {last} of {steps[model]} steps "
+                     f"({values[last] - values[mid]:+.3f} over the second half).")
+    return [*lines, ""]
 
 
 def build_parser() -> argparse.ArgumentParser:

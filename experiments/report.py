@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, PARTS, Budget, ablation_model, model_of_run
+from experiments.config import COMPARISON, PARTS, Budget, ablation_model
+from experiments.curves import finetune_curves_section
 from experiments.tables import (
     ablation_table,
     load_per_case,
@@ -156,55 +157,6 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
         spreads = {labels[k]: v for k, v in spreads.items() if k in labels}
         lines += [f"- {line}" for line in segmentation_verdicts(whole.loc[subset], labels, subset, spread=spreads)]
     return [*lines, "", *finetune_curves_section(work, part)]
-
-
-def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
-    """Whole-volume validation after every epoch of the part's compared fine-tunings (checkpoint history):
-    one row per (model, seed, fold, epoch) with its ``steps`` and ``value`` = the first whole-volume metric of
-    the task (the whole tumour's Dice, else the first label's; PSNR for translation)."""
-    from experiments.run import Experiment  # the one owner of the results-folder layout
-
-    layout, task, rows = Experiment(Budget(), work), PARTS[part][1], []
-    for run in sorted(p.name for p in (work / "results").iterdir()) if (work / "results").is_dir() else []:
-        model = next((m for m in COMPARISON if m.key == model_of_run(run)[0]), None)
-        for fold in range(8) if model is not None else []:
-            path = layout.fold_folder(run, part, model.trainer(task), fold) / "checkpoint_final.pth"
-            if not path.is_file():
-                continue
-            meta = load_checkpoint_meta(path)
-            iters = (meta.get("config") or {}).get("iters_per_epoch")
-            for record in meta.get("history") or []:
-                keys = ["val/volume_psnr"] if task == "translate" else [
-                    "val/volume_dice_whole_tumour", *sorted(k for k in record if k.startswith("val/volume_dice_"))]
-                key = next((k for k in keys if record.get(k) is not None), None)
-                if key is not None and iters:
-                    rows.append({"model": model.key, "seed": model_of_run(run)[1], "fold": fold,
-                                 "epoch": record["epoch"] + 1, "steps": (record["epoch"] + 1) * iters,
-                                 "metric": key, "value": record[key]})
-    return pd.DataFrame(rows)
-
-
-def finetune_curves_section(work: Path, part: str) -> list[str]:
-    """Did the fine-tunings flatten within the budget? Mean whole-volume validation per model after every
-    epoch (over folds and seeds), and the change over the second half of the run."""
-    rows = finetune_curve_rows(work, part)
-    if rows.empty:
-        return []
-    labels = model_labels()
-    view = rows.pivot_table(index="model", columns="epoch", values="value", aggfunc="mean", sort=False)
-    steps = rows.groupby("model", sort=False)["steps"].max()
-    runs = rows.groupby("model", sort=False)[["seed", "fold"]].apply(lambda g: len(g.drop_duplicates()))
-    mid, last = view.columns[len(view.columns) // 2 - 1], view.columns[-1]
-    metric = rows["metric"].iloc[0].removeprefix("val/")
-    lines = [(f"Validation during the fine-tunings: {metric} on the fold's whole held-out volumes after every "
-              "epoch (columns: epochs; the trainer's `val_volumes` on the preprocessed grid), mean over folds and "
-              "seeds; read only, never used to pick a checkpoint:"), "",
-             to_markdown(view.assign(steps=steps, runs=runs).rename(index=labels), 3), ""]
-    for model, values in view.iterrows():
-        lines.append(f"- {labels[model]}: {values.iloc[0]:.3f} after epoch 1, {values[mid]:.3f} after epoch {mid}, "
-                     f"{values[last]:.3f} after epoch {last} of {steps[model]} steps "
-                     f"({values[last] - values[mid]:+.3f} over the second half).")
-    return [*lines, ""]
 
 
 def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005,

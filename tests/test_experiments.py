@@ -10,7 +10,8 @@ import torch
 
 from experiments import data
 from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
-from experiments.report import finetune_curves_section, segmentation_verdicts, settings_run, write_report
+from experiments.curves import finetune_curves_section
+from experiments.report import segmentation_verdicts, settings_run, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
 from pirl_pipeline.data.dataset_json import load_dataset_json
