@@ -11,7 +11,6 @@ import torch
 from monai.metrics import (
     PSNRMetric,
     compute_dice,
-    compute_hausdorff_distance,
     compute_surface_dice,
     get_confusion_matrix,
 )
@@ -217,30 +216,58 @@ def test_empty_reference_policies_and_case_detection():
 
 
 def test_surface_metrics_by_hand():
+    """Single voxels: a voxel's surface is 8 surfels at its corners, all of the same area (marching cubes: one
+    corner cut off per 2x2x2 neighbourhood, its area the same up to signs whatever the spacing)."""
     a, b = np.zeros((6, 6, 8), bool), np.zeros((6, 6, 8), bool)
     a[2, 2, 1], b[2, 2, 4] = True, True  # 3 voxels apart along the last axis, spacing 0.5 mm there
     spacing = (2.0, 1.0, 0.5)
+    # a's corners lie at x = 0.5 and 1.5 (voxel units), b's at 3.5 and 4.5: each direction has 4 surfels at
+    # 2 x 0.5 = 1.0 mm and 4 at 1.5 mm. HD95: half the area lies within 1.0 mm (< 95 %), all within 1.5 mm.
     assert hd95(a, b, spacing) == pytest.approx(1.5)
-    assert surface_dice(a, b, spacing, tolerance_mm=1.0) == 0.0 and surface_dice(a, b, spacing, 1.5) == 1.0
-    b[2, 2, 1] = True  # b = {1, 4}; a's edge is at 0 from b, b's voxel 4 at 1.5 mm from a
-    assert surface_dice(a, b, spacing, 1.0) == pytest.approx(2 / 3)
+    # NSD at 1 mm: 8 of the 16 equal surfels. The edge-voxel definition (voxel centres 1.5 mm apart) gave 0.
+    assert surface_dice(a, b, spacing, tolerance_mm=1.0) == pytest.approx(0.5)
+    assert surface_dice(a, b, spacing, 0.9) == 0.0 and surface_dice(a, b, spacing, 1.5) == 1.0
+    b[2, 2, 1] = True  # b = {1, 4}: a's 8 surfels and b's 8 around voxel 1 at 0, b's 8 around voxel 4 as above
+    assert surface_dice(a, b, spacing, 1.0) == pytest.approx((8 + 8 + 4) / 24)  # edge voxels: 2/3
+    assert hd95(a, b, spacing) == pytest.approx(1.5)  # b -> a: 4/16 of the area at 1.5 mm (> 5 %)
     empty = np.zeros_like(a)
-    assert hd95(empty, empty, spacing) == 0.0 and surface_dice(empty, empty, spacing) == 1.0
+    assert hd95(empty, empty, spacing) == 0.0 and math.isnan(surface_dice(empty, empty, spacing))  # NSD 0/0
     assert hd95(a, empty, spacing) == HD95_PENALTY_MM and surface_dice(empty, a, spacing) == 0.0
 
 
+def test_hd95_weights_surfels_by_area_on_an_anisotropic_grid():
+    """A 10 x 10 x 10 mm cube on a 2 x 2 x 0.2 mm grid (5 x 5 x 50 voxels); the prediction has one more
+    0.2 mm layer on its +x face. Every surface point of the prediction coincides with one of the reference
+    except those of its +x face (at x + 1 voxel), which lie exactly 0.2 mm from the reference's +x face; the
+    reference's points are all within 0.2 mm of the prediction's surface. So each directed distance is 0 or
+    0.2 mm, and HD95 = 0.2 mm as soon as the +x face holds more than 5 % of the prediction's surface AREA: it
+    holds 100 of about 600 mm^2 (~17 %; marching cubes bevels the box's edges a little). Counted in edge
+    voxels instead (the earlier definition), the face is 25 of 834 voxels (3 %) and ref -> pred 9 of 818
+    (1 %): the 95th percentile was 0."""
+    spacing = (2.0, 2.0, 0.2)
+    ref = np.zeros((9, 9, 56), bool)
+    ref[2:7, 2:7, 2:52] = True
+    pred = ref.copy()
+    pred[2:7, 2:7, 52] = True
+    assert hd95(pred, ref, spacing) == pytest.approx(0.2, abs=1e-6)
+    assert hd95(ref, pred, spacing) == pytest.approx(0.2, abs=1e-6)  # symmetric
+    assert hd95(pred, ref, (2.0, 2.0, 0.5)) == pytest.approx(0.5, abs=1e-6)  # the spacing of the axis counts
+
+
 @pytest.mark.filterwarnings("ignore:.*always_return_as_numpy")  # MONAI 1.6 warns about its own call
-def test_surface_metrics_on_the_bounding_box_equal_monai_on_the_full_grid():
+def test_surface_metrics_on_the_bounding_box_equal_those_on_the_full_grid():
     rng = np.random.default_rng(6)
     ref = np.zeros((40, 42, 44), bool)
     ref[8:20, 10:25, 12:30] = True
+    ref[0:3, 0:4, 40:44] = True  # touches the grid's border: the box is padded there, as on a larger grid
     pred = np.roll(ref, 2, axis=0) & (rng.random(ref.shape) > 0.1)
     spacing = (1.5, 1.0, 0.8)
     full = [torch.as_tensor(x)[None, None] for x in (pred, ref)]
-    expected = compute_hausdorff_distance(*full, include_background=True, percentile=95, spacing=list(spacing))
-    assert hd95(pred, ref, spacing) == pytest.approx(float(expected), rel=1e-6)
-    expected = compute_surface_dice(*full, [2.0], include_background=True, spacing=list(spacing))
+    expected = compute_surface_dice(*full, [2.0], include_background=True, spacing=list(spacing), use_subvoxels=True)
     assert surface_dice(pred, ref, spacing, 2.0) == pytest.approx(float(expected), rel=1e-6)
+    padded = [np.pad(x, 3) for x in (pred, ref)]
+    assert hd95(*padded, spacing) == hd95(pred, ref, spacing)
+    assert surface_dice(*padded, spacing, 2.0) == surface_dice(pred, ref, spacing, 2.0)
 
 
 def test_read_only_inputs_are_scored_without_a_torch_warning():
