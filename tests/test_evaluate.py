@@ -105,8 +105,9 @@ def test_seg_cli_writes_summary(brats, tmp_path, run_cli):
     # case1 has no ET in either: Dice 1, TPR undefined (null), not counted in the TPR mean
     assert summary["per_case"][1]["metrics"]["ET"] == {
         "Dice": 1.0, "TPR": None, "TNR": 1.0, "FNR": None, "FPR": 0.0, "CaseTPR": None, "CaseTNR": 1.0,
-        "HD95": 0.0, "NSD": 1.0, "LesionDice": 1.0, "LesionHD95": 0.0}
+        "HD95": 0.0, "NSD": None, "LesionDice": 1.0, "LesionHD95": 0.0}  # NSD undefined without a surface
     assert summary["count"]["ET"]["TPR"] == 2 and summary["mean"]["ET"]["TPR"] == pytest.approx(0.5)
+    assert summary["count"]["ET"]["NSD"] == 2 and summary["count"]["ET"]["HD95"] == 3
     # case2 predicted nothing: whole tumour (80 mm^3, above the 50 mm^3 lesion threshold) missed
     wt = summary["per_case"][2]["metrics"]["whole tumor"]
     assert (wt["CaseTPR"], wt["HD95"], wt["NSD"], wt["LesionDice"], wt["LesionHD95"]) == (0.0, 374.0, 0.0, 0.0, 374.0)
@@ -309,3 +310,155 @@ def test_translation_table_scores_the_pairs_a_case_has():
     pairs = list(zip(table["source"], table["target"]))
     assert pairs == [("T1", "T2"), ("T1", "FLAIR"), ("T2", "T1"), ("T2", "FLAIR"), ("FLAIR", "T1"), ("FLAIR", "T2")]
     assert (table["NMSE_raw"] == 0).all()
+
+
+def test_small_et_postprocessing_is_scored_beside_the_raw_et():
+    """RFNet/DeMoSeg: a predicted ET under the threshold becomes NCR; 'ET (post-processed)' is scored on that map,
+    the raw ET and whole tumour / tumour core stay as predicted."""
+    ref = np.zeros((10, 12, 14), np.uint8)
+    ref[2:6, 3:8, 4:9] = 2
+    ref[3:5, 4:6, 5:7] = 1  # NCR, no ET in the reference
+    pred = ref.copy()
+    pred[3:5, 4:6, 5] = 3  # 4 voxels of spurious ET (8 mm^3 at 1 x 1 x 2 mm)
+    spacing = (1.0, 1.0, 2.0)
+    options = SegmentationOptions(small_et_voxels=500)
+    m = segmentation_metrics(pred, ref, BRATS, spacing=spacing, options=options)
+    raw = segmentation_metrics(pred, ref, BRATS, spacing=spacing)
+    assert m["Dice/ET"] == raw["Dice/ET"] == 0.0 and m["HD95/ET"] == HD95_PENALTY_MM
+    assert m["Dice/ET (post-processed)"] == 1.0 and m["HD95/ET (post-processed)"] == 0.0
+    assert m["Dice/enhancing tumor (post-processed)"] == 1.0 and m["Dice/enhancing tumor"] == 0.0
+    assert {k: v for k, v in m.items() if "post-processed" not in k} == raw
+    assert "Dice/NCR (post-processed)" not in m and "Dice/tumor core (post-processed)" not in m
+    # the threshold decides: 4 voxels are not fewer than 4; 8 mm^3 is less than 9 mm^3, not less than 8
+    for small_et, relabelled in ((SegmentationOptions(small_et_voxels=4), False),
+                                 (SegmentationOptions(small_et_voxels=5), True),
+                                 (SegmentationOptions(small_et_mm3=8.0), False),
+                                 (SegmentationOptions(small_et_mm3=9.0), True)):
+        got = segmentation_metrics(pred, ref, BRATS, spacing=spacing, options=small_et)["Dice/ET (post-processed)"]
+        assert got == (1.0 if relabelled else 0.0), small_et
+    with pytest.raises(ValueError, match="small_et_mm3 9.0: needs the voxel spacing"):
+        segmentation_metrics(pred, ref, BRATS, options=SegmentationOptions(small_et_mm3=9.0))
+    plain = DatasetJson({"0": "CT"}, {"background": 0, "lesion": 1}, 1)
+    with pytest.raises(ValueError, match="labels named ET and NCR"):
+        SegmentationOptions(small_et_voxels=500).resolved(plain)
+    with pytest.raises(ValueError, match="not both"):
+        SegmentationOptions(small_et_voxels=500, small_et_mm3=500.0)
+
+
+def test_small_et_cli(brats, tmp_path, run_cli, pirl_raw):
+    ref, pred = tmp_path / "labelsTs", tmp_path / "pred"
+    no_et = labels(0)
+    no_et[no_et == 3] = 1
+    write_image(labels(0), ref / "case0.nii.gz")
+    write_image(no_et, ref / "case1.nii.gz")  # no ET in the reference of case1
+    for i in range(2):
+        write_image(labels(0), pred / f"case{i}.nii.gz")  # 4 voxels of ET predicted in both
+    base = ["-ref", ref, "-pred", pred, "-d", 501, "-t", "seg", "-np", 1]
+    code, err = run_cli(main, [*base, "--small_et_voxels"])  # RFNet's 500 voxels
+    assert code == 0, err
+    summary = json.loads((pred / "summary.json").read_text())
+    assert summary["segmentation_options"]["small_et_voxels"] == 500
+    assert "post-processed" in summary["metric_conventions"] and "Dice" in summary["metric_conventions"]
+    # case0: a correct 4-voxel ET removed by the post-processing; case1: a false one removed
+    assert [c["metrics"]["ET"]["Dice"] for c in summary["per_case"]] == [1.0, 0.0]
+    assert [c["metrics"]["ET (post-processed)"]["Dice"] for c in summary["per_case"]] == [0.0, 1.0]
+    assert summary["mean"]["whole tumor"]["Dice"] == 1.0 and "whole tumor (post-processed)" not in summary["mean"]
+    table = pd.read_csv(pred / "summary.csv", index_col="case")
+    assert list(table["Dice/enhancing tumor (post-processed)"]) == [0.0, 1.0]
+    DatasetJson(MRI4, {"background": 0, "lesion": 1, "other": 2, "third": 3}, 2).save(pirl_raw / "plain")
+    assert "labels named ET and NCR" in error_of(run_cli, ["-ref", ref, "-pred", pred, "-dj", pirl_raw / "plain",
+                                                           "-t", "seg", "-np", 1, "--small_et_voxels", 10])
+    assert "--small_et_mm3: small_et_mm3 -1.0" in error_of(run_cli, [*base, "--small_et_mm3", -1])
+    assert "only with -t seg" in error_of(run_cli, [*base[:6], "-t", "translate", "--small_et_voxels"])
+
+
+def test_brasyn_ssim_on_arrays():
+    """BraSyn's scaling (whole-volume 0.5/99.5 percentiles, lower one floored at 0) and SSIM inside and outside
+    the tumour of the masked volumes."""
+    from pirl_pipeline.evaluation.translation import brasyn_scale, brasyn_ssim
+
+    ramp = np.arange(-10.0, 190.0).reshape(5, 5, 8)
+    lo, hi = np.percentile(ramp, [0.5, 99.5])
+    assert lo < 0  # BraSyn floors it at 0 (strictlyPositive): negative voxels become 0
+    np.testing.assert_allclose(brasyn_scale(ramp), np.clip(ramp / hi, 0, 1))
+    rng = np.random.default_rng(0)
+    shape = (24, 26, 28)
+    ref = np.zeros(shape)
+    ref[3:21, 3:23, 3:25] = rng.random((18, 20, 22)) * 100 + 50
+    tumor = np.zeros(shape, bool)
+    tumor[8:16, 9:17, 9:19] = True
+    same = brasyn_ssim(ref * 3 + 0, ref, tumor)  # a gain: undone by the per-volume scaling
+    assert same == {"BraSyn_SSIM_tumor": pytest.approx(1.0), "BraSyn_SSIM_non_tumor": pytest.approx(1.0)}
+    wrong = ref.copy()
+    wrong[tumor] = rng.random(int(tumor.sum())) * 100 + 50  # the tumour synthesised wrongly, the rest right
+    scores = brasyn_ssim(wrong, ref, tumor)
+    assert scores["BraSyn_SSIM_tumor"] < 0.8 and scores["BraSyn_SSIM_non_tumor"] > 0.99
+    # the same numbers as pirl's SSIM on the masked, scaled volumes (data range: the larger of the two)
+    p, r = brasyn_scale(wrong) * tumor, brasyn_scale(ref) * tumor
+    assert scores["BraSyn_SSIM_tumor"] == pytest.approx(ssim(p, r, tumor, max(np.ptp(p), np.ptp(r))))
+    assert math.isnan(brasyn_ssim(wrong, ref, np.zeros(shape, bool))["BraSyn_SSIM_tumor"])  # no tumour
+
+
+def test_brasyn_cli_needs_labels(brats, tmp_path, run_cli):
+    ref, pred, arrays, body = write_translation(tmp_path, shift=2.0)
+    labels_dir = tmp_path / "labelsTs"
+    tumor = np.zeros(body.shape, np.uint8)
+    tumor[5:9, 5:10, 5:10] = 3
+    write_image(tumor, labels_dir / "a.nii.gz")
+    base = ["-ref", ref, "-pred", pred, "-d", 501, "-t", "translate", "-np", 1]
+    err = error_of(run_cli, [*base, "--brasyn", labels_dir])
+    assert f"{labels_dir / 'b.nii.gz'}: no label map for the BraSyn tumour / non-tumour SSIM" in err
+    assert not (pred / "summary.json").exists()
+    write_image(tumor, labels_dir / "b.nii.gz")
+    code, err = run_cli(main, [*base, "--brasyn", labels_dir])
+    assert code == 0, err
+    summary = json.loads((pred / "summary.json").read_text())
+    t2 = summary["per_case"][0]["metrics"]["T2"]
+    from pirl_pipeline.evaluation.translation import brasyn_ssim
+
+    expected = brasyn_ssim(np.where(body, arrays["a"][2] + 2, 0), arrays["a"][2], tumor > 0)
+    assert t2["BraSyn_SSIM_tumor"] == pytest.approx(expected["BraSyn_SSIM_tumor"], rel=1e-5)
+    assert t2["BraSyn_SSIM_non_tumor"] == pytest.approx(expected["BraSyn_SSIM_non_tumor"], rel=1e-5)
+    assert t2["PSNR"] > 100  # the default scale-free metrics stay
+    assert "BraSyn" in summary["metric_conventions"]["BraSyn_SSIM_tumor"] and "PSNR" in summary["metric_conventions"]
+    assert summary["brasyn_labels"] == str(labels_dir.resolve())
+    assert "--brasyn: only with -t translate" in error_of(run_cli, [*base[:6], "-t", "seg", "--brasyn", labels_dir])
+
+
+def test_missing_modality_table_has_hd95_sensitivity_specificity(tmp_path):
+    """pirl_evaluate_missing's table: Dice, HD95 (mm, the reference's spacing), sensitivity and specificity per
+    subset, one matrix each; the numbers of segmentation_metrics (pirl_evaluate)."""
+    from types import SimpleNamespace
+
+    from pirl_pipeline.evaluation.missing_modalities import segmentation_matrices, segmentation_table
+
+    ref = np.zeros((10, 12, 14), np.uint8)
+    ref[2:6, 3:8, 4:9] = 2
+    write_image(ref, tmp_path / "x.nii.gz", spacing=(2.0, 1.0, 1.0))  # x (the last array axis): 2 mm
+    shifted = np.roll(ref, 1, axis=2)
+
+    class Predictor:
+        num_modalities = 2
+        model = SimpleNamespace(dataset_json=BRATS)
+
+        def read_case(self, case, files):
+            return {c: np.ones(ref.shape, np.float32) for c in files}, None
+
+        def predict_case(self, available, geometry):  # T1 finds the oedema one voxel off; T1ce alone finds nothing
+            return SimpleNamespace(segmentation=shifted if 0 in available else np.zeros_like(ref))
+
+    table = segmentation_table(Predictor(), {"x": {0: "x_0000", 1: "x_0001"}}, {"x": tmp_path / "x.nii.gz"})
+    assert list(table["subset"]) == ["T1", "T1ce", "T1+T1ce"]
+    matrices = segmentation_matrices(table)
+    assert list(matrices) == ["missing_modalities_dice", "missing_modalities_hd95", "missing_modalities_sensitivity",
+                              "missing_modalities_specificity"]
+    assert list(matrices["missing_modalities_hd95"]["ED"]) == [2.0, HD95_PENALTY_MM, 2.0]
+    assert list(matrices["missing_modalities_sensitivity"]["ED"]) == [0.8, 0.0, 0.8]
+    tnr = 1 - 20 / (ref.size - 100)  # 20 false-positive voxels among the background ones
+    assert matrices["missing_modalities_specificity"].loc["T1", "ED"] == pytest.approx(tnr)
+    expected = segmentation_metrics(shifted, ref, BRATS, spacing=(1.0, 1.0, 2.0))
+    assert table.iloc[0]["NSD/whole tumor"] == pytest.approx(expected["NSD/whole tumor"])
+    cheap = segmentation_table(Predictor(), {"x": {0: "x_0000", 1: "x_0001"}}, {"x": tmp_path / "x.nii.gz"},
+                               options=SegmentationOptions(distance_metrics=False, small_et_voxels=500))
+    assert "missing_modalities_hd95" not in segmentation_matrices(cheap)
+    assert "ET (post-processed)" in segmentation_matrices(cheap)["missing_modalities_dice"].columns

@@ -11,6 +11,7 @@ from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.train import main as train_main
 from pirl_pipeline.data.image_io import read_array
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from tests.synthetic import make_case, write_image, write_raw_dataset
 
@@ -98,6 +99,29 @@ def test_evaluate_missing_complete_with(models, tmp_path, monkeypatch):
     assert list(completed.columns) == list(direct.columns)
     pd.testing.assert_series_equal(completed.loc["T1+FLAIR"], direct.loc["T1+FLAIR"])
     assert (out / "missing_modalities_dice_completed.png").is_file()
+    # HD95, sensitivity and specificity per subset beside Dice (RFNet / DeMoSeg tables), for both routes
+    for metric, column in (("hd95", "HD95"), ("sensitivity", "TPR"), ("specificity", "TNR")):
+        for suffix in ("", "_completed"):
+            matrix = pd.read_csv(out / f"missing_modalities_{metric}{suffix}.csv", index_col=0)
+            rows = table[table["path"] == ("completed" if suffix else "direct")]
+            assert list(matrix.index) == ["T1", "FLAIR", "T1+FLAIR"]
+            np.testing.assert_allclose(matrix.to_numpy(), rows[[c for c in rows if c.startswith(f"{column}/")]])
+    assert (pd.read_csv(out / "missing_modalities_hd95.csv", index_col=0) >= 0).all().all()
+
+
+def test_device_defaults_like_the_other_commands():
+    """-device: cuda when available, as pirl_predict and pirl_train; cuda named without one is a clear error."""
+    import torch
+
+    from pirl_pipeline.cli.common import resolve_device
+    from pirl_pipeline.cli.evaluate_missing import build_parser
+
+    assert build_parser().parse_args(["-d", "1", "-t", "seg"]).device is None
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(PirlInputError, match="-device cuda: no CUDA device is available"):
+            resolve_device("cuda")
 
 
 def test_complete_with_only_for_seg(models, tmp_path, capsys):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pirl_pipeline.cli.plan_and_preprocess import main
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
 from plans.plans_manager import Plans
 from tests.synthetic import make_case, write_image, write_raw_dataset
@@ -294,3 +295,49 @@ def test_incomplete_case_warnings_name_the_channels_it_has(roots, caplog):
     assert fingerprint["warnings"] == {
         "channel 1 (T1ce) is constant inside the non-zero region (std 0: it normalises to 0)": ["case001"]}
     assert fingerprint["channels_per_case"] == [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_published_split_file_is_checked_and_used(roots, capsys, tmp_path):
+    """--split_file: nnU-Net's splits_final.json layout or one fold; a bad file is one line naming it, before any
+    work; a good one becomes splits_final.json, which pirl_train's fold selection reads back."""
+    from pirl_pipeline.splits import load_or_create_splits
+
+    raw, pre = roots
+    write_raw_dataset(raw, 907, name="Published", num_cases=4)
+    out = pre / "Dataset907_Published"
+    bad = {"unknown": ({"train": ["case000", "caseXYZ"], "val": ["case001"]},
+                       "fold 0: 1 case(s) in 'train' not in the dataset: caseXYZ"),
+           "overlap": ([{"train": ["case000", "case001"], "val": ["case001"]}],
+                       "fold 0: 1 case(s) both in 'train' and 'val': case001"),
+           "empty": ([{"train": ["case000"], "val": ["case001"]}, {"train": ["case001"], "val": []}],
+                     "fold 1: 'val' is empty"),
+           "keys": ({"train": ["case000"], "validation": ["case001"]}, "fold 0: need exactly the keys 'train' and 'val'"),
+           "twice": ({"train": ["case000", "case000"], "val": ["case001"]}, "fold 0: 'train' lists case000 more than once"),
+           "no_folds": ([], "expected a list of folds")}
+    for name, (content, expected) in bad.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        assert main(["-d", "907", "-np", "1", "--split_file", str(path)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"error: {path}: {expected}" in err, (name, err)
+        assert not out.exists(), name  # refused before any work
+    assert main(["-d", "907", "--split_file", str(tmp_path / "none.json")]) == 2
+    assert "none.json: split file not found" in capsys.readouterr().err
+    published = tmp_path / "published.json"  # one fold; case003 held out (a test case)
+    published.write_text(json.dumps({"train": ["case000", "case001"], "val": ["case002"]}))
+    assert main(["-d", "907", "-np", "1", "--split_file", str(published)]) == 0
+    expected_splits = [{"train": ["case000", "case001"], "val": ["case002"]}]
+    assert load_json(out / "splits_final.json") == expected_splits
+    cases = [f"case{i:03d}" for i in range(4)]
+    assert load_or_create_splits(out, cases) == expected_splits  # what pirl_train -f 0 trains and validates on
+    nnunet = tmp_path / "splits_final.json"  # nnU-Net's layout replaces it
+    folds = [{"train": ["case001", "case002", "case003"], "val": ["case000"]},
+             {"train": ["case000", "case002", "case003"], "val": ["case001"]}]
+    nnunet.write_text(json.dumps(folds))
+    assert main(["-d", "907", "-np", "1", "--plan_only", "--split_file", str(nnunet)]) == 0
+    assert load_json(out / "splits_final.json") == folds
+    # a hand-edited splits_final.json is checked too when it is read
+    (out / "splits_final.json").write_text(json.dumps([{"train": ["case000"], "val": ["case000"]}]))
+    with pytest.raises(PirlInputError, match=r"splits_final.json: fold 0: 1 case\(s\) both in 'train' and 'val'"):
+        load_or_create_splits(out, cases)
+    assert load_or_create_splits(out, ["case000"]) == [{"train": ["case000"], "val": ["case000"]}]  # one case: smoke

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from pirl_pipeline.errors import PirlInputError
 
+DEVICE_HELP = "default: cuda when available"
+
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -41,3 +43,14 @@ def command(build_parser: Callable[[], argparse.ArgumentParser],
 
     main.__module__ = run.__module__
     return cli_entry(main)
+
+
+def resolve_device(choice: str | None) -> str:
+    """The ``-device`` of a command: ``cuda`` when available unless one is named (DEVICE_HELP); ``cuda`` named
+    on a machine without it is a PirlInputError."""
+    import torch  # here: the other commands of this module start without it
+
+    device = choice or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PirlInputError("-device cuda: no CUDA device is available")
+    return device

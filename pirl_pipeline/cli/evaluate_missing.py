@@ -7,12 +7,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from pirl_pipeline.cli.common import command
+from pirl_pipeline.cli.common import DEVICE_HELP, command, resolve_device
+from pirl_pipeline.cli.evaluate import add_small_et_arguments, segmentation_options
 from pirl_pipeline.cli.predict import model_folder_from
 from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import (
-    segmentation_matrix,
+    segmentation_matrices,
     segmentation_table,
     translation_matrix,
     translation_table,
@@ -21,6 +22,7 @@ from pirl_pipeline.evaluation.missing_modalities import (
 from pirl_pipeline.file_io import load_json
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
+from pirl_pipeline.splits import check_splits
 from pirl_pipeline.tasks import TASKS, TRANSLATE, get_task
 
 log = logging.getLogger("pirl")
@@ -29,8 +31,9 @@ log = logging.getLogger("pirl")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pirl_evaluate_missing",
-        description="Predict the validation cases of a fold from every modality subset (seg) or every single "
-                    "source modality (translate) and write the metric matrix as CSV + PNG heat map.")
+        description="Predict the validation cases of a fold from every modality subset (seg: Dice, HD95, "
+                    "sensitivity and specificity per subset) or every single source modality (translate: PSNR, "
+                    "SSIM) and write each metric matrix as CSV + PNG heat map.")
     p.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
     p.add_argument("-f", dest="fold", default="0", help="fold (its model and its validation cases)")
     p.add_argument("-t", dest="task", choices=list(TASKS), required=True)
@@ -41,13 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-ref", dest="references", type=Path, help="label folder for seg (default: raw labelsTr)")
     p.add_argument("-o", dest="output", type=Path, help="output folder (default: inside the fold folder)")
     p.add_argument("--max_cases", type=int, help="evaluate at most this many cases")
-    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("-device", default=None, choices=["cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--step_size", type=float, default=0.5)
     p.add_argument("--disable_tta", action="store_true")
     p.add_argument("--complete_with", type=Path, metavar="TRANSLATE_MODEL_FOLDER",
                    help="seg: also synthesise each subset's missing channels with this translation model (same "
                         "fold) and segment the completed case; writes per_case.csv with a 'path' column "
-                        "(direct / completed) and missing_modalities_dice_completed.csv beside the direct matrix")
+                        "(direct / completed) and missing_modalities_<metric>_completed.csv beside each direct matrix")
+    seg = p.add_argument_group("seg only")
+    seg.add_argument("--no_distance_metrics", action="store_true",
+                     help="skip HD95 (and NSD, lesion-wise) per subset: no missing_modalities_hd95 matrix")
+    add_small_et_arguments(seg)
     return p
 
 
@@ -60,7 +67,10 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str
         splits_file = preprocessed_root() / name / "splits_final.json"
         if args.fold == "all" or not splits_file.is_file():
             raise PirlInputError(f"{splits_file}: no validation split for fold {args.fold}; pass -i (and -ref)")
-        val = load_json(splits_file)[int(args.fold)]["val"]
+        splits = check_splits(load_json(splits_file), sorted(cases), splits_file)
+        if not 0 <= int(args.fold) < len(splits):
+            raise PirlInputError(f"{splits_file}: no fold {args.fold} (it has folds 0-{len(splits) - 1})")
+        val = splits[int(args.fold)]["val"]
         cases = {k: v for k, v in cases.items() if k in val}
     incomplete = [k for k, v in cases.items() if len(v) != predictor.num_modalities]
     if incomplete:
@@ -77,13 +87,17 @@ def run(args: argparse.Namespace) -> None:
     task = get_task(args.task)
     if args.complete_with and not task.predicts_labels:
         raise PirlInputError("--complete_with: only with -t seg (it completes cases for the seg model)")
+    small_et = args.small_et_voxels is not None or args.small_et_mm3 is not None
+    if small_et and not task.predicts_labels:
+        raise PirlInputError("--small_et_voxels/--small_et_mm3: only with -t seg")
+    device = resolve_device(args.device)
     options = {"step_size": args.step_size, "mirror": not args.disable_tta}
     # the raw predictions: the fold's post-processing was chosen on these very validation cases
-    predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, args.device, task=args.task,
+    predictor = PIRLPredictor.from_model_folder(folder, [args.fold], args.checkpoint, device, task=args.task,
                                                 postprocess=False, **options)
     completer = None
     if args.complete_with:
-        completer = PIRLPredictor.from_model_folder(args.complete_with, [args.fold], args.checkpoint, args.device,
+        completer = PIRLPredictor.from_model_folder(args.complete_with, [args.fold], args.checkpoint, device,
                                                     task=TRANSLATE.name, **options)
         theirs, ours = completer.model.dataset_json.channel_names, predictor.model.dataset_json.channel_names
         if theirs != ours:
@@ -99,12 +113,14 @@ def run(args: argparse.Namespace) -> None:
         missing = [str(p) for p in references.values() if not p.is_file()]
         if missing:
             raise PirlInputError(f"{missing[0]}: reference label not found")
-        table = segmentation_table(predictor, cases, references, completer)
+        seg_options = segmentation_options(args, predictor.model.dataset_json,
+                                           distance_metrics=not args.no_distance_metrics)
+        info["segmentation_options"] = seg_options.to_dict()
+        table = segmentation_table(predictor, cases, references, completer, seg_options)
         if completer is None:
-            matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice")}
+            matrices = segmentation_matrices(table)
         else:
-            matrices = {"missing_modalities_dice": segmentation_matrix(table, "Dice", "direct"),
-                        "missing_modalities_dice_completed": segmentation_matrix(table, "Dice", "completed")}
+            matrices = {**segmentation_matrices(table, "direct"), **segmentation_matrices(table, "completed")}
     else:
         table = translation_table(predictor, cases)
         matrices = {"translation_psnr": translation_matrix(table, "PSNR"),

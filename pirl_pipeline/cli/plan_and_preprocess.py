@@ -13,7 +13,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, remove_stale, save_json
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
 from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
-from pirl_pipeline.splits import load_or_create_splits
+from pirl_pipeline.splits import install_splits, load_or_create_splits, read_split_file
 from plans.fingerprint import extract_fingerprint, fingerprint_path
 from plans.planner import plan
 from plans.plans_manager import PLANS_FILE, Plans, as_json, keep_or_write_plans
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, metavar="S",
                    help="override the target spacing (mm, in the plans' axis order; like nnU-Net's "
                         "-overwrite_target_spacing), e.g. 2 2 2 for a coarser CPU-sized grid")
+    p.add_argument("--split_file", type=Path, metavar="FILE",
+                   help="use a published split: FILE holds nnU-Net's splits_final.json layout [{\"train\": [...], "
+                        "\"val\": [...]}, ...] or one such fold; checked (known cases, no case twice or in train "
+                        "and val, no empty list) and written as splits_final.json, which pirl_train -f F and "
+                        "pirl_evaluate_missing use (default: 5 seeded folds, kept once written)")
     return p
 
 
@@ -53,6 +58,10 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
         check_num_training(dj, cases, raw / "dataset.json")
     if args.spacing and any(v <= 0 for v in args.spacing):
         raise PirlInputError(f"--spacing {args.spacing}: every value must be > 0")
+    if args.split_file is not None and len(args.d) > 1:
+        raise PirlInputError(f"--split_file {args.split_file}: one dataset at a time (got -d {' '.join(args.d)})")
+    # checked before any work, written once the dataset's folder exists
+    splits = read_split_file(args.split_file, [c.name for c in cases]) if args.split_file is not None else None
     if args.clean and out.exists():
         shutil.rmtree(out)
     log.info("%s: %d training cases, channels %s", name, len(cases), dj.channel_names)
@@ -71,6 +80,8 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     config = plans.configuration(args.c)
     log.info("plans: spacing %s, patch %s, normalisation %s", config.spacing, config.patch_size,
              config.normalization_schemes)
+    if splits is not None:
+        install_splits(out, splits, args.split_file)
     if args.plan_only:
         return
     counts = preprocess_dataset(cases, plans, args.c, out, dj.label_values, args.num_processes)

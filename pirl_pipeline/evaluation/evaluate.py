@@ -168,9 +168,11 @@ def check_output(output: str | Path | None, ref_dir: Path, pred_dir: Path) -> Pa
 
 
 def write_summary(table: pd.DataFrame, path: Path, info: dict) -> None:
-    """``path`` (summary.json: info, conventions, mean/std/count, per case) and ``path.csv`` (per-case rows)."""
+    """``path`` (summary.json: info, conventions, mean/std/count, per case) and ``path.csv`` (per-case rows);
+    ``info["metric_conventions"]`` (an option's metrics) joins the standard :data:`CONVENTIONS`."""
     stats = summarize(table)
-    summary = {**info, "num_cases": len(table), "metric_conventions": CONVENTIONS,
+    conventions = {**CONVENTIONS, **info.get("metric_conventions", {})}  # an option's metrics explained too
+    summary = {**info, "num_cases": len(table), "metric_conventions": conventions,
                "mean": nest(stats.loc["mean"]), "std": nest(stats.loc["std"]),
                "count": {t: {m: int(v) for m, v in d.items()} for t, d in nest(stats.loc["count"]).items()},
                "per_case": [{"case": str(case), "metrics": nest(row)} for case, row in table.iterrows()]}

@@ -1,6 +1,8 @@
 """The paper's missing-modality tables, measured on real predictions.
 
-- segmentation (Table 11): Dice per region/label for each of the 2^M - 1 non-empty modality subsets;
+- segmentation (Table 11): Dice per region/label for each of the 2^M - 1 non-empty modality subsets, with
+  HD95 (mm), sensitivity (TPR) and specificity (TNR) beside it as RFNet and DeMoSeg report them
+  (:func:`pirl_pipeline.evaluation.segmentation.segmentation_metrics`, the numbers of ``pirl_evaluate``);
 - translation (Table 10): PSNR/SSIM for every source -> target pair (one source modality in).
 Each case is read once; every subset is predicted from the same arrays with the model's own
 missing-modality path ("direct") and, given a translation model, also "completed": the absent channels
@@ -9,6 +11,7 @@ synthesised first, then every channel segmented (``pirl_predict -t translate --m
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from tqdm import tqdm
 
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.data.image_io import read_array
-from pirl_pipeline.evaluation.segmentation import segmentation_metrics
+from pirl_pipeline.evaluation.segmentation import SegmentationOptions, segmentation_metrics
 from pirl_pipeline.evaluation.translation import channel_targets, reference_mask, translation_metrics
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.inference.predictor import PIRLPredictor
@@ -35,17 +38,25 @@ def subset_name(subset: tuple[int, ...], dj: DatasetJson) -> str:
     return "+".join(dj.channel_names[str(c)] for c in subset)
 
 
+SEGMENTATION_MATRICES = {"dice": "Dice", "hd95": "HD95", "sensitivity": "TPR", "specificity": "TNR"}
+
+
 def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path]], references: dict[str, Path],
-                       completer: PIRLPredictor | None = None) -> pd.DataFrame:
-    """One row per (subset, case) with every segmentation metric. With ``completer`` (a translation model of
-    the same channels) a ``path`` column tells the rows of the two routes apart: "direct" (the seg model on
-    the subset) and "completed" (``completer.complete`` fills in the absent channels, the seg model sees
-    all; the full subset is one prediction, scored for both)."""
+                       completer: PIRLPredictor | None = None,
+                       options: SegmentationOptions | None = None) -> pd.DataFrame:
+    """One row per (subset, case) with every segmentation metric (``options``: default every metric, distances
+    in mm from the reference's spacing). With ``completer`` (a translation model of the same channels) a
+    ``path`` column tells the rows of the two routes apart: "direct" (the seg model on the subset) and
+    "completed" (``completer.complete`` fills in the absent channels, the seg model sees all; the full subset
+    is one prediction, scored for both)."""
     dj = predictor.model.dataset_json
     rows = []
     for case, files in tqdm(cases.items(), desc="cases"):
         images, geometry = predictor.read_case(case, files)
-        reference, _ = read_array(references[case], dtype=np.int16)
+        reference, grid = read_array(references[case], dtype=np.int16)
+        metrics = functools.partial(segmentation_metrics, ref_labels=reference, dataset_json=dj,
+                                    spacing=grid.spacing, options=options)
+
         for subset in modality_subsets(predictor.num_modalities):
             if not set(subset) <= set(images):  # a case lacking modalities: only the subsets it has
                 continue
@@ -53,13 +64,13 @@ def segmentation_table(predictor: PIRLPredictor, cases: dict[str, dict[int, Path
             direct = predictor.predict_case(given, geometry).segmentation
             row = {"subset": subset_name(subset, dj), "case": case}
             if completer is None:
-                rows.append({**row, **segmentation_metrics(direct, reference, dj)})
+                rows.append({**row, **metrics(direct)})
                 continue
             completed = direct
             if len(subset) < predictor.num_modalities:
                 completed = predictor.predict_case(completer.complete(given, geometry), geometry).segmentation
             for path, labels in (("direct", direct), ("completed", completed)):
-                rows.append({"path": path, **row, **segmentation_metrics(labels, reference, dj)})
+                rows.append({"path": path, **row, **metrics(labels)})
     return pd.DataFrame(rows)
 
 
@@ -102,6 +113,14 @@ def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: P
             matrix.to_csv(tmp)
         heatmap_png(matrix, out / f"{name}.png", f"{name} ({info['cases']} case(s))")
     save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / "summary.json")
+
+
+def segmentation_matrices(table: pd.DataFrame, path: str | None = None) -> dict[str, pd.DataFrame]:
+    """``{"missing_modalities_<name>[_<path>]": matrix}`` for every :data:`SEGMENTATION_MATRICES` metric the
+    table holds (HD95: not without distance metrics); ``path`` "completed" gets the suffix, "direct" none."""
+    suffix = "_completed" if path == "completed" else ""
+    return {f"missing_modalities_{name}{suffix}": segmentation_matrix(table, metric, path)
+            for name, metric in SEGMENTATION_MATRICES.items() if any(c.startswith(f"{metric}/") for c in table.columns)}
 
 
 def segmentation_matrix(table: pd.DataFrame, metric: str = "Dice", path: str | None = None) -> pd.DataFrame:

@@ -17,6 +17,15 @@ lesion data, where about half of the cases are lesion-free: those cases are left
 lesion-wise means, which then describe the cases with lesions, and are judged by CaseTNR, the fraction
 predicted lesion-free).
 
+Small enhancing tumour (RFNet, DeMoSeg; off unless asked): with ``SegmentationOptions(small_et_voxels=500)``
+(``pirl_evaluate --small_et_voxels``) or ``small_et_mm3``, a prediction whose enhancing tumour has fewer voxels
+(or less volume) than the threshold has it relabelled as necrosis (NCR) — DeMoSeg's ``postprocess_MSD_each``;
+RFNet's ``enhancing_postpro`` empties the ET mask, the same ET numbers — and every target that is exactly the
+ET label is scored again on that map as ``"<target> (post-processed)"`` (BraTS: "ET (post-processed)",
+"enhancing tumor (post-processed)"), beside the raw one, which stays as predicted. Whole tumour and tumour
+core contain NCR, so they do not change; only datasets whose ``label_names`` name ET and NCR (pirl's BraTS
+conversion) accept the option. The count is over the whole prediction, on the reference's grid.
+
 Cost on a real 240x240x155 case (6 targets, one busy 2-core machine): overlap + detection 0.2-0.5 s; with
 HD95, NSD and lesion-wise 0.9-3.3 s (more when false positives spread the bounding box over the brain).
 ``SegmentationOptions(distance_metrics=False)`` (``pirl_evaluate --no_distance_metrics``) or no ``spacing``
@@ -77,6 +86,8 @@ class SegmentationOptions:
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM
     lesion_dilation: int = LESION_DILATION
     lesion_min_volume_mm3: float = LESION_MIN_VOLUME_MM3
+    small_et_voxels: int | None = None  # predicted ET below this many voxels -> NCR, scored as "... (post-processed)"
+    small_et_mm3: float | None = None  # the same threshold as a volume (needs the spacing); one of the two at most
 
     def __post_init__(self) -> None:
         if self.empty_reference is not None:
@@ -87,9 +98,25 @@ class SegmentationOptions:
             raise ValueError(f"lesion_dilation {self.lesion_dilation}: need a whole number >= 0")
         if not self.lesion_min_volume_mm3 >= 0:
             raise ValueError(f"lesion_min_volume_mm3 {self.lesion_min_volume_mm3}: need a value >= 0 (mm^3)")
+        if self.small_et_voxels is not None and self.small_et_mm3 is not None:
+            raise ValueError(f"small_et_voxels {self.small_et_voxels}: give the threshold in voxels or in mm^3 "
+                             f"(small_et_mm3 {self.small_et_mm3}), not both")
+        if self.small_et_voxels is not None and (int(self.small_et_voxels) != self.small_et_voxels
+                                                 or self.small_et_voxels < 1):
+            raise ValueError(f"small_et_voxels {self.small_et_voxels}: need a whole number >= 1 (RFNet/DeMoSeg: 500)")
+        if self.small_et_mm3 is not None and not (math.isfinite(self.small_et_mm3) and self.small_et_mm3 > 0):
+            raise ValueError(f"small_et_mm3 {self.small_et_mm3}: need a finite volume > 0 (mm^3)")
+
+    @property
+    def small_et(self) -> bool:
+        """Whether the small-ET post-processing is scored (beside the raw targets)."""
+        return self.small_et_voxels is not None or self.small_et_mm3 is not None
 
     def resolved(self, dj: DatasetJson) -> SegmentationOptions:
-        """These options with the empty-reference policy filled in for the dataset."""
+        """These options with the empty-reference policy filled in for the dataset (ValueError when the small-ET
+        post-processing is asked of a dataset without ET and NCR labels)."""
+        if self.small_et:
+            small_et_labels(dj, "small_et_voxels" if self.small_et_voxels is not None else "small_et_mm3")
         return dataclasses.replace(self, empty_reference=self.empty_reference or default_empty_reference(dj))
 
     def to_dict(self) -> dict:
@@ -101,6 +128,53 @@ def default_empty_reference(dj: DatasetJson) -> str:
     ``"one_if_both_empty"`` (BraTS convention); see the module docstring."""
     kinds = {modality_kind(name) for name in dj.channel_names.values()}
     return "exclude" if "PET" in kinds else "one_if_both_empty"
+
+
+POSTPROCESSED = " (post-processed)"  # suffix of the targets scored after the small-ET post-processing
+SMALL_ET_VOXELS = 500  # RFNet's and DeMoSeg's threshold (voxels of the 1 mm BraTS grid)
+SMALL_ET_CONVENTIONS = {
+    "post-processed": "targets named '<target> (post-processed)': scored on the prediction with its enhancing tumour "
+                      "(ET) relabelled as necrosis (NCR) when it has fewer voxels (small_et_voxels) or less volume "
+                      "(small_et_mm3) than the threshold in segmentation_options (RFNet/DeMoSeg); the raw targets "
+                      "are scored on the prediction as written",
+}
+
+
+def small_et_labels(dj: DatasetJson, field: str = "small_et_voxels") -> tuple[int, int]:
+    """``(ET value, NCR value)`` from dataset.json's ``label_names``; ValueError naming ``field`` when the
+    dataset does not name both (the post-processing is a BraTS convention)."""
+    by_name = {str(v).upper(): int(k) for k, v in dj.extra.get("label_names", {}).items()}
+    if "ET" not in by_name or "NCR" not in by_name:
+        raise ValueError(f"{field}: the small-ET post-processing needs labels named ET and NCR in dataset.json's "
+                         f"label_names (BraTS); this dataset has {dj.extra.get('label_names', 'none')}")
+    return by_name["ET"], by_name["NCR"]
+
+
+def postprocess_small_et(pred_labels: np.ndarray, dj: DatasetJson, options: SegmentationOptions,
+                         spacing: Sequence[float] | None = None) -> np.ndarray:
+    """``pred_labels`` with its enhancing tumour relabelled as NCR when it is smaller than the options'
+    threshold (voxels, or mm^3 from ``spacing``); the same array when it is not, or the option is off."""
+    if not options.small_et:
+        return pred_labels
+    et, ncr = small_et_labels(dj)
+    count = int(np.count_nonzero(pred_labels == et))
+    if options.small_et_mm3 is not None:
+        if spacing is None:
+            raise ValueError(f"small_et_mm3 {options.small_et_mm3}: needs the voxel spacing")
+        small = count * math.prod(spacing) < options.small_et_mm3
+    else:
+        small = count < options.small_et_voxels
+    return np.where(pred_labels == et, ncr, pred_labels) if small and count else pred_labels
+
+
+def scored_targets(dj: DatasetJson, options: SegmentationOptions | None = None) -> dict[str, tuple[int, ...]]:
+    """:func:`segmentation_targets`, then, with the small-ET post-processing on, every target that is exactly
+    the ET label again as ``"<target> (post-processed)"`` (scored on the post-processed prediction)."""
+    targets = segmentation_targets(dj)
+    if options is None or not options.small_et:
+        return targets
+    et, _ = small_et_labels(dj)
+    return {**targets, **{f"{name}{POSTPROCESSED}": v for name, v in targets.items() if v == (et,)}}
 
 
 def segmentation_metric_names(distance_metrics: bool) -> tuple[str, ...]:
@@ -143,7 +217,8 @@ def segmentation_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, datase
 
     Always Dice, TPR, TNR, FNR, FPR, CaseTPR, CaseTNR; HD95, NSD, LesionDice, LesionHD95 as well when
     ``spacing`` (mm per array axis, i.e. (z, y, x)) is given and ``options.distance_metrics`` (without a
-    spacing — the default, as in the 15-subset missing-modality tables — they are skipped: cheap).
+    spacing they are skipped: cheap). Targets: :func:`scored_targets` (the post-processed ET ones when
+    ``options`` asks for the small-ET post-processing).
     With ``check_values``, label values that dataset.json does not declare raise PirlInputError.
     """
     pred_labels, ref_labels = np.asarray(pred_labels), np.asarray(ref_labels)
@@ -157,16 +232,19 @@ def segmentation_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, datase
     distances = spacing is not None and options.distance_metrics
     if distances and len(spacing) != ref_labels.ndim:
         raise ValueError(f"spacing {tuple(spacing)}: need one value per array axis ({ref_labels.ndim})")
+    # relabelling ET as NCR keeps the foreground, hence the bounding box below
+    postprocessed = postprocess_small_et(pred_labels, dataset_json, options, spacing)
     # Every count but TN lives on the bounding box of the foreground (grown by more than the lesion-wise
     # dilation, so no dilation reaches its border): the same numbers on far fewer voxels.
     box = bounding_box((pred_labels != 0) | (ref_labels != 0), margin=options.lesion_dilation + 1)
     outside = 0
     if box is not None:
         outside = ref_labels.size - math.prod(s.stop - s.start for s in box)
-        pred_labels, ref_labels = pred_labels[box], ref_labels[box]
+        pred_labels, ref_labels, postprocessed = pred_labels[box], ref_labels[box], postprocessed[box]
     out: dict[str, float] = {}
-    for name, values in segmentation_targets(dataset_json).items():
-        pred, ref = np.isin(pred_labels, values), np.isin(ref_labels, values)
+    for name, values in scored_targets(dataset_json, options).items():
+        source = postprocessed if name.endswith(POSTPROCESSED) else pred_labels
+        pred, ref = np.isin(source, values), np.isin(ref_labels, values)
         tp, fp, fn, tn = confusion(pred, ref)
         tn += outside
         scores = {**rates(tp, fp, fn, tn), **detection(tp, fp, fn)}
@@ -211,5 +289,5 @@ def evaluate_segmentation_folder(ref_dir: str | Path, pred_dir: str | Path,
     rows = run_cases(functools.partial(_case_job, dataset_json=dj, options=options),
                      [(ref[c], pred[c]) for c in cases], num_processes, "evaluate seg")
     columns = [f"{m}/{t}" for m in segmentation_metric_names(options.distance_metrics)
-               for t in segmentation_targets(dj)]
+               for t in scored_targets(dj, options)]
     return pd.DataFrame(rows, index=pd.Index(cases, name="case"), columns=columns)

@@ -12,17 +12,31 @@ is not evaluated (NaN in the table); a case with no prediction file at all is an
 with no reference file is an error, unless dataset.json declares ``allow_missing_channels``: then it is not
 scored (NaN), logged, and listed in ``DataFrame.attrs["not_scored"]`` (``pirl_evaluate``: ``not_scored`` in
 summary.json).
+
+BraSyn-style scores (optional, ``pirl_evaluate -t translate --brasyn LABELS``; the reference ssim.py of
+hongweilibran/BraSyn): ``BraSyn_SSIM_tumor`` and ``BraSyn_SSIM_non_tumor`` need the case's label map (tumour =
+label > 0). Each volume is scaled by :func:`brasyn_scale` — its own 0.5/99.5 percentiles over the WHOLE
+volume, background included, the lower one floored at 0 (BraSyn's ``strictlyPositive``), clipped to [0, 1] —
+then both volumes are multiplied by the region (tumour, or everything outside it, scan background included)
+and SSIM is averaged over the region's voxels, with the data range torchmetrics infers (the larger max - min of
+the two masked volumes). Where pirl differs: the SSIM is pirl's (:func:`~pirl_pipeline.evaluation.metrics.ssim`,
+MONAI's 11^3 Gaussian window, valid windows only), so voxels within 5 of the array border are not averaged
+(torchmetrics pads them by reflection; on BraTS they are background); the floor is applied to the voxels before
+the percentile (``percentile_scale`` of ``max(volume, 0)``), equal to flooring the percentile except when it falls
+between a negative and a positive voxel. Synthesised MRI that pirl writes in z-score units loses its negative
+half to the floor, as it would in the challenge: these scores fit outputs in non-negative units.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.data.dataset_json import DatasetJson, list_label_files
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import (
     check_folder,
@@ -33,9 +47,19 @@ from pirl_pipeline.evaluation.evaluate import (
     resolve_dataset_json,
     run_cases,
 )
-from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, image_metrics
+from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, SCALE_PERCENTILES, image_metrics, percentile_scale, ssim
 
 log = logging.getLogger("pirl")
+BRASYN_METRICS = ("BraSyn_SSIM_tumor", "BraSyn_SSIM_non_tumor")
+BRASYN_CONVENTIONS = {
+    "BraSyn_SSIM_tumor": "BraSyn (hongweilibran/BraSyn ssim.py): each volume scaled by its own "
+                         f"{SCALE_PERCENTILES[0]}/{SCALE_PERCENTILES[1]} percentiles over the whole volume (the "
+                         "lower one floored at 0), clipped to [0, 1]; both multiplied by the tumour mask (label > 0 "
+                         "of --brasyn); SSIM averaged over the tumour voxels, data range = the larger max-min of "
+                         "the two masked volumes; NaN without tumour",
+    "BraSyn_SSIM_non_tumor": "as BraSyn_SSIM_tumor, over every voxel outside the tumour (scan background included, "
+                             "as BraSyn), except the 5 voxels next to the array border (valid SSIM windows)",
+}
 
 
 def channel_targets(dj: DatasetJson) -> dict[int, str]:
@@ -79,10 +103,33 @@ def translation_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | No
     return out
 
 
+def brasyn_scale(volume: np.ndarray) -> np.ndarray:
+    """BraSyn's intensity normalisation: the volume's own 0.5/99.5 percentiles over every voxel, the lower one
+    floored at 0, to [0, 1], clipped (``percentile_scale`` of ``max(volume, 0)`` over the whole volume)."""
+    v = np.maximum(np.asarray(volume, np.float64), 0.0)
+    return percentile_scale(v, np.ones(v.shape, bool))
+
+
+def brasyn_ssim(pred: np.ndarray, ref: np.ndarray, tumor: np.ndarray) -> dict[str, float]:
+    """``BraSyn_SSIM_tumor`` and ``BraSyn_SSIM_non_tumor`` of one (z, y, x) image pair; ``tumor`` (z, y, x) is
+    the reference's tumour mask (see the module docstring)."""
+    pred, ref, tumor = np.asarray(pred), np.asarray(ref), np.asarray(tumor, bool)
+    if not pred.shape == ref.shape == tumor.shape:
+        raise PirlInputError(f"shapes differ: prediction {pred.shape}, reference {ref.shape}, label {tumor.shape}")
+    p, r = brasyn_scale(pred), brasyn_scale(ref)
+    out = {}
+    for name, region in zip(BRASYN_METRICS, (tumor, ~tumor), strict=True):
+        p_region, r_region = p * region, r * region
+        data_range = max(float(np.ptp(p_region)), float(np.ptp(r_region)))  # torchmetrics' default
+        out[name] = ssim(p_region, r_region, region, data_range) if data_range > 0 else math.nan
+    return out
+
+
 def evaluate_translation_case(ref_files: dict[int, Path], pred_files: dict[int, Path],
-                              dataset_json: DatasetJson) -> dict[str, float]:
+                              dataset_json: DatasetJson, label_file: Path | None = None) -> dict[str, float]:
     """Metrics of one case from its reference channel files and predicted channel files (same grid); a
-    predicted channel without a reference is left out when the dataset allows missing channels."""
+    predicted channel without a reference is left out when the dataset allows missing channels. With
+    ``label_file`` (the case's label map, same grid), also :data:`BRASYN_METRICS`."""
     unknown = sorted(set(pred_files) - set(ref_files))
     if unknown and not dataset_json.allow_missing_channels:
         raise PirlInputError(f"{pred_files[unknown[0]]}: no reference image for channel {unknown[0]:04d} "
@@ -92,6 +139,7 @@ def evaluate_translation_case(ref_files: dict[int, Path], pred_files: dict[int, 
     ref0, grid = read_on_grid(first, None)
     refs = {c: (ref0 if f == first else read_on_grid(f, grid, first)[0]) for c, f in ref_files.items()}
     mask = reference_mask(np.stack(list(refs.values())))
+    tumor = None if label_file is None else read_on_grid(label_file, grid, first)[0] > 0
     names = channel_targets(dataset_json)
     out: dict[str, float] = {}
     for c, f in sorted(pred_files.items()):
@@ -99,29 +147,46 @@ def evaluate_translation_case(ref_files: dict[int, Path], pred_files: dict[int, 
             continue
         pred = read_on_grid(f, grid, first)[0]
         out.update(translation_metrics(pred, refs[c], mask, [names[c]]))
+        if tumor is not None:
+            out.update({f"{metric}/{names[c]}": v for metric, v in brasyn_ssim(pred, refs[c], tumor).items()})
     return out
 
 
-def _case_job(pair: tuple[dict[int, Path], dict[int, Path]], dataset_json: DatasetJson) -> dict[str, float]:
-    return evaluate_translation_case(pair[0], pair[1], dataset_json)
+def _case_job(job: tuple[dict[int, Path], dict[int, Path], Path | None], dataset_json: DatasetJson) -> dict[str, float]:
+    return evaluate_translation_case(job[0], job[1], dataset_json, job[2])
+
+
+def brasyn_label_files(label_dir: str | Path, cases: list[str], dj: DatasetJson) -> dict[str, Path]:
+    """``{case: label file}`` for the BraSyn scores; PirlInputError naming the first case without one."""
+    label_dir = check_folder(label_dir, "label (--brasyn)")
+    labels = list_label_files(label_dir, dj.file_ending)
+    missing = [c for c in cases if c not in labels]
+    if missing:
+        raise PirlInputError(f"{label_dir / (missing[0] + dj.file_ending)}: no label map for the BraSyn tumour / "
+                             f"non-tumour SSIM ({len(missing)} case(s) lack one)")
+    return {c: labels[c] for c in cases}
 
 
 def evaluate_translation_folder(ref_dir: str | Path, pred_dir: str | Path,
                                 dataset_json: DatasetJson | str | Path | int,
-                                num_processes: int = 1) -> pd.DataFrame:
+                                num_processes: int = 1, brasyn_labels: str | Path | None = None) -> pd.DataFrame:
     """Per-case table (index ``case``, columns ``"<metric>/<channel name>"``) of ``pred_dir/CASE_XXXX``
     against ``ref_dir/CASE_XXXX``; columns only for channels predicted in at least one case.
-    ``attrs["not_scored"]``: the predicted files without a reference (allowed with missing channels)."""
+    ``attrs["not_scored"]``: the predicted files without a reference (allowed with missing channels).
+    ``brasyn_labels``: a folder of ``CASE<ending>`` label maps (every case needs one, on its grid); adds the
+    :data:`BRASYN_METRICS` columns."""
     dj = resolve_dataset_json(dataset_json)
     ref_dir, pred_dir = check_folder(ref_dir, "reference"), check_folder(pred_dir, "prediction")
     ref, pred = list_channel_files(ref_dir, dj), list_channel_files(pred_dir, dj)
     cases = match_cases(ref, pred, ref_dir, pred_dir, f"CASE_XXXX{dj.file_ending}")
-    check_grids([[*ref[c].values(), *pred[c].values()] for c in cases])
-    rows = run_cases(functools.partial(_case_job, dataset_json=dj), [(ref[c], pred[c]) for c in cases],
-                     num_processes, "evaluate translate")
+    labels = brasyn_label_files(brasyn_labels, cases, dj) if brasyn_labels is not None else {}
+    check_grids([[*ref[c].values(), *pred[c].values(), *([labels[c]] if labels else [])] for c in cases])
+    rows = run_cases(functools.partial(_case_job, dataset_json=dj),
+                     [(ref[c], pred[c], labels.get(c)) for c in cases], num_processes, "evaluate translate")
     names = channel_targets(dj)
     predicted = sorted({ch for c in cases for ch in pred[c]})
-    columns = [f"{m}/{names[ch]}" for m in IMAGE_METRICS for ch in predicted]
+    metrics = IMAGE_METRICS + (BRASYN_METRICS if labels else ())
+    columns = [f"{m}/{names[ch]}" for m in metrics for ch in predicted]
     table = pd.DataFrame(rows, index=pd.Index(cases, name="case"), columns=columns)
     table.attrs["not_scored"] = [pred[c][ch].name for c in cases for ch in sorted(pred[c]) if ch not in ref[c]]
     if table.attrs["not_scored"]:
