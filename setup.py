@@ -7,6 +7,7 @@ CONSOLE_SCRIPTS = [
     "pirl_predict=pirl_pipeline.cli.predict:main",
     "pirl_evaluate=pirl_pipeline.cli.evaluate:main",
     "pirl_evaluate_missing=pirl_pipeline.cli.evaluate_missing:main",
+    "pirl_find_best_configuration=pirl_pipeline.cli.find_best_configuration:main",
     "pirl_reference=pirl_pipeline.cli.reference:main",
     "pirl_report=pirl_pipeline.cli.report:main",
     "pirl_export_model=pirl_pipeline.cli.model_zip:export_main",

@@ -17,6 +17,7 @@ from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, remove_stale
+from pirl_pipeline.inference.ensembling import TrainerEnsemble, load_predictor
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.postprocessing import Postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
@@ -36,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", dest="dataset", help="dataset id or name (with -c, -tr); or give -m")
     p.add_argument("-c", dest="configuration", default="3d_fullres")
     p.add_argument("-t", dest="task", choices=list(TASKS), help="must match the model (default: its task)")
-    p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
-    p.add_argument("-m", dest="model_folder", type=Path, help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr")
+    p.add_argument("-tr", dest="trainers", nargs="+", metavar="TRAINER",
+                   help="trainer name (default: the task's PIRL trainer); several: their ensemble (averaged "
+                        "probabilities or images, then the post-processing all their folds kept)")
+    p.add_argument("-m", dest="model_folders", type=Path, nargs="+", metavar="MODEL_FOLDER",
+                   help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr; several: their ensemble")
     p.add_argument("-f", dest="folds", nargs="+", help="folds to ensemble (default: all trained folds)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
@@ -64,14 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_folder_from(args: argparse.Namespace) -> Path:
-    if args.model_folder:
-        return args.model_folder
+def model_folders_from(args: argparse.Namespace) -> list[Path]:
+    """The model folder(s) to predict with: ``-m`` as given, else one per ``-tr`` trainer (default: the task's)."""
+    if args.model_folders:
+        return list(args.model_folders)
     if not args.dataset or not args.task:
         raise PirlInputError("give -m MODEL_FOLDER, or -d DATASET with -t TASK (and optionally -c, -tr)")
     name = find_dataset_name(args.dataset, results_root())
-    trainer = args.trainer or get_task(args.task).default_trainer
-    return model_folder(name, trainer, configuration=args.configuration)
+    trainers = args.trainers or [get_task(args.task).default_trainer]
+    if len(set(trainers)) != len(trainers):
+        raise PirlInputError(f"-tr {' '.join(trainers)}: a trainer is named twice")
+    return [model_folder(name, trainer, configuration=args.configuration) for trainer in trainers]
+
+
+def model_folder_from(args: argparse.Namespace) -> Path:
+    """One model folder from ``args.model_folder`` or ``args.dataset``/``task``/``configuration``/``trainer`` (the
+    single-model commands' options, e.g. ``pirl_evaluate_missing``)."""
+    single = argparse.Namespace(**{**vars(args), "model_folders": [args.model_folder] if args.model_folder else None,
+                                   "trainers": [args.trainer] if args.trainer else None})
+    return model_folders_from(single)[0]
 
 
 def check_folders(input_dir: Path, output_dir: Path) -> None:
@@ -123,13 +138,18 @@ def run(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise PirlInputError("-device cuda: no CUDA device is available")
-    predictor = PIRLPredictor.from_model_folder(model_folder_from(args), folds, args.checkpoint, device,
-                                                fused_attention=not args.disable_fused_attention,
-                                                step_size=args.step_size, mirror=not args.disable_tta,
-                                                save_probabilities=args.save_probabilities,
-                                                precision="fp32" if args.fp32 else "auto",
-                                                sw_batch_size=args.sw_batch_size, task=args.task,
-                                                postprocess=not args.disable_postprocessing)
+    folders = model_folders_from(args)
+    predictor = load_predictor(folders, folds, checkpoint=args.checkpoint, device=device,
+                               fused_attention=not args.disable_fused_attention,
+                               step_size=args.step_size, mirror=not args.disable_tta,
+                               save_probabilities=args.save_probabilities,
+                               precision="fp32" if args.fp32 else "auto",
+                               sw_batch_size=args.sw_batch_size, task=args.task,
+                               postprocess=not args.disable_postprocessing)
+    if isinstance(predictor, TrainerEnsemble):
+        log.info("ensemble of %d trainers (averaged %s): %s", len(folders),
+                 "probabilities" if predictor.task.predicts_labels else "images",
+                 "; ".join(f"{f.name} folds {m.model.folds}" for f, m in zip(folders, predictor.members)))
     dj = predictor.model.dataset_json
     cases, targets = select_cases(args, predictor, keep)
     outputs = {k: output_paths(args.output, k, dj.file_ending, targets[k]) for k in cases}
@@ -172,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.output)
 
 
-def select_cases(args: argparse.Namespace, predictor: PIRLPredictor, keep: set[int] | None
+def select_cases(args: argparse.Namespace, predictor: PIRLPredictor | TrainerEnsemble, keep: set[int] | None
                  ) -> tuple[dict[str, dict[int, Path]], dict[str, list[int] | None]]:
     """``({case: {channel: input file}}, {case: image channels to write, None for a label map})`` of the cases
     to predict: ``--channels`` picks the inputs; ``--missing_only`` the channels absent from INPUT_DIR (a

@@ -16,6 +16,7 @@ import torch
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.dataloading.dataset import PreprocessedDataset
 from pirl_pipeline.evaluation.metrics import overlap_metrics
+from pirl_pipeline.evaluation.primary_metric import primary_targets
 from pirl_pipeline.evaluation.segmentation import segmentation_targets
 from pirl_pipeline.evaluation.translation import translation_metrics
 from pirl_pipeline.inference.export import labels_from_probabilities, probabilities
@@ -40,8 +41,7 @@ def segmentation_scores(logits: torch.Tensor, seg: np.ndarray, dj: DatasetJson,
     reference = np.clip(np.asarray(seg[0]), 0, None)
     scores = {f"{prefix}{metric_key(name)}": overlap_metrics(np.isin(labels, values), np.isin(reference, values))["Dice"]
               for name, values in segmentation_targets(dj).items()}
-    regions = [f"{prefix}{metric_key(n)}" for n, v in dj.labels.items() if dj.has_regions and v != 0]
-    ranked = regions or list(scores)
+    ranked = [f"{prefix}{metric_key(name)}" for name in primary_targets(dj)]  # the chooser's primary metric
     return {**scores, "metric": float(np.mean([scores[k] for k in ranked]))}
 
 
