@@ -19,7 +19,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import write_summary
 from pirl_pipeline.evaluation.missing_modalities import translation_matrix, translation_table, write_results
 from pirl_pipeline.evaluation.postprocessing import determine_postprocessing
-from pirl_pipeline.evaluation.segmentation import segmentation_metrics
+from pirl_pipeline.evaluation.segmentation import evaluate_segmentation_case
 from pirl_pipeline.inference.model_folder import TrainedModel
 from pirl_pipeline.inference.postprocessing import save_postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
@@ -53,9 +53,12 @@ def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_si
         images, geometry = predictor.read_case(case, files[case])
         result = predictor.predict_case(images, geometry)
         predictor.export(case, result, geometry, out, dj.file_ending)
-        reference, _ = read_array(raw / "labelsTr" / f"{case}{dj.file_ending}")
+        reference_file = raw / "labelsTr" / f"{case}{dj.file_ending}"
+        reference, _ = read_array(reference_file)
         pairs[case] = (result.segmentation.astype(np.int16), reference.astype(np.int16))
-        rows[case] = segmentation_metrics(*pairs[case], dj)
+        # fix: scored from the written files by pirl_evaluate's own function (distances in mm from the
+        # reference's spacing), so validation and pirl_evaluate give identical numbers
+        rows[case] = evaluate_segmentation_case(reference_file, out / f"{case}{dj.file_ending}", dj)
     write_summary(pd.DataFrame.from_dict(rows, orient="index"), out / "summary.json", info)
     save_postprocessing(determine_postprocessing(pairs, dj), ctx.output_folder)
     return out / "summary.json"
