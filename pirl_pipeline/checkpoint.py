@@ -67,6 +67,7 @@ class PretrainedWeights:
     weights: dict[str, torch.Tensor]
     network_kwargs: dict | None = None  # pirl checkpoint: its network description; plain state dict: None
     output_modalities: list[str] | None = None  # modality names of the output rows (pre-training, translation)
+    input_modalities: list[str] | None = None  # modality names of the input channels (pirl checkpoints)
 
     @property
     def feature_size(self) -> int:
@@ -91,7 +92,7 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
                                  f"to fine-tune from")
         return PretrainedWeights(path, state["network_weights"], state["network_kwargs"],
                                  names if task == PRETRAIN or (task in TASKS and not TASKS[task].predicts_labels)
-                                 else None)
+                                 else None, names or None)
     try:
         weights = swinunetr_state(state)
     except ValueError as err:
@@ -103,12 +104,13 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
 
 def transfer_weights(model: torch.nn.Module, source: dict[str, torch.Tensor], source_name: str,
                      reinit_prefixes: tuple[str, ...] = ("out.",),
-                     head_rows: Sequence[int | None] | None = None) -> list[str]:
+                     head_rows: Sequence[int | None] | None = None,
+                     stem_rows: Sequence[int | None] | None = None) -> list[str]:
     """Load pretrained ``source`` weights into ``model``, adapted where that is exact or logged (other input
     channels, prior grid, output head rows ``head_rows``; see ``networks.transfer``). Anything else that does
     not fit is an error listing the keys. Returns the keys that keep their fresh initialisation."""
     target = model.state_dict()
-    adaptation = adapt_state(target, source, head=reinit_prefixes, head_rows=head_rows)
+    adaptation = adapt_state(target, source, head=reinit_prefixes, head_rows=head_rows, stem_rows=stem_rows)
     if adaptation.problems:
         raise PirlInputError(f"{source_name}: pretrained weights do not fit this network (another feature size "
                              f"or depth?): " + " | ".join(adaptation.problems))

@@ -19,6 +19,8 @@ from PIL import Image
 from pirl_pipeline.file_io import atomic_path
 
 DPI = 90
+HISTORY_PANELS = 4  # panels of ``history_row``: training terms, validation metrics, representation health, lr
+HISTORY_FIGSIZE = (5.6 * HISTORY_PANELS, 4.0)  # one row of history panels, legends beside the axes
 MAX_BYTES = 950_000  # every PNG stays under 1 MB: a larger one is redrawn at a lower resolution
 
 
@@ -73,18 +75,42 @@ def _plot_keys(ax, history: list[dict], keys: list[str], title: str, log_scale: 
     positive = [y for y in plotted if y > 0]
     if log_scale and len(positive) == len(plotted) and max(positive) / min(positive) > 30:
         ax.set_yscale("log")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _health_panel(ax, history: list[dict], name: str) -> None:
+    """``val/health_*`` (evaluation.health): the shares on [0, 1] on the left axis, the spreads on the right."""
+    keys = sorted({k for r in history for k in r if k.startswith("val/health_")})
+    shares = [k for k in keys if "spread" not in k]
+    spreads = [k for k in keys if "spread" in k]
+    _plot_keys(ax, history, shares, f"{name}\nrepresentation health", log_scale=False)
+    if not keys:
+        return
+    top = max([1.0] + [y for k in shares for y in _series(history, k)[1]])  # swap may exceed 1
+    ax.set_ylim(-0.02, top + 0.02)
+    twin = ax.twinx()
+    for key, style in zip(spreads, ("--", ":")):
+        xs, ys = _series(history, key)
+        twin.plot(xs, ys, linestyle=style, color="grey", label=key.split("/", 1)[1] + " (right)")
+    twin.set_ylabel("spread: between / within subjects", fontsize=8)
+    twin.tick_params(labelsize=8)
+    handles = [h for a in (ax, twin) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0),
+              borderaxespad=0.0)
 
 
 def history_row(axes, history: list[dict], name: str, note: str, total_seconds: float) -> None:
-    """Three panels of one run's per-epoch ``history`` on ``axes`` (3,): the training loss terms (log scale
-    when they span > 30x), the validation metrics (``val/metric`` picks checkpoint_best), the learning rate
-    with the epoch time. ``note`` goes into the first title (e.g. "4 epoch(s)")."""
+    """HISTORY_PANELS panels of one run's per-epoch ``history`` on ``axes``: the training loss terms (log scale
+    when they span > 30x), the validation metrics (``val/metric`` picks checkpoint_best), the representation
+    health (``val/health_*``), the learning rate with the epoch time. ``note`` goes into the first title
+    (e.g. "4 epoch(s)"). Legends stand beside their axes."""
     train = sorted({k for r in history for k in r if k.startswith("train/")}, key=lambda k: (k != "train/loss", k))
-    val = sorted({k for r in history for k in r if k.startswith("val/")}, key=lambda k: (k != "val/metric", k))
+    val = sorted({k for r in history for k in r if k.startswith("val/") and not k.startswith("val/health_")},
+                 key=lambda k: (k != "val/metric", k))
     _plot_keys(axes[0], history, train, f"{name}\ntraining loss terms ({note})", log_scale=True)
     _plot_keys(axes[1], history, val, f"{name}\nvalidation metrics", log_scale=False)
-    ax = axes[2]
+    _health_panel(axes[2], history, name)
+    ax = axes[3]
     xs, ys = _series(history, "lr")
     marker = "o" if len(history) <= 30 else None
     ax.plot(xs, ys, color="tab:blue", marker=marker, markersize=3, label="learning rate")

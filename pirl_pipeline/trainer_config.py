@@ -10,14 +10,25 @@ from typing import Any
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.losses.objective import TERMS
+from pirl_pipeline.networks.modalities import FUSIONS
+from pirl_pipeline.networks.prior import PRIOR_ATTENTIONS
 from pirl_pipeline.tasks import PRETRAIN, TASKS
 
 TRAINING_TASKS = (PRETRAIN, *TASKS)  # what pirl_train trains
 ABLATIONS = tuple(sorted((*TERMS, "prior")))  # the Table-7 switches: the objective's terms and the prior O
+#: The representation fixes (issue 23), each a TrainerConfig field whose None means "the ``variant``'s value".
+#: "paper" reproduces the reference code; "default" is what measurement chose (docs: README, experiments).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"skip_dropout": 0.0, "subject_contrastive": 0.0, "queue_subject_ids": False,
+              "prior_attention": "dot", "fusion": "mean"},
+    "default": {"skip_dropout": 0.5, "subject_contrastive": 1.0, "queue_subject_ids": True,
+                "prior_attention": "cosine", "fusion": "joint"},
+}
+REPRESENTATION_FIXES = tuple(VARIANTS["paper"])
 #: what a resumed run may change (logged): how long it runs, how it validates and saves, how it executes —
 #: never what its finished epochs computed (lr, iterations, batch, patch, network, losses, data, seed)
 RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "save_probabilities", "amp", "fused_attention",
-               "grad_checkpoint", "compile")
+               "grad_checkpoint", "compile", "health_subjects")
 
 
 @dataclass
@@ -55,6 +66,14 @@ class TrainerConfig:
     use_prior: bool = True
     disabled: list[str] = field(default_factory=list)  # subset of ABLATIONS switched off
     temperature: float = 0.2
+    # the representation fixes (VARIANTS); None: the variant's value; ``resolved(field)`` reads them
+    variant: str = "default"  # "default" (chosen by measurement) or "paper" (the reference code's behaviour)
+    skip_dropout: float | None = None  # pre-training: share of decoder passes without skips (D must use X_h')
+    subject_contrastive: float | None = None  # weight of L_subj: a subject's X_h' nearer its own modalities'
+    queue_subject_ids: bool | None = None  # L_contr's queue never holds the query subject's own projections
+    prior_attention: str | None = None  # "dot" (reference) or "cosine" (PriorFusion)
+    fusion: str | None = None  # "mean" (reference), "max" or "joint" (networks.modalities.FUSIONS)
+    health_subjects: int = 4  # validation subjects of the per-epoch representation health (0: off)
     # fine-tuning (Algorithm 2)
     w_inv_finetune: float = 1.0
     modality_dropout: bool = True  # random non-empty modality subsets per sample
@@ -89,15 +108,44 @@ class TrainerConfig:
             raise PirlInputError(f"class_weights must be 'auto' or 'none', got {self.class_weights!r}")
         if not 0.0 <= self.full_modality_share <= 1.0:
             raise PirlInputError(f"full_modality_share must be in [0, 1], got {self.full_modality_share}")
+        if self.variant not in VARIANTS:
+            raise PirlInputError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if not 0.0 <= self.resolved("skip_dropout") <= 1.0:
+            raise PirlInputError(f"skip_dropout must be in [0, 1], got {self.skip_dropout}")
+        if not self.resolved("subject_contrastive") >= 0.0:
+            raise PirlInputError(f"subject_contrastive must be >= 0, got {self.subject_contrastive}")
+        if self.resolved("prior_attention") not in PRIOR_ATTENTIONS:
+            raise PirlInputError(f"prior_attention must be one of {PRIOR_ATTENTIONS}, got {self.prior_attention!r}")
+        if self.resolved("fusion") not in FUSIONS:
+            raise PirlInputError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.health_subjects < 0 or self.health_subjects == 1:
+            raise PirlInputError(f"health_subjects must be 0 (off) or >= 2, got {self.health_subjects}")
         if self.lr_schedule not in ("poly", "constant"):
             raise PirlInputError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+
+    def resolved(self, name: str) -> Any:
+        """A representation fix (REPRESENTATION_FIXES): the field when set, else the variant's value."""
+        value = getattr(self, name)
+        return VARIANTS[self.variant][name] if value is None else value
+
+    def representation_fixes(self) -> dict[str, Any]:
+        """Every representation fix as this run uses it (recorded with each checkpoint's config)."""
+        return {name: self.resolved(name) for name in REPRESENTATION_FIXES}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def pinned(self, **actual: Any) -> TrainerConfig:
+        """This config with every representation fix written out (the variant's value where unset), so a later
+        change of VARIANTS cannot change what a saved run means; ``actual`` (e.g. the fusion a fine-tuning
+        inherited from its pre-trained network) wins."""
+        return dataclasses.replace(self, **(self.representation_fixes() | actual))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainerConfig:
         known = {f.name for f in fields(cls)}
+        if "variant" not in d:  # saved before the representation fixes existed: it ran the reference behaviour
+            d = {**d, "variant": "paper"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def changes(self, other: TrainerConfig) -> list[tuple[str, Any, Any]]:

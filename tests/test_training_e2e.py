@@ -18,6 +18,7 @@ import torch
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.train import main as train_main
+from pirl_pipeline.evaluation.segmentation import evaluate_segmentation_folder
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.trainer_config import TrainerConfig
@@ -66,6 +67,33 @@ def test_pretrain_then_finetune_all_tasks(roots):
         assert "val/metric" in state["history"][0]
     log = (fold_folder(root, "PIRLSegTrainer", "0") / "training_log.txt").read_text()
     assert "rank 0 first batch" in log
+    # representation health logged by every PIRLNet run; the config records every fix as it ran
+    for trainer, fold in (("PIRLPretrainer", "all"), ("PIRLSegTrainer", "0")):
+        history = load_checkpoint(fold_folder(root, trainer, fold) / "checkpoint_final.pth")["history"]
+        assert {"val/health_swap", "val/health_spread", "val/health_retrieval", "val/health_prior_entropy",
+                "val/health_prior_share"} <= set(history[-1]), trainer
+        saved = json.loads((fold_folder(root, trainer, fold) / "config.json").read_text())
+        assert saved["fusion"] == "joint" and saved["prior_attention"] == "cosine" and saved["skip_dropout"] == 0.5
+    # the final validation's numbers are pirl_evaluate's on the same files
+    validation = fold_folder(root, "PIRLSegTrainer", "0") / "validation"
+    summary = json.loads((validation / "summary.json").read_text())
+    cases = [row["case"] for row in summary["per_case"]]
+    table = evaluate_segmentation_folder(_only(root / "raw" / "Dataset920_TinyTrain" / "labelsTr", cases, root / "ref"),
+                                         _only(validation, cases, root / "pred"), 920)
+    for row in summary["per_case"]:
+        for target, metrics in row["metrics"].items():
+            for metric, value in metrics.items():
+                expected = float("nan") if value is None else value  # summary.json writes NaN as null
+                assert table.loc[row["case"], f"{metric}/{target}"] == pytest.approx(expected, nan_ok=True), metric
+
+
+def _only(folder: Path, cases: list[str], into: Path) -> Path:
+    """A folder of links to ``folder``'s label files of ``cases`` (pirl_evaluate scores whole folders)."""
+    into.mkdir(exist_ok=True)
+    for case in cases:
+        (into / f"{case}.nii.gz").unlink(missing_ok=True)
+        (into / f"{case}.nii.gz").symlink_to(folder / f"{case}.nii.gz")
+    return into
 
 
 def test_pretrained_weights_of_another_size_are_refused(roots, capsys):
@@ -170,7 +198,8 @@ def test_ddp_two_cpu_processes(roots, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pirl_pipeline.cli.train",
            *_train_cmd()[3:]]
     cmd[cmd.index("--epochs") + 1], cmd[cmd.index("--iters") + 1] = "1", "2"
-    subprocess.run(cmd, env=run_env, cwd=REPO, check=True, capture_output=True, timeout=600)
+    done = subprocess.run(cmd, check=False, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]  # the ranks' traceback, not just "exit status 1"
     out = tmp_path / "Dataset920_TinyTrain" / "DynUNetSegTrainer__PIRLPlans__3d_fullres" / "fold_0"
     log = (out / "training_log.txt").read_text()
     assert log.count("DynUNetSegTrainer:") == 1, "only rank 0 writes"

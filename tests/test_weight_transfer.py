@@ -138,7 +138,11 @@ def test_four_channel_pretraining_fine_tunes_two_channels_and_a_larger_patch(two
                           "checkpoint_final.pth")
     assert seg["network_kwargs"]["in_channels"] == 2 and seg["network_kwargs"]["patch_size"] == [64, 64, 64]
     assert seg["config"]["pretrained"] == str(ckpt.resolve())
-    assert "input stem adapted from 4 to 2 channels" in caplog.text
+    # the default fusion "joint" reads each modality in its own channel: FLAIR and T1c take their own kernels
+    assert "input stem mapped by modality" in caplog.text
+    stem = "swinViT.patch_embed.proj.weight"
+    four, two = pre[stem], seg["network_weights"][stem]  # source channels T1, T1ce, T2, FLAIR; epochs 0
+    assert torch.equal(two[:, 0], four[:, 3]) and torch.equal(two[:, 1], four[:, 1])
     key = "swinViT.layers2.0.blocks.0.attn.qkv.weight"
     assert torch.equal(seg["network_weights"][key], pre[key])
     caplog.clear()
@@ -155,5 +159,4 @@ def test_four_channel_pretraining_fine_tunes_two_channels_and_a_larger_patch(two
     assert out["prior_fusion.prior"].shape == (192, 3, 2, 2)
     # lr 0: the trained weights are the adapted ones (AdamW's weight decay is lr-scaled too)
     assert torch.equal(out["out.conv.conv.weight"], pre["out.conv.conv.weight"][[3, 1]])
-    stem = "swinViT.patch_embed.proj.weight"
-    torch.testing.assert_close(out[stem], pre[stem].sum(1, keepdim=True).expand(-1, 2, -1, -1, -1) / 2)
+    torch.testing.assert_close(out[stem], pre[stem][:, [3, 1]])  # joint stem: FLAIR <- FLAIR, T1c <- T1ce

@@ -3,7 +3,8 @@ should land close together, different subjects apart (DESIGN.md §1, the paper's
 
 Embeddings: for each held-out case (a preprocessed (C, z, y, x) array, already normalised) the centre patch
 of the network's patch size (zero-padded where the case is smaller, as the validation patches are cut);
-each modality alone, repeated into all input channels, gives z (the deepest encoder state, before the
+each modality alone (``PIRLNet.single_modality``: repeated into all input channels, or in its own channel
+with fusion "joint") gives z (the deepest encoder state, before the
 prior O) and X_h' (after the prior fusion), each flattened to D = 16·fs·(P/32)^3 features, float64.
 
 Metrics of an embedding array E (N subjects, M modalities, D features), for z and for X_h' alike:
@@ -44,7 +45,6 @@ from pirl_pipeline.dataloading.sampling import centered_position, crop_padded
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.networks.factory import build_network
-from pirl_pipeline.networks.modalities import repeat_modality
 from pirl_pipeline.networks.pirl_net import PIRLNet
 
 REPRESENTATIONS = ("z", "x_h")
@@ -69,7 +69,7 @@ def _unit(e: np.ndarray) -> np.ndarray:
     return np.divide(e, norm, out=np.zeros_like(e), where=norm > 0)  # a zero vector has cosine 0 with all
 
 
-def _retrieval(e: np.ndarray) -> float:
+def retrieval_top1(e: np.ndarray) -> float:
     """Mean top-1 cross-modal subject retrieval over ordered modality pairs (ties share the hit)."""
     n, m, _ = e.shape
     unit = _unit(e)
@@ -104,8 +104,8 @@ def embedding_metrics(embeddings: np.ndarray) -> dict[str, float]:
     same = subject[:, None] == subject[None, :]
     rms = math.sqrt(mean_square)
     return {
-        "retrieval_top1": _retrieval(e),
-        "retrieval_top1_centered": _retrieval(e - e.mean(axis=(0, 1))),
+        "retrieval_top1": retrieval_top1(e),
+        "retrieval_top1_centered": retrieval_top1(e - e.mean(axis=(0, 1))),
         "retrieval_chance": 1 / n,
         "within_var": within,
         "between_var": between,
@@ -126,8 +126,8 @@ def center_patch(data: np.ndarray, patch_size: Sequence[int]) -> np.ndarray:
 @torch.no_grad()
 def embed_cases(network: PIRLNet, cases: dict[str, np.ndarray], patch_size: Sequence[int] | None = None,
                 device: torch.device | str = "cpu") -> Embeddings:
-    """z and X_h' of every (case, modality): each modality of the case's centre patch fed alone, repeated
-    into the network's input channels. ``cases``: ``{name: (M, z, y, x)}``, all with the same M."""
+    """z and X_h' of every (case, modality): each modality of the case's centre patch fed alone
+    (``PIRLNet.single_modality``). ``cases``: ``{name: (M, z, y, x)}``, all with the same M."""
     if not isinstance(network, PIRLNet):
         raise PirlInputError(f"representation metrics need a PIRLNet (z and X_h'), got {type(network).__name__}")
     patch = tuple(network.patch_size if patch_size is None else patch_size)
@@ -138,7 +138,7 @@ def embed_cases(network: PIRLNet, cases: dict[str, np.ndarray], patch_size: Sequ
     names, z, x_h = sorted(cases), [], []
     for name in names:
         crop = torch.from_numpy(center_patch(np.asarray(cases[name], np.float32), patch))[None].to(device)
-        inputs = torch.cat([repeat_modality(crop, m, network.in_channels) for m in range(crop.shape[1])])
+        inputs = torch.cat([network.single_modality(crop, m) for m in range(crop.shape[1])])
         out = network(inputs, decode=False, heads=False)
         z.append(out.z.flatten(1).double().cpu().numpy())
         x_h.append(out.x_h.flatten(1).double().cpu().numpy())

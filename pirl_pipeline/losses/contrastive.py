@@ -17,7 +17,10 @@ class InfoNCELoss(nn.Module):
     fix: the reference uses raw dot products and in-batch negatives only (identically 0 at batch size 1);
     here the queue — detached projections of earlier steps' subjects (``enqueue``), initialised with
     random unit vectors — gives a real signal at any batch size. Same-subject embeddings of the current
-    step are never negatives: the caller enqueues a step's embeddings after the step.
+    step are never negatives: the caller enqueues a step's embeddings after the step. With ``ids`` given to
+    ``forward`` and ``enqueue`` the queue also remembers whose projection each entry is, and a query never
+    meets its own subject's earlier projections as negatives (with 6 training subjects about 1 in 6 of the
+    queue is the subject itself, which pushes its modalities apart while L_inv pulls them together).
     """
 
     def __init__(self, dim: int, temperature: float = 0.2, queue_size: int = 256) -> None:
@@ -27,8 +30,15 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))  # -1: no subject
 
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the queue held subject ids: their entries belong to no known subject
+        state_dict.setdefault(prefix + "queue_ids", torch.full_like(self.queue_ids, -1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, views: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """views (V, B, D); ids (B,) subject ids (>= 0) or None (the queue is used whole)."""
         num_views, batch, _ = views.shape
         if num_views < 2:
             raise ValueError("InfoNCE needs at least 2 views per sample")
@@ -36,7 +46,10 @@ class InfoNCELoss(nn.Module):
         query = v[0]  # (B, D)
         pos = torch.einsum("bd,ubd->bu", query, v[1:]) / self.temperature  # (B, V-1)
         # fix: queue negatives, so the loss is not identically 0 at batch size 1 as in the reference
-        negatives = [query @ self.queue.clone().float().T / self.temperature]  # (B, K); clone: enqueue is in-place
+        queued = query @ self.queue.clone().float().T / self.temperature  # (B, K); clone: enqueue is in-place
+        if ids is not None:  # fix: the subject's own earlier projections are not negatives
+            queued = queued.masked_fill(ids.to(queued.device)[:, None] == self.queue_ids[None], float("-inf"))
+        negatives = [queued]
         if batch > 1:
             other = torch.einsum("bd,ucd->buc", query, v) / self.temperature  # (B, V, B)
             same = torch.eye(batch, dtype=torch.bool, device=v.device).unsqueeze(1).expand_as(other)
@@ -46,10 +59,11 @@ class InfoNCELoss(nn.Module):
         return -F.log_softmax(logits, dim=-1)[..., 0].mean()
 
     @torch.no_grad()
-    def enqueue(self, embeddings: torch.Tensor) -> None:
-        """Push detached, normalised embeddings (N, D) into the FIFO queue."""
+    def enqueue(self, embeddings: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Push detached, normalised embeddings (N, D) and their subject ids (N,) (None: -1) into the FIFO queue."""
         size = self.queue.shape[0]
         emb = F.normalize(embeddings.detach().float(), dim=1)[-size:].to(self.queue.dtype)
         idx = (self.queue_ptr + torch.arange(emb.shape[0], device=self.queue.device)) % size
         self.queue[idx] = emb
+        self.queue_ids[idx] = -1 if ids is None else ids[-size:].to(self.queue_ids.device)
         self.queue_ptr.copy_((self.queue_ptr + emb.shape[0]) % size)

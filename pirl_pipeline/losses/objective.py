@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -15,8 +17,8 @@ from pirl_pipeline.losses.decomposition import DecompositionLoss
 from pirl_pipeline.losses.equivariance import EquivarianceLoss
 from pirl_pipeline.losses.geometric import GeometricTransforms
 from pirl_pipeline.losses.invariance import InvarianceLoss, SubjectAnchors
+from pirl_pipeline.losses.subject_contrastive import SubjectContrastiveLoss
 from pirl_pipeline.losses.views import ViewAugmentation
-from pirl_pipeline.networks.modalities import repeat_modality
 
 TERMS = ("contrastive", "equivariance", "invariance", "decomposition")
 
@@ -39,6 +41,11 @@ class PIRLLossConfig:
     objective checks that they agree. ``views``: augmented views per modality (Algorithm 1: 2);
     ``view_grad``: back-propagate through the views' encoder passes (False: they are fixed keys, as in
     MoCo; it saves their backward and activation memory).
+
+    The representation fixes (issue 23; 0/False reproduce the reference code): ``skip_dropout``: share of the
+    decoder passes whose skips are zeroed, so L_decom must be met from X_h' (else the skips carry it and X_h'
+    is ignored); ``subject_contrastive``: weight of L_subj (``SubjectContrastiveLoss``; 0: off), reported as
+    the term "subject"; ``queue_subject_ids``: L_contr's queue never offers a subject its own projections.
     """
 
     contrastive: bool = True
@@ -53,6 +60,9 @@ class PIRLLossConfig:
     view_grad: bool = False
     foreground_weight: float = 10.0
     augmentation: ViewAugmentation = field(default_factory=ViewAugmentation)
+    skip_dropout: float = 0.0
+    subject_contrastive: float = 0.0
+    queue_subject_ids: bool = False
 
     @classmethod
     def table7(cls, row: int, **overrides: object) -> PIRLLossConfig:
@@ -106,8 +116,10 @@ class PIRLObjective(nn.Module):
     """
 
     def __init__(
-        self, config: PIRLLossConfig, patch_size: Sequence[int], num_transforms: int = 4, proj_dim: int = 512
+        self, config: PIRLLossConfig, patch_size: Sequence[int], num_transforms: int = 4, proj_dim: int = 512,
+        bottleneck_dim: int | None = None,
     ) -> None:
+        """bottleneck_dim: size of a flattened X_h' (16fs·prod(patch/32)); needed by L_subj."""
         super().__init__()
         if not config.enabled():
             raise ValueError("at least one pre-training loss must be enabled")
@@ -120,12 +132,19 @@ class PIRLObjective(nn.Module):
         self.equivariance = EquivarianceLoss()
         self.invariance = InvarianceLoss()
         self.decomposition = DecompositionLoss(config.foreground_weight)
+        self.subject = None
+        if config.subject_contrastive > 0:
+            if bottleneck_dim is None:
+                raise ValueError("L_subj (subject_contrastive > 0) needs bottleneck_dim")
+            self.subject = SubjectContrastiveLoss(bottleneck_dim, config.temperature)
+        self._anonymous = 0  # ids for subjects given without one: never equal to a real or earlier id
 
     @classmethod
     def for_model(cls, model: nn.Module, config: PIRLLossConfig) -> PIRLObjective:
         """The objective matching a PIRLNet (or a DDP wrapper of one)."""
         net = getattr(model, "module", model)
-        return cls(config, net.patch_size, net.num_transforms, net.proj_dim)
+        grid = math.prod(p // 32 for p in net.patch_size)
+        return cls(config, net.patch_size, net.num_transforms, net.proj_dim, net.config["feature_size"] * 16 * grid)
 
     def forward(
         self,
@@ -136,6 +155,7 @@ class PIRLObjective(nn.Module):
         targets: torch.Tensor | None = None,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
         present: torch.Tensor | None = None,
+        subjects: Sequence[str] | None = None,
     ) -> StepResult:
         """images (B, M, *patch) all modalities (the network inputs, intensity-augmented in training);
         targets (B, M, *patch) what L_decom reconstructs (the same patch with the spatial transform only;
@@ -147,6 +167,7 @@ class PIRLObjective(nn.Module):
         autocast: a context factory wrapped around each modality's forward pass and losses only.
         present: (B, M) bool, the modalities each subject has (None: all). A subject contributes only those:
         it is encoded from them, its L_inv anchor is its first one, L_decom scores only them.
+        subjects: the B case names (subject ids of L_subj and of L_contr's queue); None: all distinct and new.
         """
         net = getattr(model, "module", model)
         cfg = self.config
@@ -157,18 +178,19 @@ class PIRLObjective(nn.Module):
         targets = images if targets is None else targets
         present = (torch.ones(images.shape[:2], dtype=torch.bool) if present is None
                    else present.to(torch.bool).cpu())
+        ids = self.subject_ids(subjects, images.shape[0])
         order = torch.randperm(images.shape[1]).tolist()
         visited = [m for m in order if bool(present[:, m].any())]
         counts = self._term_counts(present, visited)
         sums: dict[str, torch.Tensor] = {}
         total = images.new_zeros((), dtype=torch.float)
-        anchors, queries = SubjectAnchors(images.shape[0]), []
+        anchors, queries, query_ids = SubjectAnchors(images.shape[0]), [], []
         for step, m in enumerate(visited):
             defer_sync = backward is not None and step < len(visited) - 1 and hasattr(model, "no_sync")
             with model.no_sync() if defer_sync else nullcontext():
                 with autocast():
-                    terms, proj = self._modality(model, net, images, targets, m, mask, anchors, present)
-                    loss = sum((cfg.weights.get(t, 1.0) * v / counts[t] for t, v in terms.items()),
+                    terms, proj = self._modality(model, net, images, targets, m, mask, anchors, present, ids)
+                    loss = sum((self.weight(t) * v / counts[t] for t, v in terms.items()),
                                total.new_zeros(()))
                 if backward is not None and loss.requires_grad:
                     # fix: gradients accumulate over the modalities of ONE batch; the caller zeroes and steps once
@@ -179,9 +201,25 @@ class PIRLObjective(nn.Module):
                 sums[t] = sums.get(t, 0) + v.detach()
             if proj is not None:
                 queries.append(proj.detach())
+                query_ids.append(ids[present[:, m]])
         if queries and self.training:  # fix: validation batches never enter the memory queue
-            self.contrastive.enqueue(torch.cat(queries))
+            self.contrastive.enqueue(torch.cat(queries), torch.cat(query_ids) if cfg.queue_subject_ids else None)
+        if self.subject is not None and self.training and anchors.value is not None:
+            self.subject.enqueue(anchors.value[anchors.seen.to(anchors.value.device)], ids[anchors.seen])
         return StepResult(total, {t: v / counts[t] for t, v in sums.items()}, visited)
+
+    def weight(self, term: str) -> float:
+        """w_t of a term: the config's weights for TERMS, ``subject_contrastive`` for L_subj ("subject")."""
+        return self.config.subject_contrastive if term == "subject" else self.config.weights.get(term, 1.0)
+
+    def subject_ids(self, subjects: Sequence[str] | None, batch: int) -> torch.Tensor:
+        """(B,) int64 ids: a stable hash of each case name; fresh ids never seen before when None."""
+        if subjects is None:
+            self._anonymous += batch
+            return torch.arange(self._anonymous - batch, self._anonymous) + 2**40
+        if len(subjects) != batch:
+            raise ValueError(f"{len(subjects)} subject names for a batch of {batch}")
+        return torch.tensor([zlib.crc32(str(s).encode()) for s in subjects], dtype=torch.long)
 
     @staticmethod
     def _term_counts(present: torch.Tensor, visited: list[int]) -> dict[str, int]:
@@ -191,7 +229,7 @@ class PIRLObjective(nn.Module):
         for m in visited:
             inv += int(bool((seen & present[:, m]).any()))
             seen |= present[:, m]
-        return {t: max(len(visited), 1) for t in TERMS} | {"invariance": max(inv, 1)}
+        return {t: max(len(visited), 1) for t in TERMS} | {"invariance": max(inv, 1), "subject": max(inv, 1)}
 
     def _modality(
         self,
@@ -203,6 +241,7 @@ class PIRLObjective(nn.Module):
         mask: torch.Tensor | None,
         anchors: SubjectAnchors,
         present: torch.Tensor,
+        ids: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         cfg, phi = self.config, self.transforms
         rows, channels = present[:, m], None
@@ -214,22 +253,33 @@ class PIRLObjective(nn.Module):
             channels = present[rows].to(images.device)
         batch = images.shape[0]
         t = phi.sample(batch)
-        x = phi.apply_batch(repeat_modality(images, m, net.in_channels), t)
+        x = phi.apply_batch(net.single_modality(images, m), t)  # repeated (reference) or its own channel
         views = torch.cat([self.augment(x) for _ in range(cfg.views)]) if cfg.contrastive else None
         # a head runs only when its loss is on: an idle head has no gradient, which DDP refuses
         heads = [h for h in ("equivariance", "contrastive") if getattr(cfg, h)]
-        out = model(x, views=views, view_grad=cfg.view_grad, decode=cfg.decomposition, heads=heads)
+        dropping = self.training and cfg.decomposition and cfg.skip_dropout > 0  # validation: always with skips
+        drop = torch.rand(batch) < cfg.skip_dropout if dropping else None
+        # fix: skip_dropout: some decoder passes get no skips, so L_decom must be met through X_h'
+        out = model(x, views=views, view_grad=cfg.view_grad, decode=cfg.decomposition, heads=heads, drop_skips=drop)
         terms: dict[str, torch.Tensor] = {}
+        row_ids = ids[rows]
         if cfg.contrastive:
             terms["contrastive"] = self.contrastive(
-                torch.cat([out.proj[None], out.view_proj.view(cfg.views, batch, -1)])
+                torch.cat([out.proj[None], out.view_proj.view(cfg.views, batch, -1)]),
+                ids=row_ids if cfg.queue_subject_ids else None,
             )
         if cfg.equivariance:
             terms["equivariance"] = self.equivariance(out.equ_logits, t)
-        if cfg.invariance:
+        if cfg.invariance or self.subject is not None:
             x_h = phi.inverse_batch(out.x_h, t)  # un-rotated frame: phi^-1 is exact on the bottleneck grid
+            if self.subject is not None and bool(anchors.seen.any()):
+                # fix: L_subj pushes subjects apart at X_h' (L_inv alone only pulls: its minimiser is a constant)
+                seen = anchors.seen.nonzero()[:, 0]
+                subj = self.subject(x_h, row_ids, anchors.value[seen.to(anchors.value.device)], ids[seen])
+                if subj is not None:
+                    terms["subject"] = subj
             inv = anchors.step(self.invariance, x_h, rows)
-            if inv is not None:
+            if inv is not None and cfg.invariance:
                 terms["invariance"] = inv
         if cfg.decomposition:
             terms["decomposition"] = self.decomposition(phi.inverse_batch(out.output, t), targets, mask, channels)

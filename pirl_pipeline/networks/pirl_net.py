@@ -12,7 +12,15 @@ from torch import nn
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks.heads import EquivarianceHead, ProjectionHead
-from pirl_pipeline.networks.modalities import scatter_mean, split_modalities
+from pirl_pipeline.networks.modalities import (
+    FUSIONS,
+    availability_mask,
+    scatter_max,
+    scatter_mean,
+    single_modality,
+    split_modalities,
+    split_slots,
+)
 from pirl_pipeline.networks.prior import PriorFusion
 from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_swinunetr_state, set_fused_attention
 
@@ -84,11 +92,17 @@ class PIRLNet(nn.Module):
         dropout_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         use_flash_attention: bool = False,
+        prior_attention: str = "dot",
+        fusion: str = "mean",
     ) -> None:
         """``use_checkpoint`` (gradient checkpointing of the Swin blocks) and ``use_flash_attention`` (fused
         ``scaled_dot_product_attention`` window attention, in training too: ``set_fused_attention``) change
-        how the network runs, not its weights or results (to float rounding); both are MONAI SwinUNETR's."""
+        how the network runs, not its weights or results (to float rounding); both are MONAI SwinUNETR's.
+        ``prior_attention``: "dot" (the reference) or "cosine" (``PriorFusion``); ``fusion``: how modalities
+        enter and combine, "mean" (the reference), "max" or "joint" (``modalities.FUSIONS``)."""
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         patch_size = tuple(int(p) for p in patch_size)
         if len(patch_size) != 3 or any(p % 32 for p in patch_size):
             raise ValueError(f"patch_size must be 3 sides, each a multiple of 32; got {patch_size}")
@@ -98,17 +112,18 @@ class PIRLNet(nn.Module):
             "window_size": window_size, "use_prior": use_prior, "attn_heads": attn_heads,
             "num_transforms": num_transforms, "proj_dim": proj_dim, "norm_name": norm_name,
             "dropout_path_rate": dropout_path_rate, "use_checkpoint": use_checkpoint,
-            "use_flash_attention": use_flash_attention,
+            "use_flash_attention": use_flash_attention, "prior_attention": prior_attention, "fusion": fusion,
         }  # fmt: skip
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
         self.use_prior, self.num_transforms, self.proj_dim = use_prior, num_transforms, proj_dim
+        self.fusion = fusion
         base = SwinUNETR(**self.swinunetr_kwargs())
         for name in SWINUNETR_MODULES:
             setattr(self, name, getattr(base, name))
         set_fused_attention(self, use_flash_attention)
         channels = 16 * feature_size
         grid = tuple(p // 32 for p in patch_size)
-        self.prior_fusion = PriorFusion(channels, grid, attn_heads) if use_prior else None
+        self.prior_fusion = PriorFusion(channels, grid, attn_heads, prior_attention) if use_prior else None
         self.equivariance_head = EquivarianceHead(channels, num_transforms)
         self.projection_head = ProjectionHead(channels, proj_dim)
 
@@ -170,15 +185,29 @@ class PIRLNet(nn.Module):
         """X_h' from z: the prior fusion, or z itself without the prior."""
         return z if self.prior_fusion is None else self.prior_fusion(z)
 
+    def single_modality(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """The input that shows modality ``index`` of x (B, M, *patch) alone: repeated into every channel
+        (fusion "mean"/"max", the reference) or in its own channel with the others zero ("joint")."""
+        return single_modality(x, index, self.in_channels, self.fusion)
+
     def _skips(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]), self.encoder4(hidden[2]),
                 hidden[3]]  # fmt: skip
 
-    def _decode(self, x_h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def decode(self, x_h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """D(X_h', skips) -> (B, C_out, *patch); skips as ``encode`` returns them."""
         enc0, enc1, enc2, enc3, hid3 = skips
         dec3 = self.decoder5(self.encoder10(x_h), hid3)
         dec0 = self.decoder2(self.decoder3(self.decoder4(dec3, enc3), enc2), enc1)
         return self.out(self.decoder1(dec0, enc0))
+
+    def encode(self, x: torch.Tensor, skips: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(z, X_h', decoder skips ([] when ``skips`` is False)) of a network input x (B, C_in, *patch)."""
+        hidden = self.swinViT(x, normalize=True)
+        return hidden[4], self.bottleneck(hidden[4]), (self._skips(x, hidden) if skips else [])
+
+    def _fuse(self, t: torch.Tensor, owner: torch.Tensor, batch: int) -> torch.Tensor:
+        return scatter_max(t, owner, batch) if self.fusion == "max" else scatter_mean(t, owner, batch)
 
     def forward(
         self,
@@ -186,21 +215,28 @@ class PIRLNet(nn.Module):
         *,
         available: torch.Tensor | Sequence[int] | None = None,
         fuse: bool = True,
+        per_modality: bool = False,
         views: torch.Tensor | None = None,
         view_grad: bool = True,
         decode: bool = True,
+        drop_skips: torch.Tensor | None = None,
         heads: bool | Collection[str] = True,
     ) -> PIRLOutput:
         """Run the network.
 
         x: (B, C_in, *patch) network input; or, with ``available``, a modality stack (B, M, *patch).
-        available: (B, M) bool mask or list of modality indices. Each available (subject, modality) is fed
-            alone (repeated into C_in channels). fuse=True: X_h', z and every decoder skip are averaged over
-            a subject's available modalities and decoded once -> output (B, ...); fuse=False: each pair is
-            decoded on its own -> output (N, ...) with ``owner`` mapping rows to subjects.
+        available: (B, M) bool mask or list of modality indices. fuse=True: one output per subject (B, ...) from
+            its available modalities, combined by ``self.fusion``: "mean"/"max" feed each (subject, modality)
+            alone (repeated into C_in channels) and fuse X_h', z and every decoder skip over the subject's
+            modalities; "joint" feeds them together, the missing channels zeroed. fuse=False: each pair is
+            decoded on its own -> output (N, ...), ``owner`` mapping rows to subjects.
+        per_modality: with ``available``, also set ``x_h_modalities``/``owner`` (one X_h' per available pair,
+            for L_inv): free for "mean"/"max"; "joint" encodes each pair once more (encoder only).
         views: extra inputs (V*B, C_in, *patch) encoded by E only; their projections land in ``view_proj``
             (Algorithm 1's augmented views); computed without gradient when ``view_grad`` is False.
         decode: skip the decoder when False.
+        drop_skips: (B,) bool, rows whose decoder skips are replaced by zeros (the decoder must then work from
+            X_h' alone; pre-training's ``skip_dropout``).
         heads: which heads on z run: True (both), False (none) or a subset of HEADS = ("equivariance",
             "contrastive"). A head that does not run leaves its parameters without gradient, so a loss
             that is off must not run its head (DDP checks that every used parameter got one).
@@ -212,23 +248,31 @@ class PIRLNet(nn.Module):
         if "contrastive" in heads and views is not None:  # first: gradient-free views then never coexist with the main graph
             with torch.set_grad_enabled(view_grad and torch.is_grad_enabled()):
                 view_proj = self.projection_head(self.swinViT(views, normalize=True)[4])
-        owner = None
+        owner, batch, rows = None, x.shape[0], None
         if available is not None:
-            batch = x.shape[0]
-            x, owner, _ = split_modalities(x, available, self.in_channels)
-        hidden = self.swinViT(x, normalize=True)
-        z = hidden[4]
-        x_h = self.bottleneck(z)
-        skips = self._skips(x, hidden) if decode else []
+            if self.fusion == "joint" and fuse:  # fix: joint input; the mean let T1 cancel FLAIR's lesion
+                mask = availability_mask(available, batch, x.shape[1]).to(x.device, x.dtype)
+                x = x * mask[(...,) + (None,) * (x.dim() - 2)]
+                if per_modality:
+                    singles, owner = split_slots(x, mask.bool())
+                    rows = self.encode(singles, skips=False)[1]
+            elif self.fusion == "joint":
+                x, owner = split_slots(x, available)
+            else:
+                x, owner, _ = split_modalities(x, available, self.in_channels)
+        z, x_h, skips = self.encode(x, skips=decode)
         result = PIRLOutput(z=z, x_h=x_h, view_proj=view_proj)
         if owner is not None:
-            result.x_h_modalities, result.owner = x_h, owner
-            if fuse:
-                z, x_h = scatter_mean(z, owner, batch), scatter_mean(x_h, owner, batch)
-                skips = [scatter_mean(s, owner, batch) for s in skips]
+            result.x_h_modalities, result.owner = (x_h if rows is None else rows), owner
+            if fuse and self.fusion != "joint":
+                z, x_h = self._fuse(z, owner, batch), self._fuse(x_h, owner, batch)
+                skips = [self._fuse(s, owner, batch) for s in skips]
                 result.z, result.x_h = z, x_h
         if decode:
-            result.output = self._decode(x_h, skips)
+            if drop_skips is not None and bool(drop_skips.any()):
+                keep = (~drop_skips).to(x_h.device, x_h.dtype)
+                skips = [s * keep[(...,) + (None,) * (s.dim() - 1)] for s in skips]
+            result.output = self.decode(x_h, skips)
         # fix: both heads act on z, before O (the reference puts them after O; Table 7 row 3 vs 6)
         if "equivariance" in heads:
             result.equ_logits = self.equivariance_head(z)
@@ -237,5 +281,5 @@ class PIRLNet(nn.Module):
         return result
 
     def encode_modalities(self, x: torch.Tensor, available: torch.Tensor | Sequence[int], **kwargs: Any) -> PIRLOutput:
-        """Missing-modality path: encode each available modality of x (B, M, *patch) alone, fuse X_h' (mean)."""
+        """Missing-modality path: the available modalities of x (B, M, *patch), combined by ``self.fusion``."""
         return self(x, available=available, **kwargs)

@@ -1,12 +1,14 @@
 """Weights from another channel set, patch size or network (issue 13): a source state dict mapped onto a
 freshly initialised target (PIRLNet, SwinUNETR).
 
-PIRLNet encodes one modality at a time, repeated into every input channel, so what it learnt is tied
-neither to C_in nor to the patch size. ``adapt_state`` maps, per key:
+PIRLNet with fusion "mean"/"max" (the reference) encodes one modality at a time, repeated into every input
+channel, so what it learnt is tied neither to C_in nor to the patch size. ``adapt_state`` maps, per key:
 
 - stem (the convolutions that read the input: ``STEM_KEYS``, weights (out, C_in, k, k, k)): summed over the
   source's input channels and spread evenly over the target's, so sum_c W'[:, c] = sum_c W[:, c]: a modality
-  repeated into every channel gives exactly the same features;
+  repeated into every channel gives exactly the same features. A "joint" source learnt one kernel per
+  modality (each in its own channel): with ``stem_rows`` (target input channel -> source channel, by modality
+  name) each target channel takes its modality's kernel, and a modality the source never saw starts fresh;
 - prior O (16fs, *grid): resampled trilinearly to the target's bottleneck grid; the prior attention embeds each
   channel by its grid values (embedding = grid volume), so with another grid volume it starts fresh;
 - output head: rows picked by ``head_rows`` (target channel -> source channel, None: fresh), e.g. the
@@ -115,17 +117,30 @@ def _summed_stem(source: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return (source.sum(1, keepdim=True) / fresh.shape[1]).expand_as(fresh).clone()
 
 
+def _picked_stem(source: torch.Tensor, fresh: torch.Tensor, rows: Sequence[int | None]) -> torch.Tensor:
+    """(out, C, k...) -> (out, C', k...): target input channel t takes source channel rows[t] (None: fresh)."""
+    if len(rows) != fresh.shape[1]:
+        raise ValueError(f"stem_rows has {len(rows)} entries for {fresh.shape[1]} input channels")
+    out = fresh.clone()
+    for target, row in enumerate(rows):
+        if row is not None:
+            out[:, target] = source[:, row]
+    return out
+
+
 def _resampled_prior(source: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     """O (C, *grid) trilinearly resampled to the fresh prior's grid."""
     return F.interpolate(source[None].float(), size=fresh.shape[1:], mode="trilinear", align_corners=False)[0]
 
 
 def adapt_state(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], *,
-                head: str | tuple[str, ...] = "out.", head_rows: Sequence[int | None] | None = None) -> Adaptation:
+                head: str | tuple[str, ...] = "out.", head_rows: Sequence[int | None] | None = None,
+                stem_rows: Sequence[int | None] | None = None) -> Adaptation:
     """Map ``source`` onto the keys and shapes of ``target`` (a fresh model's state dict); see the module doc.
 
     head: key prefix(es) of the output head. head_rows: target output channel -> source row (None: fresh); when
-    not given, the head is loaded if its shape fits and left fresh otherwise.
+    not given, the head is loaded if its shape fits and left fresh otherwise. stem_rows: target input channel
+    -> source input channel (None: fresh), for a source whose stem reads each modality in its own channel.
     """
     result = Adaptation()
     target_modules, source_modules = {_module(k) for k in target}, {_module(k) for k in source}
@@ -150,6 +165,10 @@ def adapt_state(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.T
                 result.state[key] = _pick_rows(src, value, head_rows)
             else:
                 mismatched.append(f"{key} {tuple(src.shape)} vs {tuple(value.shape)}")
+        elif key in STEM_KEYS and stem_rows is not None and src.shape[0] == value.shape[0] \
+                and src.shape[2:] == value.shape[2:]:
+            result.state[key] = _picked_stem(src, value, stem_rows)
+            stems.append(key)
         elif src.shape == value.shape:
             result.state[key] = src
         elif key in STEM_KEYS and src.dim() == value.dim() and src.shape[0] == value.shape[0] \
@@ -166,7 +185,10 @@ def adapt_state(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.T
             head_fresh.append(key)
         else:
             mismatched.append(f"{key} {tuple(src.shape)} vs {tuple(value.shape)}")
-    if stems:
+    if stems and stem_rows is not None:
+        result.notes.append(f"input stem mapped by modality (target channel <- source channel, None: fresh): "
+                            f"{list(stem_rows)}: {', '.join(stems)}")
+    elif stems:
         c_src, c_new = source[stems[0]].shape[1], target[stems[0]].shape[1]
         result.notes.append(f"input stem adapted from {c_src} to {c_new} channels (summed over the input channels: "
                             f"the same features for a modality repeated into every channel): {', '.join(stems)}")

@@ -7,13 +7,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from pirl_pipeline.plots import heatmap, history_row, save_figure
+from pirl_pipeline.plots import HISTORY_FIGSIZE, HISTORY_PANELS, heatmap, history_row, save_figure
 from pirl_pipeline.report.collect import TrainerRun
 
 
 def training_curves(runs: list[TrainerRun], path: Path) -> None:
     """One row of history panels (``plots.history_row``) per run."""
-    fig, axes = plt.subplots(len(runs), 3, figsize=(15, 3.6 * len(runs) + 0.4), squeeze=False)
+    width, height = HISTORY_FIGSIZE
+    fig, axes = plt.subplots(len(runs), HISTORY_PANELS, figsize=(width, (height - 0.4) * len(runs) + 0.4),
+                             squeeze=False)
     for row, run in zip(axes, runs):
         done = f"{len(run.history)} epoch(s)" + ("" if run.finished else f", from {run.source}")
         history_row(row, run.history, run.name, done, run.training_time)

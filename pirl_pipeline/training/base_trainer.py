@@ -33,9 +33,17 @@ import torch
 
 from pirl_pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pirl_pipeline.data.dataset_json import DatasetJson
-from pirl_pipeline.dataloading import AugmentationConfig, BatchStream, make_train_loader, make_val_loader
+from pirl_pipeline.dataloading import (
+    AugmentationConfig,
+    BatchStream,
+    PreprocessedDataset,
+    make_train_loader,
+    make_val_loader,
+)
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.health import health_patches, representation_health
 from pirl_pipeline.file_io import save_json
+from pirl_pipeline.networks.pirl_net import PIRLNet
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention, set_gradient_checkpointing
 from pirl_pipeline.trainer_config import TrainerConfig
 from pirl_pipeline.training import distributed
@@ -110,6 +118,8 @@ class BaseTrainer:
             torch.backends.cudnn.benchmark = True  # one patch size all run long: autotuned convolutions pay off
         torch.manual_seed(config.seed)
         network = self.build_network()
+        built = {k: network.config[k] for k in ("fusion", "prior_attention")} if isinstance(network, PIRLNet) else {}
+        self.config = config = config.pinned(**built)  # config.json and checkpoints record what ran
         self.build_losses(network)
         set_fused_attention(network, config.fused_attention)
         set_gradient_checkpointing(network, config.grad_checkpoint)
@@ -167,6 +177,24 @@ class BaseTrainer:
         """Per-case metrics of whole validation volumes (``cases``: this rank's share); none by default.
         Keys are logged as ``val/<key>``; a ``metric`` key (higher is better) replaces the patch-level one."""
         return []
+
+    def representation_health(self) -> dict[str, float]:
+        """``evaluation.health`` of a PIRLNet on the centre patches of up to ``health_subjects`` validation cases
+        (topped up with training cases to 2 when fewer; logged once), fixed for the run; {} otherwise."""
+        wanted = self.config.health_subjects
+        if not isinstance(self.network, PIRLNet) or wanted == 0:
+            return {}
+        if getattr(self, "_health_patches", None) is None:
+            cases = list(self.ctx.val_cases[:wanted])
+            if len(cases) < 2:
+                extra = [c for c in self.ctx.train_cases if c not in cases][: 2 - len(cases)]
+                log.info("representation health: %d validation case(s), adding training case(s) %s", len(cases), extra)
+                cases += extra
+            if len(cases) < 2:
+                return {}
+            dataset = PreprocessedDataset(self.ctx.preprocessed_folder, cases)
+            self._health_patches = health_patches([dataset.arrays(c)[0] for c in cases], self.patch_size)
+        return representation_health(self.network, self._health_patches.to(self.device))
 
     def make_train_stream(self) -> BatchStream:
         """Augmented training batches, continuing where ``self.epoch`` left off (exact resume)."""
@@ -254,6 +282,9 @@ class BaseTrainer:
         rows = self.validate_volumes(self.ctx.val_cases[rank::world])
         for row in rows:
             _accumulate(sums, counts, {f"volume/{k}": v for k, v in row.items() if not math.isnan(v)})
+        if rank == 0:  # one rank measures: the reduced mean is its value
+            health = self.representation_health()
+            _accumulate(sums, counts, {f"val/{k}": v for k, v in health.items() if math.isfinite(v)})
         sums[VOLUME_ROWS], counts[VOLUME_ROWS] = float(len(rows)), 1
         return sums, counts
 

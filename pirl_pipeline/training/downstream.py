@@ -141,18 +141,28 @@ class DownstreamTrainer(BaseTrainer):
             block = self.ctx.plans.configuration(self.ctx.configuration).network
             options = {k: v for k, v in PIRLNet.options_from_plans(block).items() if k != "feature_size"}
             options["use_prior"] = self.config.use_prior
-            options |= self.window_override()
+            options |= {k: self.config.resolved(k) for k in ("prior_attention", "fusion")} | self.window_override()
         elif self.network_kind == "swinunetr":
             options = self.window_override()
         elif self.config.window_size is not None and source is None:  # with weights: the error below
             raise PirlInputError(f"--window-size: a {self.network_kind} network has no attention window")
         if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
             inherited = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
-                                                               "window_size") if k in source.network_kwargs}
+                                                               "window_size", "prior_attention", "fusion")
+                         if k in source.network_kwargs}
+            inherited = {"prior_attention": "dot", "fusion": "mean"} | inherited  # written before they existed
             wanted = self.config.window_size
             if wanted is not None and "window_size" in inherited and wanted != inherited["window_size"]:
                 raise PirlInputError(f"--window-size {wanted}: {source.path} was trained with window "
                                      f"{inherited['window_size']} (its attention tables have that size); drop the flag")
+            for key in ("prior_attention", "fusion"):  # set explicitly (not by the variant) and different: refuse
+                wanted = getattr(self.config, key)
+                if wanted is not None and wanted != inherited[key]:
+                    raise PirlInputError(f"--set {key}={wanted}: {source.path} was pre-trained with {key} "
+                                         f"{inherited[key]!r}, which its encoder learned; drop the setting")
+                if self.config.resolved(key) != inherited[key]:  # the config records what the network uses
+                    log.warning("%s %r from %s (variant %r would use %r)", key, inherited[key], source.path,
+                                self.config.variant, self.config.resolved(key))
             options = inherited
         net, self.description = factory.create(self.network_kind, self.num_modalities, self.out_channels,
                                                self.patch_size, self.feature_size, **options)
@@ -162,10 +172,22 @@ class DownstreamTrainer(BaseTrainer):
             weights = source.weights
             if self.network_kind == "swinunetr":
                 weights = filter_swinunetr_state(weights, include_out=True)
-            transfer_weights(net, weights, str(source.path), head_rows=self.head_rows(source))
+            transfer_weights(net, weights, str(source.path), head_rows=self.head_rows(source),
+                             stem_rows=self.stem_rows(source))
         if self.task.predicts_labels:  # after the transfer: a pre-trained output layer predicted intensities
             self.init_output_prior(net)
         return net
+
+    def stem_rows(self, source: PretrainedWeights) -> list[int | None] | None:
+        """Source input channel of each input channel, by modality name, for a source whose stem reads each
+        modality in its own channel (PIRLNet fusion "joint"); None (the stem is summed) otherwise."""
+        if (source.network_kwargs or {}).get("fusion") != "joint":
+            return None
+        names = [self.ctx.dataset_json.channel_names[str(c)] for c in range(self.num_modalities)]
+        if not source.input_modalities:
+            raise PirlInputError(f"{source.path}: a joint-fusion network without its channel names; cannot map "
+                                 "its input channels onto this dataset's")
+        return head_rows_by_name(names, source.input_modalities)
 
     def head_rows(self, source: PretrainedWeights) -> list[int | None]:
         """Source row of each output channel: translation takes the source's row of the same modality (by
@@ -199,9 +221,11 @@ class DownstreamTrainer(BaseTrainer):
                  available: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Output of ``model`` (the DDP wrapper or the bare network) and the L_inv term (0 for plain networks)."""
         if self.network_kind == "pirl":
-            out = model(images, available=available, fuse=True, heads=False)
-            inv = self.inv_loss.across_modalities(out.x_h_modalities, out.owner)
-            return out.output, inv
+            with_inv = self.config.w_inv_finetune > 0 and model.training
+            out = model(images, available=available, fuse=True, per_modality=with_inv, heads=False)
+            if out.x_h_modalities is None:
+                return out.output, images.new_zeros(())
+            return out.output, self.inv_loss.across_modalities(out.x_h_modalities, out.owner)
         masked = images * available[:, :, None, None, None].to(images.device, images.dtype)
         return model(masked), images.new_zeros(())
 

@@ -18,7 +18,11 @@ def loss_config_from(config) -> PIRLLossConfig:
     """The objective's switches and weights from the trainer config (Table-7 ablations by name)."""
     on = {t: t not in config.disabled for t in TERMS}
     weights = {t: getattr(config, f"w_{t}") for t in TERMS}  # TrainerConfig.w_<term>, one per objective term
-    return PIRLLossConfig(**on, prior=config.use_prior, weights=weights, temperature=config.temperature)
+    return PIRLLossConfig(**on, prior=config.use_prior, weights=weights, temperature=config.temperature,
+                          skip_dropout=config.resolved("skip_dropout"),
+                          # L_subj extends L_inv (pull + push): switching invariance off (Table 7) switches it off
+                          subject_contrastive=0.0 if not on["invariance"] else config.resolved("subject_contrastive"),
+                          queue_subject_ids=config.resolved("queue_subject_ids"))
 
 
 class PIRLPretrainer(BaseTrainer):
@@ -40,7 +44,8 @@ class PIRLPretrainer(BaseTrainer):
         block = self.ctx.plans.configuration(self.ctx.configuration).network
         net = PIRLNet.from_plans(block, in_channels=self.num_modalities, out_channels=self.num_modalities,
                                  patch_size=self.patch_size, feature_size=self.feature_size,
-                                 use_prior=self.config.use_prior, **self.window_override())
+                                 use_prior=self.config.use_prior, prior_attention=self.config.resolved("prior_attention"),
+                                 fusion=self.config.resolved("fusion"), **self.window_override())
         return net
 
     def build_losses(self, network: torch.nn.Module) -> None:
@@ -67,14 +72,15 @@ class PIRLPretrainer(BaseTrainer):
         images, targets, mask, present = self._inputs(batch)
         self.objective.train()
         result = self.objective(self.model, images, mask, backward=self.backward, targets=targets,
-                                autocast=self.autocast, present=present)
+                                autocast=self.autocast, present=present, subjects=batch.get("keys"))
         return {"loss": float(result.loss), **{t: float(v) for t, v in result.terms.items()}}
 
     def validation_step(self, batch: dict, step: int) -> dict[str, float]:
         images, targets, mask, present = self._inputs(batch)
         self.objective.eval()  # no queue update from validation data
         with self.autocast():
-            result = self.objective(self.network, images, mask, targets=targets, present=present)
+            result = self.objective(self.network, images, mask, targets=targets, present=present,
+                                    subjects=batch.get("keys"))
         loss = float(result.loss)
         return {"loss": loss, "metric": -loss, **{t: float(v) for t, v in result.terms.items()}}
 

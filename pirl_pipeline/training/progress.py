@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from pirl_pipeline.plots import history_row, save_figure
+from pirl_pipeline.plots import HISTORY_FIGSIZE, HISTORY_PANELS, history_row, save_figure
 
 
 class ProgressLog:
@@ -34,7 +34,7 @@ class ProgressLog:
         """``progress.png``: the history panels of ``plots.history_row`` (as the report draws them)."""
         if not self.history:
             return
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        fig, axes = plt.subplots(1, HISTORY_PANELS, figsize=HISTORY_FIGSIZE)
         done = f"{len(self.history)} epoch(s)"
         history_row(axes, self.history, title, done, sum(r.get("epoch_time", 0.0) for r in self.history))
         fig.tight_layout()
