@@ -17,6 +17,8 @@ TRANSLATION_ID, TRANSLATION_NAME = 601, "RealBraTS4"
 SEGMENTATION_ID, SEGMENTATION_NAME = 602, "BraTS2015Expert"
 SEGMENTATION2_ID, SEGMENTATION2_NAME = 603, "BraTS2018FlairT1"  # 6 BraTS-2018 FLAIR + T1 cases, whole tumour
 SEGMENTATION2_FOLDS = 3  # 4 train / 2 validate each
+SEGMENTATION4_ID, SEGMENTATION4_NAME = 604, "BraTS2018Four"  # 8 BraTS-2018 cases, 4 modalities, expert labels
+SEGMENTATION4_FOLDS = 4  # 6 train / 2 validate each: Table 11 by cross-validation
 
 
 #: the experiment's parts: dataset (folder name), task, folds attribute of the Budget
@@ -24,6 +26,7 @@ PARTS = {
     "translation": (f"Dataset{TRANSLATION_ID}_{TRANSLATION_NAME}", "translate"),
     "seg": (f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}", "seg"),
     "seg2": (f"Dataset{SEGMENTATION2_ID}_{SEGMENTATION2_NAME}", "seg"),
+    "seg4": (f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}", "seg"),
 }
 
 
@@ -54,6 +57,7 @@ class Budget:
     translation_folds: tuple[int, ...] = (0,)
     seg_folds: tuple[int, ...] = (0, 1)
     seg2_folds: tuple[int, ...] = (0,)
+    seg4_folds: tuple[int, ...] = (0,)
     ablation_rows: tuple[int, ...] = (1, 2, 3, 4, 5)  # Table-7 rows besides row 6 (= full PIRL)
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
@@ -75,7 +79,7 @@ class Budget:
 
 FULL = Budget()
 QUICK = Budget(epochs=1, pretrain_iters_per_epoch=2, finetune_iters_per_epoch=2, translate_iters_per_epoch=2,
-               seeds=(12345,), translation_folds=(0,), seg_folds=(0,), seg2_folds=(0,), ablation_rows=(4,))
+               seeds=(12345,), translation_folds=(0,), seg_folds=(0,), seg2_folds=(0,), seg4_folds=(0,), ablation_rows=(4,))
 
 
 def run_key(model_key: str, seed: int, budget: Budget) -> str:
@@ -100,6 +104,9 @@ class Model:
     disabled: tuple[str, ...] | None  # Table-7 terms switched off in pre-training; None = no pre-training
     equal_total_steps: bool = False  # fine-tune for pretrain_steps + finetune_steps
     all_seeds: bool = True  # False: the budget's first seed only
+    variant: str = "default"  # TrainerConfig.variant of its pre-training and fine-tuning ("paper": the reference)
+    sets: tuple[str, ...] = ()  # further ``--set FIELD=VALUE`` of both (e.g. "fusion=max")
+    from_pretraining_of: str | None = None  # fine-tune from another model's pre-training (its key)
 
     def trainer(self, task: str) -> str:
         return f"{self.network}{'Seg' if task == 'seg' else 'Translate'}Trainer"
@@ -116,7 +123,13 @@ class Model:
     @property
     def pretrain_key(self) -> str | None:
         """Folder of the pre-training this model starts from (shared by the tasks' fine-tunings)."""
+        if self.from_pretraining_of is not None:
+            return self.from_pretraining_of
         return None if self.disabled is None else self.key
+
+    def settings(self) -> list[str]:
+        """The ``--set`` values of its runs beyond the budget's: the variant and ``sets``."""
+        return [f"variant={self.variant}", *self.sets]
 
 
 COMPARISON = (
@@ -125,6 +138,20 @@ COMPARISON = (
     Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
     Model("swin_scratch_long", "SwinUNETR from scratch, equal total steps", "SwinUNETR", None, True, False),
 )
+
+
+#: Table 11 (BraTS-2018, 4 modalities, 15 subsets): the representation fixes (issue 23) against the paper preset
+TABLE11 = (
+    Model("pirl", "PIRL (default: fixes on)", "PIRL", ()),
+    Model("pirl_paper", "PIRL, paper preset", "PIRL", (), variant="paper"),
+    Model("pirl_scratch", "PIRLNet from scratch (default)", "PIRL", None),
+    Model("pirl_scratch_paper", "PIRLNet from scratch, paper preset (mean fusion)", "PIRL", None, variant="paper"),
+    Model("pirl_scratch_max", "PIRLNet from scratch, max fusion", "PIRL", None, sets=("fusion=max",),
+          all_seeds=False),
+    Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
+    Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
+)
+PART_MODELS = {"seg4": TABLE11}  # parts not listed compare COMPARISON
 
 
 def ablation_model(row: int) -> Model:

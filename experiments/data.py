@@ -15,6 +15,10 @@
   mask (GT_W, {0, 1}), converted with ``pirl_convert_folder``, each case named by its ``subject_id.txt``
   (Brats18_CBICA_AOO_1, ...). Skull-stripped with background exactly 0, so no mask is needed. Three folds
   of 4 train / 2 validate (``segmentation_splits(cases, SEGMENTATION2_FOLDS)``).
+- Dataset604_BraTS2018Four (segmentation with missing modalities, Table 11): the eight BraTS-2018 cases with all
+  four modalities and the official expert labels {0, 1, 2, 4} (``brats2018_four_modality``), converted by
+  ``pirl_convert_brats`` (BraTS regions: whole tumour, tumour core, enhancing tumour). Four folds of 6 train /
+  2 validate (``segmentation_splits(cases, SEGMENTATION4_FOLDS)``).
 Nothing is copied from ``../shared``: the converters read it and write pirl raw datasets into the work folder.
 """
 from __future__ import annotations
@@ -26,6 +30,9 @@ from experiments.config import (
     SEGMENTATION2_FOLDS,
     SEGMENTATION2_ID,
     SEGMENTATION2_NAME,
+    SEGMENTATION4_FOLDS,
+    SEGMENTATION4_ID,
+    SEGMENTATION4_NAME,
     SEGMENTATION_ID,
     SEGMENTATION_NAME,
     TRANSLATION_ID,
@@ -47,10 +54,12 @@ BRATS2015 = "brats2015_two_modality"
 BRATS2015_REGIONS = {"background": 0, "whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4], "enhancing tumour": 4}
 BRATS2015_REGION_ORDER = [2, 1, 4]  # paint oedema, then necrosis (core), then enhancing
 BRATS2018_FLAIR_T1 = "brats2018_flair_t1"
+BRATS2018_FOUR = "brats2018_four_modality"
 
 
 def check_shared(shared: Path = SHARED_DATA) -> Path:
-    missing = [s for s in (*BRATS4_SOURCES, BRATS2015, BRATS2018_FLAIR_T1) if not (shared / s).is_dir()]
+    missing = [s for s in (*BRATS4_SOURCES, BRATS2015, BRATS2018_FLAIR_T1, BRATS2018_FOUR)
+               if not (shared / s).is_dir()]
     if missing:
         raise PirlInputError(f"{shared}: the experiments need the real cases {missing} (see shared/data/README.md)")
     return shared
@@ -68,7 +77,7 @@ def translation_source_folder(work: Path, shared: Path = SHARED_DATA) -> Path:
 
 
 def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, list[str]]:
-    """``{dataset folder name: python -m argv}`` of the three conversions."""
+    """``{dataset folder name: python -m argv}`` of the four conversions."""
     raw = str(work / "raw")
     return {
         f"Dataset{TRANSLATION_ID}_{TRANSLATION_NAME}": [
@@ -86,6 +95,9 @@ def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, lis
             "-n", SEGMENTATION2_NAME, "-o", raw, "--channel", "FLAIR=FLAIR.nii.gz", "--channel", "T1=T1.nii.gz",
             "--label", "GT_W.nii.gz", "--labels", "background=0", "whole tumour=1",
             "--case_name_file", "subject_id.txt", "--case_name_key", "Subject_id"],
+        f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}": [
+            "dataset_conversion.brats", "-i", str(shared / BRATS2018_FOUR), "-d", str(SEGMENTATION4_ID),
+            "-n", SEGMENTATION4_NAME, "-o", raw],
     }
 
 
@@ -111,11 +123,11 @@ def segmentation_splits(cases: list[str], num_folds: int = 2) -> list[dict[str, 
 
 
 def splits_for(part: str, preprocessed_dataset: Path) -> list[dict[str, list[str]]]:
-    """The fixed splits of an experiment part ("translation", "seg", "seg2") over its preprocessed cases."""
+    """The fixed splits of an experiment part ("translation", "seg", "seg2", "seg4") over its preprocessed cases."""
     cases = sorted(p.stem for p in (preprocessed_dataset / "pirl_plans_3d_fullres").glob("*.json"))
     if part == "translation":
         return translation_splits(cases)
-    return segmentation_splits(cases, SEGMENTATION2_FOLDS if part == "seg2" else 2)
+    return segmentation_splits(cases, {"seg2": SEGMENTATION2_FOLDS, "seg4": SEGMENTATION4_FOLDS}.get(part, 2))
 
 
 def write_splits(preprocessed_dataset: Path, splits: list[dict[str, list[str]]]) -> None:

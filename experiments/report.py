@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, PARTS, Budget, ablation_model
+from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, ablation_model
 from experiments.curves import finetune_curves_section
+from experiments.table11 import table11_section
 from experiments.tables import (
     ablation_table,
     load_per_case,
@@ -305,7 +306,7 @@ def curves_section(out: Path) -> list[str]:
 def coverage(work: Path) -> list[str]:
     """What has results, per part: the models (with their number of seeds) and the references."""
     lines = []
-    for part in PARTS:
+    for part in [p for p in PARTS if p not in PART_MODELS]:  # seg4: its own section (experiments/table11.py)
         references = TRANSLATION_REFERENCES if part == "translation" else SEGMENTATION_REFERENCES
         rows = load_per_case(work, part, COMPARISON_KEYS + references)
         if rows.empty:
@@ -321,14 +322,19 @@ def coverage(work: Path) -> list[str]:
     return lines
 
 
-def write_report(work: Path, out: Path, budget: Budget, quick: bool) -> Path:
-    """Write every table that has results, and ``out/RESULTS.md``; returns its path."""
+def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list[str] | None = None) -> Path:
+    """Write every table that has results, and ``out/RESULTS.md`` (the sections of ``parts``, None: all);
+    returns its path."""
     tables = out / ("results" if not quick else "")
     tables.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(tables, out)
-    sections = [*curves_section(tables), "", *translation_section(work, tables), "",
-                *segmentation_section(work, tables, "seg"), "", *segmentation_section(work, tables, "seg2"), "",
-                *ablation_section(work, tables), "", *representation_section(work, tables)]
+    writers = {"translation": lambda: [*curves_section(tables), "", *translation_section(work, tables)],
+               "seg": lambda: segmentation_section(work, tables, "seg"),
+               "seg2": lambda: segmentation_section(work, tables, "seg2"),
+               "seg4": lambda: table11_section(work, tables),
+               "ablation": lambda: ablation_section(work, tables),
+               "representation": lambda: representation_section(work, tables)}
+    sections = [line for part, write in writers.items() if parts is None or part in parts for line in [*write(), ""]]
     sections = [s.replace("](", f"]({rel}/") if rel != "." and s.startswith("![") else s for s in sections]
     b = budget
     head = [

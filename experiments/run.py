@@ -25,6 +25,7 @@ from experiments import data
 from experiments.config import (
     COMPARISON,
     FULL,
+    PART_MODELS,
     PARTS,
     QUICK,
     Budget,
@@ -39,7 +40,7 @@ from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.paths import fold_folder, model_folder
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_PARTS = ["translation", "seg", "seg2", "ablation", "representation"]
+ALL_PARTS = ["translation", "seg", "seg2", "seg4", "ablation", "representation"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--translation-folds", type=int, nargs="+", help="folds 0-3 of 2 held-out cases (default 0)")
     p.add_argument("--seg-folds", type=int, nargs="+", help="BraTS-2015 folds 0-1 (default both)")
     p.add_argument("--seg2-folds", type=int, nargs="+", help="BraTS-2018 folds 0-2 (default 0)")
+    p.add_argument("--seg4-folds", type=int, nargs="+", help="BraTS-2018 four-modality folds 0-3 (default 0)")
     p.add_argument("--ablation-rows", type=int, nargs="*", help="Table-7 rows 1-5 (default all; full PIRL = row 6)")
-    p.add_argument("--models", nargs="+", choices=[m.key for m in COMPARISON],
+    p.add_argument("--models", nargs="+", choices=sorted({m.key for ms in (COMPARISON, *PART_MODELS.values()) for m in ms}),
                    help="compared models to run (default all; the report covers whatever has results)")
     return p
 
@@ -73,7 +75,7 @@ def budget_from(args: argparse.Namespace) -> Budget:
                                                "pretrain_iters_per_epoch", "finetune_iters_per_epoch",
                                                "translate_iters_per_epoch")
                  if getattr(args, k) is not None}
-    for key in ("seeds", "translation_folds", "seg_folds", "seg2_folds", "ablation_rows"):
+    for key in ("seeds", "translation_folds", "seg_folds", "seg2_folds", "seg4_folds", "ablation_rows"):
         if getattr(args, key) is not None:
             overrides[key] = tuple(getattr(args, key))
     if args.device:
@@ -87,19 +89,23 @@ class Experiment:
 
     def __init__(self, budget: Budget, work: Path, models: list[str] | None = None) -> None:
         self.budget, self.work = budget, work
-        self.models = [m for m in COMPARISON if models is None or m.key in models]
+        self.wanted = models
         self.stages: list[tuple] = []
 
-    def common(self, seed: int, task: str = "pretrain") -> list[str]:
+    def common(self, seed: int, task: str = "pretrain", model: Model | None = None) -> list[str]:
         """Flags every run of ``task`` shares; a fine-tuning adds the demo's lr and ``--set`` fields for its
-        task (after the budget's, so they win)."""
+        task (after the budget's, so they win); then the model's variant and settings (``Model.settings``)."""
         b = self.budget
         lr = [] if task == "pretrain" else ["--lr", f"{FINETUNE_LR[task]:g}"]
         sets = [] if task == "pretrain" else FINETUNE_SET[task]
         return ["--epochs", str(b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
                 "--feature-size", str(b.feature_size), "--window-size", str(b.window_size), "--batch-size",
                 str(b.batch_size), "-npa", "0", "-device", b.device, *lr, "--set", f"seed={seed}",
-                f"lr_schedule={b.lr_schedule}", *sets]
+                f"lr_schedule={b.lr_schedule}", *sets, *(model.settings() if model is not None else [])]
+
+    def models(self, part: str) -> list[Model]:
+        """The compared models of ``part`` (``PART_MODELS``, else COMPARISON), filtered by ``--models``."""
+        return [m for m in PART_MODELS.get(part, COMPARISON) if self.wanted is None or m.key in self.wanted]
 
     def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
         return fold_folder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
@@ -115,19 +121,20 @@ class Experiment:
         if model.pretrain_key is not None:
             checkpoint = self.pretrain_checkpoint(model, part, fold, seed)
             disable = ["--disable", *model.disabled] if model.disabled else []
-            self.add(f"pretrain {run} {part} fold{fold}", run_key(model.pretrain_key, seed, b), checkpoint,
+            source = run_key(model.pretrain_key, seed, b)  # another model's pre-training: the same stage name
+            self.add(f"pretrain {source} {part} fold{fold}", source, checkpoint,
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
-                      "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed), *disable])
+                      "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed, model=model), *disable])
             pretrained = ["--pretrained", str(checkpoint)]
         trainer = model.trainer(task)
         folder = self.fold_folder(run, part, trainer, fold)
         self.add(f"train {run} {part} fold{fold}", run, folder / "checkpoint_final.pth",
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
-                  "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task), *pretrained])
+                  "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task, model), *pretrained])
         out = self.work / "eval" / run / f"{part}_fold{fold}"
         self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
-                  "--disable_tta", "-device", b.device, "-o", str(out)])
+                  "--disable_tta", "--no_distance_metrics", "-device", b.device, "-o", str(out)])
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"
@@ -140,12 +147,12 @@ class Experiment:
 
     def plan(self, parts: list[str]) -> None:
         b = self.budget
-        for part in ("translation", "seg", "seg2"):
+        for part in ("translation", "seg", "seg2", "seg4"):
             if part not in parts:
                 continue
             for fold in b.folds(part):
                 self.add_references(part, fold)
-                for model in self.models:
+                for model in self.models(part):
                     for seed in model.seeds(b):
                         self.add_model(model, part, fold, seed)
         if "ablation" in parts:
@@ -158,12 +165,22 @@ class Experiment:
                       str(b.translation_folds[0]), "--rows", *map(str, b.ablation_rows)])
 
 
-def prepare_data(runner: StageRunner, budget: Budget, work: Path) -> None:
-    """Convert the datasets, plan + preprocess at the budget's spacing, and write the fixed splits."""
+def data_parts(parts: list[str]) -> list[str]:
+    """The PARTS whose datasets ``parts`` need (the ablation and the representation use the translation data)."""
+    wanted = set(parts) | ({"translation"} if {"ablation", "representation"} & set(parts) else set())
+    return [p for p in PARTS if p in wanted]
+
+
+def prepare_data(runner: StageRunner, budget: Budget, work: Path, parts: list[str] | None = None) -> None:
+    """Convert the datasets ``parts`` need (None: all), plan + preprocess at the budget's spacing, write the fixed
+    splits."""
     data.check_shared()
-    for name, argv in data.conversion_commands(work).items():
-        runner.run(f"convert {name}", argv, work / "raw" / name / "dataset.json")
-    for part, (name, _) in PARTS.items():
+    needed = data_parts(ALL_PARTS if parts is None else parts)
+    commands = data.conversion_commands(work)
+    for part in needed:
+        name = PARTS[part][0]
+        runner.run(f"convert {name}", commands[name], work / "raw" / name / "dataset.json")
+    for part, (name, _) in ((p, PARTS[p]) for p in needed):
         marker = work / "preprocessed" / name / f".done_spacing_{budget.spacing:g}"
         runner.run(f"plan_and_preprocess {name}", ["pirl_pipeline.cli.plan_and_preprocess", "-d", name, "-np", "2",
                                                    "--spacing", *[f"{budget.spacing:g}"] * 3], marker)
@@ -182,11 +199,11 @@ def run(args: argparse.Namespace) -> None:
     experiment.plan(parts)
     start = time.perf_counter()
     if not args.report_only:
-        runner = StageRunner(work, total=len(experiment.stages) + 2 * len(PARTS))
-        prepare_data(runner, budget, work)
+        runner = StageRunner(work, total=len(experiment.stages) + 2 * len(data_parts(parts)))
+        prepare_data(runner, budget, work, parts)
         for name, results, done, argv in experiment.stages:
             runner.run(name, argv, done, results)
-    report = write_report(work, out, budget, quick=args.quick)
+    report = write_report(work, out, budget, quick=args.quick, parts=args.only)
     print(f"experiments finished in {(time.perf_counter() - start) / 60:.1f} min; results: {report}")
 
 

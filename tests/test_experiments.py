@@ -73,7 +73,7 @@ def test_stage_plan_pretrains_once_per_seed_and_passes_the_budget(tmp_path):
     # fine-tuning runs the demo's settings for its task, after the budget's --set fields (so they win)
     assert pirl[pirl.index("--lr") + 1] == "0.001" and pirl[pirl.index("--window-size") + 1] == str(FULL.window_size)
     sets = pirl[pirl.index("--set") + 1:pirl.index("--pretrained")]
-    assert sets[:2] == ["seed=2", "lr_schedule=constant"] and sets[2:] == FINETUNE_SET["seg"]
+    assert sets[:2] == ["seed=2", "lr_schedule=constant"] and sets[2:] == [*FINETUNE_SET["seg"], "variant=default"]
     pre = next(s for s in pretrains if s[0] == "pretrain pirl_seed2 seg fold1")[3]
     assert "--lr" not in pre and pre[pre.index("--window-size") + 1] == str(FULL.window_size)
     assert sum(s[0].startswith("references") for s in experiment.stages) == folds
@@ -165,15 +165,18 @@ def test_finetune_curves_average_folds_and_seeds_per_epoch(tmp_path):
 
 def test_report_without_results_says_not_run(tmp_path):
     report = write_report(tmp_path / "work", tmp_path, QUICK, quick=True).read_text()
-    assert report.count("Not run yet.") == 5 and "QUICK smoke test" in report
+    assert report.count("Not run yet.") == 6 and "QUICK smoke test" in report
 
 
 @pytest.mark.shared_data
 def test_real_data_preparation(shared_data, tmp_path):
-    """Both real datasets convert, plan and preprocess at the quick spacing, with the fixed splits."""
+    """The real datasets of the parts asked for convert, plan and preprocess at the quick spacing, with the fixed
+    splits (only those: seg2 and seg4 are not prepared)."""
     work = tmp_path / "work"
     runner = StageRunner(work, total=4)
-    prepare_data(runner, QUICK, work)
+    parts = ["translation", "seg"]
+    prepare_data(runner, QUICK, work, parts)
+    assert sorted(p.name for p in (work / "raw").iterdir()) == ["Dataset601_RealBraTS4", "Dataset602_BraTS2015Expert"]
     translation = work / "preprocessed" / "Dataset601_RealBraTS4"
     splits = load_json(translation / "splits_final.json")
     assert splits[0]["val"] == ["AURORA-MET-0001", "TCGA-DU-7294"] and len(splits[0]["train"]) == 6
@@ -184,7 +187,7 @@ def test_real_data_preparation(shared_data, tmp_path):
     assert load_dataset_json(work / "raw" / "Dataset602_BraTS2015Expert").has_regions
     # a rerun skips every stage
     timings = load_json(work / "timings.json")
-    prepare_data(StageRunner(work, total=4), QUICK, work)
+    prepare_data(StageRunner(work, total=4), QUICK, work, parts)
     assert load_json(work / "timings.json") == timings
 
 
@@ -198,3 +201,19 @@ def test_segmentation_verdicts_call_small_differences_ties_and_name_the_best_ref
     verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.68, "W": 0.11, "T": 0.3}), labels, "T1c",
                                      spread={"P": 0.01, "S": 0.03})
     assert "within the seed spread (0.030), not evidence (+0.020)" in verdicts[1]
+
+
+def test_table11_lays_out_every_subset_and_measures_the_dilution():
+    from experiments.table11 import dilution, table11
+
+    subsets = ["FLAIR", "T1", "FLAIR+T1"]
+    rows = pd.DataFrame([{"model": model, "seed": "first", "fold": 0, "case": case, "subset": subset,
+                          "Dice/whole tumour": score, "Dice/tumour core": score / 2, "Dice/enhancing tumour": 0.1}
+                         for model, scores in (("pirl", (0.8, 0.2, 0.82)), ("pirl_paper", (0.8, 0.2, 0.6)))
+                         for case in ("a", "b") for subset, score in zip(subsets, scores)])
+    table = table11(rows)
+    assert list(table.index) == [*subsets, "mean"]
+    assert table.loc["FLAIR+T1", ("PIRL, paper preset", "WT")] == pytest.approx(0.6)
+    drop = dilution(rows)
+    assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
+    assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)

@@ -1,0 +1,129 @@
+"""Table 11 (BraTS-2018, 4 modalities, all 15 subsets) and the representation's health, paper preset vs default.
+
+The ``seg4`` part (``config.TABLE11``): PIRL with the representation fixes (the default variant) and with the
+paper preset, PIRLNet and SwinUNETR from scratch, SwinUNETR from the PIRL weights, beside the trivial references.
+Health (``pirl_pipeline.evaluation.health``) comes from every PIRLNet run's own per-epoch history.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.config import PARTS, TABLE11, Budget, model_of_run
+from experiments.reference_rows import REFERENCE_LABELS
+from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown
+from pirl_pipeline.evaluation.health import HEALTH_KEYS
+from pirl_pipeline.report.collect import load_checkpoint_meta
+
+PART = "seg4"
+KEYS = [m.key for m in TABLE11]
+REFERENCES = ["reference_whole_brain", "reference_threshold"]
+LABELS = {m.key: m.label for m in TABLE11} | REFERENCE_LABELS
+SHORT = {"whole tumour": "WT", "tumour core": "TC", "enhancing tumour": "ET"}
+
+
+def table11(rows: pd.DataFrame) -> pd.DataFrame:
+    """Index: subsets (enumeration order) plus "mean"; columns: (model label, WT/TC/ET) mean Dice over cases and
+    seeds."""
+    regions = [r for r in REGIONS if f"Dice/{r}" in rows.columns]
+    table = rows.groupby(["subset", "model"], sort=False)[[f"Dice/{r}" for r in regions]].mean().unstack("model")
+    table = table.reindex(list(dict.fromkeys(rows["subset"])))
+    table.columns = pd.MultiIndex.from_tuples([(LABELS[m], SHORT[c.removeprefix("Dice/")]) for c, m in table.columns])
+    models = [LABELS[k] for k in [*KEYS, *REFERENCES] if k in set(rows["model"])]
+    table = table.reindex(columns=[(m, SHORT[r]) for m in models for r in regions])
+    table.loc["mean"] = table.mean()
+    return table
+
+
+def dilution(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per model, whole-tumour Dice: FLAIR alone, FLAIR+T1, their difference; the best single modality and all
+    modalities (the issue's target: all >= best single, FLAIR -> FLAIR+T1 drop <= 0.03)."""
+    whole = rows.groupby(["model", "subset"], sort=False)["Dice/whole tumour"].mean()
+    subsets = list(dict.fromkeys(rows["subset"]))
+    singles = [s for s in subsets if "+" not in s]
+    full = subsets[-1]
+    flair = next((s for s in singles if "flair" in s.lower()), None)
+    flair_t1 = next((s for s in subsets if s.lower().replace("+", " ").split() in (["flair", "t1"], ["t1", "flair"])),
+                    None)
+    out = []
+    for model in [k for k in KEYS if k in whole.index.get_level_values(0)]:
+        w = whole[model]
+        best = max(singles, key=lambda s: w[s])
+        row = {"model": LABELS[model], "best single": f"{best} {w[best]:.3f}", "all": w[full],
+               "all - best single": w[full] - w[best]}
+        if flair and flair_t1:
+            row |= {"FLAIR": w[flair], "FLAIR+T1": w[flair_t1], "FLAIR+T1 - FLAIR": w[flair_t1] - w[flair]}
+        out.append(row)
+    return pd.DataFrame(out).set_index("model")
+
+
+def health_rows(work: Path) -> pd.DataFrame:
+    """One row per (model, seed, stage, epoch) of every PIRLNet run of the part: the logged ``val/health_*``."""
+    from experiments.run import Experiment  # the one owner of the results-folder layout
+
+    layout, rows = Experiment(Budget(), work), []
+    results = work / "results"
+    for run in sorted(p.name for p in results.iterdir()) if results.is_dir() else []:
+        key, seed = model_of_run(run)
+        model = next((m for m in TABLE11 if m.key == key and m.network == "PIRL"), None)
+        if model is None:
+            continue
+        for stage, trainer in (("pre-training", "PIRLPretrainer"), ("fine-tuning", model.trainer("seg"))):
+            for fold in range(8):
+                path = layout.fold_folder(run, PART, trainer, fold) / "checkpoint_final.pth"
+                if not path.is_file():
+                    continue
+                meta = load_checkpoint_meta(path)
+                iters = (meta.get("config") or {}).get("iters_per_epoch") or 0
+                for record in meta.get("history") or []:
+                    values = {k: record.get(f"val/{k}") for k in HEALTH_KEYS}
+                    if any(v is not None for v in values.values()):
+                        rows.append({"model": key, "seed": seed, "fold": fold, "stage": stage,
+                                     "epoch": record["epoch"] + 1, "steps": (record["epoch"] + 1) * iters, **values})
+    return pd.DataFrame(rows)
+
+
+def health_section(work: Path, out: Path) -> list[str]:
+    rows = health_rows(work)
+    if rows.empty:
+        return []
+    rows.to_csv(out / "table11_health.csv", index=False)
+    last = rows.sort_values("epoch").groupby(["stage", "model", "seed", "fold"]).tail(1)
+    final = last.groupby(["stage", "model"], sort=False)[list(HEALTH_KEYS)].mean()
+    final = final.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
+    pre = rows[rows["stage"] == "pre-training"]
+    curve = pre.groupby(["model", "steps"])[["health_swap", "health_spread", "health_retrieval"]].mean()
+    curve = curve.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
+    return ["### Representation health (after the last epoch; `evaluation/health.py`)", "",
+            ("On the centre patches of the fold's 2 validation subjects, each modality alone (retrieval chance "
+             "0.5). swap: share of the decoder output that changes when a subject's X_h' is replaced by the other's "
+             "(0 = bypassed); spread: sqrt(between / within subject variance) of X_h' (and of z); prior_entropy: "
+             "attention entropy / log C (1 = uniform); prior_share: the O path's share of X_h' variance. Targets "
+             "(issue 23): swap >= 0.05, prior_entropy < 0.8, prior_share > 0.01, spread and retrieval above the "
+             "paper preset. Mean over seeds and folds; every epoch in `table11_health.csv`."), "",
+            to_markdown(final, 3), "", "Health against pre-training steps (mean over seeds):", "",
+            to_markdown(curve, 3), ""]
+
+
+def table11_section(work: Path, out: Path) -> list[str]:
+    title = "## Segmentation with missing modalities (Table 11): BraTS-2018, 4 modalities, paper preset vs default"
+    rows = load_per_case(work, PART, KEYS + REFERENCES)
+    if rows.empty or not set(KEYS) & set(rows["model"]):
+        return [title, "", "Not run yet."]
+    table = table11(rows)
+    table.to_csv(out / "table11_seg4.csv")
+    spread = seed_spread(rows[rows["subset"] == rows["subset"].iloc[-1]], "Dice/whole tumour")
+    seeds = rows.groupby("model")["seed"].nunique()
+    folds = sorted(int(f) for f in set(rows["fold"]))
+    lines = [title, "",
+             (f"{PARTS[PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds {folds}); every one of "
+              "the 15 modality subsets predicted by one model per row (trained with random modality dropout); "
+              "Dice of the BraTS regions on the original grid. Seeds: "
+              + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in KEYS if k in seeds.index)
+              + ". Whole-tumour seed spread (all modalities, max - min of the seed means): "
+              + ", ".join(f"{LABELS[k]} {spread[k]:.3f}" for k in KEYS if k in spread.index and seeds[k] > 1)
+              + "."), "",
+             to_markdown(table.rename(columns=lambda c: c), 3), "",
+             "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
+    return [*lines, *health_section(work, out)]
