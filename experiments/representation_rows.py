@@ -4,8 +4,11 @@ For the full PIRL pre-training (Table 7 row 6), each ablation row that ran, and 
 the same network, the representation metrics of ``pirl_pipeline.evaluation.representation`` (cross-modal
 subject retrieval, within/between-subject variance, collapse check; for z and X_h') on subjects no
 pre-training saw: the translation fold's held-out cases (4 modalities) and all expert-labelled two-modality
-cases (BraTS-2015 FLAIR + T1c, BraTS-2018 FLAIR + T1), each dataset on its own.
-Writes ``WORK/eval/representation/representation.csv`` (one row per model, dataset, representation).
+cases (BraTS-2015 FLAIR + T1c, BraTS-2018 FLAIR + T1), each dataset on its own; or (``--held-out``) every case
+of the named datasets. With ``--health`` each (model, dataset) also gets the representation health of
+``pirl_pipeline.evaluation.health`` on the cases' centre patches (swap, spread, retrieval, prior entropy/share).
+Writes ``WORK/eval/representation/representation.csv`` (one row per model, dataset, representation; the health
+columns on the x_h rows).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from experiments.config import FULL, PARTS, ablation_model
 from experiments.run import Experiment
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.evaluation.health import health_patches, representation_health
 from pirl_pipeline.evaluation.representation import (
     REPRESENTATIONS,
     load_pirl_network,
@@ -28,8 +32,14 @@ from pirl_pipeline.evaluation.representation import (
 from pirl_pipeline.file_io import atomic_path, load_json
 
 
-def held_out_sets(work: Path, fold: int) -> dict[str, dict]:
-    """``{label: {case: (M, z, y, x)}}``: the translation fold's validation cases and the seg datasets."""
+def held_out_sets(work: Path, fold: int, datasets: list[str] | None = None) -> dict[str, dict]:
+    """``{label: {case: (M, z, y, x)}}``: the translation fold's validation cases and the seg datasets; with
+    ``datasets``, every case of those (preprocessed) datasets instead."""
+    if datasets:
+        missing = [d for d in datasets if not (work / "preprocessed" / d / "pirl_plans_3d_fullres").is_dir()]
+        if missing:
+            raise PirlInputError(f"{work}: not preprocessed: {', '.join(missing)}")
+        return {d: load_preprocessed_cases(work / "preprocessed" / d / "pirl_plans_3d_fullres") for d in datasets}
     sets = {}
     for part, (dataset, _) in PARTS.items():
         folder = work / "preprocessed" / dataset
@@ -56,8 +66,9 @@ def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
     return found
 
 
-def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = None) -> Path:
-    sets, found = held_out_sets(work, fold), {**checkpoints(work, fold, rows), **(extra or {})}
+def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = None,
+        datasets: list[str] | None = None, health: bool = False) -> Path:
+    sets, found = held_out_sets(work, fold, datasets), {**checkpoints(work, fold, rows), **(extra or {})}
     if not found:
         raise PirlInputError(f"{work}: no pre-training checkpoint of the translation fold {fold} yet")
     table = []
@@ -66,9 +77,15 @@ def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = 
     for label, network in networks.items():
         for dataset, cases in sets.items():
             result = representation_metrics(network, cases)
+            extra_columns = {}
+            if health:
+                names = sorted(cases)
+                extra_columns = representation_health(network, health_patches([cases[n] for n in names],
+                                                                               network.patch_size))
             for r in REPRESENTATIONS:
                 table.append({"model": label, "dataset": dataset, "representation": r,
-                              "subjects": result["subjects"], "modalities": result["modalities"], **result[r]})
+                              "subjects": result["subjects"], "modalities": result["modalities"], **result[r],
+                              **(extra_columns if r == "x_h" else {})})
     out = work / "eval" / "representation" / "representation.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -84,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="Table-7 rows besides 6")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="LABEL=PATH",
                    help="further PIRLNet checkpoints to measure (e.g. the demo's pre-training)")
+    p.add_argument("--held-out", nargs="+", metavar="DATASET",
+                   help="measure on every case of these preprocessed datasets instead (e.g. Dataset601_RealBraTS4)")
+    p.add_argument("--health", action="store_true", help="add the representation health columns")
     return p
 
 
@@ -96,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not Path(path).is_file():
             raise PirlInputError(f"--checkpoint {item!r}: expected LABEL=PATH of an existing checkpoint")
         extra[label] = Path(path)
-    print(f"wrote {run(args.work, args.fold, args.rows, extra)}")
+    print(f"wrote {run(args.work, args.fold, args.rows, extra, args.held_out, args.health)}")
     return 0
 
 

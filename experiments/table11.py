@@ -106,9 +106,15 @@ def health_section(work: Path, out: Path) -> list[str]:
             to_markdown(curve, 3), ""]
 
 
+def load_rows(work: Path) -> pd.DataFrame:
+    """The part's per-case rows; the BraTS converter's "tumor" region names spelled as ``tables.REGIONS``."""
+    rows = load_per_case(work, PART, KEYS + REFERENCES)
+    return rows.rename(columns=lambda c: c.replace("tumor", "tumour"))
+
+
 def table11_section(work: Path, out: Path) -> list[str]:
     title = "## Segmentation with missing modalities (Table 11): BraTS-2018, 4 modalities, paper preset vs default"
-    rows = load_per_case(work, PART, KEYS + REFERENCES)
+    rows = load_rows(work)
     if rows.empty or not set(KEYS) & set(rows["model"]):
         return [title, "", "Not run yet."]
     table = table11(rows)

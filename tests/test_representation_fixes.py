@@ -72,7 +72,7 @@ def test_the_subject_term_pulls_a_subject_to_its_own_anchor_and_pushes_it_from_o
     ids = torch.tensor([10, 20])
     near_own = loss(torch.tensor([[0.9, 0.1, 0, 0]]), torch.tensor([10]), anchors, ids)
     near_other = loss(torch.tensor([[0.1, 0.9, 0, 0]]), torch.tensor([10]), anchors, ids)
-    assert near_own < 0.1 and near_other > 1.0
+    assert near_own < 0.5 and near_other > 1.0
     assert loss(torch.randn(1, 4), torch.tensor([30]), anchors, ids) is None  # no anchor yet: no term
     query = torch.tensor([[0.5, 0.5, 0, 0]], requires_grad=True)
     loss(query, torch.tensor([10]), anchors, ids).backward()
@@ -87,6 +87,17 @@ def test_the_subject_term_is_centred_so_a_shared_component_does_not_hide_subject
     assert loss.center.tolist() == pytest.approx(shared.tolist())
     value = loss(shared + torch.tensor([[0, 0.8, 0.1]]), torch.tensor([1]), anchors, torch.tensor([1, 2]))
     assert value < 0.01  # un-centred, all three vectors would have cosine ~1 and the loss would be ~log 2
+
+
+def test_the_subject_term_pushes_shrunken_subjects_apart_whatever_their_direction():
+    loss = SubjectContrastiveLoss(dim=2, temperature=0.1, margin=1.0)
+    anchors, ids = torch.tensor([[0.01, 0.0], [0.0, 0.01]]), torch.tensor([1, 2])
+    query = torch.tensor([[0.011, 0.0]], requires_grad=True)  # its direction names subject 1, but all are tiny
+    value = loss(query, torch.tensor([1]), anchors, ids)
+    assert value > 0.9  # the margin: subject 2 is 0.01 away, not 1
+    value.backward()
+    assert query.grad[0, 0] < 0  # descent moves it away from subject 2 (+x and -y) ...
+    assert query.grad[0, 1] > 0  # ... whatever the cosines say
 
 
 def test_the_objective_reports_the_subject_term_only_when_it_is_on():

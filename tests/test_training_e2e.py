@@ -179,7 +179,7 @@ def test_resume_uses_the_saved_config_and_refuses_conflicting_flags(roots, tmp_p
         assert train_main(_resume_cmd("--epochs", "2")[3:]) == 0
     assert "--c: --epochs 2 overrides the run's 1" in caplog.text
     state = load_checkpoint(out / "checkpoint_final.pth")
-    assert state["config"] == {**config.to_dict(), "epochs": 2} and state["network_kwargs"]["filters"][0] == 8
+    assert state["config"] == {**config.pinned().to_dict(), "epochs": 2} and state["network_kwargs"]["filters"][0] == 8
     assert [r["epoch"] for r in state["history"]] == [0, 1]
 
 
