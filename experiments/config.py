@@ -107,9 +107,13 @@ class Model:
     variant: str = "default"  # TrainerConfig.variant of its pre-training and fine-tuning ("paper": the reference)
     sets: tuple[str, ...] = ()  # further ``--set FIELD=VALUE`` of both (e.g. "fusion=max")
     from_pretraining_of: str | None = None  # fine-tune from another model's pre-training (its key)
+    pretrain_only: bool = False  # a diagnostic pre-training: measured by its representation, not fine-tuned
 
     def trainer(self, task: str) -> str:
-        return f"{self.network}{'Seg' if task == 'seg' else 'Translate'}Trainer"
+        """The registry name: e.g. PIRLSegTrainer; a SwinUNETR started from a PIRL pre-training is
+        SwinUNETRFromPIRL...Trainer (the plain SwinUNETR trainers refuse weights)."""
+        source = "FromPIRL" if self.network == "SwinUNETR" and self.pretrain_key is not None else ""
+        return f"{self.network}{source}{'Seg' if task == 'seg' else 'Translate'}Trainer"
 
     def steps(self, budget: Budget, task: str) -> int:
         return budget.finetune_steps(task) + (budget.pretrain_steps if self.equal_total_steps else 0)
@@ -144,6 +148,8 @@ COMPARISON = (
 TABLE11 = (
     Model("pirl", "PIRL (default: fixes on)", "PIRL", ()),
     Model("pirl_paper", "PIRL, paper preset", "PIRL", (), variant="paper"),
+    Model("pirl_default_mean", "PIRL, default with mean fusion", "PIRL", (), sets=("fusion=mean",), all_seeds=False,
+          pretrain_only=True),
     Model("pirl_scratch", "PIRLNet from scratch (default)", "PIRL", None),
     Model("pirl_scratch_paper", "PIRLNet from scratch, paper preset (mean fusion)", "PIRL", None, variant="paper"),
     Model("pirl_scratch_max", "PIRLNet from scratch, max fusion", "PIRL", None, sets=("fusion=max",),

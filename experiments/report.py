@@ -303,10 +303,11 @@ def curves_section(out: Path) -> list[str]:
     return lines
 
 
-def coverage(work: Path) -> list[str]:
-    """What has results, per part: the models (with their number of seeds) and the references."""
+def coverage(work: Path, parts: list[str] | None = None) -> list[str]:
+    """What has results, per part (of ``parts``; None: all): the models (with their number of seeds) and the
+    references."""
     lines = []
-    for part in [p for p in PARTS if p not in PART_MODELS]:  # seg4: its own section (experiments/table11.py)
+    for part in [p for p in PARTS if p not in PART_MODELS and (parts is None or p in parts)]:  # seg4: table11.py
         references = TRANSLATION_REFERENCES if part == "translation" else SEGMENTATION_REFERENCES
         rows = load_per_case(work, part, COMPARISON_KEYS + references)
         if rows.empty:
@@ -368,7 +369,7 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
         "",
         "## What has results (computed from the result folders)",
         "",
-        *coverage(work),
+        *(coverage(work, parts) or ["- the parts run here report their own coverage below."]),
         "",
     ]
     report = out / "RESULTS.md"

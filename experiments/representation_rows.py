@@ -67,7 +67,7 @@ def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
 
 
 def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = None,
-        datasets: list[str] | None = None, health: bool = False) -> Path:
+        datasets: list[str] | None = None, health: bool = False, out: Path | None = None) -> Path:
     sets, found = held_out_sets(work, fold, datasets), {**checkpoints(work, fold, rows), **(extra or {})}
     if not found:
         raise PirlInputError(f"{work}: no pre-training checkpoint of the translation fold {fold} yet")
@@ -86,7 +86,7 @@ def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = 
                 table.append({"model": label, "dataset": dataset, "representation": r,
                               "subjects": result["subjects"], "modalities": result["modalities"], **result[r],
                               **(extra_columns if r == "x_h" else {})})
-    out = work / "eval" / "representation" / "representation.csv"
+    out = out or work / "eval" / "representation" / "representation.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", nargs="+", metavar="DATASET",
                    help="measure on every case of these preprocessed datasets instead (e.g. Dataset601_RealBraTS4)")
     p.add_argument("--health", action="store_true", help="add the representation health columns")
+    p.add_argument("--out", type=Path, help="CSV to write (default WORK/eval/representation/representation.csv)")
     return p
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not Path(path).is_file():
             raise PirlInputError(f"--checkpoint {item!r}: expected LABEL=PATH of an existing checkpoint")
         extra[label] = Path(path)
-    print(f"wrote {run(args.work, args.fold, args.rows, extra, args.held_out, args.health)}")
+    print(f"wrote {run(args.work, args.fold, args.rows, extra, args.held_out, args.health, args.out)}")
     return 0
 
 

@@ -126,6 +126,8 @@ class Experiment:
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
                       "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed, model=model), *disable])
             pretrained = ["--pretrained", str(checkpoint)]
+        if model.pretrain_only:
+            return
         trainer = model.trainer(task)
         folder = self.fold_folder(run, part, trainer, fold)
         self.add(f"train {run} {part} fold{fold}", run, folder / "checkpoint_final.pth",
@@ -135,6 +137,17 @@ class Experiment:
         self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
                   "--disable_tta", "--no_distance_metrics", "-device", b.device, "-o", str(out)])
+
+    def add_seg4_representation(self) -> None:
+        b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
+        fold, seed = b.seg4_folds[0], b.seeds[0]
+        pretrained = [m for m in self.models("seg4") if m.pretrain_key == m.key]
+        checkpoints = [f"{m.label} pre-training (seg4 fold {fold})={self.pretrain_checkpoint(m, 'seg4', fold, seed)}"
+                       for m in pretrained]
+        if checkpoints:
+            self.add("representation seg4", "shared", out,
+                     ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",
+                      PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints])
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"
@@ -155,6 +168,8 @@ class Experiment:
                 for model in self.models(part):
                     for seed in model.seeds(b):
                         self.add_model(model, part, fold, seed)
+        if "seg4" in parts:  # the seg4 pre-trainings' representation on the 8 subjects of the translation data
+            self.add_seg4_representation()
         if "ablation" in parts:
             for row in b.ablation_rows:
                 self.add_model(ablation_model(row), "translation", b.translation_folds[0], b.seeds[0])
@@ -166,8 +181,9 @@ class Experiment:
 
 
 def data_parts(parts: list[str]) -> list[str]:
-    """The PARTS whose datasets ``parts`` need (the ablation and the representation use the translation data)."""
-    wanted = set(parts) | ({"translation"} if {"ablation", "representation"} & set(parts) else set())
+    """The PARTS whose datasets ``parts`` need (the ablation, the representation and seg4's representation
+    measurement use the translation data)."""
+    wanted = set(parts) | ({"translation"} if {"ablation", "representation", "seg4"} & set(parts) else set())
     return [p for p in PARTS if p in wanted]
 
 

@@ -112,6 +112,25 @@ def load_rows(work: Path) -> pd.DataFrame:
     return rows.rename(columns=lambda c: c.replace("tumor", "tumour"))
 
 
+def held_out_representation(work: Path) -> list[str]:
+    """The seg4 pre-trainings' X_h' on the 8 subjects of the translation data, which no seg4 run saw
+    (``representation_rows --held-out``): retrieval, spread, collapse check and health."""
+    path = work / "eval" / "representation_seg4" / "representation.csv"
+    if not path.is_file():
+        return []
+    rows = pd.read_csv(path)
+    rows = rows[rows["representation"] == "x_h"].set_index("model")
+    columns = ["subjects", "retrieval_top1_centered", "health_spread", "between_std_relative",
+               "cosine_other_subjects", "health_swap", "health_prior_entropy", "health_prior_share"]
+    return ["### X_h' on 8 held-out subjects (the translation data: BraTS-2020/2023, UPENN-GBM, GLISTR)", "",
+            ("Each pre-training of this part (fold 0, first seed) and a random initialisation of the first one's "
+             "architecture, on the centre patches of all 8 four-modality cases of Dataset601, none of them seen by "
+             "a seg4 run. retrieval_top1_centered: chance 1/8 = 0.125; between_std_relative: between-subject std / "
+             "RMS of X_h' (about 0: every subject at one point); cosine_other_subjects: mean cosine between "
+             f"different subjects. All columns: `{path.name}` of `work/eval/representation_seg4/`."), "",
+            to_markdown(rows[columns], 3), ""]
+
+
 def table11_section(work: Path, out: Path) -> list[str]:
     title = "## Segmentation with missing modalities (Table 11): BraTS-2018, 4 modalities, paper preset vs default"
     rows = load_rows(work)
@@ -132,4 +151,4 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + "."), "",
              to_markdown(table.rename(columns=lambda c: c), 3), "",
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
-    return [*lines, *health_section(work, out)]
+    return [*lines, *health_section(work, out), *held_out_representation(work)]
