@@ -1,6 +1,7 @@
 """experiments/: budget and models, splits, the stage plan, tables and RESULTS.md, real-data preparation."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -217,3 +218,18 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     drop = dilution(rows)
     assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
     assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
+
+
+def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
+    from experiments.config import FULL
+
+    experiment = Experiment(dataclasses.replace(FULL, seeds=(12345,)), tmp_path)
+    experiment.plan(["seg4"])
+    names = [s[0] for s in experiment.stages]
+    assert names.count("pretrain pirl seg4 fold0") == 1  # swin_pirl reuses it
+    swin = next(s[3] for s in experiment.stages if s[0] == "train swin_pirl seg4 fold0")
+    assert "SwinUNETRFromPIRLSegTrainer" in swin and any("/pirl/" in a for a in swin)
+    assert "train pirl_default_mean seg4 fold0" not in names  # a diagnostic pre-training only
+    assert names[-1] == "representation seg4"
+    paper = next(s[3] for s in experiment.stages if s[0] == "pretrain pirl_paper seg4 fold0")
+    assert "variant=paper" in paper
