@@ -101,31 +101,21 @@ def _module(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def _pick_rows(source: torch.Tensor, fresh: torch.Tensor, rows: Sequence[int | None]) -> torch.Tensor:
-    """Output-head tensor (C_out, ...) with row t = source[rows[t]], or the fresh row where rows[t] is None."""
-    if len(rows) != fresh.shape[0]:
-        raise ValueError(f"head_rows has {len(rows)} entries for {fresh.shape[0]} output channels")
+def _pick_rows(source: torch.Tensor, fresh: torch.Tensor, rows: Sequence[int | None], dim: int = 0) -> torch.Tensor:
+    """``fresh`` with index t along ``dim`` taken from ``source``'s index rows[t] (None: the fresh one kept): the
+    output head's rows (dim 0) or a stem's input channels (dim 1)."""
+    if len(rows) != fresh.shape[dim]:
+        raise ValueError(f"{len(rows)} row(s) given for {fresh.shape[dim]} channels along dim {dim}")
     out = fresh.clone()
     for target, row in enumerate(rows):
         if row is not None:
-            out[target] = source[row]
+            out.select(dim, target).copy_(source.select(dim, row))
     return out
 
 
 def _summed_stem(source: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     """(out, C, k...) -> (out, C', k...) with the same sum over input channels, spread evenly."""
     return (source.sum(1, keepdim=True) / fresh.shape[1]).expand_as(fresh).clone()
-
-
-def _picked_stem(source: torch.Tensor, fresh: torch.Tensor, rows: Sequence[int | None]) -> torch.Tensor:
-    """(out, C, k...) -> (out, C', k...): target input channel t takes source channel rows[t] (None: fresh)."""
-    if len(rows) != fresh.shape[1]:
-        raise ValueError(f"stem_rows has {len(rows)} entries for {fresh.shape[1]} input channels")
-    out = fresh.clone()
-    for target, row in enumerate(rows):
-        if row is not None:
-            out[:, target] = source[:, row]
-    return out
 
 
 def _resampled_prior(source: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
@@ -167,7 +157,7 @@ def adapt_state(target: Mapping[str, torch.Tensor], source: Mapping[str, torch.T
                 mismatched.append(f"{key} {tuple(src.shape)} vs {tuple(value.shape)}")
         elif key in STEM_KEYS and stem_rows is not None and src.shape[0] == value.shape[0] \
                 and src.shape[2:] == value.shape[2:]:
-            result.state[key] = _picked_stem(src, value, stem_rows)
+            result.state[key] = _pick_rows(src, value, stem_rows, dim=1)
             stems.append(key)
         elif src.shape == value.shape:
             result.state[key] = src
