@@ -18,6 +18,7 @@ from dataset_conversion.common import (
     RawDatasetWriter,
     SourceCase,
     add_output_arguments,
+    case_folders,
     sanitise_case_name,
     write_raw_dataset,
 )
@@ -32,17 +33,13 @@ LABELS: dict[str, int | list[int]] = {"background": 0, "lesion": 1}
 _DATE = re.compile(r"^\d{2}-\d{2}-\d{4}")
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def find_cases(source: Path) -> list[SourceCase]:
     """One case per ``PATIENT/STUDY`` folder; a study lacking SUV or CTres is an error naming the file."""
     if not source.is_dir():
         raise PirlInputError(f"{source}: source folder not found")
     cases, used = [], set()
-    for patient in _subfolders(source):
-        for study in _subfolders(patient):
+    for patient in case_folders(source):
+        for study in case_folders(patient):
             images = tuple(study / file for _, file in CHANNELS)
             for path in images:
                 if not path.is_file():

@@ -35,10 +35,12 @@ from dataset_conversion.common import (
     RawDatasetWriter,
     SourceCase,
     add_output_arguments,
+    reachable,
     write_raw_dataset,
 )
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import os_reason
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,8 @@ def find_cases(source: Path) -> list[SourceCase]:
     if not source.is_dir():
         raise PirlInputError(f"{source}: source folder not found")
     groups: dict[tuple[Path, str], dict[tuple[str, bool], Path]] = {}
-    for folder, _, names in sorted(os.walk(source, followlinks=True)):
-        for name in sorted(names):
+    for folder, names in _walk(source):
+        for name in names:
             match = _FILE.match(name)
             if match:
                 files = groups.setdefault((Path(folder), match["case"]), {})
@@ -99,6 +101,26 @@ def find_cases(source: Path) -> list[SourceCase]:
                              "CASE_t1_sus_n3_r_strip_hist.nii.gz)")
     cases = [_make_case(folder, case, files) for (folder, case), files in groups.items()]
     return sorted(cases, key=lambda c: c.name)
+
+
+def _walk(source: Path) -> list[tuple[str, list[str]]]:
+    """(folder, sorted file names) of every folder below ``source``, links followed; a visible entry that cannot
+    be followed or read, or a folder reached twice (a link loop), is an error naming it."""
+    def fail(err: OSError) -> None:
+        raise PirlInputError(f"{err.filename}: cannot be read ({os_reason(err)})")
+
+    seen: dict[str, str] = {}
+    found = []
+    for folder, dirs, names in os.walk(source, onerror=fail, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise PirlInputError(f"{folder}: the folder {seen[real]} again (a link loop, or a second link to it)")
+        seen[real] = folder
+        for name in dirs + names:
+            if not name.startswith("."):
+                reachable(Path(folder) / name)
+        found.append((folder, sorted(names)))
+    return sorted(found)
 
 
 def _namings_of(files: dict[tuple[str, bool], Path]) -> list[str]:

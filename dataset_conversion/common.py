@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +30,11 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from pirl_pipeline.data.dataset_json import (
+    MAX_CASE_NAME_BYTES,
     DatasetJson,
     channel_file_name,
+    check_case_name,
+    check_printable,
     list_cases,
     load_dataset_json,
     modality_kind,
@@ -48,7 +50,7 @@ from pirl_pipeline.data.integrity import (
     degenerate_warnings,
 )
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import make_dirs, remove_stale
+from pirl_pipeline.file_io import make_dirs, os_reason, remove_stale, temp_name
 from pirl_pipeline.paths import dataset_folder_name, raw_root
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,27 @@ def sanitise_case_name(text: str) -> str:
     if name != text:
         log.warning("case %r is written as %s (case names keep ASCII letters, digits, '_' and '-')", text, name)
     return name
+
+
+def reachable(path: Path) -> Path:
+    """``path`` when its name is printable and it can be followed; a broken link or a link loop is a
+    PirlInputError naming it (a case behind it would otherwise be skipped without a word)."""
+    check_printable(path)
+    try:
+        path.stat()
+    except OSError as err:
+        raise PirlInputError(f"{path}: cannot be followed ({os_reason(err)}; a broken link or a link loop)") from None
+    return path
+
+
+def case_folders(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted, links followed (each checked by :func:`reachable`)."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and reachable(p).is_dir()]
+
+
+def label_file_dtype(max_value: int) -> type:
+    """The dtype of a written label map: uint8 (nnU-Net's) when every value fits, else int16."""
+    return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.int16
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_name: str | None = None,
@@ -91,6 +114,12 @@ class SourceCase:
     mask: Path | None = None
     label_map: Mapping[int, int] | None = None
 
+    def __post_init__(self) -> None:  # names are checked where they arrive, before any file is read
+        files = [p for p in (*self.images, self.label, self.mask) if p is not None]
+        for path in files:
+            check_printable(path)
+        check_case_name(self.name, files[0].parent if files else self.name)
+
 
 def split_labeled(cases: Sequence[SourceCase]) -> list[tuple[SourceCase, str]]:
     """Pair each case with 'Tr' or 'Ts' following the unlabelled-cases rule of the module docstring."""
@@ -110,7 +139,7 @@ def remap_labels(label: np.ndarray, path: Path, mapping: Mapping[int, int]) -> n
     unknown = sorted(values - set(mapping))
     if unknown:
         raise PirlInputError(f"{path}: label value(s) {unknown} not expected (expected {sorted(mapping)})")
-    out = np.zeros(label.shape, np.uint8)
+    out = np.zeros(label.shape, label_file_dtype(max(mapping.values(), default=0)))
     for source, target in mapping.items():
         if target and source in values:
             out[label == source] = target
@@ -142,8 +171,9 @@ class RawDatasetWriter:
                  regions_class_order: list[int] | None = None, extra: dict | None = None) -> None:
         if not 1 <= dataset_id <= 999:
             raise PirlInputError(f"dataset id {dataset_id}: must be 1..999")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise PirlInputError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or len(name) > MAX_CASE_NAME_BYTES:
+            raise PirlInputError(f"dataset name {name!r}: use letters, digits, '_' and '-' only, at most "
+                                 f"{MAX_CASE_NAME_BYTES} of them")
         self.root = Path(root) if root is not None else raw_root()
         if self.root.exists() and not self.root.is_dir():
             raise PirlInputError(f"{self.root}: exists and is not a folder (the raw-data root, -o/--output_root)")
@@ -177,9 +207,8 @@ class RawDatasetWriter:
             raise PirlInputError(f"{self.target}: dataset folder already exists (use --overwrite to replace it)")
 
     def __enter__(self) -> Self:
-        for prefix in (".tmp-", ".old-"):  # what a killed conversion of this dataset left
-            remove_stale(self.root, f"{prefix}*-{self.target.name}")
-        self._tmp = make_dirs(self.root / f".tmp-{uuid.uuid4().hex[:8]}-{self.target.name}")
+        remove_stale(self.root, self.target.name, prefixes=(".tmp-", ".old-"))  # what a killed conversion left
+        self._tmp = make_dirs(self.root / temp_name(self.target.name))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -221,6 +250,7 @@ class RawDatasetWriter:
     def add_arrays(self, name: str, images: Sequence[np.ndarray], geometry: Geometry,
                    label: np.ndarray | None = None, subset: str = "Tr") -> None:
         """Write one case held in memory (z, y, x arrays on ``geometry``), with the same checks."""
+        check_case_name(name, name)
         for index, array in enumerate(images):
             if array.shape != geometry.shape:
                 raise PirlInputError(f"{name} channel {index}: shape {array.shape} != {geometry.shape}")
@@ -246,7 +276,7 @@ class RawDatasetWriter:
             self._found_labels |= _integer_values(label, path)
         else:
             check_label_values(label, path, self._declared)
-        return label.astype(np.uint8)
+        return label.astype(label_file_dtype(max(self._declared or self._found_labels)))
 
     def _write(self, name: str, images: list[np.ndarray], geometry: Geometry, label: np.ndarray | None,
                subset: str, origin: Path) -> None:
@@ -272,7 +302,7 @@ class RawDatasetWriter:
         DatasetJson({str(i): n for i, n in enumerate(self.channel_names)}, labels, self.counts["Tr"],
                     FILE_ENDING, self.regions_class_order, self.extra).save(self._tmp)
         list_cases(self._tmp, load_dataset_json(self._tmp))  # the pipeline must accept what was written
-        old = self.root / f".old-{uuid.uuid4().hex[:8]}-{self.target.name}"
+        old = self.root / temp_name(self.target.name, ".old-")
         if self.target.exists():
             os.replace(self.target, old)
         os.replace(self._tmp, self.target)

@@ -21,7 +21,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from dataset_conversion.common import RawDatasetWriter, SourceCase, add_output_arguments, write_raw_dataset
+from dataset_conversion.common import (
+    RawDatasetWriter,
+    SourceCase,
+    add_output_arguments,
+    case_folders,
+    write_raw_dataset,
+)
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
 
@@ -89,7 +95,7 @@ def find_cases(source: Path, channels: list[tuple[str, str]], label: str | None,
                case_name_key: str | None = None) -> list[SourceCase]:
     if not source.is_dir():
         raise PirlInputError(f"{source}: source folder not found")
-    folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = case_folders(source)
     if not folders:
         raise PirlInputError(f"{source}: no case folders (expected one sub-folder per case)")
     return [SourceCase(read_case_name(folder, case_name_file, case_name_key) if case_name_file else folder.name,

@@ -2,6 +2,8 @@
 plans, dataset.json, trainer name and network keyword arguments. Written atomically; loaded with
 ``torch.load(weights_only=True)``; a truncated or foreign file is reported as such, naming it.
 
+``load_network`` rebuilds a checkpoint's network (an unknown kind or weights that do not fit: an error naming the
+file); ``check_same_model`` is the one test that two checkpoints are folds of one model (export, install, predict).
 ``load_pretrained`` reads what ``--pretrained`` names (a pirl checkpoint or a plain SwinUNETR state dict) and
 ``transfer_weights`` maps it onto a new network (``networks.transfer``: other channels, patch size, heads)."""
 from __future__ import annotations
@@ -17,16 +19,29 @@ import torch
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path
+from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.transfer import adapt_state, swinunetr_state
 from pirl_pipeline.tasks import PRETRAIN, TASKS
+from plans.plans_manager import differences
 
 log = logging.getLogger("pirl")
 REQUIRED_KEYS = ("network_weights", "trainer_name", "network_kwargs", "config", "plans", "epoch")
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+def torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through ``atomic_path``. torch reports a failed write (a full disk) as a RuntimeError of its
+    zip writer; it is raised as the OSError it is, so the error is atomic_path's one line naming ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            if not any(k in str(err) for k in ("inline_container", "PytorchStreamWriter", "file write failed")):
+                raise
+            raise OSError(f"torch.save failed: {str(err).splitlines()[0][:120]}") from err
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    torch_save(state, path)
 
 
 def _load(path: Path, map_location: str | torch.device) -> Any:
@@ -57,6 +72,48 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise PirlInputError(f"{path}: not a pirl checkpoint (missing {', '.join(missing)})")
     return state
+
+
+def load_network(state: dict[str, Any], path: Path, assign: bool = False) -> torch.nn.Module:
+    """The network of the checkpoint ``state`` (read from ``path``) with its weights, strictly: an unknown network
+    kind, a description it cannot build, or weights that do not fit it are a PirlInputError naming ``path``."""
+    try:
+        net = build_network(state["network_kwargs"])
+    except (ValueError, TypeError) as err:
+        raise PirlInputError(f"{path}: cannot rebuild its network ({err})") from None
+    weights = state["network_weights"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise PirlInputError(f"{path}: network_weights is not a dictionary of tensors")
+    try:
+        result = net.load_state_dict(weights, strict=False, assign=assign)
+    except RuntimeError as err:  # shapes that differ
+        raise PirlInputError(f"{path}: its weights do not fit its network ("
+                             f"{' '.join(str(err).split())[:300]})") from None
+    if result.missing_keys or result.unexpected_keys:
+        listed = [f"{what} {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+                  for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
+        raise PirlInputError(f"{path}: its weights do not fit its network ({'; '.join(listed)})")
+    return net
+
+
+def model_identity(state: dict[str, Any]) -> dict[str, Any]:
+    """What the folds of one model share: trainer, configuration, task, plans (dataset name included), channels
+    and labels, network description."""
+    dj, config = (d if isinstance(d, dict) else {} for d in (state.get("dataset_json"), state["config"]))
+    return {"trainer": state["trainer_name"], "configuration": state.get("configuration"),
+            "task": config.get("task"), "plans": state["plans"],
+            "channel_names": dj.get("channel_names"), "labels": dj.get("labels"),
+            "regions_class_order": dj.get("regions_class_order"), "network": state["network_kwargs"]}
+
+
+def check_same_model(path: Path, state: dict[str, Any], reference_path: Path, reference: dict[str, Any]) -> None:
+    """A PirlInputError naming ``path`` when its checkpoint is not a fold of ``reference``'s model (another dataset,
+    plans, channels, labels, task or network): such folds are neither ensembled nor shipped together."""
+    differ = differences(model_identity(reference), model_identity(state))
+    if differ:
+        raise PirlInputError(f"{path}: not the model of {reference_path} ({', '.join(differ[:4])}"
+                             f"{f' and {len(differ) - 4} more' if len(differ) > 4 else ''} differ); folds of one "
+                             "model only")
 
 
 @dataclass

@@ -4,7 +4,9 @@ checked, and only then renamed over the target.
 A crash never leaves a half-written file under the final name, and neither does a full disk (SimpleITK then
 writes a stub without raising; the check catches it), so a resumed step can trust what exists. Every writer
 goes through :func:`atomic_path`; a failure is one :class:`PirlWriteError` naming the target and the cause.
-Temp files start with ``.tmp-``; :func:`remove_stale` clears those an interrupted (kill -9) run left.
+Temp names have one pattern, :func:`temp_name`: ``.tmp-`` + 8 hex digits + ``-`` + the target's name;
+:func:`remove_stale` clears only names of that pattern an interrupted (kill -9) run left, never a user's own
+``.tmp-notes``. JSON is read by :func:`loads` (duplicate keys and absurd nesting refused).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -26,6 +29,7 @@ from pirl_pipeline.errors import PirlWriteError
 
 log = logging.getLogger("pirl")
 TEMP_PREFIX = ".tmp-"
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 LOW_SPACE_BYTES = 1 << 20  # a failed check with less free space than this is reported as a full disk
 
 Verify = Callable[[Path], "str | None"]  # the written temp file -> what is wrong with it, or None
@@ -46,6 +50,16 @@ def make_dirs(folder: str | os.PathLike) -> Path:
     except OSError as err:
         raise PirlWriteError(f"{folder}: cannot create the folder ({os_reason(err)})") from err
     return folder
+
+
+def temp_name(name: str, prefix: str = TEMP_PREFIX) -> str:
+    """``PREFIX`` + 8 hex digits + ``-`` + ``name``: the one pattern of pirl's temp names (see remove_stale)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}-{name}"
+
+
+def _temp_pattern(prefixes: tuple[str, ...], target: str | None) -> re.Pattern:
+    return re.compile(f"(?:{'|'.join(map(re.escape, prefixes))})[0-9a-f]{{8}}-"
+                      + (re.escape(target) if target is not None else ".+"), re.DOTALL)
 
 
 def _fsync(path: Path, folder: bool = False) -> None:
@@ -71,7 +85,10 @@ def atomic_path(path: str | os.PathLike, verify: Verify | None = None) -> Iterat
     ``verify(tmp)`` finds nothing wrong) and rename it over ``path``. On any error the temp file is removed;
     an OSError or a failed check is a PirlWriteError naming ``path`` and the cause."""
     path = Path(path)
-    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(temp_name(path.name))
+    if len(os.fsencode(tmp.name)) > NAME_MAX:
+        raise PirlWriteError(f"{path}: file name too long ({len(os.fsencode(path.name))} bytes; pirl's temp name "
+                             f"adds {len(tmp.name) - len(path.name)}, and a file name holds at most {NAME_MAX})")
     make_dirs(path.parent)
     try:
         yield tmp
@@ -89,10 +106,13 @@ def atomic_path(path: str | os.PathLike, verify: Verify | None = None) -> Iterat
         tmp.unlink(missing_ok=True)
 
 
-def remove_stale(folder: str | os.PathLike, pattern: str = f"{TEMP_PREFIX}*") -> int:
-    """Delete the entries of ``folder`` matching ``pattern`` that an interrupted run left (files or folders);
-    logs and returns how many. Call it before a run writes into ``folder``, never during one."""
-    stale = sorted(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+def remove_stale(folder: str | os.PathLike, target: str | None = None, prefixes: tuple[str, ...] = (TEMP_PREFIX,)
+                 ) -> int:
+    """Delete the temp entries (files or folders) of ``folder`` an interrupted run left: names :func:`temp_name`
+    built with one of ``prefixes`` (of ``target`` only, when given), nothing else; logs and returns how many.
+    Call it before a run writes into ``folder``, never during one."""
+    pattern = _temp_pattern(prefixes, target)
+    stale = sorted(p for p in Path(folder).iterdir() if pattern.fullmatch(p.name)) if Path(folder).is_dir() else []
     for entry in stale:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -119,8 +139,33 @@ def save_json(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> None
         tmp.write_bytes(data)
 
 
+class JsonStructureError(json.JSONDecodeError):
+    """Valid JSON syntax that pirl refuses (a key twice in one object, nesting too deep); a JSONDecodeError, so
+    every reader that reports invalid JSON reports it too."""
+
+    def __init__(self, msg: str, doc: str = "", pos: int = 0) -> None:
+        ValueError.__init__(self, msg)
+        self.msg, self.doc, self.pos, self.lineno, self.colno = msg, doc, pos, 1, 1
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise JsonStructureError(f"key {next(k for k in keys if keys.count(k) > 1)!r} appears twice in one object")
+    return dict(pairs)
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` that refuses a key given twice in one object (Python keeps the last one without a word)
+    and nesting deeper than the interpreter's recursion limit (JsonStructureError)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise JsonStructureError("nested too deeply") from None
+
+
 def load_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    return loads(Path(path).read_text())
 
 
 def _npy_problem(tmp: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:

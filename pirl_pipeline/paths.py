@@ -1,7 +1,9 @@
 """Where pirl keeps raw data, preprocessed data and results (nnU-Net style).
 
 Environment variables ``PIRL_raw``, ``PIRL_preprocessed`` and ``PIRL_results`` win; when one is unset,
-an embedded default under ``./pirl_data/`` is used, and the log says so once.
+an embedded default under ``./pirl_data/`` is used, and the log says so once. A root that exists but is not a
+folder is a PirlInputError naming the variable. :func:`check_output_folder` is the one rule for where a
+command that reads a folder may write.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import re
 from pathlib import Path
 
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.file_io import NAME_MAX
 
 log = logging.getLogger("pirl")
 
@@ -20,10 +23,11 @@ _announced: set[str] = set()
 
 def _root(var: str) -> Path:
     value = os.environ.get(var)
-    if value:
-        return Path(value)
-    path = Path.cwd() / "pirl_data" / _DEFAULTS[var]
-    if var not in _announced:
+    path = Path(value) if value else Path.cwd() / "pirl_data" / _DEFAULTS[var]
+    if path.exists() and not path.is_dir():
+        raise PirlInputError(f"{path}: {var} must name a folder, but this is a file" if value else
+                             f"{path}: not a folder ({var} is not set, so pirl uses this default)")
+    if not value and var not in _announced:
         _announced.add(var)
         log.info("%s is not set: using %s", var, path)
     return path
@@ -41,6 +45,18 @@ def results_root() -> Path:
     return _root("PIRL_results")
 
 
+def check_output_folder(input_dir: Path, output_dir: Path, flag: str = "-o") -> None:
+    """A command reading ``input_dir`` writes to ``output_dir``: the input must be a folder, the output neither it,
+    nor inside it, nor a file (PirlInputError naming the folder)."""
+    if not input_dir.is_dir():
+        raise PirlInputError(f"{input_dir}: input folder not found")
+    inp, out = input_dir.resolve(), output_dir.resolve()
+    if out == inp or inp in out.parents:
+        raise PirlInputError(f"{output_dir}: the output folder must not be (inside) the input folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PirlInputError(f"{output_dir}: exists and is not a folder ({flag} names the output folder)")
+
+
 def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
@@ -49,6 +65,8 @@ def find_dataset_name(dataset: str | int, root: Path | None = None) -> str:
     """Resolve ``501`` or ``Dataset501_Name`` to the folder name that exists under ``root`` (raw by default)."""
     root = raw_root() if root is None else root
     text = str(dataset)
+    if len(os.fsencode(text)) > NAME_MAX:
+        raise PirlInputError(f"{text[:40]}...: not a dataset (a name of {len(os.fsencode(text))} bytes)")
     if re.fullmatch(r"Dataset\d{3}_.+", text):
         if (root / text).is_dir():
             return text

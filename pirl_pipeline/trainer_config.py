@@ -4,6 +4,7 @@ A resumed run (``--c``) reads its config back; the command line may change only 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -98,10 +99,19 @@ class TrainerConfig:
         self.disabled = sorted(set(self.disabled))
         if "prior" in self.disabled:
             self.use_prior = False
-        if self.patch_size is not None and (len(self.patch_size) != 3 or any(p % 32 for p in self.patch_size)):
-            raise PirlInputError(f"patch_size needs 3 sides, each a multiple of 32; got {self.patch_size}")
-        if self.feature_size is not None and self.feature_size % 12:
-            raise PirlInputError(f"feature_size must be a multiple of 12 (SwinUNETR); got {self.feature_size}")
+        if self.patch_size is not None and (len(self.patch_size) != 3
+                                            or any(p <= 0 or p % 32 for p in self.patch_size)):
+            raise PirlInputError(f"patch_size needs 3 sides, each a positive multiple of 32; got {self.patch_size}")
+        if self.feature_size is not None and (self.feature_size <= 0 or self.feature_size % 12):
+            raise PirlInputError(f"feature_size must be a positive multiple of 12 (SwinUNETR); got {self.feature_size}")
+        for name in ("epochs", "iters_per_epoch", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PirlInputError(f"{name} must be at least 1, got {value}")
+        if self.val_iters < 0:
+            raise PirlInputError(f"val_iters must be >= 0, got {self.val_iters}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 is allowed: a run that keeps its weights (tests)
+            raise PirlInputError(f"lr must be a finite number >= 0, got {self.lr}")
         if self.window_size is not None and self.window_size < 1:
             raise PirlInputError(f"window_size must be a positive number of tokens; got {self.window_size}")
         if self.class_weights not in ("auto", "none"):

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("file_io",),
     ("plots",),                         # figure primitives (matplotlib): heat map, history panels, PNG writer
-    ("paths", "parallel"),
+    ("paths", "parallel", "run_lock"),
     ("splits",),
     ("data",),                          # raw datasets, image I/O, voxel-grid geometry
     ("tasks",),                         # seg / translate: what differs between the fine-tuning tasks

@@ -123,17 +123,19 @@ def two_datasets(tmp_path_factory):
 
 @pytest.mark.slow
 def test_four_channel_pretraining_fine_tunes_two_channels_and_a_larger_patch(two_datasets, caplog):
-    """Through the CLI: a 4-channel 64^3 pre-training checkpoint (written by the pre-trainer, 0 epochs: the
+    """Through the CLI: a 4-channel 64^3 pre-training checkpoint (written by the pre-trainer, one step at lr 0: the
     pre-training loop is test_training_e2e's) -> seg on FLAIR + T1c, and translation trained on a larger patch
     (96 x 64 x 64, for speed: the prior resampling is test_prior_resampled_to_another_patch_size's 96^3 too;
     output head by modality name)."""
     res = two_datasets / "res"
-    assert train_main(["941", "3d_fullres", "pretrain", *TINY, "--epochs", "0", "--val-iters", "0",
-                       "--patch-size", "64", "64", "64", "--feature-size", "12"]) == 0
+    frozen = ["--set", "lr=0", "health_subjects=0"]  # one step at lr 0: the weights as initialised / transferred
+    assert train_main(["941", "3d_fullres", "pretrain", *TINY, "--val-iters", "0",
+                       "--patch-size", "64", "64", "64", "--feature-size", "12", *frozen]) == 0
     ckpt = res / "Dataset941_Four" / "PIRLPretrainer__PIRLPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth"
     pre = load_checkpoint(ckpt)["network_weights"]
     with caplog.at_level(logging.INFO, logger="pirl"):
-        assert train_main(["942", "3d_fullres", "seg", "--pretrained", str(ckpt), *TINY, "--epochs", "0"]) == 0
+        assert train_main(["942", "3d_fullres", "seg", "--pretrained", str(ckpt), *TINY, *frozen,
+                           "val_volumes=false"]) == 0
     seg = load_checkpoint(res / "Dataset942_Two" / "PIRLSegTrainer__PIRLPlans__3d_fullres" / "fold_0" /
                           "checkpoint_final.pth")
     assert seg["network_kwargs"]["in_channels"] == 2 and seg["network_kwargs"]["patch_size"] == [64, 64, 64]
@@ -141,7 +143,7 @@ def test_four_channel_pretraining_fine_tunes_two_channels_and_a_larger_patch(two
     # the default fusion "joint" reads each modality in its own channel: FLAIR and T1c take their own kernels
     assert "input stem mapped by modality" in caplog.text
     stem = "swinViT.patch_embed.proj.weight"
-    four, two = pre[stem], seg["network_weights"][stem]  # source channels T1, T1ce, T2, FLAIR; epochs 0
+    four, two = pre[stem], seg["network_weights"][stem]  # source channels T1, T1ce, T2, FLAIR; lr 0
     assert torch.equal(two[:, 0], four[:, 3]) and torch.equal(two[:, 1], four[:, 1])
     key = "swinViT.layers2.0.blocks.0.attn.qkv.weight"
     assert torch.equal(seg["network_weights"][key], pre[key])

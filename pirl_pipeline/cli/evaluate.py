@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import cli_entry, positive_int
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import (
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", required=True, choices=list(TASKS), help="task")
     p.add_argument("-o", type=Path, default=None,
                    help="summary .json path (default PRED/summary.json; summary.csv is written beside it)")
-    p.add_argument("-np", type=int, default=2, dest="num_processes", help="worker processes (default 2)")
+    p.add_argument("-np", type=positive_int, default=2, dest="num_processes", help="worker processes (default 2)")
     seg = p.add_argument_group("seg only")
     seg.add_argument("--no_distance_metrics", action="store_true",
                      help="skip HD95, NSD and the lesion-wise metrics (about 1-3 s of a 240x240x155 case)")

@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pirl_pipeline.cli.common import DEVICE_HELP, command, resolve_device
+from pirl_pipeline.cli.common import DEVICE_HELP, command, positive_int, resolve_device
 from pirl_pipeline.cli.evaluate import add_small_et_arguments, segmentation_options
 from pirl_pipeline.cli.predict import model_folder_from
 from pirl_pipeline.data.dataset_json import group_channel_files
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", dest="images", type=Path, help="images folder (default: raw imagesTr, validation cases)")
     p.add_argument("-ref", dest="references", type=Path, help="label folder for seg (default: raw labelsTr)")
     p.add_argument("-o", dest="output", type=Path, help="output folder (default: inside the fold folder)")
-    p.add_argument("--max_cases", type=int, help="evaluate at most this many cases")
+    p.add_argument("--max_cases", type=positive_int, help="evaluate at most this many cases")
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--step_size", type=float, default=0.5)
     p.add_argument("--disable_tta", action="store_true")

@@ -9,7 +9,7 @@ import logging
 import math
 from pathlib import Path
 
-from pirl_pipeline.cli.common import command
+from pirl_pipeline.cli.common import command, positive_int
 from pirl_pipeline.cli.predict import describe
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.errors import PirlInputError
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "choice uses Dice alone)")
     p.add_argument("-o", dest="output", type=Path,
                    help="folder for the two files (default: $PIRL_results/DatasetXXX_Name)")
-    p.add_argument("-np", dest="num_processes", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("-np", dest="num_processes", type=positive_int, default=2, help="worker processes (default 2)")
     return p
 
 

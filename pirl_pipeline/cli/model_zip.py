@@ -8,11 +8,15 @@ postprocessing.json (what pirl_predict applies);
 no images and no predictions. Install puts it under $PIRL_results. A zip comes from strangers, so install refuses
 entries outside that one folder (absolute paths, ``..``, backslashes, links, anything but files and folders),
 refuses to replace an installed model without ``--overwrite``, and loads every checkpoint with
-``weights_only=True`` before anything appears under the final name.
+``weights_only=True`` before anything appears under the final name. Before writing, the entries' declared sizes
+must fit ``MAX_INSTALL_BYTES`` and the free space, and each must compress at most ``MAX_RATIO`` to 1 (a zip bomb
+is refused unread); extraction counts the bytes and stops at the declared size. A damaged entry (CRC) or a full
+disk is one error line; the staging folder is removed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -20,22 +24,28 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-import torch
 from monai.networks.nets import SwinUNETR
 
-from pirl_pipeline.checkpoint import load_checkpoint
+from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_network, torch_save
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import atomic_path, save_json
-from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.errors import PirlInputError, PirlWriteError
+from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, save_json
 from pirl_pipeline.paths import model_folder, results_root
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")
 FOLD_FILES = ("config.json", "training_log.txt", "progress.png", "validation/summary.json", "postprocessing.json")
 EXECUTION_ONLY = ("use_checkpoint", "use_flash_attention")  # SwinUNETR options that leave the weights alone
+#: what an installed model may unpack to: 5 folds x final + best checkpoint of the largest pirl network (fs 48,
+#: 128^3 patch: ~1.7 GB with its optimiser state) is ~17 GB
+MAX_INSTALL_BYTES = 32 << 30
+#: an entry may expand at most this much: checkpoints are stored (1:1), logs and JSON deflate 3-20:1, zeros ~1000:1
+MAX_RATIO = 100
+MAX_ENTRIES = 10_000
+CHUNK = 1 << 20
 
 
 def _relative_model_folder(state: dict) -> PurePosixPath:
@@ -64,15 +74,15 @@ def export_model(folder: str | Path, output: str | Path, folds: list[str] | None
     Returns the model folder's path inside the zip."""
     folder, output = Path(folder), Path(output)
     found = _fold_checkpoints(folder, folds, list(checkpoints))
-    first = load_checkpoint(next(iter(found.values()))[0])
+    first_path = next(iter(found.values()))[0]
+    first = load_checkpoint(first_path)
     prefix = _relative_model_folder(first)
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(str(prefix / "dataset.json"), json.dumps(first["dataset_json"], indent=2))
         zf.writestr(str(prefix / PLANS_FILE), json.dumps(first["plans"], indent=2))
         for fold, paths in found.items():
             for path in paths:
-                if _relative_model_folder(load_checkpoint(path)) != prefix:
-                    raise PirlInputError(f"{path}: another model than {prefix} (one model per zip)")
+                check_same_model(path, load_checkpoint(path), first_path, first)  # one model per zip
                 zf.write(path, str(prefix / f"fold_{fold}" / path.name), compress_type=zipfile.ZIP_STORED)
             for name in FOLD_FILES:
                 if (folder / f"fold_{fold}" / name).is_file():
@@ -91,11 +101,10 @@ def export_swinunetr(folder: str | Path, output: str | Path, fold: str | None = 
         raise PirlInputError(f"{folder}: folds {', '.join(found)}; pick one with -f")
     path = next(iter(found.values()))[0]
     state = load_checkpoint(path)
+    net = load_network(state, path)
     description = dict(state["network_kwargs"])
     kind = description.pop("kind")
     if kind == "pirl":
-        net = build_network(state["network_kwargs"])
-        net.load_state_dict(state["network_weights"])
         kwargs, weights = net.swinunetr_kwargs(), net.to_swinunetr_state_dict()
     elif kind == "swinunetr":
         kwargs, weights = description, state["network_weights"]
@@ -105,8 +114,7 @@ def export_swinunetr(folder: str | Path, output: str | Path, fold: str | None = 
     weights = {k: v.detach().clone().contiguous() for k, v in weights.items()}
     SwinUNETR(**kwargs).load_state_dict(weights, strict=True)
     output = Path(output)
-    with atomic_path(output) as tmp:
-        torch.save(weights, tmp)
+    torch_save(weights, output)
     save_json({"class": "monai.networks.nets.SwinUNETR", "kwargs": kwargs, "task": state["config"].get("task"),
                "channel_names": state["dataset_json"]["channel_names"], "labels": state["dataset_json"]["labels"],
                "patch_size": state["config"].get("patch_size") or description.get("patch_size"),
@@ -132,6 +140,45 @@ def _member(zip_path: Path, info: zipfile.ZipInfo) -> PurePosixPath | None:
     return None if info.is_dir() else PurePosixPath(*parts)
 
 
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _check_sizes(zip_path: Path, infos: list[zipfile.ZipInfo], root: Path) -> None:
+    """Before anything is written: at most MAX_ENTRIES entries, none expanding more than MAX_RATIO to 1, all
+    together at most MAX_INSTALL_BYTES and the free space under ``root`` (sizes as the zip declares them)."""
+    if len(infos) > MAX_ENTRIES:
+        raise PirlInputError(f"{zip_path}: {len(infos)} entries (a model has at most {MAX_ENTRIES}); nothing was "
+                             "installed")
+    for info in infos:
+        if info.file_size > MAX_RATIO * max(info.compress_size, 1 << 10):
+            raise PirlInputError(f"{zip_path}: entry {info.filename!r} expands {_size(info.compress_size)} to "
+                                 f"{_size(info.file_size)} (more than {MAX_RATIO}:1, a zip bomb?); nothing was "
+                                 "installed")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_INSTALL_BYTES:
+        raise PirlInputError(f"{zip_path}: unpacks to {_size(total)}, more than any pirl model (at most "
+                             f"{_size(MAX_INSTALL_BYTES)}); nothing was installed")
+    free = shutil.disk_usage(next(p for p in (root, *root.parents) if p.exists())).free
+    if total > free:
+        raise PirlWriteError(f"{root}: write failed: no space left on device ({zip_path} unpacks to {_size(total)}, "
+                             f"{_size(free)} free); nothing was installed")
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
+    """Copy one entry in chunks, stopping at its declared size (zipfile's CRC check fails on anything else)."""
+    written = 0
+    with archive.open(info) as src, open(dest, "xb") as dst:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise zipfile.BadZipFile(f"more than the declared {info.file_size} bytes")
+            dst.write(chunk)
+
+
 def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | None = None) -> Path:
     """Install a model zip under ``root`` ($PIRL_results); returns the installed model folder."""
     zip_path, root = Path(zip_path), results_root() if root is None else Path(root)
@@ -142,6 +189,7 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
     except zipfile.BadZipFile as err:
         raise PirlInputError(f"{zip_path}: not a zip file ({err})") from None
     with archive:
+        _check_sizes(zip_path, archive.infolist(), root)
         members = [(info, rel) for info in archive.infolist() if (rel := _member(zip_path, info)) is not None]
         names = [str(rel) for _, rel in members]
         if len(set(names)) != len(names):
@@ -156,21 +204,18 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
         target = root / dataset / model
         if target.exists() and not overwrite:
             raise PirlInputError(f"{target}: a model is installed there already (--overwrite replaces it)")
-        staging = root / dataset / f".tmp-install-{uuid.uuid4().hex[:8]}"
+        new_dataset = not target.parent.exists()
+        staging = make_dirs(target.parent) / f".tmp-install-{uuid.uuid4().hex[:8]}"
         try:
             for info, rel in members:
                 dest = staging.joinpath(*rel.parts[2:])
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(dest, "xb") as dst:
-                    shutil.copyfileobj(src, dst)
-            checkpoints = sorted(staging.glob("fold_*/*.pth"))
-            if not checkpoints:
-                raise PirlInputError(f"{zip_path}: no fold_*/*.pth checkpoint in {dataset}/{model}")
-            for path in checkpoints:  # weights_only=True: a checkpoint that needs more than tensors is refused
-                state = load_checkpoint(path)
-                if _relative_model_folder(state) != PurePosixPath(dataset, model):
-                    raise PirlInputError(f"{zip_path}: {path.relative_to(staging)} is a checkpoint of "
-                                         f"{_relative_model_folder(state)}, not of {dataset}/{model}")
+                try:
+                    _extract(archive, info, dest)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+                    raise PirlInputError(f"{zip_path}: entry {info.filename!r} is damaged or unreadable ({err}); "
+                                         "nothing was installed") from None
+            _check_checkpoints(zip_path, staging, PurePosixPath(dataset, model))
             if target.exists():
                 old = target.with_name(f".tmp-replaced-{uuid.uuid4().hex[:8]}")
                 target.rename(old)
@@ -178,12 +223,37 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
                 shutil.rmtree(old)
             else:
                 staging.rename(target)
+        except OSError as err:  # a full disk, no permission
+            raise PirlWriteError(f"{target}: write failed: {os_reason(err)}; nothing was installed") from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
+            if new_dataset and not target.exists():
+                with contextlib.suppress(OSError):  # created above, nothing installed in it
+                    target.parent.rmdir()
     folds = sorted({p.parent.name for p in target.glob("fold_*/*.pth")})
     log.info("installed %s/%s (%s) into %s", dataset, model, ", ".join(folds), target)
     return target
+
+
+def _check_checkpoints(zip_path: Path, staging: Path, model: PurePosixPath) -> None:
+    """Every extracted checkpoint loads with ``weights_only=True`` and is a fold of the zip's one model; errors name
+    the entry inside the zip."""
+    checkpoints = sorted(staging.glob("fold_*/*.pth"))
+    if not checkpoints:
+        raise PirlInputError(f"{zip_path}: no fold_*/*.pth checkpoint in {model}")
+    first = None
+    for path in checkpoints:
+        shown = zip_path / model / path.relative_to(staging)
+        try:
+            state = load_checkpoint(path)
+        except PirlInputError as err:
+            raise PirlInputError(str(err).replace(str(path), str(shown))) from None
+        if _relative_model_folder(state) != model:
+            raise PirlInputError(f"{zip_path}: {path.relative_to(staging)} is a checkpoint of "
+                                 f"{_relative_model_folder(state)}, not of {model}")
+        first = first or (shown, state)
+        check_same_model(shown, state, *first)
 
 
 @cli_entry

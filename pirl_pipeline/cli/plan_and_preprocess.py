@@ -7,10 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline import run_lock
+from pirl_pipeline.cli.common import cli_entry, positive_float, positive_int
 from pirl_pipeline.data.dataset_json import DatasetJson, check_num_training, list_cases, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import make_dirs, remove_stale, save_json
+from pirl_pipeline.file_io import remove_stale, save_json
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
 from pirl_pipeline.preprocessing.preprocessor import preprocess_dataset
 from pirl_pipeline.splits import install_splits, load_or_create_splits, read_split_file
@@ -29,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", nargs="+", required=True, metavar="DATASET",
                    help="dataset id(s) or name(s), e.g. 501 or Dataset501_BraTS")
     p.add_argument("-c", default="3d_fullres", choices=["3d_fullres"], help="configuration (default 3d_fullres)")
-    p.add_argument("-np", type=int, default=2, dest="num_processes", help="worker processes (default 2)")
+    p.add_argument("-np", type=positive_int, default=2, dest="num_processes", help="worker processes (default 2)")
     p.add_argument("--clean", action="store_true", help="delete existing preprocessed data of this dataset first")
     p.add_argument("--overwrite_plans", action="store_true",
                    help="replace an existing PIRLPlans.json (default: keep it, hand edits included)")
     p.add_argument("--no_integrity_check", action="store_true",
                    help="skip the grid/label/NaN checks (they run by default; only for data you trust)")
     p.add_argument("--plan_only", action="store_true", help="stop after writing the plans")
-    p.add_argument("--spacing", type=float, nargs=3, metavar="S",
+    p.add_argument("--spacing", type=positive_float, nargs=3, metavar="S",
                    help="override the target spacing (mm, in the plans' axis order; like nnU-Net's "
                         "-overwrite_target_spacing), e.g. 2 2 2 for a coarser CPU-sized grid")
     p.add_argument("--split_file", type=Path, metavar="FILE",
@@ -56,21 +57,23 @@ def run_one(dataset: str, args: argparse.Namespace) -> None:
     cases = list_cases(raw, dj, "imagesTr")
     if not args.no_integrity_check:
         check_num_training(dj, cases, raw / "dataset.json")
-    if args.spacing and any(v <= 0 for v in args.spacing):
-        raise PirlInputError(f"--spacing {args.spacing}: every value must be > 0")
     if args.split_file is not None and len(args.d) > 1:
         raise PirlInputError(f"--split_file {args.split_file}: one dataset at a time (got -d {' '.join(args.d)})")
     # checked before any work, written once the dataset's folder exists
     splits = read_split_file(args.split_file, [c.name for c in cases]) if args.split_file is not None else None
-    if args.clean and out.exists():
-        shutil.rmtree(out)
+    lock = run_lock.acquire(out)  # one run per preprocessed dataset folder
+    if args.clean:
+        for entry in (e for e in out.iterdir() if e != lock):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     log.info("%s: %d training cases, channels %s", name, len(cases), dj.channel_names)
     incomplete = [f"{c.name} {list(c.channels)}" for c in cases if len(c.channels) < dj.num_channels]
     if incomplete:
         log.info("%d case(s) lack channels (allow_missing_channels; present channels shown): %s", len(incomplete),
                  ", ".join(incomplete[:8]) + (f" (+{len(incomplete) - 8} more)" if len(incomplete) > 8 else ""))
     fingerprint = extract_fingerprint(cases, dj, args.num_processes, check=not args.no_integrity_check)
-    make_dirs(out)
     remove_stale(out)
     save_json(fingerprint, fingerprint_path(out))
     save_json(dj.to_dict(), out / "dataset.json")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pirl_pipeline import run_lock
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import data_problem
@@ -21,7 +22,7 @@ from pirl_pipeline.inference.ensembling import TrainerEnsemble, load_predictor
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.postprocessing import Postprocessing
 from pirl_pipeline.inference.predictor import PIRLPredictor
-from pirl_pipeline.paths import find_dataset_name, model_folder, results_root
+from pirl_pipeline.paths import check_output_folder, find_dataset_name, model_folder, results_root
 from pirl_pipeline.tasks import TASKS, get_task
 
 log = logging.getLogger("pirl")
@@ -89,16 +90,6 @@ def model_folder_from(args: argparse.Namespace) -> Path:
     return model_folders_from(single)[0]
 
 
-def check_folders(input_dir: Path, output_dir: Path) -> None:
-    if not input_dir.is_dir():
-        raise PirlInputError(f"{input_dir}: input folder not found")
-    inp, out = input_dir.resolve(), output_dir.resolve()
-    if out == inp or inp in out.parents:
-        raise PirlInputError(f"{output_dir}: the output folder must not be (inside) the input folder")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise PirlInputError(f"{output_dir}: exists and is not a folder (-o names the output folder)")
-
-
 def parse_channels(text: str | None) -> set[int] | None:
     """``--channels 0,2`` -> {0, 2}; anything but comma-separated channel numbers is an error."""
     if text is None:
@@ -132,7 +123,7 @@ def describe(postprocessing: Postprocessing | None, disabled: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    check_folders(args.input, args.output)
+    check_output_folder(args.input, args.output)
     keep = parse_channels(args.channels)  # a typo fails before the model loads
     folds = None if args.folds in (None, ["all"]) else args.folds
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,6 +150,7 @@ def run(args: argparse.Namespace) -> None:
     if predictor.task.predicts_labels:
         log.info("post-processing: %s", describe(predictor.postprocessing, args.disable_postprocessing))
     make_dirs(args.output)
+    run_lock.acquire(args.output)  # one run per output folder
     remove_stale(args.output)
     with ThreadPoolExecutor(max(1, args.num_processes)) as pool:  # reading ahead and writing behind
         queue = iter(todo)

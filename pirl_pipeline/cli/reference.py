@@ -28,7 +28,7 @@ from pirl_pipeline.evaluation.references.translation import (
     translation_reference,
 )
 from pirl_pipeline.file_io import save_json
-from pirl_pipeline.paths import find_dataset_name, raw_root
+from pirl_pipeline.paths import check_output_folder, find_dataset_name, raw_root
 from pirl_pipeline.tasks import TASKS, get_task
 
 log = logging.getLogger("pirl")
@@ -56,10 +56,7 @@ def run(args: argparse.Namespace) -> None:
     if task.predicts_labels != (args.kind in SEGMENTATION_KINDS):
         raise PirlInputError(f"--kind {args.kind} is not a {args.t} reference (seg: {SEGMENTATION_KINDS}, "
                              f"translate: {TRANSLATION_KINDS})")
-    if not args.i.is_dir():
-        raise PirlInputError(f"{args.i}: input folder not found")
-    if args.o.resolve() == args.i.resolve():
-        raise PirlInputError(f"{args.o}: the output folder must differ from the input folder")
+    check_output_folder(args.i, args.o)
     cases = group_channel_files(args.i, dj)
     channels = sorted(args.channels or range(dj.num_channels))
     if any(not 0 <= c < dj.num_channels for c in [*channels, args.source]):

@@ -11,8 +11,17 @@ from pathlib import Path
 
 import torch
 
+from pirl_pipeline import run_lock
 from pirl_pipeline.checkpoint import PretrainedWeights, load_checkpoint, load_pretrained
-from pirl_pipeline.cli.common import command
+from pirl_pipeline.cli.common import (
+    checked,
+    command,
+    feature_size,
+    non_negative_int,
+    patch_side,
+    positive_float,
+    positive_int,
+)
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
@@ -26,6 +35,7 @@ from pirl_pipeline.training.registry import TRAINERS, build_trainer, resolve_tra
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")
+seed = checked(int, "a whole number in [0, 2**32)", lambda v: 0 <= v < 2**32)  # numpy's seed range
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c", dest="resume", action="store_true",
                    help="continue from checkpoint_latest.pth with the run's saved configuration (flags may change "
                         "only " + ", ".join(RESUME_SAFE) + ")")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--iters", type=int, dest="iters_per_epoch", help="training iterations per epoch")
-    p.add_argument("--val-iters", type=int, dest="val_iters", help="validation batches per epoch")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--patch-size", type=int, nargs=3, dest="patch_size", metavar=("X", "Y", "Z"))
-    p.add_argument("--feature-size", type=int, dest="feature_size")
-    p.add_argument("--window-size", type=int, dest="window_size",
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--iters", type=positive_int, dest="iters_per_epoch", help="training iterations per epoch")
+    p.add_argument("--val-iters", type=non_negative_int, dest="val_iters", help="validation batches per epoch")
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--batch-size", type=positive_int, dest="batch_size")
+    p.add_argument("--patch-size", type=patch_side, nargs=3, dest="patch_size", metavar=("X", "Y", "Z"))
+    p.add_argument("--feature-size", type=feature_size, dest="feature_size")
+    p.add_argument("--window-size", type=positive_int, dest="window_size",
                    help="Swin attention window in tokens (default: the plans' 7; fine-tuning: the pre-trained one's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("-npa", type=int, dest="num_workers",
+    p.add_argument("--seed", type=seed)
+    p.add_argument("-npa", type=non_negative_int, dest="num_workers",
                    help="data augmentation worker processes per rank (default: min(8, CPUs/2) on CUDA, 0 on the CPU)")
     p.add_argument("--fp32", action="store_true", help="no autocast on CUDA (default: bf16, fp16 + grad scaler "
                                                         "where bf16 is missing)")
@@ -180,6 +190,8 @@ def run(args: argparse.Namespace) -> None:
     info = distributed.init_distributed("cuda" if args.device == "cuda" or
                                         (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
+        if info.is_main:  # one run per fold folder; rank 0 holds it for all ranks
+            run_lock.acquire(output)
         ctx = RunContext(plans, args.configuration, dataset_json, data_folder, output, train_cases, val_cases,
                          select_device(args.device, info), info)
         trainer = build_trainer(trainer_name, ctx, config, pretrained, state["network_kwargs"] if state else None)

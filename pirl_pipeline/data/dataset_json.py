@@ -5,20 +5,71 @@ name -> value or list of values (a list declares a region, e.g. BraTS whole tumo
 ``file_ending`` as in nnU-Net. An image-only dataset (no ``labelsTr``) is valid: pre-training and
 translation need no labels. ``allow_missing_channels`` (pirl's key, default false) declares an incomplete
 dataset: a training case may lack channel files (it needs at least one); without it a missing channel is an error.
+
+Every value is type-checked where it arrives (:func:`parse_dataset_json`): label values are integers
+0..MAX_LABEL (``CASE_seg.npy`` stores them in :func:`seg_dtype`, with OUTSIDE_BODY, -1, out of their range);
+a key given twice is refused (``file_io.loads``). Case names are checked by :func:`check_case_name` where they
+arrive (raw folders, converters): printable, and short enough for every file name pirl builds from them.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import save_json
+from pirl_pipeline.file_io import NAME_MAX, loads, save_json
 
 MRI_NAMES = {"t1", "t1w", "t1n", "t1ce", "t1c", "t1gd", "t2", "t2w", "flair", "t2f", "mri", "mr", "dwi", "adc",
              "pd", "swi", "bold"}
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+OUTSIDE_BODY = -1  # CASE_seg.npy's value outside the non-zero (body) mask, and in a patch's padding
+MAX_LABEL = int(np.iinfo(np.int16).max)  # the largest label value CASE_seg.npy can store
+# a case name leaves room for pirl's temp prefix (.tmp-XXXXXXXX-, 14 bytes) and the longest suffix it adds
+# (_XXXX + a file ending, or _seg.npy: 41 bytes allowed) within one file name
+MAX_CASE_NAME_BYTES = NAME_MAX - 14 - 41
+SEG_DTYPES = (np.dtype(np.int8), np.dtype(np.int16))  # what seg_dtype returns
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def seg_dtype(max_label: int) -> np.dtype:
+    """The dtype of ``CASE_seg.npy`` for labels up to ``max_label``: the smallest signed integer that holds it
+    and OUTSIDE_BODY (int8 up to 127, else int16; MAX_LABEL is the limit)."""
+    if not 0 <= max_label <= MAX_LABEL:
+        raise ValueError(f"label value {max_label} outside 0..{MAX_LABEL}")
+    return SEG_DTYPES[0] if max_label <= np.iinfo(np.int8).max else SEG_DTYPES[1]
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters (a newline, a tab, ...) escaped, so an error stays one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def check_printable(path: Path) -> Path:
+    """``path`` when its text holds no control characters (a newline would split a one-line error); otherwise a
+    PirlInputError naming it, escaped."""
+    if _CONTROL.search(str(path)):
+        raise PirlInputError(f"{printable(path)}: the name holds control characters (a newline, a tab, ...); "
+                             "rename it")
+    return path
+
+
+def check_case_name(name: str, where: str | os.PathLike) -> str:
+    """``name`` when pirl can build every file name from it: not empty, no control characters, at most
+    MAX_CASE_NAME_BYTES bytes; otherwise a PirlInputError naming ``where`` (the file or folder it came from)."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if not name or _CONTROL.search(name):
+        raise PirlInputError(f"{printable(where)}: case name {name!r} is empty or holds control characters "
+                             "(a newline, a tab, ...); rename it")
+    if size > MAX_CASE_NAME_BYTES:
+        raise PirlInputError(f"{printable(where)}: case name {name[:24]}... is {size} bytes long; at most "
+                             f"{MAX_CASE_NAME_BYTES} (a file name holds {NAME_MAX} bytes, and pirl adds a temp "
+                             "prefix and suffixes such as _0000.nii.gz)")
+    return name
 
 
 def modality_kind(channel_name: str) -> str:
@@ -86,10 +137,18 @@ def load_dataset_json(folder: str | Path) -> DatasetJson:
     if not path.is_file():
         raise PirlInputError(f"{path}: dataset.json is missing")
     try:
-        d = json.loads(path.read_text())
+        d = loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PirlInputError(f"{path}: invalid JSON ({err})") from None
     return parse_dataset_json(d, path)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_label(value: object) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_LABEL
 
 
 def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
@@ -104,13 +163,19 @@ def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
     channels = d["channel_names"]
     if not isinstance(channels, dict) or not channels:
         raise PirlInputError(f"{path}: channel_names must be a non-empty object like {{\"0\": \"T1\"}}")
-    if sorted(channels, key=int) != [str(i) for i in range(len(channels))]:
+    if set(channels) != {str(i) for i in range(len(channels))}:
         raise PirlInputError(f"{path}: channel_names keys must be 0..{len(channels) - 1}, got {list(channels)}")
+    if not all(isinstance(v, str) and v.strip() for v in channels.values()):
+        raise PirlInputError(f"{path}: channel_names values must be modality names (non-empty strings), got "
+                             f"{list(channels.values())}")
     labels = d["labels"]
     if not isinstance(labels, dict) or not all(
-            isinstance(v, int) or (isinstance(v, list) and v and all(isinstance(x, int) for x in v))
-            for v in labels.values()):
-        raise PirlInputError(f"{path}: labels must map names to integers or lists of integers")
+            _is_label(v) or (isinstance(v, list) and v and all(_is_label(x) for x in v)) for v in labels.values()):
+        raise PirlInputError(f"{path}: labels must map names to integers 0..{MAX_LABEL} or lists of them "
+                             f"(not booleans or negative values: -1 marks voxels outside the body), got {labels}")
+    num_training = d["numTraining"]
+    if not _is_int(num_training) or num_training < 0:
+        raise PirlInputError(f"{path}: numTraining must be a whole number >= 0, got {num_training!r}")
     if labels and 0 not in [v for v in labels.values() if isinstance(v, int)]:
         raise PirlInputError(f"{path}: labels must declare background as 0")
     ending = d["file_ending"]
@@ -121,7 +186,7 @@ def parse_dataset_json(d: dict, path: Path | str) -> DatasetJson:
         raise PirlInputError(f"{path}: allow_missing_channels must be true or false, got {allow_missing!r}")
     extra = {k: v for k, v in d.items()
              if k not in (*REQUIRED_KEYS, "regions_class_order", "modality", "allow_missing_channels")}
-    dj = DatasetJson(channels, labels, int(d["numTraining"]), ending, d.get("regions_class_order"), extra,
+    dj = DatasetJson(channels, labels, num_training, ending, d.get("regions_class_order"), extra,
                      allow_missing)
     if dj.has_regions:
         check_regions_class_order(dj, path)
@@ -174,7 +239,7 @@ def channel_file_name(case: str, channel: int, file_ending: str) -> str:
 
 def parse_channel_file_name(name: str, file_ending: str) -> tuple[str, int] | None:
     """(case, channel) of a ``CASE_XXXX<ending>`` file name; None for any other name."""
-    m = re.match(r"(.+)_(\d{4})" + re.escape(file_ending) + "$", name)
+    m = re.fullmatch(r"(.+)_(\d{4})" + re.escape(file_ending), name, re.DOTALL)
     return (m.group(1), int(m.group(2))) if m else None
 
 
@@ -192,10 +257,11 @@ def group_channel_files(folder: str | Path, dj: DatasetJson, strict: bool = True
         parsed = parse_channel_file_name(f.name, dj.file_ending)
         if parsed is None:
             if strict:
-                raise PirlInputError(f"{f}: name does not follow CASE_XXXX{dj.file_ending} "
+                raise PirlInputError(f"{printable(f)}: name does not follow CASE_XXXX{dj.file_ending} "
                                      f"(file_ending in dataset.json is {dj.file_ending!r})")
             continue
         case, channel = parsed
+        check_case_name(case, f)
         if channel >= dj.num_channels:
             raise PirlInputError(f"{f}: channel {channel:04d} is not declared in channel_names "
                                  f"(0..{dj.num_channels - 1})")
@@ -209,7 +275,7 @@ def list_label_files(folder: str | Path | None, file_ending: str) -> dict[str, P
     """``{case: folder/CASE<ending>}`` for every visible file with the dataset's ending ({} without a folder)."""
     if folder is None or not Path(folder).is_dir():
         return {}
-    return {f.name[: -len(file_ending)]: f for f in sorted(Path(folder).iterdir())
+    return {check_case_name(f.name[: -len(file_ending)], f): f for f in sorted(Path(folder).iterdir())
             if f.is_file() and not f.name.startswith(".") and f.name.endswith(file_ending)}
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pirl_pipeline.data.dataset_json import OUTSIDE_BODY
+
 ANISOTROPY_THRESHOLD = 3.0
 
 
@@ -42,7 +44,7 @@ def uncrop(array: np.ndarray, box: list[list[int]], full_shape: tuple[int, ...],
 def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
     """Crop data (C, z, y, x) and seg (z, y, x) to the non-zero box.
 
-    Returns (data, seg, box) where seg is int8/int16 with -1 outside the non-zero mask (nnU-Net's
+    Returns (data, seg, box) where seg is int16 with OUTSIDE_BODY (-1) outside the non-zero mask (nnU-Net's
     convention: the mask later serves normalisation and the foreground-weighted losses). Without a
     label, seg is the mask alone (0 inside, -1 outside).
     """
@@ -51,7 +53,7 @@ def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
     data = crop(data, box)
     mask = crop(mask, box)
     seg = np.zeros(mask.shape, np.int16) if seg is None else crop(seg, box).astype(np.int16, copy=True)
-    seg[(~mask) & (seg == 0)] = -1
+    seg[(~mask) & (seg == 0)] = OUTSIDE_BODY
     return data, seg, box
 
 

@@ -3,11 +3,16 @@
 Arrays are numpy order (z, y, x) as SimpleITK returns them; ``spacing`` in the returned geometry is in the
 same (z, y, x) order, while ``sitk_*`` fields keep SimpleITK's (x, y, z) order for exact restoration.
 SimpleITK zero-fills a truncated NIfTI without a word, so :func:`data_problem` checks every image read and
-written: a gzip stream must be complete (CRC and length), a NIfTI as long as its header says.
+written: a gzip stream must be complete (CRC and length), a NIfTI as long as its header says. A NIfTI file is
+checked before ITK reads it (:class:`NiftiHeader`, parsed here): every size >= 1, every voxel size finite and
+non-zero (ITK reads 0 as 1 mm whatever the sform says), and ``vox_offset`` + voxels x bytes per voxel (of the
+datatype) within the file's size, uncompressed (the gzip stream is decompressed once, counting bytes, 4 MiB at a
+time), so a header claiming 1000^3 voxels in a small file never makes ITK allocate them.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -22,6 +27,10 @@ from pirl_pipeline.file_io import atomic_path
 
 NIFTI_ENDINGS = (".nii", ".nii.gz")
 _CHUNK = 1 << 22
+_HEAD = 544  # bytes of a NIfTI-2 header (NIfTI-1: 348) and its extension flag
+# NIfTI datatype code -> bytes per voxel (ITK sizes voxels by the datatype, not by bitpix)
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                1536: 16, 1792: 16, 2048: 32, 2304: 4}
 
 
 @dataclass(frozen=True)
@@ -78,22 +87,67 @@ def _rounded(values: np.ndarray) -> str:
     return "(" + ", ".join(f"{round(float(v), 4):g}" for v in values) + ")"
 
 
-def _nifti_data_end(head: bytes) -> int | None:
-    """Bytes a single-file NIfTI-1/2 needs (header offset + voxel data), from its first 544 bytes; None
-    when ``head`` is not such a header."""
-    for order in "<>":
-        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
-            dims = struct.unpack(order + "8h", head[40:56])
-            bitpix, offset = struct.unpack(order + "h", head[72:74])[0], struct.unpack(order + "f", head[108:112])[0]
-        elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
-            dims = struct.unpack(order + "8q", head[16:80])
-            bitpix, offset = struct.unpack(order + "h", head[14:16])[0], struct.unpack(order + "q", head[168:176])[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7:
+@dataclass(frozen=True)
+class NiftiHeader:
+    """What pirl checks of a single-file NIfTI-1/2 header: sizes ``dim[1..dim[0]]``, voxel sizes ``pixdim`` (the
+    same axes), bytes per voxel (None: unknown datatype) and ``vox_offset``."""
+
+    dims: tuple[int, ...]
+    pixdim: tuple[float, ...]
+    bytes_per_voxel: float | None
+    vox_offset: float
+
+    @classmethod
+    def parse(cls, head: bytes) -> NiftiHeader | None:
+        """The header in the first bytes of a file (decompressed); None when they are not a NIfTI-1/2 header."""
+        for order in "<>":
+            if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+                dims = struct.unpack(order + "8h", head[40:56])
+                datatype, bitpix = struct.unpack(order + "2h", head[70:74])
+                pixdim, offset = struct.unpack(order + "8f", head[76:108]), struct.unpack(order + "f", head[108:112])[0]
+            elif len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+                datatype, bitpix = struct.unpack(order + "2h", head[12:16])
+                dims = struct.unpack(order + "8q", head[16:80])
+                pixdim, offset = struct.unpack(order + "8d", head[104:168]), struct.unpack(order + "q", head[168:176])[0]
+            else:
+                continue
+            if not 1 <= dims[0] <= 7:
+                return None
+            size = _NIFTI_BYTES.get(datatype, bitpix / 8 if bitpix > 0 else None)
+            return cls(tuple(dims[1:dims[0] + 1]), tuple(pixdim[1:dims[0] + 1]), size, float(offset))
+        return None
+
+    def problem(self) -> str | None:
+        """A header ITK would misread or that claims absurd sizes: a size < 1, a spatial voxel size 0 or not
+        finite, a vox_offset < 0 or not finite; None when none."""
+        if min(self.dims) < 1:
+            return f"NIfTI header dim {list(self.dims)}: every size must be >= 1"
+        spacing = self.pixdim[:3]
+        if not all(math.isfinite(v) and v != 0 for v in spacing):
+            return (f"NIfTI header pixdim {[float(v) for v in spacing]}: a voxel size of 0 or NaN/Inf (ITK would "
+                    "read it as 1 mm, whatever the sform says); write the voxel size into pixdim")
+        if not (math.isfinite(self.vox_offset) and self.vox_offset >= 0):
+            return f"NIfTI header vox_offset {self.vox_offset}: must be a byte offset >= 0"
+        return None
+
+    @property
+    def data_end(self) -> int | None:
+        """Bytes the file needs: header offset + voxel data (None when the datatype is unknown)."""
+        if self.bytes_per_voxel is None or self.problem():
             return None
-        return int(offset) + int(np.prod(dims[1:dims[0] + 1], dtype=np.int64)) * bitpix // 8
-    return None
+        return int(self.vox_offset) + math.ceil(math.prod(self.dims) * self.bytes_per_voxel)
+
+
+def _nifti_header(path: Path) -> NiftiHeader | None:
+    """The NIfTI header of ``path`` (a ``.nii``/``.nii.gz`` file); None when it has none or cannot be read (the
+    reader then reports the file)."""
+    if not path.name.lower().endswith(NIFTI_ENDINGS):
+        return None
+    try:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+            return NiftiHeader.parse(f.read(_HEAD))
+    except (OSError, EOFError, zlib.error):
+        return None
 
 
 def data_problem(path: str | os.PathLike) -> str | None:
@@ -104,19 +158,20 @@ def data_problem(path: str | os.PathLike) -> str | None:
     try:
         if name.endswith(".gz"):
             with gzip.open(path, "rb") as f:
-                head = f.read(544)
+                head = f.read(_HEAD)
                 size = len(head)
                 while chunk := f.read(_CHUNK):
                     size += len(chunk)
         else:
             with open(path, "rb") as f:
-                head = f.read(544)
+                head = f.read(_HEAD)
             size = path.stat().st_size
     except EOFError:
         return "truncated gzip stream: the file ends before its data does"
     except (gzip.BadGzipFile, zlib.error) as err:
         return f"damaged gzip stream ({err})"
-    expected = _nifti_data_end(head) if name.endswith(NIFTI_ENDINGS) else None
+    header = NiftiHeader.parse(head) if name.endswith(NIFTI_ENDINGS) else None
+    expected = header.data_end if header is not None else None
     if expected is not None and size < expected:
         return f"truncated: {size} of {expected} {'uncompressed ' if name.endswith('.gz') else ''}bytes"
     return None
@@ -129,12 +184,16 @@ def check_3d(path: Path, dimension: int, components: int) -> None:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read one image; an unreadable or non-3D file raises PirlInputError naming it."""
+    """Read one image; an unreadable, damaged or non-3D file raises PirlInputError naming it. A NIfTI file's
+    header and length are checked before ITK reads it (module docstring), other files' streams after."""
     path = Path(path)
     if not path.is_file():
         raise PirlInputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise PirlInputError(f"{path}: empty file (0 bytes)")
+    header = _nifti_header(path)
+    if header is not None and (problem := header.problem() or data_problem(path)):
+        raise PirlInputError(f"{path}: {problem}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -142,8 +201,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         reason = lines[-1].replace(f'"{path}"', "this file") if lines else "unknown reader error"
         raise PirlInputError(f"{path}: not a readable image ({reason[:160]})") from None
     check_3d(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel())
-    problem = data_problem(path)
-    if problem:
+    if header is None and (problem := data_problem(path)):
         raise PirlInputError(f"{path}: {problem}")
     return image
 

@@ -16,7 +16,7 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
-from pirl_pipeline.data.dataset_json import RawCase
+from pirl_pipeline.data.dataset_json import MAX_LABEL, RawCase
 from pirl_pipeline.data.image_io import Geometry, read_image
 from pirl_pipeline.errors import PirlInputError
 
@@ -138,5 +138,7 @@ def load_case(case: RawCase, allowed_labels: set[int] | None, check: bool = True
         label = sitk.GetArrayFromImage(image)
         if check and allowed_labels is not None:
             check_label_values(label, case.label, allowed_labels)
+        elif label.size and not 0 <= label.min() <= label.max() <= MAX_LABEL:  # int16 below must not wrap
+            raise PirlInputError(f"{case.label}: label values {label.min():g}..{label.max():g} outside 0..{MAX_LABEL}")
         label = label.astype(np.int16, copy=False)
     return LoadedCase(case.name, np.stack(arrays), label, reference, case.channels)

@@ -2,7 +2,7 @@
 
 The pipeline follows nnU-Net v2's default transforms (spatial, mirroring, then noise -> blur -> brightness ->
 contrast -> low resolution -> inverted gamma -> gamma), applied per sample on ``{"image": (C, *S) float32,
-"segmentation": (1, *S) int8}`` tensors. Intensity transforms draw their parameters per channel (each modality
+"segmentation": (1, *S) int8 or int16}`` tensors (the dtype ``CASE_seg.npy`` is stored in). Intensity transforms draw their parameters per channel (each modality
 gets its own brightness/contrast/gamma); no channel is ever dropped. Mirroring runs before the intensity
 transforms (nnU-Net: after; the distribution of samples is the same) so that ``clean_targets`` can keep the
 patch with the geometric transforms only: image targets (decomposition, translation) must not contain random
@@ -36,11 +36,12 @@ from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 
+from pirl_pipeline.data.dataset_json import OUTSIDE_BODY
 from pirl_pipeline.dataloading.sampling import crop_image, crop_padded
 from pirl_pipeline.errors import PirlInputError
 
 IMAGE_PAD = 0.0
-SEG_PAD = -1
+SEG_PAD = OUTSIDE_BODY
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Access to one preprocessed configuration folder (``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``).
 
-Per case: ``CASE.npy`` float32 (C, z, y, x), ``CASE_seg.npy`` int8 (1, z, y, x) (labels; -1 outside the body
-mask) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling and, for datasets
+Per case: ``CASE.npy`` float32 (C, z, y, x), ``CASE_seg.npy`` int8 or int16 (1, z, y, x) (labels; -1 outside the
+body mask; ``dataset_json.seg_dtype``) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling and, for datasets
 with missing channels, ``channels_present``: the channel indices the case has; an absent channel is stored as
 NaN, so it can never pass for data). Arrays are opened
 with ``np.load(mmap_mode="r")`` on every access, so only the patches read are paged in and worker processes
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pirl_pipeline.data.dataset_json import SEG_DTYPES
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
 
@@ -50,12 +51,15 @@ class PreprocessedDataset:
         return self.case_names[index]
 
     def arrays(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(data (C, z, y, x) float32, seg (1, z, y, x) int8), both read-only memory maps."""
+        """(data (C, z, y, x) float32, seg (1, z, y, x) int8 or int16), both read-only memory maps."""
         data = np.load(self.folder / f"{name}.npy", mmap_mode="r")
         seg = np.load(self.folder / f"{name}_seg.npy", mmap_mode="r")
         if data.ndim != 4 or seg.shape != (1, *data.shape[1:]):
             raise PirlInputError(f"{self.folder / name}: data {data.shape} and seg {seg.shape} do not match "
                                  "(expected (C, z, y, x) and (1, z, y, x))")
+        if seg.dtype not in SEG_DTYPES:
+            raise PirlInputError(f"{self.folder / name}_seg.npy: stored as {seg.dtype}, expected int8 or int16 "
+                                 "(rerun pirl_plan_and_preprocess)")
         return data, seg
 
     def properties(self, name: str) -> dict:

@@ -6,7 +6,8 @@ Batch format (a dict)::
     data         float32 tensor (B, C, *patch_size): every channel (modality) of the case, none dropped
                  (a channel the case lacks is 0 there, and False in ``channels``)
     channels     bool tensor (B, C): the channels each case has (all True for complete datasets)
-    target       int8 tensor (B, 1, *patch_size): labels; -1 outside the body mask and in padding. Use
+    target       int8 or int16 tensor (B, 1, *patch_size), as ``CASE_seg.npy`` is stored (``seg_dtype``): labels;
+                 -1 outside the body mask and in padding. Use
                  ``target >= 0`` as the mask and ``target.clamp_min(0).long()`` for losses
     target_image float32 tensor (B, C, *patch_size), only with ``clean_targets``: ``data`` with the spatial
                  transforms and mirroring but without the intensity augmentation (image-loss targets)
@@ -136,7 +137,7 @@ class PatchLoader(SlimDataLoaderBase):
                 cleans.append(clean)
         # numpy between processes: pickled by value (torch tensors would travel as shared-memory file
         # descriptors, which break when a worker exits while the parent is still unpickling at shutdown)
-        batch = {"data": torch.stack(images).float().numpy(), "target": torch.stack(segs).to(torch.int8).numpy(),
+        batch = {"data": torch.stack(images).float().numpy(), "target": torch.stack(segs).numpy(),
                  "keys": [p[0] for p in plan], "patch_lower": np.stack([p[3] for p in plan]).astype(np.int64),
                  "oversampled": np.array([p[4] for p in plan]), "channels": np.stack([p[5] for p in plan]),
                  "batch_index": index}

@@ -63,7 +63,7 @@ class ValidationPatches:
                 channels.append(self.dataset.present_channels(name, data.shape[0]))
                 images.append(torch.from_numpy(crop_image(data, lower, self.patch_size, IMAGE_PAD, channels[-1])))
                 segs.append(torch.from_numpy(crop_padded(seg, lower, self.patch_size, SEG_PAD)))
-            yield {"data": torch.stack(images).float(), "target": torch.stack(segs).to(torch.int8),
+            yield {"data": torch.stack(images).float(), "target": torch.stack(segs),
                    "channels": torch.from_numpy(np.stack(channels)),
                    "keys": [c[0] for c in chunk], "patch_lower": np.stack([c[1] for c in chunk]).astype(np.int64),
                    "oversampled": np.array([c[2] for c in chunk]), "batch_index": start // self.batch_size}

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pirl_pipeline.checkpoint import load_checkpoint
+from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_network
 from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
 from pirl_pipeline.tasks import PRETRAIN
 from pirl_pipeline.trainer_config import TrainerConfig
@@ -61,23 +60,27 @@ def load_model_folder(folder: str | Path, folds: list[str] | None = None,
     folds = folds or _folds_in(folder, checkpoint)
     if not folds:
         raise PirlInputError(f"{folder}: no fold_*/{checkpoint} (train first, or pick another -chk)")
+    paths = [folder / f"fold_{fold}" / checkpoint for fold in folds]
     networks, first = [], None
-    for fold in folds:
-        state = load_checkpoint(folder / f"fold_{fold}" / checkpoint)
+    for path in paths:
+        state = load_checkpoint(path)
         if first is None:
             first = state
-        elif state["network_kwargs"] != first["network_kwargs"]:
-            raise PirlInputError(f"{folder / f'fold_{fold}'}: network differs from fold {folds[0]}; cannot ensemble")
+        check_same_model(path, state, paths[0], first)  # fold_0's plans are used for every fold
         with one_thread():  # thousands of tiny init ops: one thread is as fast, and immune to busy CPUs
-            net = build_network(state["network_kwargs"])
-        net.load_state_dict(state["network_weights"], assign=True)  # the loaded tensors themselves: no copies
+            net = load_network(state, path, assign=True)  # the loaded tensors themselves: no copies
         set_fused_attention(net, fused_attention)
         networks.append(net.to(device).eval())
-    config = TrainerConfig.from_dict(first["config"])
+    try:
+        config = TrainerConfig.from_dict(first["config"])
+        plans = Plans.from_dict(first["plans"])
+        plan_config = plans.configuration(first["configuration"])
+    except (PirlInputError, KeyError, TypeError, ValueError) as err:
+        what = str(err) if isinstance(err, PirlInputError) else f"{type(err).__name__}: {err}"
+        raise PirlInputError(f"{paths[0]}: damaged checkpoint metadata ({what})") from None
     if config.task == PRETRAIN:
         raise PirlInputError(f"{folder}: a pre-training model; fine-tune it for seg or translate first")
-    plans = Plans.from_dict(first["plans"])
-    dataset_json = parse_dataset_json(first["dataset_json"], folder / f"fold_{folds[0]}" / checkpoint)
-    patch = list(config.patch_size or plans.configuration(first["configuration"]).patch_size)
+    dataset_json = parse_dataset_json(first.get("dataset_json"), paths[0])
+    patch = list(plan_config.patch_size if config.patch_size is None else config.patch_size)
     return TrainedModel(networks, first["network_kwargs"]["kind"], config.task, plans, first["configuration"],
                         dataset_json, patch, folds)

@@ -60,12 +60,13 @@ def create(
 
 
 def build_network(description: dict[str, Any]) -> nn.Module:
+    """The network ``{"kind": ..., **kwargs}`` describes; a description it cannot build is a ValueError."""
+    if not isinstance(description, dict) or description.get("kind") not in KINDS:
+        kind = description.get("kind") if isinstance(description, dict) else description
+        raise ValueError(f"unknown network kind {kind!r}; choose from {KINDS}")
     kwargs = dict(description)
     kind = kwargs.pop("kind")
-    if kind == "pirl":
-        return PIRLNet(**kwargs)
-    if kind == "swinunetr":
-        return SwinUNETR(**kwargs)
-    if kind == "dynunet":
-        return DynUNet(**kwargs)
-    raise ValueError(f"unknown network kind {kind!r}; choose from {KINDS}")
+    try:
+        return {"pirl": PIRLNet, "swinunetr": SwinUNETR, "dynunet": DynUNet}[kind](**kwargs)
+    except TypeError as err:  # a missing or unknown argument
+        raise ValueError(f"a {kind} network cannot be built from {sorted(kwargs)}: {err}") from None

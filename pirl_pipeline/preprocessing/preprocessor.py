@@ -2,8 +2,9 @@
 
 On disk, per case in ``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``:
 - ``CASE.npy``: float32 (C, z, y, x), cropped, normalised, resampled (memory-mappable);
-- ``CASE_seg.npy``: int8 (1, z, y, x): label values, -1 outside the non-zero mask (also for image-only
-  datasets, where it is the foreground mask of the decomposition loss);
+- ``CASE_seg.npy``: (1, z, y, x) in ``seg_dtype`` of the largest declared label (int8 up to 127, else int16):
+  label values, -1 outside the non-zero mask (also for image-only datasets, where it is the foreground mask of
+  the decomposition loss); a finished case stored in another dtype is redone;
 - ``CASE.json``: geometry to restore the original image, crop box, shapes, normalisation parameters,
   foreground-class voxel locations for oversampling, and the plans fingerprint it was made with.
 A case that lacks channels (``allow_missing_channels``) is cropped to the non-zero box of the channels it has,
@@ -12,7 +13,7 @@ that would look like data) and ``CASE.json`` gets ``channels_present`` (written 
 files of a complete case are what they always were).
 Every file is written atomically and verified (``file_io``); ``CASE.json`` comes last: its presence (with a
 matching plans fingerprint and readable arrays) marks a finished case, which a rerun skips. A rerun first
-removes the ``.tmp-*`` files an interrupted (kill -9) run left.
+removes the temp files an interrupted (kill -9) run left (``file_io.remove_stale``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pirl_pipeline.data.dataset_json import RawCase
+from pirl_pipeline.data.dataset_json import RawCase, seg_dtype
 from pirl_pipeline.data.geometry import crop_to_nonzero, shape_for_spacing
 from pirl_pipeline.data.integrity import load_case
 from pirl_pipeline.file_io import load_json, make_dirs, remove_stale, save_json, save_npy
@@ -88,17 +89,18 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: tuple[f
     return data, seg, properties
 
 
-def _case_is_done(out: Path, name: str, fingerprint: str, channels_present: list[int] | None = None) -> bool:
+def _case_is_done(out: Path, name: str, fingerprint: str, channels_present: list[int] | None,
+                  dtype: np.dtype) -> bool:
     props_file = out / f"{name}.json"
     if not props_file.is_file():
         return False
     try:
         props = load_json(props_file)
         shape = np.load(out / f"{name}.npy", mmap_mode="r").shape
-        seg_shape = np.load(out / f"{name}_seg.npy", mmap_mode="r").shape
+        seg = np.load(out / f"{name}_seg.npy", mmap_mode="r")
     except (OSError, ValueError):
         return False
-    return (props.get("plans_fingerprint") == fingerprint and shape[1:] == seg_shape[1:]
+    return (props.get("plans_fingerprint") == fingerprint and shape[1:] == seg.shape[1:] and seg.dtype == dtype
             and props.get("channels_present") == channels_present)
 
 
@@ -107,7 +109,8 @@ def preprocess_case(case: RawCase, plans: Plans, config: ConfigurationPlans, out
     """Preprocess and save one case; returns 'skipped' or 'done'."""
     num_channels = len(config.normalization_schemes)
     present = None if case.channels == tuple(range(num_channels)) else list(case.channels)
-    if _case_is_done(out, case.name, fingerprint, present):
+    dtype = seg_dtype(max(labels, default=0))
+    if _case_is_done(out, case.name, fingerprint, present, dtype):
         return "skipped"
     loaded = load_case(case, labels, check=False)  # checked during the fingerprint pass
     data, seg, props = preprocess_arrays(loaded.full(num_channels), loaded.label, loaded.geometry.spacing, plans,
@@ -120,7 +123,7 @@ def preprocess_case(case: RawCase, plans: Plans, config: ConfigurationPlans, out
                   "class_locations": class_locations(seg, foreground_classes, rng),
                   "plans_fingerprint": fingerprint})
     save_npy(data, out / f"{case.name}.npy")
-    save_npy(seg[None].astype(np.int8), out / f"{case.name}_seg.npy")
+    save_npy(seg[None].astype(dtype), out / f"{case.name}_seg.npy")
     save_json(props, out / f"{case.name}.json", indent=None)
     return "done"
 

@@ -89,9 +89,10 @@ class BaseTrainer:
     def __init__(self, ctx: RunContext, config: TrainerConfig) -> None:
         self.ctx, self.config = ctx, config
         plan_config = ctx.plans.configuration(ctx.configuration)
-        self.patch_size = list(config.patch_size or plan_config.patch_size)
-        self.batch_size = int(config.batch_size or plan_config.batch_size)
-        self.feature_size = int(config.feature_size or plan_config.network.get("feature_size", 48))
+        self.patch_size = list(plan_config.patch_size if config.patch_size is None else config.patch_size)
+        self.batch_size = int(plan_config.batch_size if config.batch_size is None else config.batch_size)
+        self.feature_size = int(plan_config.network.get("feature_size", 48) if config.feature_size is None
+                                else config.feature_size)
         self.num_modalities = ctx.plans.num_input_channels
         self.plan_config = plan_config
         self.device = ctx.device
