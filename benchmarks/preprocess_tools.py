@@ -23,6 +23,11 @@ if str(REPO) not in sys.path:  # run as a script inside either venv
 from benchmarks.bench_dataset import CHANNELS
 
 
+def seg_storage(seg: np.ndarray) -> type:
+    """pirl's label dtype rule (``dataset_json.seg_dtype``), restated: this file also runs without pirl."""
+    return np.int8 if seg.max() <= 127 else np.int16
+
+
 def internal_compare(spec: dict) -> dict:
     """Runs in the nnU-Net venv (blosc2): shapes and voxel-wise differences of both preprocessed outputs."""
     import pickle
@@ -125,7 +130,7 @@ def _pirl_case_steps(case, ctx: dict, add) -> None:
              "geometry": loaded.geometry.to_dict()}
     t, _ = _timed(lambda: save_npy(res, tmp / f"{case.name}.npy"), r)
     add("save data .npy", t)
-    t, _ = _timed(lambda: save_npy(res_seg[None].astype(np.int8), tmp / f"{case.name}_seg.npy"), r)
+    t, _ = _timed(lambda: save_npy(res_seg[None].astype(seg_storage(res_seg)), tmp / f"{case.name}_seg.npy"), r)
     add("save seg .npy", t)
     t, _ = _timed(lambda: save_json(props, tmp / f"{case.name}.json", indent=None), r)
     add("save properties .json", t)
@@ -199,7 +204,7 @@ def _nnunet_case_steps(name: str, ctx: dict, add) -> None:
     t, locs = _timed(lambda: pre._sample_foreground_locations(res_seg, ctx["regions"]), r)
     add("class locations", t)
     res = res.astype(np.float32, copy=False)
-    res_seg = res_seg.astype(np.int8)
+    res_seg = res_seg.astype(seg_storage(res_seg))
 
     def save():
         bd, cd = comp_blosc2_params(res.shape, tuple(cm.patch_size), res.itemsize)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import load_json, save_json
+from pirl_pipeline.file_io import load_json, loads, save_json
 
 log = logging.getLogger("pirl")
 SPLITS_FILE = "splits_final.json"
@@ -85,7 +85,7 @@ def read_split_file(path: str | Path, case_names: Sequence[str]) -> Splits:
     if not path.is_file():
         raise PirlInputError(f"{path}: split file not found")
     try:
-        data = json.loads(path.read_text())
+        data = loads(path.read_text())  # duplicate keys and absurd nesting refused
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PirlInputError(f"{path}: invalid JSON ({err})") from None
     splits = check_splits([data] if isinstance(data, dict) else data, case_names, path)

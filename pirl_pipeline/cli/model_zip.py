@@ -22,7 +22,6 @@ import logging
 import re
 import shutil
 import stat
-import uuid
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -32,7 +31,7 @@ from monai.networks.nets import SwinUNETR
 from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_network, torch_save
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError, PirlWriteError
-from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, save_json
+from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, save_json, temp_name
 from pirl_pipeline.paths import model_folder, results_root
 from plans.plans_manager import PLANS_FILE, Plans
 
@@ -205,7 +204,7 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
         if target.exists() and not overwrite:
             raise PirlInputError(f"{target}: a model is installed there already (--overwrite replaces it)")
         new_dataset = not target.parent.exists()
-        staging = make_dirs(target.parent) / f".tmp-install-{uuid.uuid4().hex[:8]}"
+        staging = make_dirs(target.parent) / temp_name("install")
         try:
             for info, rel in members:
                 dest = staging.joinpath(*rel.parts[2:])
@@ -217,7 +216,7 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
                                          "nothing was installed") from None
             _check_checkpoints(zip_path, staging, PurePosixPath(dataset, model))
             if target.exists():
-                old = target.with_name(f".tmp-replaced-{uuid.uuid4().hex[:8]}")
+                old = target.with_name(temp_name(f"replaced-{target.name}"))
                 target.rename(old)
                 staging.rename(target)
                 shutil.rmtree(old)
