@@ -4,7 +4,9 @@ Dataset500_DemoBrain (simulated contrasts on real MNI152 anatomy) -> plan + prep
 pre-training -> fine-tuning for segmentation and translation -> prediction of the held-out cases with all
 modalities and with one modality -> the trivial references (``pirl_reference``: a FLAIR threshold and "the
 whole brain" fitted on the training cases; T1 copied and T1 mapped by a fitted intensity mapping) ->
-evaluation of all of them by the same evaluator -> missing-modality matrices -> report. Each stage is a
+evaluation of all of them by the same evaluator -> missing-modality matrices -> report; with ``--compare``
+also SwinUNETR and DynUNet from scratch on the same fold and budget, then ``pirl_find_best_configuration``
+choosing among the three and their ensembles. Each stage is a
 pirl command (printed, so it can be re-run by hand); finished stages are skipped on a rerun.
 
 The CPU configuration overrides the plans on the command line: 3 mm voxels (one 64^3 patch holds the whole
@@ -25,7 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dataset_conversion import demo_brain
-from pirl_pipeline.cli import evaluate, evaluate_missing, plan_and_preprocess, predict, reference, report, train
+from pirl_pipeline.cli import (
+    evaluate,
+    evaluate_missing,
+    find_best_configuration,
+    plan_and_preprocess,
+    predict,
+    reference,
+    report,
+    train,
+)
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
@@ -52,6 +63,8 @@ REFERENCES = (("seg_flair_reference_threshold", "seg", ["--kind", "threshold", "
               ("seg_all_reference_whole_brain", "seg", ["--kind", "whole_brain"]),
               ("translate_t1_reference_identity", "translate", ["--kind", "identity", "--source", "0"]),
               ("translate_t1_reference_histogram", "translate", ["--kind", "histogram", "--source", "0"]))
+#: the seg trainers ``--compare`` trains from scratch beside PIRL, with the PIRL seg model's budget and settings
+COMPARED = ("SwinUNETRSegTrainer", "DynUNetSegTrainer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-size", type=int, default=12)
     p.add_argument("--window-size", type=int, default=WINDOW,
                    help=f"Swin attention window of the demo network (default {WINDOW}; the paper's is 7)")
+    p.add_argument("--compare", action="store_true",
+                   help="also train SwinUNETR and DynUNet seg from scratch (same fold, budget and settings; "
+                        "~15 min more on 2 cores) and choose among the three and their ensembles with "
+                        "pirl_find_best_configuration")
     p.add_argument("-device", default="cpu", choices=["cpu", "cuda"])
     return p
 
@@ -125,12 +142,21 @@ def run(args: argparse.Namespace) -> None:
                                         "--epochs", str(pre_epochs), "--val-iters", "1",
                                         *size, "--set", "lr_schedule=constant"], pre_folder / "checkpoint_final.pth")
     ckpt = str(pre_folder / "checkpoint_final.pth")
+    def finetune(task, trainer: str, pretrained: list[str]) -> None:
+        folder = fold_folder(model_folder(DATASET, trainer), 0)
+        npz = ["--npz"] if task is SEG else []  # seg keeps its validation probabilities for the chooser's ensembles
+        argv = ["500", "3d_fullres", task.name, "-f", "0", "-tr", trainer, *pretrained, "--iters",
+                fine_iters[task.name], "--epochs", str(args.epochs), "--val-iters", "2",
+                "--lr", f"{FINETUNE_LR[task.name]:g}", *size, *npz, "--set", *FINETUNE_SET[task.name]]
+        stages.run(f"finetune {task.name} {trainer}", train.main, argv, folder / "checkpoint_final.pth")
+
     for task in (SEG, TRANSLATE):
-        folder = fold_folder(model_folder(DATASET, task.default_trainer), 0)
-        argv = ["500", "3d_fullres", task.name, "-f", "0", "--pretrained", ckpt, "--iters", fine_iters[task.name],
-                "--epochs", str(args.epochs), "--val-iters", "2", "--lr", f"{FINETUNE_LR[task.name]:g}", *size,
-                "--set", *FINETUNE_SET[task.name]]
-        stages.run(f"finetune {task.name}", train.main, argv, folder / "checkpoint_final.pth")
+        finetune(task, task.default_trainer, ["--pretrained", ckpt])
+    if args.compare:
+        for trainer in COMPARED:  # the pre-trained network's size; DynUNet has no attention window
+            window = ["--window-size", str(args.window_size)] if trainer.startswith("SwinUNETR") else []
+            finetune(SEG, trainer, ["--feature-size", str(args.feature_size), *window])
+        stages.run("choose seg configuration", find_best_configuration.main, ["-d", "500", "-t", "seg"])
     images_ts, labels_ts = raw / "imagesTs", raw / "labelsTs"
     common = ["-d", "500", "-device", args.device, "--disable_tta"]
     for name, task, extra in (("seg_all", "seg", []), ("seg_flair", "seg", ["--channels", "3"]),
