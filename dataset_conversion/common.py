@@ -12,6 +12,11 @@ to ``imagesTr``/``labelsTr`` and the unlabelled ones to ``imagesTs`` (a warning 
 training case has its label, as nnU-Net requires; when no case has a label, all go to ``imagesTr`` and the
 dataset is image-only (no ``labelsTr``), ready for pre-training and translation. ``skip_labels`` (a
 converter's ``--no-labels``) makes any source image-only: every case in ``imagesTr``, no label read.
+
+Channels on different grids (``resample_to``, a converter's ``--resample_to CHANNEL``): every channel, the label
+and the mask of a case are resampled onto the grid of that channel (rules and refusals: ``resample``); each
+resampling is logged per case and recorded in ``conversion.json`` beside ``dataset.json`` (source files, their
+grids, method, coverage, label volumes), so a prediction on the written grid can be traced back to the sources.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from dataset_conversion.resample import METHOD, OntoGrid
 from pirl_pipeline.data.dataset_json import (
     MAX_CASE_NAME_BYTES,
     DatasetJson,
@@ -46,15 +52,15 @@ from pirl_pipeline.data.integrity import (
     check_label_values,
     check_nifti_finite,
     check_not_empty,
-    check_same_grid,
     degenerate_warnings,
 )
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import make_dirs, os_reason, remove_stale, temp_name
+from pirl_pipeline.file_io import make_dirs, os_reason, remove_stale, save_json, temp_name
 from pirl_pipeline.paths import dataset_folder_name, raw_root
 
 log = logging.getLogger(__name__)
 FILE_ENDING = ".nii.gz"
+CONVERSION_RECORD = "conversion.json"  # beside dataset.json, written when channels were resampled
 _NOT_IN_CASE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -162,13 +168,15 @@ class RawDatasetWriter:
     """Context manager writing one raw dataset; on success it appears at once, on error not at all.
 
     ``labels`` are the dataset.json labels; None means "collect the values found" (background=0 plus
-    label_K for each value K). ``source`` (the folder converted) is never written into.
+    label_K for each value K). ``source`` (the folder converted) is never written into. ``resample_to``: the
+    channel name whose grid every file of a case is resampled onto (None: all must share one grid).
     """
 
     def __init__(self, dataset_id: int, name: str, channel_names: Sequence[str],
                  labels: dict[str, int | list[int]] | None = None, *, source: Path | None = None,
                  root: Path | None = None, overwrite: bool = False,
-                 regions_class_order: list[int] | None = None, extra: dict | None = None) -> None:
+                 regions_class_order: list[int] | None = None, extra: dict | None = None,
+                 resample_to: str | None = None) -> None:
         if not 1 <= dataset_id <= 999:
             raise PirlInputError(f"dataset id {dataset_id}: must be 1..999")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or len(name) > MAX_CASE_NAME_BYTES:
@@ -183,6 +191,11 @@ class RawDatasetWriter:
                             **({"regions_class_order": regions_class_order} if regions_class_order else {})},
                            self.target / "dataset.json")  # labels and regions_class_order, before any work
         self.channel_names = list(channel_names)
+        if resample_to is not None and resample_to not in self.channel_names:
+            raise PirlInputError(f"resample_to {resample_to!r}: not a channel of this dataset "
+                                 f"({', '.join(self.channel_names)})")
+        self.resample_to = resample_to
+        self.records: dict[str, dict] = {}
         self.labels = labels
         self.regions_class_order = regions_class_order
         self.extra = extra or {}
@@ -220,11 +233,15 @@ class RawDatasetWriter:
                 shutil.rmtree(self._tmp)
 
     def add_files(self, case: SourceCase, subset: str = "Tr") -> None:
-        """Read, check and convert one source case (float64 -> float32; voxels outside the mask -> 0)."""
-        arrays, reference = [], None
-        for path in case.images:
-            array, geometry = self._read(path, reference)
-            reference = reference or (geometry, path)
+        """Read, check and convert one source case (float64 -> float32; voxels outside the mask -> 0), on the
+        grid of its first channel, or resampled onto that of ``resample_to``."""
+        name = sanitise_case_name(case.name)
+        images = [self._read(path) for path in case.images]
+        ref = self.channel_names.index(self.resample_to) if self.resample_to else 0
+        grid = OntoGrid(images[ref], case.images[ref], self.resample_to is not None, self.resample_to or "")
+        arrays = []
+        for path, image, channel in zip(case.images, images, self.channel_names, strict=True):
+            array = grid.image(image, path, modality_kind(channel), f"channel {channel}")
             if array.dtype == np.float64:
                 array = array.astype(np.float32)
             check_finite(array, path)
@@ -232,20 +249,28 @@ class RawDatasetWriter:
             arrays.append(array)
         outside = None
         if case.mask is not None:
-            outside = self._read(case.mask, reference)[0] <= 0
+            mask = self._read(case.mask)
+            outside = grid.label((sitk.GetArrayFromImage(mask) > 0).astype(np.uint8), Geometry.of(mask),
+                                 case.mask, "mask") == 0
             if outside.all():
                 raise PirlInputError(f"{case.mask}: the mask is empty (every voxel is 0)")
             for array in arrays:
                 array[outside] = 0
         label = None
         if case.label is not None:
-            label = self._read(case.label, reference)[0]
+            image = self._read(case.label)
+            label = sitk.GetArrayFromImage(image)
             label = (remap_labels(label, case.label, case.label_map) if case.label_map is not None
                      else self._check_plain_labels(label, case.label))
+            label = grid.label(label, Geometry.of(image), case.label)
             if outside is not None and (lost := int(np.count_nonzero(label[outside]))):
                 log.warning("%s: %d labelled voxel(s) lie outside the mask %s (kept in the label)",
                             case.label, lost, case.mask.name)
-        self._write(sanitise_case_name(case.name), arrays, reference[0], label, subset, case.images[0])
+        for line in grid.log_lines:
+            log.info("case %s: %s", name, line)
+        if self.resample_to is not None:
+            self.records[name] = grid.record
+        self._write(name, arrays, grid.geometry, label, subset, case.images[0])
 
     def add_arrays(self, name: str, images: Sequence[np.ndarray], geometry: Geometry,
                    label: np.ndarray | None = None, subset: str = "Tr") -> None:
@@ -263,13 +288,10 @@ class RawDatasetWriter:
         self._write(name, list(images), geometry, label, subset, Path(name))
 
     @staticmethod
-    def _read(path: Path, reference: tuple[Geometry, Path] | None) -> tuple[np.ndarray, Geometry]:
+    def _read(path: Path) -> sitk.Image:
         image = read_image(path)
         check_nifti_finite(path, image)
-        geometry = Geometry.of(image)
-        if reference is not None:
-            check_same_grid(reference[0], reference[1], geometry, path)
-        return sitk.GetArrayFromImage(image), geometry
+        return image
 
     def _check_plain_labels(self, label: np.ndarray, path: Path) -> np.ndarray:
         if self._declared is None:
@@ -301,6 +323,9 @@ class RawDatasetWriter:
             "background": 0, **{f"label_{v}": v for v in sorted(self._found_labels - {0})}}
         DatasetJson({str(i): n for i, n in enumerate(self.channel_names)}, labels, self.counts["Tr"],
                     FILE_ENDING, self.regions_class_order, self.extra).save(self._tmp)
+        if self.resample_to is not None:
+            save_json({"resample_to": self.resample_to, "method": METHOD, "cases": self.records},
+                      self._tmp / CONVERSION_RECORD)
         list_cases(self._tmp, load_dataset_json(self._tmp))  # the pipeline must accept what was written
         old = self.root / temp_name(self.target.name, ".old-")
         if self.target.exists():

@@ -4,7 +4,7 @@ Usage::
 
     pirl_convert_folder -i SRC -d 503 -n Name --channel FLAIR='Flair*.nii.gz' --channel T1c='T1c*.nii.gz'
         [--label 'OTMultiClass.nii.gz'] [--labels background=0 necrosis=1 ...] [--mask 'brainmask.nii.gz']
-        [--case_name_file subject_id.txt [--case_name_key Subject_id]]
+        [--case_name_file subject_id.txt [--case_name_key Subject_id]] [--resample_to CHANNEL]
 
 Every sub-folder of SRC is one case (its name is the case name, unless ``--case_name_file`` names a text
 file in the case folder that holds it: the file's one line, or with ``--case_name_key KEY`` the value of
@@ -14,6 +14,12 @@ z-score, CT, PET). Without ``--labels`` the label names are the values found acr
 label_K=K). Label maps stored as floats are accepted when their values are integers. ``--mask``: voxels where the mask is 0 are set to 0 in every channel (the label is kept);
 use it for images whose background is not 0 (e.g. z-scored images with a constant background), because
 preprocessing crops to the non-zero region. Without ``--label`` the dataset is image-only.
+
+Channels on different grids (PET/CT as TCIA ships them): ``--resample_to PET`` resamples every channel, the
+label and the mask onto the grid of the PET channel in physical space (images linear with anti-aliasing, labels
+linear per class, CT padded with -1000 HU outside its field of view; ``dataset_conversion/resample.py``), logs
+each resampling and records it in ``conversion.json`` beside ``dataset.json``. Channels that do not overlap,
+directions that differ, or a label whose volume would change by more than 10 % are refused.
 """
 from __future__ import annotations
 
@@ -124,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text file in each case folder holding the case name (default: the folder name)")
     parser.add_argument("--case_name_key", metavar="KEY",
                         help="with --case_name_file: take the value of its 'KEY: NAME' line")
+    parser.add_argument("--resample_to", metavar="CHANNEL",
+                        help="resample every channel and the label onto the grid of this channel (a --channel "
+                             "NAME); default: all files of a case must already share one grid")
     return parser
 
 
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         raise PirlInputError("--labels with regions (NAME=V1,V2) and --regions_class_order go together")
     writer = RawDatasetWriter(args.dataset_id, args.name, [name for name, _ in channels], labels,
                               source=args.input, root=args.output_root, overwrite=args.overwrite,
-                              regions_class_order=args.regions_class_order)
+                              regions_class_order=args.regions_class_order, resample_to=args.resample_to)
     cases = find_cases(args.input, channels, args.label, args.mask, args.case_name_file, args.case_name_key)
     log.info("found %d case folder(s) in %s", len(cases), args.input)
     write_raw_dataset(writer, cases)

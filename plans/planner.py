@@ -5,11 +5,16 @@ Rules (each explained again inside the JSON, so a reader of the plans sees why):
   median size < 1/3 of the others') the coarse axis takes the 10th percentile instead (nnU-Net's rule);
 - patch size: 96^3 by default (the paper); a side shrinks toward the median resampled shape when images
   are smaller (rounded to a multiple of 32, SwinUNETR's constraint), never below 64 (32^3 leaves a 1^3
-  bottleneck that instance norm cannot normalise);
-- normalisation per channel from the modality name (MRI z-score on the non-zero mask, CT, PET);
+  bottleneck that instance norm cannot normalise); images smaller than that (PET crops ~30 voxels across) are
+  padded when patches are drawn (image 0, label -1: not learnt), and the share of padding is explained and,
+  above half a patch, warned about;
+- normalisation per channel from the modality name (MRI z-score on the non-zero mask, CT, PET), explained with
+  the dataset's numbers;
 - network: the paper's SwinUNETR backbone, feature_size 48 (override with ``--feature-size`` for CPUs).
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -17,6 +22,7 @@ from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.data.geometry import ANISOTROPY_THRESHOLD, shape_for_spacing
 from plans.plans_manager import ConfigurationPlans, Plans
 
+log = logging.getLogger("pirl")
 DEFAULT_PATCH = 96
 MIN_PATCH = 64
 SCHEME_BY_KIND = {"MRI": "ZScoreNormalization", "CT": "CTNormalization", "PET": "PETNormalization"}
@@ -42,6 +48,27 @@ def patch_size_for(median_shape: list[float], default: int = DEFAULT_PATCH) -> l
         rounded = int(np.floor(side / 32.0 + 0.5)) * 32  # nearest multiple, halves up
         sides.append(int(min(default, max(MIN_PATCH, rounded))))
     return sides
+
+
+def padding_fraction(median_shape: list[float], patch_size: list[int]) -> float:
+    """The share of a patch that lies outside an image of the median shape, 0..1 (0: the image fills it)."""
+    return float(1 - np.prod([min(m, p) for m, p in zip(median_shape, patch_size)]) / np.prod(patch_size))
+
+
+def normalization_explanation(channel_names: dict[str, str], schemes: list[str], props: dict) -> str:
+    """One clause per channel: what its scheme does, with this dataset's foreground statistics ``props``."""
+    def clause(scheme: str, p: dict) -> str:
+        if scheme == "CTNormalization":
+            return (f"HU clipped to the foreground 0.5/99.5 percentiles [{p['percentile_00_5']:.0f}, "
+                    f"{p['percentile_99_5']:.0f}], then z-scored with the foreground mean {p['mean']:.0f} and std "
+                    f"{p['std']:.0f} (nnU-Net's CT scheme)")
+        if scheme == "PETNormalization":
+            return (f"SUV kept un-centred, max(SUV, 0) / {p['percentile_99_5']:.3g} (foreground p99.5): background "
+                    "stays 0 and SUV ratios survive")
+        return "z-score per image (MRI has no physical unit)"
+
+    return "from the channel names; " + "; ".join(
+        f"{c} ({channel_names[str(c)]}): {clause(scheme, props[str(c)])}" for c, scheme in enumerate(schemes))
 
 
 def network_block(patch_size: list[int], feature_size: int = 48) -> dict:
@@ -72,6 +99,11 @@ def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: s
     resampled = np.array([shape_for_spacing(sh, sp, spacing) for sh, sp in zip(shapes, spacings)], float)
     median_shape = [float(v) for v in np.median(resampled, axis=0)]
     patch = patch_size_for(median_shape)
+    padding = padding_fraction(median_shape, patch)
+    if padding > 0.5:
+        log.warning("plans: patch %s is larger than the median image %s: %.0f%% of a patch is padding (image 0, "
+                    "label -1, not learnt); a finer --spacing, or converting onto a finer channel's grid, gives the "
+                    "network more voxels", patch, [round(s) for s in median_shape], 100 * padding)
     kinds = fingerprint["modality_kinds"]
     schemes = [SCHEME_BY_KIND[k] for k in kinds]
     cropped_fraction = float(np.mean(np.prod(shapes, 1) / np.prod(fingerprint["shapes_before_cropping"], 1)))
@@ -93,7 +125,11 @@ def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: s
                         if not spacing_override else
                         f"set by the user (--spacing); the rule would give {[round(v, 3) for v in rule_spacing]}"),
             "patch_size": f"default {DEFAULT_PATCH}^3 (paper); a side shrinks toward the median resampled "
-                          f"shape {[round(s) for s in median_shape]} when smaller, multiple of 32, >= {MIN_PATCH}",
+                          f"shape {[round(s) for s in median_shape]} when smaller, multiple of 32, >= {MIN_PATCH}"
+                          + (f"; smaller images are padded when patches are drawn ({padding:.0%} of a patch at "
+                             "the median shape)" if padding else ""),
+            "normalization_schemes": normalization_explanation(
+                dj.channel_names, schemes, fingerprint["foreground_intensity_properties_per_channel"]),
             "batch_size": "2 subjects per step (nnU-Net's 3d_fullres default); each subject yields one "
                           "forward pass per modality during pre-training",
             "use_mask_for_norm": f"z-score on the non-zero mask when cropping removed > 25% of the image "

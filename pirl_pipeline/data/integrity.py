@@ -2,7 +2,8 @@
 
 Each check raises PirlInputError naming the offending file: channels and label on one grid, label values
 declared in dataset.json, no NaN/Inf in images, no all-zero image. :func:`degenerate_warnings` lists what is
-valid but almost certainly not meant (a constant channel, a tiny image, MRI without a zero background). A case
+valid but almost certainly not meant (a constant channel, a tiny image, MRI without a zero background, CT not in
+Hounsfield units, PET not in SUV). A case
 of an incomplete dataset is checked on the channels it has (an absent channel has no file; an all-zero file is
 still refused, so nothing that looks like data can stand for a missing channel).
 """
@@ -21,6 +22,7 @@ from pirl_pipeline.data.image_io import Geometry, read_image
 from pirl_pipeline.errors import PirlInputError
 
 MIN_SIDE = 8  # an image with fewer voxels along an axis is warned about (and refused by the demo generator)
+SUV_PLAUSIBLE_MAX = 200.0  # FDG SUV stays far below (bladder ~100); activity in Bq/ml is in the thousands
 
 
 def check_same_grid(reference: Geometry, reference_path: Path, other: Geometry, other_path: Path) -> None:
@@ -55,8 +57,13 @@ def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], ki
     """What is odd about a valid case (its channels, each (z, y, x)), one short text each, case name not
     included: a channel constant inside the non-zero region (stored with std 0, it normalises to 0), a side
     under MIN_SIDE voxels, or MRI without a single 0 voxel (z-scored or not skull-stripped: the crop to the
-    non-zero region and the body mask then do nothing). ``channels``: the dataset channel index of each array
-    (default 0, 1, ...), which indexes ``channel_names`` and ``kinds``; only these channels are looked at."""
+    non-zero region and the body mask then do nothing). Modality-aware (``kinds``): the zero-background rule is
+    MRI's alone (CT air is -1000 HU and PET background is near 0, not 0: no zero is expected there); CT without
+    a value between -1000 and 0 (no fat, no lung; -1000 itself may be padding) is not in Hounsfield units (the
+    rescale intercept not applied?), PET above
+    SUV_PLAUSIBLE_MAX is not SUV (Bq/ml?), and their normalisation relies on these units being the same in every
+    case. ``channels``: the dataset channel index of each array (default 0, 1, ...), which indexes
+    ``channel_names`` and ``kinds``; only these channels are looked at."""
     found = []
     channels = list(range(len(data))) if channels is None else list(channels)
     body = np.logical_or.reduce([channel != 0 for channel in data])
@@ -65,6 +72,12 @@ def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], ki
         if values.size and values.min() == values.max():
             found.append(f"channel {c} ({channel_names[c]}) is constant inside the non-zero region "
                          "(std 0: it normalises to 0)")
+        elif kinds[c] == "CT" and not np.any((channel > -1000) & (channel < 0)):
+            found.append(f"channel {c} ({channel_names[c]}) has no value between -1000 and 0, so it is not in "
+                         "Hounsfield units (fat is about -100, lung -800): apply the rescale intercept (e.g. -1024)")
+        elif kinds[c] == "PET" and channel.max() > SUV_PLAUSIBLE_MAX:
+            found.append(f"channel {c} ({channel_names[c]}) reaches {channel.max():.4g}, above any SUV (> "
+                         f"{SUV_PLAUSIBLE_MAX:g}): activity in Bq/ml? convert to SUV first")
     if min(body.shape) < MIN_SIDE:
         found.append(f"image of {'x'.join(map(str, body.shape))} voxels (< {MIN_SIDE} along an axis)")
     if body.all() and all(kinds[c] == "MRI" for c in channels):
