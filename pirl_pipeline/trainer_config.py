@@ -12,6 +12,7 @@ from typing import Any
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.losses.objective import TERMS
 from pirl_pipeline.networks.modalities import FUSIONS
+from pirl_pipeline.networks.pirl_net import SKIP_LEVELS
 from pirl_pipeline.networks.prior import PRIOR_ATTENTIONS
 from pirl_pipeline.tasks import PRETRAIN, TASKS
 
@@ -21,11 +22,13 @@ ABLATIONS = tuple(sorted((*TERMS, "prior")))  # the Table-7 switches: the object
 #: "paper" reproduces the reference code; "default" is what measurement chose (docs: README, experiments).
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"skip_dropout": 0.0, "subject_contrastive": 0.0, "queue_subject_ids": False,
-              "prior_attention": "dot", "fusion": "mean"},
+              "prior_attention": "dot", "fusion": "mean", "decoder_skips": 5},
     "default": {"skip_dropout": 0.5, "subject_contrastive": 1.0, "queue_subject_ids": True,
-                "prior_attention": "cosine", "fusion": "joint"},
+                "prior_attention": "cosine", "fusion": "joint", "decoder_skips": 5},
 }
 REPRESENTATION_FIXES = tuple(VARIANTS["paper"])
+#: the fixes that are PIRLNet arguments: a fine-tuning inherits them from its pre-trained network
+NETWORK_FIXES = ("prior_attention", "fusion", "decoder_skips")
 #: what a resumed run may change (logged): how long it runs, how it validates and saves, how it executes —
 #: never what its finished epochs computed (lr, iterations, batch, patch, network, losses, data, seed)
 RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "save_probabilities", "amp", "fused_attention",
@@ -74,6 +77,7 @@ class TrainerConfig:
     queue_subject_ids: bool | None = None  # L_contr's queue never holds the query subject's own projections
     prior_attention: str | None = None  # "dot" (reference) or "cosine" (PriorFusion)
     fusion: str | None = None  # "mean" (reference), "max" or "joint" (networks.modalities.FUSIONS)
+    decoder_skips: int | None = None  # encoder skips the decoder reads, finest first (5: all; PIRLNet)
     health_subjects: int = 4  # validation subjects of the per-epoch representation health (0: off)
     # fine-tuning (Algorithm 2)
     w_inv_finetune: float = 1.0
@@ -128,6 +132,8 @@ class TrainerConfig:
             raise PirlInputError(f"prior_attention must be one of {PRIOR_ATTENTIONS}, got {self.prior_attention!r}")
         if self.resolved("fusion") not in FUSIONS:
             raise PirlInputError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not 0 <= self.resolved("decoder_skips") <= SKIP_LEVELS:
+            raise PirlInputError(f"decoder_skips must be 0..{SKIP_LEVELS}, got {self.decoder_skips}")
         if self.health_subjects < 0 or self.health_subjects == 1:
             raise PirlInputError(f"health_subjects must be 0 (off) or >= 2, got {self.health_subjects}")
         if self.lr_schedule not in ("poly", "constant"):

@@ -33,7 +33,8 @@ def test_the_paper_preset_switches_every_fix_off_and_a_field_overrides_its_varia
 
 
 @pytest.mark.parametrize("setting", ["variant=best", "fusion=sum", "prior_attention=flash", "skip_dropout=1.5",
-                                     "subject_contrastive=-1", "health_subjects=1"])
+                                     "subject_contrastive=-1", "health_subjects=1",
+                                     "decoder_skips=6"])
 def test_bad_fix_values_are_refused_in_one_line(setting):
     with pytest.raises(PirlInputError, match=setting.split("=")[0]):
         TrainerConfig().with_overrides([setting])
@@ -169,6 +170,7 @@ def test_max_fusion_runs_through_the_network():
 def test_paper_defaults_build_the_reference_network():
     net = PIRLNet(2, 2, PATCH, **TINY)
     assert net.config["fusion"] == "mean" and net.config["prior_attention"] == "dot"
+    assert net.config["decoder_skips"] == 5 == VARIANTS["paper"]["decoder_skips"]
     assert not hasattr(net.prior_fusion, "logit_scale")  # old checkpoints load strictly
     with pytest.raises(ValueError, match="fusion"):
         PIRLNet(2, 2, PATCH, **TINY, fusion="sum")
@@ -199,3 +201,24 @@ def test_a_repeated_input_stem_is_still_summed_over_the_channels():
     stem = "swinViT.patch_embed.proj.weight"
     adapted = adapt_state(target, source)
     torch.testing.assert_close(adapted.state[stem], source[stem].sum(1, keepdim=True).expand(-1, 2, -1, -1, -1) / 2)
+
+
+def test_a_decoder_without_its_deepest_skip_reads_that_level_from_x_h_alone():
+    torch.manual_seed(0)
+    full = PIRLNet(2, 2, PATCH, **TINY).eval()
+    cut = PIRLNet(2, 2, PATCH, **TINY, decoder_skips=4).eval()
+    cut.load_state_dict(full.state_dict())  # the same weights: a paper checkpoint loads either way
+    x = torch.randn(2, 2, *PATCH)
+    with torch.no_grad():
+        _, x_h, skips = cut.encode(x)
+        _, _, all_skips = full.encode(x)
+        assert not skips[4].any() and all_skips[4].any()  # hidden[3] (LN(x3), what z holds) is not read
+        assert all(torch.equal(a, b) for a, b in zip(skips[:4], all_skips[:4]))
+        # what varies the deepest level now comes through X_h' only: swapping it changes more of the output
+        own, swapped = cut.decode(x_h, skips), cut.decode(x_h.roll(1, 0), skips)
+        own_full, swapped_full = full.decode(x_h, all_skips), full.decode(x_h.roll(1, 0), all_skips)
+    assert (swapped - own).norm() > (swapped_full - own_full).norm()
+    assert TrainerConfig().resolved("decoder_skips") == 5  # measured: no preset gains from it (README)
+    with pytest.raises(ValueError, match="decoder_skips"):
+        PIRLNet(2, 2, PATCH, **TINY, decoder_skips=6)
+

@@ -74,6 +74,7 @@ def test_pretrain_then_finetune_all_tasks(roots):
                 "val/health_prior_share"} <= set(history[-1]), trainer
         saved = json.loads((fold_folder(root, trainer, fold) / "config.json").read_text())
         assert saved["fusion"] == "joint" and saved["prior_attention"] == "cosine" and saved["skip_dropout"] == 0.5
+        assert saved["decoder_skips"] == 5  # pinned: the network's value, inherited by the fine-tuning
     # the final validation's numbers are pirl_evaluate's on the same files
     validation = fold_folder(root, "PIRLSegTrainer", "0") / "validation"
     summary = json.loads((validation / "summary.json").read_text())

@@ -28,6 +28,7 @@ from pirl_pipeline.networks.swinunetr_compat import SWINUNETR_MODULES, filter_sw
 PLANS_KEYS = {"feature_size": "feature_size", "depths": "depths", "num_heads": "num_heads",
               "prior_attention_heads": "attn_heads", "use_prior": "use_prior", "window_size": "window_size"}
 PLANS_INFO_KEYS = ("architecture", "explanation")
+SKIP_LEVELS = 5  # decoder skips, finest first: encoder1(x), encoder2..4(hidden[0..2]), hidden[3]
 
 @dataclass
 class PIRLOutput:
@@ -94,15 +95,20 @@ class PIRLNet(nn.Module):
         use_flash_attention: bool = False,
         prior_attention: str = "dot",
         fusion: str = "mean",
+        decoder_skips: int = SKIP_LEVELS,
     ) -> None:
         """``use_checkpoint`` (gradient checkpointing of the Swin blocks) and ``use_flash_attention`` (fused
         ``scaled_dot_product_attention`` window attention, in training too: ``set_fused_attention``) change
         how the network runs, not its weights or results (to float rounding); both are MONAI SwinUNETR's.
         ``prior_attention``: "dot" (the reference) or "cosine" (``PriorFusion``); ``fusion``: how modalities
-        enter and combine, "mean" (the reference), "max" or "joint" (``modalities.FUSIONS``)."""
+        enter and combine, "mean" (the reference), "max" or "joint" (``modalities.FUSIONS``);
+        ``decoder_skips``: how many of the 5 encoder skips, finest first, the decoder reads (5: all, the
+        reference; the deeper ones are zeros, so the decoder's deep levels work from X_h' alone)."""
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not 0 <= decoder_skips <= SKIP_LEVELS:
+            raise ValueError(f"decoder_skips must be 0..{SKIP_LEVELS}, got {decoder_skips}")
         patch_size = tuple(int(p) for p in patch_size)
         if len(patch_size) != 3 or any(p % 32 for p in patch_size):
             raise ValueError(f"patch_size must be 3 sides, each a multiple of 32; got {patch_size}")
@@ -113,10 +119,11 @@ class PIRLNet(nn.Module):
             "num_transforms": num_transforms, "proj_dim": proj_dim, "norm_name": norm_name,
             "dropout_path_rate": dropout_path_rate, "use_checkpoint": use_checkpoint,
             "use_flash_attention": use_flash_attention, "prior_attention": prior_attention, "fusion": fusion,
+            "decoder_skips": decoder_skips,
         }  # fmt: skip
         self.in_channels, self.out_channels, self.patch_size = in_channels, out_channels, patch_size
         self.use_prior, self.num_transforms, self.proj_dim = use_prior, num_transforms, proj_dim
-        self.fusion = fusion
+        self.fusion, self.decoder_skips = fusion, decoder_skips
         base = SwinUNETR(**self.swinunetr_kwargs())
         for name in SWINUNETR_MODULES:
             setattr(self, name, getattr(base, name))
@@ -191,8 +198,15 @@ class PIRLNet(nn.Module):
         return single_modality(x, index, self.in_channels, self.fusion)
 
     def _skips(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]), self.encoder4(hidden[2]),
-                hidden[3]]  # fmt: skip
+        """The decoder's 5 skips, finest first; beyond ``decoder_skips`` zeros of the skip's shape."""
+        fs, size = self.config["feature_size"], x.shape[2:]
+        blocks = [lambda: self.encoder1(x), lambda: self.encoder2(hidden[0]), lambda: self.encoder3(hidden[1]),
+                  lambda: self.encoder4(hidden[2]), lambda: hidden[3]]
+        shapes = [(fs, 1), (fs, 2), (2 * fs, 4), (4 * fs, 8), (8 * fs, 16)]  # (channels, stride) per level
+        # fix: decoder_skips < 5: hidden[3] (= LN(x3)) holds what z holds, so with it D ignored X_h' (issue 23)
+        return [block() if level < self.decoder_skips
+                else x.new_zeros((x.shape[0], c, *(s // stride for s in size)))
+                for level, (block, (c, stride)) in enumerate(zip(blocks, shapes))]
 
     def decode(self, x_h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """D(X_h', skips) -> (B, C_out, *patch); skips as ``encode`` returns them."""

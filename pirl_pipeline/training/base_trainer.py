@@ -45,7 +45,7 @@ from pirl_pipeline.evaluation.health import health_patches, representation_healt
 from pirl_pipeline.file_io import save_json
 from pirl_pipeline.networks.pirl_net import PIRLNet
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention, set_gradient_checkpointing
-from pirl_pipeline.trainer_config import TrainerConfig
+from pirl_pipeline.trainer_config import NETWORK_FIXES, TrainerConfig
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.distributed import gather
 from pirl_pipeline.training.progress import ProgressLog
@@ -119,7 +119,7 @@ class BaseTrainer:
             torch.backends.cudnn.benchmark = True  # one patch size all run long: autotuned convolutions pay off
         torch.manual_seed(config.seed)
         network = self.build_network()
-        built = {k: network.config[k] for k in ("fusion", "prior_attention")} if isinstance(network, PIRLNet) else {}
+        built = {k: network.config[k] for k in NETWORK_FIXES} if isinstance(network, PIRLNet) else {}
         self.config = config = config.pinned(**built)  # config.json and checkpoints record what ran
         self.build_losses(network)
         set_fused_attention(network, config.fused_attention)

@@ -30,7 +30,7 @@ from pirl_pipeline.networks import PIRLNet, factory
 from pirl_pipeline.networks.swinunetr_compat import filter_swinunetr_state
 from pirl_pipeline.networks.transfer import head_rows_by_name
 from pirl_pipeline.tasks import get_task
-from pirl_pipeline.trainer_config import TrainerConfig
+from pirl_pipeline.trainer_config import NETWORK_FIXES, VARIANTS, TrainerConfig
 from pirl_pipeline.training.base_trainer import BaseTrainer, RunContext
 from pirl_pipeline.training.final_validation import validate_fold
 from pirl_pipeline.training.volume_validation import segmentation_scores, validate_volumes
@@ -141,21 +141,22 @@ class DownstreamTrainer(BaseTrainer):
             block = self.ctx.plans.configuration(self.ctx.configuration).network
             options = {k: v for k, v in PIRLNet.options_from_plans(block).items() if k != "feature_size"}
             options["use_prior"] = self.config.use_prior
-            options |= {k: self.config.resolved(k) for k in ("prior_attention", "fusion")} | self.window_override()
+            options |= {k: self.config.resolved(k) for k in NETWORK_FIXES} | self.window_override()
         elif self.network_kind == "swinunetr":
             options = self.window_override()
         elif self.config.window_size is not None and source is None:  # with weights: the error below
             raise PirlInputError(f"--window-size: a {self.network_kind} network has no attention window")
         if source is not None and self.network_kind == "pirl" and (source.network_kwargs or {}).get("kind") == "pirl":
             inherited = {k: source.network_kwargs[k] for k in ("use_prior", "depths", "num_heads", "attn_heads",
-                                                               "window_size", "prior_attention", "fusion")
+                                                               "window_size", *NETWORK_FIXES)
                          if k in source.network_kwargs}
-            inherited = {"prior_attention": "dot", "fusion": "mean"} | inherited  # written before they existed
+            # saved before a fix existed: the network ran the reference behaviour
+            inherited = {k: VARIANTS["paper"][k] for k in NETWORK_FIXES} | inherited
             wanted = self.config.window_size
             if wanted is not None and "window_size" in inherited and wanted != inherited["window_size"]:
                 raise PirlInputError(f"--window-size {wanted}: {source.path} was trained with window "
                                      f"{inherited['window_size']} (its attention tables have that size); drop the flag")
-            for key in ("prior_attention", "fusion"):  # set explicitly (not by the variant) and different: refuse
+            for key in NETWORK_FIXES:  # set explicitly (not by the variant) and different: refuse
                 wanted = getattr(self.config, key)
                 if wanted is not None and wanted != inherited[key]:
                     raise PirlInputError(f"--set {key}={wanted}: {source.path} was pre-trained with {key} "

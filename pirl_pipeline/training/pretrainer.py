@@ -9,6 +9,7 @@ import torch
 from pirl_pipeline.dataloading import AugmentationConfig
 from pirl_pipeline.losses.objective import TERMS, PIRLLossConfig, PIRLObjective
 from pirl_pipeline.networks import PIRLNet
+from pirl_pipeline.trainer_config import NETWORK_FIXES
 from pirl_pipeline.training.base_trainer import BaseTrainer
 
 log = logging.getLogger("pirl")
@@ -44,8 +45,8 @@ class PIRLPretrainer(BaseTrainer):
         block = self.ctx.plans.configuration(self.ctx.configuration).network
         net = PIRLNet.from_plans(block, in_channels=self.num_modalities, out_channels=self.num_modalities,
                                  patch_size=self.patch_size, feature_size=self.feature_size,
-                                 use_prior=self.config.use_prior, prior_attention=self.config.resolved("prior_attention"),
-                                 fusion=self.config.resolved("fusion"), **self.window_override())
+                                 use_prior=self.config.use_prior, **self.window_override(),
+                                 **{k: self.config.resolved(k) for k in NETWORK_FIXES})
         return net
 
     def build_losses(self, network: torch.nn.Module) -> None:
