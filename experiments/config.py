@@ -9,6 +9,7 @@ beat spending the same number of steps on the task itself.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from pirl_pipeline.losses.objective import TABLE7
@@ -19,6 +20,8 @@ SEGMENTATION2_ID, SEGMENTATION2_NAME = 603, "BraTS2018FlairT1"  # 6 BraTS-2018 F
 SEGMENTATION2_FOLDS = 3  # 4 train / 2 validate each
 SEGMENTATION4_ID, SEGMENTATION4_NAME = 604, "BraTS2018Four"  # 8 BraTS-2018 cases, 4 modalities, expert labels
 SEGMENTATION4_FOLDS = 4  # 6 train / 2 validate each: Table 11 by cross-validation
+PETCT_ID, PETCT_NAME = 605, "STSPetCT"  # 16 real FDG PET/CT soft-tissue-sarcoma crops, on the PET grid
+PETCT_FOLDS = 4  # 12 train / 4 validate each (pirl's own seeded k-fold, splits.make_splits)
 
 
 #: the experiment's parts: dataset (folder name), task, folds attribute of the Budget
@@ -27,7 +30,11 @@ PARTS = {
     "seg": (f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}", "seg"),
     "seg2": (f"Dataset{SEGMENTATION2_ID}_{SEGMENTATION2_NAME}", "seg"),
     "seg4": (f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}", "seg"),
+    "petct": (f"Dataset{PETCT_ID}_{PETCT_NAME}", "seg"),
+    "petct_translation": (f"Dataset{PETCT_ID}_{PETCT_NAME}", "translate"),  # the same data: PET <-> CT
 }
+#: parts that share another part's data, folds and pre-trainings (one pre-training serves both tasks)
+SHARED_PART = {"petct_translation": "petct"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,11 @@ class Budget:
     seg_folds: tuple[int, ...] = (0, 1)
     seg2_folds: tuple[int, ...] = (0,)
     seg4_folds: tuple[int, ...] = (0,)
+    petct_folds: tuple[int, ...] = (0,)  # the full run: (0, 1, 2, 3), every subject tested once
+    #: petct's target spacing (mm, isotropic); None: the planner's own, i.e. the PET grid (3.27 x 5.47 x 5.47 mm
+    #: median), where one 64^3 patch already holds a whole crop (~52 x 29 x 29 voxels), so ``spacing`` (the
+    #: coarsening that makes a whole brain fit the patch on CPU) has nothing to do there
+    petct_spacing: float | None = None
     ablation_rows: tuple[int, ...] = (1, 2, 3, 4, 5)  # Table-7 rows besides row 6 (= full PIRL)
     device: str = "cpu"
     extra: dict = field(default_factory=dict)
@@ -70,7 +82,11 @@ class Budget:
         return self.epochs * (self.translate_iters_per_epoch if task == "translate" else self.finetune_iters_per_epoch)
 
     def folds(self, part: str) -> tuple[int, ...]:
-        return getattr(self, f"{part}_folds")
+        return getattr(self, f"{SHARED_PART.get(part, part)}_folds")
+
+    def part_spacing(self, part: str) -> float | None:
+        """The ``--spacing`` of a part's plan_and_preprocess (None: the planner's own)."""
+        return self.petct_spacing if SHARED_PART.get(part, part) == "petct" else self.spacing
 
     def to_dict(self) -> dict:
         return {**asdict(self), "pretrain_steps": self.pretrain_steps,
@@ -79,7 +95,8 @@ class Budget:
 
 FULL = Budget()
 QUICK = Budget(epochs=1, pretrain_iters_per_epoch=2, finetune_iters_per_epoch=2, translate_iters_per_epoch=2,
-               seeds=(12345,), translation_folds=(0,), seg_folds=(0,), seg2_folds=(0,), seg4_folds=(0,), ablation_rows=(4,))
+               seeds=(12345,), translation_folds=(0,), seg_folds=(0,), seg2_folds=(0,), seg4_folds=(0,), petct_folds=(0,),
+               ablation_rows=(4,))
 
 
 def run_key(model_key: str, seed: int, budget: Budget) -> str:
@@ -108,6 +125,7 @@ class Model:
     sets: tuple[str, ...] = ()  # further ``--set FIELD=VALUE`` of both (e.g. "fusion=max")
     from_pretraining_of: str | None = None  # fine-tune from another model's pre-training (its key)
     pretrain_only: bool = False  # a diagnostic pre-training: measured by its representation, not fine-tuned
+    on_request: bool = False  # planned only when named in ``--models``
 
     def trainer(self, task: str) -> str:
         """The registry name: e.g. PIRLSegTrainer; a SwinUNETR started from a PIRL pre-training is
@@ -157,13 +175,35 @@ TABLE11 = (
     Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
     Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
 )
-PART_MODELS = {"seg4": TABLE11}  # parts not listed compare COMPARISON
+
+#: Table 8 on real PET/CT (``petct``): every network trained with modality dropout on PET + CT, then scored on
+#: PET + CT and on PET alone (``pirl_evaluate_missing``: every channel subset of the one model); the Table-7
+#: pre-training rows 1-5 (row 6 = "pirl") only on request (``--models ablation_row1 ...``)
+PETCT = (
+    Model("pirl", "PIRL pre-train -> fine-tune (PIRLNet)", "PIRL", ()),
+    Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
+    Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
+    Model("dynunet_scratch", "DynUNet (nnU-Net-like) from scratch", "DynUNet", None),
+    Model("pirl_scratch", "PIRLNet from scratch", "PIRL", None, on_request=True),  # not in the paper's Table 8
+)
+#: PET -> CT and CT -> PET (``petct_translation``): the PIRL fine-tuning starts from petct's pre-training
+PETCT_TRANSLATION = (
+    Model("pirl", "PIRL pre-train -> fine-tune (PIRLNet)", "PIRL", ()),
+    Model("pirl_scratch", "PIRLNet from scratch", "PIRL", None),
+    Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
+)
 
 
 def ablation_model(row: int) -> Model:
-    """Table-7 row ``row`` (1-5): PIRL pre-training with the row's terms off, then translation fine-tuning."""
+    """Table-7 row ``row`` (1-5): PIRL pre-training with the row's terms off, then the part's fine-tuning
+    (translation in the ``ablation`` part, segmentation in ``petct``)."""
     off = tuple(term for term, on in TABLE7[row].items() if not on)
     return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off, all_seeds=False)
+
+
+PART_MODELS = {"seg4": TABLE11,  # parts not listed compare COMPARISON
+               "petct": (*PETCT, *(dataclasses.replace(ablation_model(r), on_request=True) for r in range(1, 6))),
+               "petct_translation": PETCT_TRANSLATION}
 
 
 def table7_terms(row: int) -> str:

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments import data
-from experiments.config import COMPARISON, PARTS, Budget, model_of_run
+from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, model_of_run
 from experiments.stages import StageRunner
 from experiments.tables import model_labels, to_markdown
 from pirl_pipeline.checkpoint import load_checkpoint
@@ -133,8 +133,9 @@ def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
     from experiments.run import Experiment  # the one owner of the results-folder layout
 
     layout, task, rows = Experiment(Budget(), work), PARTS[part][1], []
+    models = PART_MODELS.get(part, COMPARISON)
     for run in sorted(p.name for p in (work / "results").iterdir()) if (work / "results").is_dir() else []:
-        model = next((m for m in COMPARISON if m.key == model_of_run(run)[0]), None)
+        model = next((m for m in models if m.key == model_of_run(run)[0] and not m.pretrain_only), None)
         for fold in range(8) if model is not None else []:
             path = layout.fold_folder(run, part, model.trainer(task), fold) / "checkpoint_final.pth"
             if not path.is_file():
@@ -158,7 +159,7 @@ def finetune_curves_section(work: Path, part: str) -> list[str]:
     rows = finetune_curve_rows(work, part)
     if rows.empty:
         return []
-    labels = model_labels()
+    labels = model_labels() | {m.key: m.label for m in PART_MODELS.get(part, ())}
     view = rows.pivot_table(index="model", columns="epoch", values="value", aggfunc="mean", sort=False)
     steps = rows.groupby("model", sort=False)["steps"].max()
     runs = rows.groupby("model", sort=False)[["seed", "fold"]].apply(lambda g: len(g.drop_duplicates()))

@@ -19,6 +19,11 @@
   four modalities and the official expert labels {0, 1, 2, 4} (``brats2018_four_modality``), converted by
   ``pirl_convert_brats`` (BraTS regions: whole tumour, tumour core, enhancing tumour). Four folds of 6 train /
   2 validate (``segmentation_splits(cases, SEGMENTATION4_FOLDS)``).
+- Dataset605_STSPetCT (PET/CT, Table 8 and Table 7 on real patients; ``petct`` and ``petct_translation``): the 16
+  FDG PET/CT soft-tissue-sarcoma subjects of ``sts_pet_ct`` (TCIA, expert tumour contour), PET (SUV) and CT (HU)
+  on their own grids, converted by ``pirl_convert_folder --resample_to PET`` (CT and the CT mask resampled onto the
+  PET grid, ~5.5 x 5.5 x 3.3 mm; crops of ~30 x 29 x 52 voxels), label ``lesion=1``. Four folds of 12 train / 4
+  validate by pirl's own seeded cross-validation (``splits.make_splits``, seed 12345), every subject tested once.
 Nothing is copied from ``../shared``: the converters read it and write pirl raw datasets into the work folder.
 """
 from __future__ import annotations
@@ -27,6 +32,9 @@ from itertools import pairwise
 from pathlib import Path
 
 from experiments.config import (
+    PETCT_FOLDS,
+    PETCT_ID,
+    PETCT_NAME,
     SEGMENTATION2_FOLDS,
     SEGMENTATION2_ID,
     SEGMENTATION2_NAME,
@@ -40,6 +48,7 @@ from experiments.config import (
 )
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json, save_json
+from pirl_pipeline.splits import make_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -55,10 +64,11 @@ BRATS2015_REGIONS = {"background": 0, "whole tumour": [1, 2, 3, 4], "tumour core
 BRATS2015_REGION_ORDER = [2, 1, 4]  # paint oedema, then necrosis (core), then enhancing
 BRATS2018_FLAIR_T1 = "brats2018_flair_t1"
 BRATS2018_FOUR = "brats2018_four_modality"
+STS_PET_CT = "sts_pet_ct"
 
 
 def check_shared(shared: Path = SHARED_DATA) -> Path:
-    missing = [s for s in (*BRATS4_SOURCES, BRATS2015, BRATS2018_FLAIR_T1, BRATS2018_FOUR)
+    missing = [s for s in (*BRATS4_SOURCES, BRATS2015, BRATS2018_FLAIR_T1, BRATS2018_FOUR, STS_PET_CT)
                if not (shared / s).is_dir()]
     if missing:
         raise PirlInputError(f"{shared}: the experiments need the real cases {missing} (see shared/data/README.md)")
@@ -77,7 +87,7 @@ def translation_source_folder(work: Path, shared: Path = SHARED_DATA) -> Path:
 
 
 def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, list[str]]:
-    """``{dataset folder name: python -m argv}`` of the four conversions."""
+    """``{dataset folder name: python -m argv}`` of the five conversions."""
     raw = str(work / "raw")
     return {
         f"Dataset{TRANSLATION_ID}_{TRANSLATION_NAME}": [
@@ -98,6 +108,11 @@ def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, lis
         f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}": [
             "dataset_conversion.brats", "-i", str(shared / BRATS2018_FOUR), "-d", str(SEGMENTATION4_ID),
             "-n", SEGMENTATION4_NAME, "-o", raw],
+        # README "PET/CT on different grids": the PET grid, labelled with the CT mask (Dice 0.974 to the PET mask)
+        f"Dataset{PETCT_ID}_{PETCT_NAME}": [
+            "dataset_conversion.generic_folder", "-i", str(shared / STS_PET_CT), "-d", str(PETCT_ID),
+            "-n", PETCT_NAME, "-o", raw, "--channel", "PET=PET_image*", "--channel", "CT=CT_image*",
+            "--label", "CT_mask*", "--labels", "lesion=1", "--resample_to", "PET"],
     }
 
 
@@ -123,10 +138,13 @@ def segmentation_splits(cases: list[str], num_folds: int = 2) -> list[dict[str, 
 
 
 def splits_for(part: str, preprocessed_dataset: Path) -> list[dict[str, list[str]]]:
-    """The fixed splits of an experiment part ("translation", "seg", "seg2", "seg4") over its preprocessed cases."""
+    """The fixed splits of an experiment part ("translation", "seg", "seg2", "seg4", "petct", ...) over its
+    preprocessed cases."""
     cases = sorted(p.stem for p in (preprocessed_dataset / "pirl_plans_3d_fullres").glob("*.json"))
     if part == "translation":
         return translation_splits(cases)
+    if part in ("petct", "petct_translation"):
+        return make_splits(cases, PETCT_FOLDS)
     return segmentation_splits(cases, {"seg2": SEGMENTATION2_FOLDS, "seg4": SEGMENTATION4_FOLDS}.get(part, 2))
 
 

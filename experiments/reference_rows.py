@@ -5,7 +5,12 @@ by the same evaluator on the same held-out cases as the models, as per-case CSVs
   mapping fitted on the fold's training cases), for every source -> target pair;
 - segmentation, for every modality subset: ``whole_brain`` (every brain voxel of the subset's channels is
   tumour) and ``threshold`` (an intensity threshold fitted on the training cases on FLAIR when the subset has
-  it, else on the subset's first channel).
+  it, else on the subset's first channel);
+- PET/CT (``petct``; :data:`PETCT_REFERENCES`), with HD95 like the models' rows: the clinical uptake rules on
+  the raw PET (SUV), nothing fitted: ``suv_threshold`` (SUV >= 2.5) and ``suvmax_fraction`` (>= 41 % of the
+  case's SUVmax in the crop); ``whole_brain`` on PET + CT, which is every voxel of the crop (CT air is -1000 HU,
+  never 0: its FPR of 1.000 in the table shows it); and ``threshold`` fitted on the training cases' PET. Each
+  reads only PET (or nothing that matters), so it is one row beside both inputs (PET + CT and PET).
 Rows go to ``WORK/eval/reference_<kind>/<part>_fold<k>/per_case.csv`` (the layout of ``pirl_evaluate_missing``);
 the fitted thresholds and mappings to ``fitted.json`` beside them.
 """
@@ -21,7 +26,13 @@ from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
 from pirl_pipeline.evaluation.references.common import raw_cases
-from pirl_pipeline.evaluation.references.segmentation import fit_threshold, segmentation_reference_table
+from pirl_pipeline.evaluation.references.segmentation import (
+    UptakeThreshold,
+    fit_threshold,
+    lesion_label,
+    segmentation_reference_table,
+    uptake_channel,
+)
 from pirl_pipeline.evaluation.references.translation import (
     all_pairs,
     fit_intensity_mappings,
@@ -30,11 +41,16 @@ from pirl_pipeline.evaluation.references.translation import (
 from pirl_pipeline.file_io import atomic_path, load_json, save_json
 
 REFERENCE_KEYS = {"identity": "reference_identity", "histogram": "reference_histogram",
-                  "whole_brain": "reference_whole_brain", "threshold": "reference_threshold"}
+                  "whole_brain": "reference_whole_brain", "threshold": "reference_threshold",
+                  "suv_threshold": "reference_suv_threshold", "suvmax_fraction": "reference_suvmax_fraction"}
 REFERENCE_LABELS = {"reference_identity": "(reference) copy the source modality",
                     "reference_histogram": "(reference) intensity mapping fitted on the training cases",
                     "reference_whole_brain": "(reference) every brain voxel called tumour",
-                    "reference_threshold": "(reference) intensity threshold fitted on the training cases"}
+                    "reference_threshold": "(reference) intensity threshold fitted on the training cases",
+                    "reference_suv_threshold": "(reference) SUV >= 2.5",
+                    "reference_suvmax_fraction": "(reference) >= 41 % of the crop's SUVmax"}
+#: the PET/CT references: kind -> the rule's value (None: whole_brain, or fitted on the training cases)
+PETCT_REFERENCES = {"suv_threshold": 2.5, "suvmax_fraction": 0.41, "whole_brain": None, "threshold": None}
 
 
 def _write(rows: pd.DataFrame, work: Path, kind: str, part: str, fold: int, fitted: dict) -> None:
@@ -52,6 +68,9 @@ def run(work: Path, part: str, fold: int) -> None:
     split = load_json(work / "preprocessed" / dataset / "splits_final.json")[fold]
     train, train_labels = raw_cases(raw, dj, split["train"])
     test, test_labels = raw_cases(raw, dj, split["val"])
+    if part == "petct":
+        petct_references(work, dj, train, train_labels, test, test_labels, fold)
+        return
     if task == "translate":
         mappings = fit_intensity_mappings(train, all_pairs(dj.num_channels))
         fitted = {f"{s}->{t}": m.to_dict() for (s, t), m in mappings.items()}
@@ -70,6 +89,25 @@ def run(work: Path, part: str, fold: int) -> None:
         threshold.append(segmentation_reference_table("threshold", only, test_labels, dj, model).assign(subset=label))
     _write(pd.concat(brain, ignore_index=True), work, "whole_brain", part, fold, {})
     _write(pd.concat(threshold, ignore_index=True), work, "threshold", part, fold, fitted)
+
+
+def petct_references(work: Path, dj, train: dict, train_labels: dict, test: dict, test_labels: dict,
+                     fold: int, part: str = "petct") -> None:
+    """The :data:`PETCT_REFERENCES` of one fold, with the distance metrics (HD95) the petct models get."""
+    pet = uptake_channel(dj)
+    only_pet = {case: {pet: files[pet]} for case, files in test.items()}
+    for kind, value in PETCT_REFERENCES.items():
+        if kind in ("suv_threshold", "suvmax_fraction"):
+            model = UptakeThreshold(kind, pet, value, lesion_label(dj))
+            fitted = model.to_dict()
+        elif kind == "threshold":
+            model = fit_threshold(train, train_labels, dj, channel=pet)
+            fitted = model.to_dict()
+        else:  # every voxel non-zero in PET or CT: the whole crop
+            model, fitted = None, {}
+        cases = test if kind == "whole_brain" else only_pet
+        rows = segmentation_reference_table(kind, cases, test_labels, dj, model, distance_metrics=True)
+        _write(rows, work, kind, part, fold, fitted)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ import torch
 from experiments import data
 from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, ablation_model
 from experiments.curves import finetune_curves_section
+from experiments.petct import petct_section, petct_translation_section
 from experiments.table11 import table11_section
 from experiments.tables import (
     ablation_table,
@@ -161,12 +162,14 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
 
 
 def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005,
-                          spread: dict[str, float] | None = None) -> list[str]:
+                          spread: dict[str, float] | None = None, models: list[str] | None = None,
+                          references: list[str] | None = None) -> list[str]:
     """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference), and
     PIRL against the best other model: a lead no larger than the seed spread (``spread``: model label -> max -
-    min of its seed means) of either model is "within the seed spread", not a win."""
-    refs = [labels[k] for k in SEGMENTATION_REFERENCES if k in labels and labels[k] in scores]
-    models = [labels[k] for k in COMPARISON_KEYS if k in labels and labels[k] in scores]
+    min of its seed means) of either model is "within the seed spread", not a win. ``models`` / ``references``:
+    their keys (default COMPARISON's and the BraTS parts' references)."""
+    refs = [labels[k] for k in (references or SEGMENTATION_REFERENCES) if k in labels and labels[k] in scores]
+    models = [labels[k] for k in (models or COMPARISON_KEYS) if k in labels and labels[k] in scores]
     out = []
     if refs:
         best_ref = max(refs, key=lambda r: scores[r])
@@ -334,7 +337,9 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
                "seg2": lambda: segmentation_section(work, tables, "seg2"),
                "seg4": lambda: table11_section(work, tables),
                "ablation": lambda: ablation_section(work, tables),
-               "representation": lambda: representation_section(work, tables)}
+               "representation": lambda: representation_section(work, tables),
+               "petct": lambda: petct_section(work, tables),
+               "petct_translation": lambda: petct_translation_section(work, tables)}
     sections = [line for part, write in writers.items() if parts is None or part in parts for line in [*write(), ""]]
     sections = [s.replace("](", f"]({rel}/") if rel != "." and s.startswith("![") else s for s in sections]
     b = budget

@@ -8,7 +8,11 @@
    "every brain voxel is tumour" and "a FLAIR threshold fitted on the training cases";
 3. the Table-7 ablation rows on the translation task;
 4. the representation itself: cross-modal subject retrieval and within/between-subject variance of z and
-   X_h' for every pre-training (and a random initialisation) on cases no pre-training saw.
+   X_h' for every pre-training (and a random initialisation) on cases no pre-training saw;
+5. real PET/CT (``petct``, Table 8 on 16 FDG PET/CT subjects): PIRLNet and SwinUNETR from the PIRL weights,
+   SwinUNETR and DynUNet from scratch, each scored on PET + CT and on PET alone, beside the clinical SUV
+   thresholds and "everything is lesion" (Table-7 rows on request: ``--models pirl ablation_row1 ...``); PET <-> CT
+   translation (``petct_translation``) beside copying the source and a fitted intensity mapping.
 Everything runs through the pirl commands users type (convert, plan + preprocess, pirl_train,
 pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md. Main rows
 run with every seed of the budget. ``--quick``: one fold, one ablation row, 2 steps per training: a smoke
@@ -28,6 +32,7 @@ from experiments.config import (
     PART_MODELS,
     PARTS,
     QUICK,
+    SHARED_PART,
     Budget,
     Model,
     ablation_model,
@@ -40,7 +45,9 @@ from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.paths import fold_folder, model_folder
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_PARTS = ["translation", "seg", "seg2", "seg4", "ablation", "representation"]
+ALL_PARTS = ["translation", "seg", "seg2", "seg4", "ablation", "representation", "petct", "petct_translation"]
+#: parts whose evaluation computes the distance metrics (HD95, NSD): small images, where they cost little
+DISTANCE_PARTS = ("petct",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-folds", type=int, nargs="+", help="BraTS-2015 folds 0-1 (default both)")
     p.add_argument("--seg2-folds", type=int, nargs="+", help="BraTS-2018 folds 0-2 (default 0)")
     p.add_argument("--seg4-folds", type=int, nargs="+", help="BraTS-2018 four-modality folds 0-3 (default 0)")
+    p.add_argument("--petct-folds", type=int, nargs="+",
+                   help="PET/CT folds 0-3 of 4 held-out subjects (default 0; petct and petct_translation)")
+    p.add_argument("--petct-spacing", type=float,
+                   help="PET/CT target spacing in mm, isotropic (default: the planner's own, the PET grid)")
     p.add_argument("--ablation-rows", type=int, nargs="*", help="Table-7 rows 1-5 (default all; full PIRL = row 6)")
     p.add_argument("--models", nargs="+", choices=sorted({m.key for ms in (COMPARISON, *PART_MODELS.values()) for m in ms}),
-                   help="compared models to run (default all; the report covers whatever has results)")
+                   help="compared models to run (default all but the on-request ones, petct's Table-7 rows "
+                        "ablation_row1-5 and its pirl_scratch; the report covers whatever has results)")
     return p
 
 
@@ -73,9 +85,10 @@ def budget_from(args: argparse.Namespace) -> Budget:
     budget = QUICK if args.quick else FULL
     overrides = {k: getattr(args, k) for k in ("spacing", "patch", "feature_size", "epochs",
                                                "pretrain_iters_per_epoch", "finetune_iters_per_epoch",
-                                               "translate_iters_per_epoch")
+                                               "translate_iters_per_epoch", "petct_spacing")
                  if getattr(args, k) is not None}
-    for key in ("seeds", "translation_folds", "seg_folds", "seg2_folds", "seg4_folds", "ablation_rows"):
+    for key in ("seeds", "translation_folds", "seg_folds", "seg2_folds", "seg4_folds", "petct_folds",
+                "ablation_rows"):
         if getattr(args, key) is not None:
             overrides[key] = tuple(getattr(args, key))
     if args.device:
@@ -98,14 +111,18 @@ class Experiment:
         b = self.budget
         lr = [] if task == "pretrain" else ["--lr", f"{FINETUNE_LR[task]:g}"]
         sets = [] if task == "pretrain" else FINETUNE_SET[task]
+        # DynUNet has no attention window (pirl_train refuses the flag for it)
+        window = [] if model is not None and model.network == "DynUNet" else ["--window-size", str(b.window_size)]
         return ["--epochs", str(b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
-                "--feature-size", str(b.feature_size), "--window-size", str(b.window_size), "--batch-size",
+                "--feature-size", str(b.feature_size), *window, "--batch-size",
                 str(b.batch_size), "-npa", "0", "-device", b.device, *lr, "--set", f"seed={seed}",
                 f"lr_schedule={b.lr_schedule}", *sets, *(model.settings() if model is not None else [])]
 
     def models(self, part: str) -> list[Model]:
-        """The compared models of ``part`` (``PART_MODELS``, else COMPARISON), filtered by ``--models``."""
-        return [m for m in PART_MODELS.get(part, COMPARISON) if self.wanted is None or m.key in self.wanted]
+        """The compared models of ``part`` (``PART_MODELS``, else COMPARISON), filtered by ``--models``; an
+        on-request model only when named there."""
+        return [m for m in PART_MODELS.get(part, COMPARISON)
+                if (m.key in self.wanted if self.wanted is not None else not m.on_request)]
 
     def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
         return fold_folder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
@@ -122,7 +139,8 @@ class Experiment:
             checkpoint = self.pretrain_checkpoint(model, part, fold, seed)
             disable = ["--disable", *model.disabled] if model.disabled else []
             source = run_key(model.pretrain_key, seed, b)  # another model's pre-training: the same stage name
-            self.add(f"pretrain {source} {part} fold{fold}", source, checkpoint,
+            data_part = SHARED_PART.get(part, part)  # parts on one dataset share their pre-trainings
+            self.add(f"pretrain {source} {data_part} fold{fold}", source, checkpoint,
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
                       "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed, model=model), *disable])
             pretrained = ["--pretrained", str(checkpoint)]
@@ -134,9 +152,10 @@ class Experiment:
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
                   "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task, model), *pretrained])
         out = self.work / "eval" / run / f"{part}_fold{fold}"
+        distances = [] if part in DISTANCE_PARTS else ["--no_distance_metrics"]
         self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
-                  "--disable_tta", "--no_distance_metrics", "-device", b.device, "-o", str(out)])
+                  "--disable_tta", *distances, "-device", b.device, "-o", str(out)])
 
     def add_seg4_representation(self) -> None:
         b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
@@ -160,7 +179,7 @@ class Experiment:
 
     def plan(self, parts: list[str]) -> None:
         b = self.budget
-        for part in ("translation", "seg", "seg2", "seg4"):
+        for part in ("translation", "seg", "seg2", "seg4", "petct", "petct_translation"):
             if part not in parts:
                 continue
             for fold in b.folds(part):
@@ -182,8 +201,9 @@ class Experiment:
 
 def data_parts(parts: list[str]) -> list[str]:
     """The PARTS whose datasets ``parts`` need (the ablation, the representation and seg4's representation
-    measurement use the translation data)."""
+    measurement use the translation data; petct_translation petct's), each dataset once."""
     wanted = set(parts) | ({"translation"} if {"ablation", "representation", "seg4"} & set(parts) else set())
+    wanted = {SHARED_PART.get(p, p) for p in wanted}
     return [p for p in PARTS if p in wanted]
 
 
@@ -197,13 +217,25 @@ def prepare_data(runner: StageRunner, budget: Budget, work: Path, parts: list[st
         name = PARTS[part][0]
         runner.run(f"convert {name}", commands[name], work / "raw" / name / "dataset.json")
     for part, (name, _) in ((p, PARTS[p]) for p in needed):
-        marker = work / "preprocessed" / name / f".done_spacing_{budget.spacing:g}"
+        marker = work / "preprocessed" / name / f".done_spacing_{spacing_tag(budget, part)}"
         runner.run(f"plan_and_preprocess {name}", ["pirl_pipeline.cli.plan_and_preprocess", "-d", name, "-np", "2",
-                                                   "--spacing", *[f"{budget.spacing:g}"] * 3], marker)
+                                                   *spacing_argv(budget, part)], marker)
         data.write_splits(work / "preprocessed" / name, data.splits_for(part, work / "preprocessed" / name))
         for stale in marker.parent.glob(".done_spacing_*"):
             stale.unlink()
         marker.touch()
+
+
+def spacing_argv(budget: Budget, part: str) -> list[str]:
+    """plan_and_preprocess's spacing flags for ``part``: ``--spacing S S S``, or, where the budget keeps the
+    planner's own spacing (petct), ``--overwrite_plans`` so that plans an earlier ``--petct-spacing`` wrote go."""
+    spacing = budget.part_spacing(part)
+    return ["--overwrite_plans"] if spacing is None else ["--spacing", *[f"{spacing:g}"] * 3]
+
+
+def spacing_tag(budget: Budget, part: str) -> str:
+    spacing = budget.part_spacing(part)
+    return "plans" if spacing is None else f"{spacing:g}"
 
 
 def run(args: argparse.Namespace) -> None:

@@ -166,7 +166,7 @@ def test_finetune_curves_average_folds_and_seeds_per_epoch(tmp_path):
 
 def test_report_without_results_says_not_run(tmp_path):
     report = write_report(tmp_path / "work", tmp_path, QUICK, quick=True).read_text()
-    assert report.count("Not run yet.") == 6 and "QUICK smoke test" in report
+    assert report.count("Not run yet.") == 8 and "QUICK smoke test" in report  # six BraTS parts, two PET/CT
 
 
 @pytest.mark.shared_data

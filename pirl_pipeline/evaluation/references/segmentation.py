@@ -2,7 +2,8 @@
 - ``whole_brain``: every brain voxel (non-zero in any input channel) gets :func:`whole_brain_label`, the
   value inside the most label targets (BraTS regions: enhancing tumour, inside WT, TC and ET; plain labels:
   the lowest foreground label). TPR is 1 for every target holding that value (less only where the label
-  map marks voxels outside the brain mask).
+  map marks voxels outside the brain mask). With a CT channel (air -1000 HU, never exactly 0) that is every
+  voxel of the image: on the 16 ``sts_pet_ct`` crops (PET + CT) FPR 1.000, Dice 0.035.
 - ``threshold`` (:class:`ThresholdModel`): the lesion channel alone (:func:`lesion_channel`: FLAIR, else
   T2, else PET, else channel 0), percentile-normalised inside its non-zero mask and thresholded. The
   threshold (grid 0..1.2 of the normalised intensity, step 0.01) and the cleanup (none, or keep the largest
@@ -11,6 +12,13 @@
   the fewest targets (BraTS: oedema, in WT only, so TC and ET stay empty; plain labels: the lowest
   foreground label). BraTS-2015 FLAIR, fitted on 2 expert-labelled cases, tested on the other 2 (both ways
   round): whole-tumour Dice 0.44 / 0.88 / 0.92 / 0.87, mean 0.78 (whole brain: 0.10-0.33).
+- ``suv_threshold`` and ``suvmax_fraction`` (:class:`UptakeThreshold`, nothing fitted): the clinical PET
+  rules on one channel (:func:`uptake_channel`: the one named PET/SUV) in the raw image's own units: lesion =
+  channel >= an absolute value (FDG: SUV >= 2.5), or >= a fraction of the case's maximum of that channel over
+  the whole image (41 % of SUVmax; on a crop around the tumour, the crop's maximum), and > 0 (an image without
+  uptake has no lesion). No connected-component cleanup. Painted with :func:`lesion_label`. On the 16
+  ``sts_pet_ct`` crops (PET grid, CT mask): mean Dice 0.603 (SUV >= 2.5) and 0.494 (41 % SUVmax); every
+  tumour touched by both (CaseTPR 1).
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ from pirl_pipeline.evaluation.segmentation import segmentation_metrics
 from pirl_pipeline.evaluation.translation import reference_mask
 from pirl_pipeline.inference.postprocessing import largest_component
 
-SEGMENTATION_KINDS = ("whole_brain", "threshold")
+UPTAKE_KINDS = ("suv_threshold", "suvmax_fraction")
+SEGMENTATION_KINDS = ("whole_brain", "threshold", *UPTAKE_KINDS)
+UPTAKE_NAMES = ("pet", "suv")  # channel names (lower case, substrings) the uptake rules read by default
 CLEANUPS = ("none", "largest")
 THRESHOLDS = tuple(np.round(np.arange(0.0, 1.2001, 0.01), 4).tolist())
 
@@ -103,6 +113,80 @@ class ThresholdModel:
     @classmethod
     def from_dict(cls, d: dict) -> ThresholdModel:
         return cls(**d)
+
+
+@dataclass
+class UptakeThreshold:
+    """A clinical uptake rule (nothing fitted): lesion = ``channel`` >= ``value`` in the image's own units
+    (``suv_threshold``), or >= ``value`` x the case's maximum of the channel (``suvmax_fraction``, 0 < value
+    <= 1); only voxels > 0 count; painted with ``label``."""
+
+    kind: str
+    channel: int
+    value: float
+    label: int
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind, UPTAKE_KINDS)
+        if not (np.isfinite(self.value) and self.value > 0):
+            raise PirlInputError(f"{self.kind}: the {self.what} must be a finite number > 0, got {self.value}")
+        if self.kind == "suvmax_fraction" and self.value > 1:
+            raise PirlInputError(f"suvmax_fraction: the fraction of the maximum must be in (0, 1], got {self.value}")
+
+    @property
+    def what(self) -> str:
+        return "threshold" if self.kind == "suv_threshold" else "fraction"
+
+    def cutoff(self, image: np.ndarray) -> float:
+        """The value a voxel must reach in ``image``: ``value``, or ``value`` x its finite maximum."""
+        if self.kind == "suv_threshold":
+            return float(self.value)
+        finite = np.asarray(image)[np.isfinite(image)]
+        return float(self.value * finite.max()) if finite.size else float("inf")
+
+    def lesion(self, images: dict[int, np.ndarray], mask_fn: MaskFn | None = None) -> np.ndarray:
+        """The predicted lesion (bool) of a case's images ``{channel: (z, y, x)}`` (``mask_fn`` is not used:
+        the rule covers the whole image)."""
+        if self.channel not in images:
+            raise PirlInputError(f"{self.kind} reference: needs channel {self.channel:04d}, got {sorted(images)}")
+        image = np.asarray(images[self.channel])
+        with np.errstate(invalid="ignore"):
+            return (image >= self.cutoff(image)) & (image > 0) & np.isfinite(image)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UptakeThreshold:
+        return cls(**d)
+
+
+def uptake_channel(dj: DatasetJson, channels: list[int] | None = None) -> int:
+    """The channel an uptake rule reads: among ``channels`` (default all), the first named PET or SUV; a single
+    given channel whatever its name. PirlInputError otherwise (an SUV cut-off on CT or MRI means nothing)."""
+    channels = list(range(dj.num_channels)) if channels is None else list(channels)
+    names = {c: dj.channel_names[str(c)].strip().lower() for c in channels}
+    named = [c for c in channels if any(w in names[c] for w in UPTAKE_NAMES)]
+    if named:
+        return named[0]
+    if len(channels) == 1:
+        return channels[0]
+    raise PirlInputError(f"an uptake reference reads one PET channel: none of {[names[c] for c in channels]} is named "
+                         "PET or SUV; pass the one channel to threshold (pirl_reference --channels C)")
+
+
+ReferenceModel = ThresholdModel | UptakeThreshold
+
+
+def _check_model(kind: str, model: ReferenceModel | None) -> ReferenceModel:
+    """``model`` when it is the one ``kind`` needs (threshold: ThresholdModel; uptake kinds: UptakeThreshold of
+    that kind); ValueError otherwise."""
+    if kind == "threshold" and isinstance(model, ThresholdModel):
+        return model
+    if kind in UPTAKE_KINDS and isinstance(model, UptakeThreshold) and model.kind == kind:
+        return model
+    need = "the ThresholdModel from fit_threshold" if kind == "threshold" else f"an UptakeThreshold of kind {kind!r}"
+    raise ValueError(f"{kind} reference: pass {need}, got {type(model).__name__}")
 
 
 def _dice_curve(normalised: np.ndarray, brain: np.ndarray, lesion: np.ndarray,
@@ -187,33 +271,32 @@ def fit_threshold(train_cases: Cases, labels: dict[str, Path], dj: DatasetJson, 
 
 
 def segmentation_reference(kind: str, images: dict[int, np.ndarray], dj: DatasetJson,
-                           model: ThresholdModel | None = None, mask_fn: MaskFn = reference_mask) -> np.ndarray:
-    """The reference label map (uint8, or int16 for values above 255) of a case's ``{channel: image}``."""
+                           model: ReferenceModel | None = None, mask_fn: MaskFn = reference_mask) -> np.ndarray:
+    """The reference label map (uint8, or int16 for values above 255) of a case's ``{channel: image}``;
+    ``model``: the ThresholdModel (threshold) or UptakeThreshold (suv_threshold, suvmax_fraction)."""
     check_kind(kind, SEGMENTATION_KINDS)
     if kind == "whole_brain":
         region, label = np.asarray(mask_fn(np.stack(list(images.values()))), bool), whole_brain_label(dj)
     else:
-        if model is None:
-            raise ValueError("threshold reference: pass the ThresholdModel from fit_threshold")
+        model = _check_model(kind, model)
         region, label = model.lesion(images, mask_fn), model.label
     out = np.zeros(region.shape, np.uint8 if max(dj.label_values) < 256 else np.int16)
     out[region] = label
     return out
 
 
-def _files_read(kind: str, case: str, files: dict[int, Path], model: ThresholdModel | None) -> dict[int, Path]:
-    """The files a reference reads: every channel for whole_brain, the thresholded one for threshold."""
+def _files_read(kind: str, case: str, files: dict[int, Path], model: ReferenceModel | None) -> dict[int, Path]:
+    """The files a reference reads: every channel for whole_brain, the thresholded one otherwise."""
     if kind == "whole_brain":
         return files
-    if model is None:
-        raise ValueError("threshold reference: pass the ThresholdModel from fit_threshold")
+    model = _check_model(kind, model)
     if model.channel not in files:
         raise PirlInputError(f"case {case}: no image for the thresholded channel {model.channel:04d}")
     return {model.channel: files[model.channel]}
 
 
 def write_segmentation_references(kind: str, cases: Cases, out_folder: str | Path, dj: DatasetJson,
-                                  model: ThresholdModel | None = None,
+                                  model: ReferenceModel | None = None,
                                   mask_fn: MaskFn = reference_mask) -> list[Path]:
     """Write ``out/CASE<ending>`` for every case (pirl_predict's seg layout); returns the paths."""
     check_kind(kind, SEGMENTATION_KINDS)
@@ -227,18 +310,21 @@ def write_segmentation_references(kind: str, cases: Cases, out_folder: str | Pat
 
 
 def segmentation_reference_table(kind: str, cases: Cases, labels: dict[str, Path], dj: DatasetJson,
-                                 model: ThresholdModel | None = None,
-                                 mask_fn: MaskFn = reference_mask) -> pd.DataFrame:
+                                 model: ReferenceModel | None = None, mask_fn: MaskFn = reference_mask,
+                                 distance_metrics: bool = False) -> pd.DataFrame:
     """One row per case, the columns of ``missing_modalities.segmentation_table``; ``subset`` names the
-    channels the reference reads (all for whole_brain, the thresholded one for threshold)."""
+    channels the reference reads (all for whole_brain, the thresholded one otherwise). ``distance_metrics``:
+    also HD95, NSD and the lesion-wise metrics, in mm of the label's spacing (as ``pirl_evaluate_missing``
+    without ``--no_distance_metrics``)."""
     check_kind(kind, SEGMENTATION_KINDS)
     rows = []
     for case, files in sorted(cases.items()):
         if case not in labels:
             raise PirlInputError(f"case {case}: no reference label file")
         images, _ = read_case(case, _files_read(kind, case, files, model))
-        reference, _ = read_array(labels[case], np.int16)
+        reference, grid = read_array(labels[case], np.int16)
         prediction = segmentation_reference(kind, images, dj, model, mask_fn)
+        spacing = grid.spacing if distance_metrics else None
         rows.append({"subset": subset_name(tuple(sorted(images)), dj), "case": case,
-                     **segmentation_metrics(prediction, reference, dj)})
+                     **segmentation_metrics(prediction, reference, dj, spacing=spacing)})
     return pd.DataFrame(rows)

@@ -1,0 +1,209 @@
+"""The PET/CT tables on real patients (``petct``, ``petct_translation``): the one owner of their RESULTS.md blocks.
+
+- Table 8 layout: one row per (input, model): Dice, TPR, FPR, HD95 (mm) and CaseTPR of the lesion, mean over the
+  folds (each fold's mean over its 4 held-out subjects; then over seeds), the seed spread of the Dice with two
+  seeds; the references (``reference_rows.PETCT_REFERENCES``) as rows of their own, scored by the same evaluator.
+  Every network was trained once, on PET + CT with random modality dropout; its "PET" row is the same model given
+  PET alone (``pirl_evaluate_missing`` scores every channel subset; CT alone is in the CSV only).
+- Table 7 layout: the pre-training rows 1-5 (run on request) beside row 6 (= the PIRL row), the same fine-tuning.
+- PET -> CT and CT -> PET translation beside copying the source and the fitted intensity mapping, in the
+  evaluator's percentile-scaled (scale-free) PSNR / NMSE / SSIM.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
+from experiments.curves import finetune_curves_section
+from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS
+from experiments.tables import load_per_case, pair_wins, to_markdown, translation_summary, translation_table
+from pirl_pipeline.file_io import atomic_path
+
+PART, TRANSLATION_PART = "petct", "petct_translation"
+INPUTS = ("PET+CT", "PET")  # the paper's Table 8 inputs
+COLUMNS = ("Dice", "TPR", "FPR", "HD95", "CaseTPR")
+MODEL_KEYS = [m.key for m in PART_MODELS[PART] if not m.key.startswith("ablation_row")]
+ABLATION_KEYS = {ablation_model(r).key: r for r in range(1, 6)} | {"pirl": 6}
+REFERENCES = [REFERENCE_KEYS[k] for k in PETCT_REFERENCES]
+TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
+LABELS = {m.key: m.label for m in PART_MODELS[PART]} | REFERENCE_LABELS | {
+    "reference_whole_brain": "(reference) every voxel of the crop called lesion",
+    "reference_threshold": "(reference) PET threshold fitted on the training cases"}
+TRANSLATION_LABELS = {m.key: m.label for m in PETCT_TRANSLATION} | REFERENCE_LABELS
+
+
+def _csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp)
+
+
+def target_of(rows: pd.DataFrame) -> str:
+    """The scored target (the dataset's one foreground label: "lesion")."""
+    targets = [c.split("/", 1)[1] for c in rows.columns if c.startswith("Dice/")]
+    return targets[0]
+
+
+def fold_means(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per (model, subset): the mean over folds of each fold's case mean, averaged over seeds; ``seeds``, ``folds``
+    and ``n`` (rows) beside it, and the Dice seed spread (max - min of the seed means; NaN with one seed)."""
+    keys = ["model", "subset"]
+    per_fold = rows.groupby([*keys, "seed", "fold"], sort=False)[columns].mean()
+    per_seed = per_fold.groupby(level=[*keys, "seed"], sort=False).mean()
+    table = per_seed.groupby(level=keys, sort=False).mean()
+    seeds = per_seed.groupby(level=keys, sort=False).size()
+    spread = per_seed[columns[0]].groupby(level=keys, sort=False).agg(lambda v: float(v.max() - v.min()))
+    table["seeds"] = seeds
+    table["folds"] = rows.groupby(keys, sort=False)["fold"].nunique()
+    table["n"] = rows.groupby(keys, sort=False).size()
+    table[f"{columns[0].split('/')[0]} seed spread"] = spread.where(seeds > 1)
+    return table
+
+
+def table8(rows: pd.DataFrame) -> pd.DataFrame:
+    """Index (input, row label): the models on each of ``INPUTS`` (in that order), then the references under
+    "reference (reads X)"; columns ``COLUMNS`` (lesion), seeds, folds, n, Dice seed spread."""
+    target = target_of(rows)
+    means = fold_means(rows, [f"{c}/{target}" for c in COLUMNS])
+    means.columns = [c.split("/")[0] if "/" in c else c for c in means.columns]
+    order = []
+    for subset in INPUTS:
+        order += [(k, subset) for k in MODEL_KEYS if (k, subset) in means.index]
+    order += [(k, s) for k in REFERENCES for s in dict.fromkeys(rows["subset"]) if (k, s) in means.index]
+    table = means.loc[order]
+    table.index = pd.MultiIndex.from_tuples(
+        [(s if k in MODEL_KEYS else f"reference (reads {s})", LABELS[k]) for k, s in order], names=["input", "row"])
+    return table
+
+
+def _spread_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The seed-spread column as text ("-" with one seed), so a missing spread does not read as a number."""
+    view = table.copy()
+    view["Dice seed spread"] = [f"{v:.3f}" if pd.notna(v) else "-" for v in view["Dice seed spread"]]
+    return view
+
+
+def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Per input: each model against the best reference (all references read only PET, or nothing that matters,
+    so they stand beside both inputs), PIRL against the best other model within the seed spread; and per model,
+    what adding CT to PET changed."""
+    from experiments.report import segmentation_verdicts  # report imports this module
+
+    target = target_of(rows)
+    lines = []
+    references = table[table.index.get_level_values("input").str.startswith("reference")]["Dice"].droplevel("input")
+    for subset in INPUTS:
+        if subset not in table.index.get_level_values("input"):
+            continue
+        scores = pd.concat([table.loc[subset, "Dice"], references])
+        spreads = rows[rows["subset"] == subset].groupby(["model", "seed"])[f"Dice/{target}"].mean()
+        spreads = spreads.groupby(level="model").agg(lambda v: float(v.max() - v.min()))
+        lines += [f"- {line}" for line in segmentation_verdicts(
+            scores, LABELS, subset, spread={LABELS[k]: v for k, v in spreads.items() if k in LABELS},
+            models=MODEL_KEYS, references=REFERENCES)]
+    if set(INPUTS) <= set(table.index.get_level_values("input")):
+        both, pet = table.loc[INPUTS[0], "Dice"], table.loc[INPUTS[1], "Dice"]
+        gains = [f"{m} {both[m] - pet[m]:+.3f}" for m in both.index if m in pet.index]
+        lines.append("- Dice with CT added to PET (PET+CT minus PET, the same model): " + ", ".join(gains) + ".")
+    return lines
+
+
+def table7(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 7 layout on PET/CT: ID, pre-training terms, Dice / HD95 on each input; the first seed, the folds the
+    ablation rows ran on (row 6 = the PIRL row, restricted to them)."""
+    target = target_of(rows)
+    rows = rows[(rows["seed"] == "first") & rows["model"].isin(ABLATION_KEYS)]
+    ablated = rows[rows["model"] != "pirl"]
+    rows = rows[rows["fold"].isin(set(ablated["fold"]))]
+    out = {}
+    for key, group in rows.groupby("model"):
+        row = {"Pretrain": table7_terms(ABLATION_KEYS[key])}
+        for subset in INPUTS:
+            part = group[group["subset"] == subset]
+            per_fold = part.groupby("fold")[[f"Dice/{target}", f"HD95/{target}"]].mean().mean()
+            row |= {f"Dice {subset}": per_fold[f"Dice/{target}"], f"HD95 {subset}": per_fold[f"HD95/{target}"]}
+        row["folds"] = group["fold"].nunique()
+        out[ABLATION_KEYS[key]] = row
+    table = pd.DataFrame.from_dict(out, orient="index").sort_index()
+    table.index.name = "ID"
+    return table
+
+
+def petct_section(work: Path, out: Path) -> list[str]:
+    title = "## PET/CT on real patients (Table 8 layout): 16 FDG PET/CT soft-tissue-sarcoma subjects"
+    rows = load_per_case(work, PART, [*MODEL_KEYS, *ABLATION_KEYS, *REFERENCES])
+    if rows.empty or not set(MODEL_KEYS) & set(rows["model"]):
+        return [title, "", "Not run yet."]
+    rows = rows.assign(seed=rows["seed"].astype(str))
+    main = rows[rows["model"].isin([*MODEL_KEYS, *REFERENCES])]
+    table = table8(main)
+    _csv(table, out / "table8_petct.csv")
+    everything = table.xs(LABELS["reference_whole_brain"], level="row")["FPR"] if LABELS[
+        "reference_whole_brain"] in table.index.get_level_values("row") else pd.Series(dtype=float)
+    seeds = main[main["model"].isin(MODEL_KEYS)].groupby("model")["seed"].nunique()
+    lines = [title, "",
+             (f"{PARTS[PART][0]} (`sts_pet_ct`, TCIA): PET (SUV) and CT (HU) converted onto the PET grid "
+              "(`pirl_convert_folder --resample_to PET`, label: the CT contour), planned at the planner's own "
+              f"spacing; held-out subjects {', '.join(sorted(set(main['case'])))} (folds "
+              f"{sorted(int(f) for f in set(main['fold']))} of 4, 4 subjects each). Each network is trained ONCE "
+              "on PET + CT with random modality dropout (half the samples keep both, the rest a random non-empty "
+              "subset; a plain network gets a dropped channel as zeros, PIRLNet fuses the modalities it is given) "
+              "and scored on PET + CT and on PET alone; the paper trains one model per input set, so the PET rows "
+              "are a cheaper stand-in for a PET-only model. Lesion metrics on the PET grid (the label's), mean over "
+              "folds then seeds; HD95 in mm (an empty prediction scores the evaluator's penalty); CaseTPR = share "
+              "of subjects whose tumour is touched by the prediction; CaseTNR is undefined (every crop holds a "
+              "tumour). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in MODEL_KEYS if k in seeds.index)
+              + "."), "",
+             to_markdown(_spread_text(table), 3), ""]
+    if not everything.empty:
+        lines += [(f"\"Every voxel\" is whole_brain on PET + CT (non-zero in either channel); its FPR "
+                   f"{everything.iloc[0]:.3f} says how much of the crop that is (1.000: all of it, CT air being "
+                   "-1000 HU)."), ""]
+    lines += [*verdicts(main, table), "", *table7_section(rows, out)]
+    return [*lines, *finetune_curves_section(work, PART)]
+
+
+def table7_section(rows: pd.DataFrame, out: Path) -> list[str]:
+    title = "### Table 7 layout on PET/CT: pre-training rows, each fine-tuned the same way"
+    ablated = rows[rows["model"].isin([k for k in ABLATION_KEYS if k != "pirl"])]
+    if ablated.empty:
+        return [title, "", ("Not run yet (on request: `--only petct petct_translation --seeds 12345 --models pirl "
+                            "ablation_row1 ... ablation_row5`)."), ""]
+    table = table7(rows)
+    _csv(table, out / "table7_petct.csv")
+    lines = [title, "", ("Rows 1-5: PIRL pre-training with the row's terms off (`pirl_train ... pretrain --disable "
+                         "...`), then the same seg fine-tuning; row 6 = the PIRL row of Table 8; first seed, the "
+                         "folds the rows ran on."), "", to_markdown(table, 3), ""]
+    if 6 in table.index and len(table) > 1:
+        column = f"Dice {INPUTS[0]}"
+        better = [f"row {i} {v:.3f}" for i, v in table[column].drop(6).items() if v > table.loc[6, column] + 0.005]
+        lines.append(f"- {column}: row 6 {table.loc[6, column]:.3f}; rows above it by more than 0.005: "
+                     + (", ".join(better) if better else "none") + " (the paper: row 6 best).")
+    return [*lines, ""]
+
+
+def petct_translation_section(work: Path, out: Path) -> list[str]:
+    title = "## PET/CT translation (PET -> CT, CT -> PET) on real patients"
+    keys = [m.key for m in PETCT_TRANSLATION]
+    rows = load_per_case(work, TRANSLATION_PART, [*keys, *TRANSLATION_REFERENCES])
+    if rows.empty or not set(keys) & set(rows["model"]):
+        return [title, "", "Not run yet."]
+    present = [k for k in [*keys, *TRANSLATION_REFERENCES] if k in set(rows["model"])]
+    labels = {k: TRANSLATION_LABELS[k] for k in present}
+    summary, full = translation_summary(rows, labels), translation_table(rows, labels)
+    _csv(summary, out / "translation_petct_summary.csv")
+    _csv(full, out / "translation_petct.csv")
+    lines = [title, "",
+             (f"{PARTS[TRANSLATION_PART][0]}, the petct folds {sorted(int(f) for f in set(rows['fold']))}; one "
+              "modality in, the other out; PSNR / NMSE / SSIM inside the reference's non-zero mask on the PET grid, "
+              "each volume scaled by its own 0.5-99.5 percentiles (scale-free: SUV and HU never meet). The PIRL "
+              "row fine-tunes petct's pre-training; references: the source copied, an intensity mapping fitted on "
+              "the training cases."), "", to_markdown(summary), "",
+             "Per direction:", "", to_markdown(full, 3), ""]
+    for model in [k for k in keys if k in present]:
+        for other in [k for k in TRANSLATION_REFERENCES if k in present]:
+            wins = {m: pair_wins(rows, model, other, m) for m in ("PSNR", "NMSE", "SSIM")}
+            lines.append(f"- {labels[model]} beats **{labels[other]}** on "
+                         + ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items()) + " directions.")
+    return [*lines, ""]

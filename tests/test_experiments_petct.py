@@ -1,0 +1,187 @@
+"""experiments/ PET/CT parts (issue 24): the planned stages and commands (no training), the data preparation's
+commands, and the Table 8 / Table 7 / translation blocks from made-up per-case rows."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pandas as pd
+import pytest
+
+from experiments import data
+from experiments.config import FULL, PART_MODELS, PARTS, PETCT, QUICK
+from experiments.run import Experiment, budget_from, build_parser, data_parts, spacing_argv, spacing_tag
+
+ONE_SEED = dataclasses.replace(FULL, seeds=(12345,))
+
+
+def _stages(experiment: Experiment) -> dict[str, list[str]]:
+    return {name: argv for name, _, _, argv in experiment.stages}
+
+
+def test_petct_conversion_resamples_onto_the_pet_grid_and_keeps_the_planners_spacing(tmp_path):
+    argv = data.conversion_commands(tmp_path)[PARTS["petct"][0]]
+    assert argv[0] == "dataset_conversion.generic_folder"
+    assert argv[argv.index("--resample_to") + 1] == "PET"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--channel"] == ["PET=PET_image*", "CT=CT_image*"]
+    assert argv[argv.index("--label") + 1] == "CT_mask*" and argv[argv.index("--labels") + 1] == "lesion=1"
+    assert argv[argv.index("-i") + 1].endswith("sts_pet_ct") and argv[argv.index("-d") + 1] == "605"
+    # the PET grid is the planner's own spacing; the BraTS parts keep the budget's 3 mm; --petct-spacing forces one
+    assert spacing_argv(FULL, "petct") == ["--overwrite_plans"] and spacing_tag(FULL, "petct") == "plans"
+    assert spacing_argv(FULL, "petct_translation") == ["--overwrite_plans"]
+    assert spacing_argv(FULL, "seg") == ["--spacing", "3", "3", "3"]
+    forced = budget_from(build_parser().parse_args(["--petct-spacing", "4", "--petct-folds", "0", "1", "2", "3"]))
+    assert spacing_argv(forced, "petct") == ["--spacing", "4", "4", "4"] and forced.folds("petct") == (0, 1, 2, 3)
+    assert forced.folds("petct_translation") == (0, 1, 2, 3) and FULL.folds("petct") == QUICK.folds("petct") == (0,)
+    # one dataset for both PET/CT parts: converted, planned and split once
+    assert data_parts(["petct_translation"]) == ["petct"] and data_parts(["petct", "petct_translation"]) == ["petct"]
+
+
+def test_petct_splits_are_pirls_own_four_folds_over_the_16_subjects(tmp_path):
+    folder = tmp_path / "pirl_plans_3d_fullres"
+    folder.mkdir()
+    cases = [f"STS_{i:03d}" for i in (2, 3, 8, 12, 15, 18, 19, 24, 25, 28, 32, 35, 41, 42, 50, 51)]
+    for case in cases:
+        (folder / f"{case}.json").write_text("{}")
+    splits = data.splits_for("petct", tmp_path)
+    assert len(splits) == 4 and sorted(c for s in splits for c in s["val"]) == cases
+    assert all(len(s["val"]) == 4 and sorted(s["train"] + s["val"]) == cases for s in splits)
+    assert data.splits_for("petct_translation", tmp_path) == splits
+
+
+def test_petct_plan_table8_models_share_one_pretraining_and_score_hd95(tmp_path):
+    experiment = Experiment(ONE_SEED, tmp_path)
+    experiment.plan(["petct"])
+    stages = _stages(experiment)
+    names = list(stages)
+    assert names[0] == "references petct fold0"
+    assert stages["references petct fold0"] == ["experiments.reference_rows", "--work", str(tmp_path), "--part",
+                                                "petct", "--fold", "0"]
+    assert [n for n in names if n.startswith("pretrain")] == ["pretrain pirl petct fold0"]  # swin_pirl reuses it
+    trainers = {n.split()[1]: argv[argv.index("-tr") + 1] for n, argv in stages.items() if n.startswith("train")}
+    assert trainers == {"pirl": "PIRLSegTrainer", "swin_pirl": "SwinUNETRFromPIRLSegTrainer",
+                        "swin_scratch": "SwinUNETRSegTrainer", "dynunet_scratch": "DynUNetSegTrainer"}
+    pre = stages["pretrain pirl petct fold0"]
+    assert pre[1] == PARTS["petct"][0] and "--disable" not in pre
+    checkpoint = str(tmp_path / "results" / "pirl" / PARTS["petct"][0])
+    for key in ("pirl", "swin_pirl"):
+        argv = stages[f"train {key} petct fold0"]
+        assert argv[argv.index("--pretrained") + 1].startswith(checkpoint)
+    for key in ("swin_scratch", "dynunet_scratch"):
+        assert "--pretrained" not in stages[f"train {key} petct fold0"]
+    # the same budget for every row; DynUNet has no attention window
+    for key in trainers:
+        argv = stages[f"train {key} petct fold0"]
+        assert argv[argv.index("--iters") + 1] == str(FULL.finetune_iters_per_epoch)
+        assert argv[argv.index("--lr") + 1] == "0.001" and "full_modality_share=0.5" in argv
+        assert ("--window-size" in argv) == (key != "dynunet_scratch")
+    # one model scores every subset (PET+CT, PET, CT) with HD95: no --no_distance_metrics here
+    for key, trainer in trainers.items():
+        argv = stages[f"evaluate {key} petct fold0"]
+        assert argv[0] == "pirl_pipeline.cli.evaluate_missing" and argv[argv.index("-tr") + 1] == trainer
+        assert "--no_distance_metrics" not in argv and argv[-1].endswith(f"/{key}/petct_fold0")
+    assert not any("ablation_row" in n or "pirl_scratch" in n for n in names)  # on request only
+    # the BraTS parts keep skipping the distance metrics
+    seg = Experiment(ONE_SEED, tmp_path)
+    seg.plan(["seg"])
+    assert "--no_distance_metrics" in _stages(seg)["evaluate pirl seg fold0"]
+
+
+def test_petct_table7_rows_run_only_on_request_and_with_the_first_seed(tmp_path):
+    experiment = Experiment(FULL, tmp_path, ["pirl", "ablation_row1", "ablation_row5", "pirl_scratch"])
+    experiment.plan(["petct"])
+    stages = _stages(experiment)
+    row1 = stages["pretrain ablation_row1 petct fold0"]
+    assert row1[row1.index("--disable") + 1:] == ["invariance", "prior"]
+    assert stages["train ablation_row1 petct fold0"][stages["train ablation_row1 petct fold0"].index("-tr") + 1] \
+        == "PIRLSegTrainer"
+    assert "train ablation_row1_seed2 petct fold0" not in stages and "train pirl_seed2 petct fold0" in stages
+    assert "--pretrained" not in stages["train pirl_scratch petct fold0"]
+    assert "train swin_scratch petct fold0" not in stages
+    keys = {m.key for m in PART_MODELS["petct"]}
+    assert {f"ablation_row{r}" for r in range(1, 6)} <= keys and {m.key for m in PETCT} <= keys
+
+
+def test_petct_translation_fine_tunes_the_petct_pretraining(tmp_path):
+    experiment = Experiment(ONE_SEED, tmp_path)
+    experiment.plan(["petct", "petct_translation"])
+    stages = _stages(experiment)
+    assert [n for n in stages if n.startswith("pretrain")] == ["pretrain pirl petct fold0"]
+    pirl = stages["train pirl petct_translation fold0"]
+    assert pirl[pirl.index("-tr") + 1] == "PIRLTranslateTrainer" and pirl[3] == "translate"
+    assert pirl[pirl.index("--pretrained") + 1] == stages["train pirl petct fold0"][
+        stages["train pirl petct fold0"].index("--pretrained") + 1]
+    assert stages["references petct_translation fold0"][-3:] == ["petct_translation", "--fold", "0"]
+    evaluate = stages["evaluate swin_scratch petct_translation fold0"]
+    assert "-t" in evaluate and evaluate[evaluate.index("-t") + 1] == "translate"
+
+
+def _rows(model, subsets, dice, seeds=("first",), folds=(0,), cases=("a", "b")):
+    return [{"model": model, "seed": seed, "fold": fold, "case": f"{case}{fold}", "subset": subset,
+             "Dice/lesion": dice[subset] + (0.02 if seed != "first" else 0.0), "TPR/lesion": 0.7,
+             "FPR/lesion": 0.01, "HD95/lesion": 10.0, "CaseTPR/lesion": 1.0}
+            for seed, fold, case, subset in itertools.product(seeds, folds, cases, subsets)]
+
+
+def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_path):
+    from experiments.petct import LABELS, petct_section, table7, table8, verdicts
+
+    rows = pd.DataFrame([
+        *_rows("pirl", ("PET", "CT", "PET+CT"), {"PET": 0.5, "CT": 0.1, "PET+CT": 0.7}, seeds=("first", "2"),
+               folds=(0, 1)),
+        *_rows("dynunet_scratch", ("PET", "CT", "PET+CT"), {"PET": 0.55, "CT": 0.1, "PET+CT": 0.58}, folds=(0, 1)),
+        *_rows("reference_suv_threshold", ("PET",), {"PET": 0.6}, folds=(0, 1)),
+        *_rows("reference_whole_brain", ("PET+CT",), {"PET+CT": 0.03}, folds=(0, 1))])
+    table = table8(rows)
+    assert list(table.index.get_level_values("input")) == ["PET+CT", "PET+CT", "PET", "PET", "reference (reads PET)",
+                                                           "reference (reads PET+CT)"]
+    assert list(table.columns[:5]) == ["Dice", "TPR", "FPR", "HD95", "CaseTPR"]
+    pirl = table.loc[("PET+CT", LABELS["pirl"])]
+    assert pirl["Dice"] == pytest.approx(0.71) and pirl["seeds"] == 2 and pirl["Dice seed spread"] == pytest.approx(0.02)
+    assert pd.isna(table.loc[("PET", LABELS["dynunet_scratch"]), "Dice seed spread"])
+    lines = verdicts(rows, table)
+    assert any(line.startswith("- PET: best reference (reference) SUV >= 2.5 0.600; no model beats it") for line in lines)
+    assert any("PET+CT: best reference (reference) SUV >= 2.5 0.600; beaten (by > 0.005) by: PIRL" in line
+               for line in lines)
+    assert lines[-1].startswith("- Dice with CT added to PET") and "+0.200" in lines[-1]
+    # Table 7: the ablation rows beside row 6 on their folds, first seed
+    ablation = pd.DataFrame([*_rows("ablation_row1", ("PET", "PET+CT"), {"PET": 0.4, "PET+CT": 0.6})])
+    seven = table7(pd.concat([rows, ablation]))
+    assert list(seven.index) == [1, 6] and seven.loc[6, "Dice PET+CT"] == pytest.approx(0.7)
+    out = tmp_path / "out"
+    out.mkdir()
+    for (model, fold), group in pd.concat([rows, ablation]).groupby(["model", "fold"]):
+        for seed, part in group.groupby("seed"):
+            folder = tmp_path / "work" / "eval" / (model if seed == "first" else f"{model}_seed{seed}") / \
+                f"petct_fold{fold}"
+            folder.mkdir(parents=True)
+            part.drop(columns=["model", "seed", "fold"]).to_csv(folder / "per_case.csv", index=False)
+    text = "\n".join(petct_section(tmp_path / "work", out))
+    assert "Table 7 layout on PET/CT" in text and "FPR 0.010 says how much" in text
+    assert (out / "table8_petct.csv").is_file() and (out / "table7_petct.csv").is_file()
+
+
+@pytest.mark.shared_data
+def test_real_petct_preparation_and_references(shared_data, tmp_path):
+    """The 16 real subjects convert onto the PET grid, plan at the planner's own spacing, split into pirl's 4 folds;
+    fold 0's references: the uptake rules touch every tumour, and whole_brain on PET + CT is every voxel."""
+    from experiments.reference_rows import main as reference_rows
+    from experiments.run import prepare_data
+    from experiments.stages import StageRunner
+    from pirl_pipeline.file_io import load_json
+
+    work = tmp_path / "work"
+    prepare_data(StageRunner(work, total=2), FULL, work, ["petct_translation"])
+    name = PARTS["petct"][0]
+    assert sorted(p.name for p in (work / "raw").iterdir()) == [name]
+    plans = load_json(work / "preprocessed" / name / "PIRLPlans.json")["configurations"]["3d_fullres"]
+    assert plans["spacing"][0] == pytest.approx(3.27, abs=0.01) and plans["spacing"][1] > 5  # the PET grid
+    splits = load_json(work / "preprocessed" / name / "splits_final.json")
+    assert len(splits) == 4 and sorted(c for s in splits for c in s["val"]) == sorted(
+        p.name for p in (shared_data / "sts_pet_ct").iterdir() if p.is_dir())
+    assert reference_rows(["--work", str(work), "--part", "petct", "--fold", "0"]) == 0
+    rows = {k: pd.read_csv(work / "eval" / f"reference_{k}" / "petct_fold0" / "per_case.csv")
+            for k in ("suv_threshold", "suvmax_fraction", "whole_brain", "threshold")}
+    assert all(len(r) == 4 and "HD95/lesion" in r for r in rows.values())
+    assert (rows["whole_brain"]["FPR/lesion"] == 1.0).all() and (rows["whole_brain"]["TPR/lesion"] == 1.0).all()
+    assert (rows["suv_threshold"]["CaseTPR/lesion"] == 1.0).all() and rows["suv_threshold"]["Dice/lesion"].mean() > 0.3
