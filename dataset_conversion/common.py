@@ -41,6 +41,7 @@ from pirl_pipeline.data.dataset_json import (
     channel_file_name,
     check_case_name,
     check_printable,
+    label_file_dtype,
     list_cases,
     load_dataset_json,
     modality_kind,
@@ -86,11 +87,6 @@ def reachable(path: Path) -> Path:
 def case_folders(folder: Path) -> list[Path]:
     """The visible sub-folders of ``folder``, sorted, links followed (each checked by :func:`reachable`)."""
     return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and reachable(p).is_dir()]
-
-
-def label_file_dtype(max_value: int) -> type:
-    """The dtype of a written label map: uint8 (nnU-Net's) when every value fits, else int16."""
-    return np.uint8 if max_value <= np.iinfo(np.uint8).max else np.int16
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_name: str | None = None,

@@ -16,35 +16,45 @@ Choices, measured on the 16 real PET/CT subjects of ``../shared/data/sts_pet_ct`
   minimum, which is -1024 or -3024 where scanners mark voxels outside their reconstruction), PET 0 SUV, MRI 0
   (its background).
 
-Refused with a PirlInputError naming the file (nothing is written): direction cosines that differ from the
-reference's by more than :data:`DIRECTION_TOLERANCE` (the grid check's rounding tolerance: more is a rotation
-or a flipped axis, which is a header to fix, not a grid to interpolate); a channel that covers less than
-:data:`MIN_COVERAGE` of the reference grid, a label map that does not overlap it at all; a label class whose
-physical volume changes by more than :data:`LABEL_VOLUME_TOLERANCE` (cut off by the field of view, or too
-small for the grid; measured: at most 1.5 % onto the PET grid, 3.1 % onto the CT grid).
+Axes stored the other way round (a series stored feet-first: a direction cosine of -1 where the reference has
+1) are resampled like any other grid: sampling is in physical space.
+
+Refused with a PirlInputError naming the file (nothing is written): axes that are rotated or permuted against
+the reference's (absolute direction cosines that differ by more than ``image_io.DIRECTION_TOLERANCE``, the grid
+check's rounding tolerance: a header to fix, not a grid to interpolate); a channel that covers less than
+:data:`MIN_COVERAGE` of the reference grid, a label map that does not overlap it at all; a label class that
+vanishes on the grid, or whose physical volume changes by more than :data:`LABEL_VOLUME_TOLERANCE` and by more
+than :data:`LABEL_VOLUME_FLOOR_VOXELS` voxels of the coarser of the two grids (cut off by the field of view, or too
+small for the grid; measured: at most 1.5 % onto the PET grid, 3.1 % onto the CT grid). The floor keeps lesions of
+a few PET voxels (autoPET) convertible either way: onto the CT grid, label-linear sampling shrinks a lesion of one
+PET voxel from 48 to 11 mm³ and one of 2 x 2 x 1 from 192 to 144 mm³ (2 CT voxels, 3 mm³, would refuse both); a
+change above the tolerance within the floor is logged as a warning.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from pirl_pipeline.data.image_io import Geometry
+from pirl_pipeline.data.image_io import DIRECTION_TOLERANCE, Geometry
 from pirl_pipeline.data.integrity import check_same_grid
 from pirl_pipeline.errors import PirlInputError
 
+log = logging.getLogger(__name__)
 PAD_BY_KIND = {"CT": -1000.0, "PET": 0.0, "MRI": 0.0}
-DIRECTION_TOLERANCE = 1e-3
 MIN_COVERAGE = 0.5
 LABEL_VOLUME_TOLERANCE = 0.10
+LABEL_VOLUME_FLOOR_VOXELS = 2  # a label volume change up to 2 voxels of the coarser grid is never refused
 METHOD = {
     "images": "linear; Gaussian anti-aliasing (sigma = (reference - own spacing) / 2 mm) along axes where the "
               "reference grid is coarser",
     "labels": "linear per class (SimpleITK sitkLabelLinear)",
     "padding": dict(PAD_BY_KIND),
     "refused": {"direction_tolerance": DIRECTION_TOLERANCE, "min_coverage": MIN_COVERAGE,
-                "label_volume_tolerance": LABEL_VOLUME_TOLERANCE},
+                "label_volume_tolerance": LABEL_VOLUME_TOLERANCE,
+                "label_volume_floor_voxels": LABEL_VOLUME_FLOOR_VOXELS},
 }
 
 
@@ -56,7 +66,8 @@ def describe(geometry: Geometry) -> str:
 
 def coverage(image: sitk.Image, reference: sitk.Image) -> float:
     """The fraction of the reference grid's box (voxel edges) that ``image``'s box covers, 0..1; the directions
-    must agree (:meth:`OntoGrid.check`), so ``image``'s box is axis-aligned in reference index space."""
+    must agree up to flipped axes (:meth:`OntoGrid.check`), so ``image``'s box is axis-aligned in reference index
+    space (a flipped axis swaps the two corners' order along it: min and max below)."""
     corners = [image.TransformContinuousIndexToPhysicalPoint(c)
                for c in ([-0.5] * 3, [s - 0.5 for s in image.GetSize()])]
     ends = np.array([reference.TransformPhysicalPointToContinuousIndex(p) for p in corners])
@@ -94,11 +105,12 @@ class OntoGrid:
     def check(self, image: sitk.Image, path: Path, minimum: float = MIN_COVERAGE) -> float:
         """Refuse what cannot be resampled honestly (module docstring); returns the coverage. A label map needs
         only some overlap (``minimum`` 0): its volume check is stricter."""
-        turn = float(np.abs(np.subtract(image.GetDirection(), self.reference.GetDirection())).max())
+        # a flipped axis (cosine -1 for 1) is sampled in physical space like any grid; a rotation is refused
+        turn = float(np.abs(np.abs(image.GetDirection()) - np.abs(self.reference.GetDirection())).max())
         if turn > DIRECTION_TOLERANCE:
             raise PirlInputError(f"{path}: direction cosines differ from those of {self.reference_path.name} by "
-                                 f"{turn:.3g} (> {DIRECTION_TOLERANCE}, more than rounding: a rotated or flipped "
-                                 "axis); fix the header, pirl does not rotate images")
+                                 f"{turn:.3g} beyond a flipped axis (> {DIRECTION_TOLERANCE}, more than rounding: a "
+                                 "rotated or permuted axis); fix the header, pirl does not rotate images")
         covered = coverage(image, self.reference)
         if covered == 0:
             raise PirlInputError(f"{path}: does not overlap {self.reference_path.name} in physical space "
@@ -129,23 +141,31 @@ class OntoGrid:
 
     def label(self, label: np.ndarray, geometry: Geometry, path: Path, role: str = "label") -> np.ndarray:
         """(z, y, x) integer ``label`` (on ``geometry``) on the grid: unchanged when already on it, else linear per
-        class; a foreground class whose physical volume changes by more than LABEL_VOLUME_TOLERANCE is refused."""
+        class; a foreground class that vanishes, or whose physical volume changes by more than
+        LABEL_VOLUME_TOLERANCE and more than LABEL_VOLUME_FLOOR_VOXELS voxels of the coarser grid, is refused."""
         if not self._needs_resampling(geometry, path):
             return label
         image = geometry.apply_to(sitk.GetImageFromArray(label))
         covered = self.check(image, path, minimum=0)
         out = sitk.GetArrayFromImage(sitk.Resample(image, self.reference, sitk.Transform(), sitk.sitkLabelLinear))
         voxel, reference_voxel = np.prod(geometry.sitk_spacing), np.prod(self.geometry.sitk_spacing)
+        floor = LABEL_VOLUME_FLOOR_VOXELS * max(voxel, reference_voxel)  # mm³
         volumes = {}
         for value in (int(v) for v in np.unique(label) if v != 0):
             before, after = (np.count_nonzero(label == value) * voxel,
                              np.count_nonzero(out == value) * reference_voxel)
             volumes[str(value)] = [round(float(before), 1), round(float(after), 1)]
-            if abs(after / before - 1) > LABEL_VOLUME_TOLERANCE:
+            if after == 0 or abs(after - before) > max(LABEL_VOLUME_TOLERANCE * before, floor):
                 raise PirlInputError(f"{path}: label {value} would change volume by {after / before - 1:+.1%} on the "
                                      f"grid of {self.reference_path.name} ({before:.0f} -> {after:.0f} mm³; at most "
-                                     f"±{LABEL_VOLUME_TOLERANCE:.0%}): cut off by that grid's field of view, or too "
-                                     "small for it (resample onto a finer channel)")
+                                     f"±{LABEL_VOLUME_TOLERANCE:.0%} or {LABEL_VOLUME_FLOOR_VOXELS} voxels of the "
+                                     f"coarser grid, {floor:.0f} mm³, and never to nothing): cut off by that grid's "
+                                     "field of view, or too small for it (resample onto a finer channel)")
+            if abs(after - before) > LABEL_VOLUME_TOLERANCE * before:
+                log.warning("%s: label %d changes volume by %+.1f%% on the grid of %s (%.0f -> %.0f mm³): more than "
+                            "±%.0f%%, but within %d voxels of the coarser grid (a small structure); check it", path,
+                            value, 100 * (after / before - 1), self.reference_path.name, before, after,
+                            100 * LABEL_VOLUME_TOLERANCE, LABEL_VOLUME_FLOOR_VOXELS)
         change = ", ".join(f"label {v}: {b:.0f} -> {a:.0f} mm³ ({a / b - 1:+.1%})" for v, (b, a) in volumes.items())
         self._note(path, role, geometry, {"interpolator": "label linear", "coverage": round(covered, 4),
                                           "volume_mm3": volumes}, change or "empty")

@@ -19,7 +19,7 @@ import torch
 
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path
-from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.networks.factory import build_network, canonical
 from pirl_pipeline.networks.transfer import adapt_state, swinunetr_state
 from pirl_pipeline.tasks import PRETRAIN, TASKS
 from plans.plans_manager import differences
@@ -98,12 +98,13 @@ def load_network(state: dict[str, Any], path: Path, assign: bool = False) -> tor
 
 def model_identity(state: dict[str, Any]) -> dict[str, Any]:
     """What the folds of one model share: trainer, configuration, task, plans (dataset name included), channels
-    and labels, network description."""
+    and labels, network description (``factory.canonical``: a fold saved before a network argument existed
+    describes that argument's default)."""
     dj, config = (d if isinstance(d, dict) else {} for d in (state.get("dataset_json"), state["config"]))
     return {"trainer": state["trainer_name"], "configuration": state.get("configuration"),
             "task": config.get("task"), "plans": state["plans"],
             "channel_names": dj.get("channel_names"), "labels": dj.get("labels"),
-            "regions_class_order": dj.get("regions_class_order"), "network": state["network_kwargs"]}
+            "regions_class_order": dj.get("regions_class_order"), "network": canonical(state["network_kwargs"])}
 
 
 def check_same_model(path: Path, state: dict[str, Any], reference_path: Path, reference: dict[str, Any]) -> None:

@@ -106,13 +106,20 @@ def atomic_path(path: str | os.PathLike, verify: Verify | None = None) -> Iterat
         tmp.unlink(missing_ok=True)
 
 
+def temp_entries(folder: str | os.PathLike, target: str | None = None, prefixes: tuple[str, ...] = (TEMP_PREFIX,)
+                 ) -> list[Path]:
+    """The entries of ``folder`` named by :func:`temp_name` with one of ``prefixes`` (of ``target`` only, when
+    given), sorted; none when ``folder`` is not a folder."""
+    pattern = _temp_pattern(prefixes, target)
+    return sorted(p for p in Path(folder).iterdir() if pattern.fullmatch(p.name)) if Path(folder).is_dir() else []
+
+
 def remove_stale(folder: str | os.PathLike, target: str | None = None, prefixes: tuple[str, ...] = (TEMP_PREFIX,)
                  ) -> int:
     """Delete the temp entries (files or folders) of ``folder`` an interrupted run left: names :func:`temp_name`
     built with one of ``prefixes`` (of ``target`` only, when given), nothing else; logs and returns how many.
     Call it before a run writes into ``folder``, never during one."""
-    pattern = _temp_pattern(prefixes, target)
-    stale = sorted(p for p in Path(folder).iterdir() if pattern.fullmatch(p.name)) if Path(folder).is_dir() else []
+    stale = temp_entries(folder, target, prefixes)
     for entry in stale:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

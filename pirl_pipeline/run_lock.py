@@ -1,8 +1,10 @@
 """One pirl run per output folder: ``FOLDER/.pirl-lock``, created with ``O_CREAT | O_EXCL`` and holding the pid,
 host, command and start time of the run that writes there.
 
-A second run on the folder is a PirlInputError naming the first; a lock whose pid is no longer running on this
-host (a killed run) is taken over, with a log line. :func:`acquire` holds a lock until the enclosing
+A second run on the folder is a PirlInputError naming the first (and how to free the folder); a lock of this
+host is stale, and taken over with a log line, when its pid is no longer running (a killed run) or, on Linux,
+when that pid now belongs to another program (:func:`_reused`: its command line names neither pirl nor python,
+or it started after the lock was written). :func:`acquire` holds a lock until the enclosing
 :func:`scope` ends (``cli_entry`` opens one per command) or the process exits; a folder it had to create is
 removed again when nothing else was written into it."""
 from __future__ import annotations
@@ -35,6 +37,42 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _proc_start(pid: int) -> float | None:
+    """Start time of ``pid`` in seconds since the epoch (Linux: ``/proc/PID/stat`` field 22, clock ticks after
+    boot, plus ``btime`` of ``/proc/stat``); None where unknown."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # fields 3.. after comm
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _locked_at(owner: dict) -> float | None:
+    """When the lock was written (seconds since the epoch): ``time``, else ``since`` read as local time."""
+    if isinstance(owner.get("time"), (int, float)):
+        return float(owner["time"])
+    try:
+        return time.mktime(time.strptime(str(owner.get("since")), "%Y-%m-%d %H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _reused(pid: int, owner: dict) -> bool:
+    """True when the live ``pid`` demonstrably is not the run that wrote the lock ``owner`` (Linux only, from
+    /proc): its command line names neither pirl nor python, or it started after the lock was written (2 s
+    slack: ``btime`` and ``since`` are whole seconds). False where /proc cannot tell (other systems)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").lower()
+    except OSError:
+        return False
+    if "pirl" not in cmdline and "python" not in cmdline:
+        return True
+    started, locked = _proc_start(pid), _locked_at(owner)
+    return started is not None and locked is not None and started > locked + 2
 
 
 def _describe(owner: dict) -> str:
@@ -72,14 +110,17 @@ def _read(lock: Path) -> tuple[str, dict]:
 
 def acquire(folder: str | os.PathLike, command: str | None = None) -> Path:
     """Lock ``folder`` (created when missing) for this process; returns the lock file. Another live run's lock is
-    a PirlInputError naming that run; a dead one's (same host) is taken over."""
+    a PirlInputError naming that run; a stale one's (same host: its run is gone, see :func:`_reused`) is taken
+    over."""
     folder = Path(folder)
     lock = folder / LOCK_NAME
     if lock in _held:
         return lock
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     make_dirs(folder)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    now = time.time()
+    owner = {"pid": os.getpid(), "host": socket.gethostname(),
+             "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), "time": now,
              "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]}
     for _ in range(3):  # a lock that vanishes or goes stale between the steps: try again
         if _create(lock, owner):
@@ -88,11 +129,12 @@ def acquire(folder: str | os.PathLike, command: str | None = None) -> Path:
         text, other = _read(lock)
         if not text:
             continue
-        stale = other.get("host") == socket.gethostname() and isinstance(other.get("pid"), int) \
-            and not _alive(other["pid"])
+        pid = other.get("pid")
+        stale = other.get("host") == socket.gethostname() and isinstance(pid, int) \
+            and (not _alive(pid) or _reused(pid, other))
         if not stale:
-            hint = "" if other.get("host") == socket.gethostname() else f"; delete {lock} if that run is gone"
-            raise PirlInputError(f"{folder}: another pirl run ({_describe(other)}) is using it{hint}")
+            raise PirlInputError(f"{folder}: another pirl run ({_describe(other)}) is using it; delete {lock} if "
+                                 "that run is gone")
         claimed = lock.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             os.replace(lock, claimed)  # atomic: of two runs taking over, one moves the stale lock

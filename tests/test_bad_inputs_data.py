@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.reference import main as reference_main
 from pirl_pipeline.data import image_io
-from pirl_pipeline.data.dataset_json import MAX_CASE_NAME_BYTES, seg_dtype
+from pirl_pipeline.data.dataset_json import MAX_CASE_NAME_BYTES, DatasetJson, label_file_dtype, seg_dtype
 from pirl_pipeline.data.image_io import NiftiHeader
 from pirl_pipeline.dataloading import make_train_loader, make_val_loader
-from pirl_pipeline.errors import PirlWriteError
+from pirl_pipeline.dataloading.dataset import PreprocessedDataset
+from pirl_pipeline.errors import PirlInputError, PirlWriteError
 from pirl_pipeline.file_io import atomic_path, remove_stale
+from pirl_pipeline.inference.export import labels_from_probabilities
 from plans.plans_manager import Plans
 from tests.synthetic import pirl_roots, write_image
 from tests.test_bad_inputs import (
@@ -69,10 +72,17 @@ def test_labels_above_127_survive_preprocessing_and_loading(roots, capsys):
                            seed=0) as stream:
         target = next(stream)["target"]
         assert target.dtype == torch.int16 and {128, 200} & set(np.unique(target)) <= {128, 200}
-    # a case stored by the old code (int8: 200 became -56) is not taken as finished: it is redone
+    # a case stored by the old code (int8: 200 became -56, "outside the body") is refused by the loaders, naming
+    # the file, and is not taken as finished by preprocessing: it is redone
     np.save(data / "case001_seg.npy", np.load(data / "case001_seg.npy").astype(np.int8))
+    with pytest.raises(PirlInputError, match=f"{re.escape(str(data / 'case001_seg.npy'))}: stored as int8 but labels reach 200 "
+                                             r"\(int16 holds them\): rerun pirl_plan_and_preprocess"):
+        list(make_val_loader(data, ["case001"], batch_size=1, patch_size=(16, 16, 16),
+                             foreground_patches_per_case=0))
+    assert PreprocessedDataset(data, ["case001"], labels=[0, 1]).arrays("case001")[1].dtype == np.int8  # explicit
     assert plan_main(["-d", "941", "-np", "1"]) == 0
     assert np.load(data / "case001_seg.npy").dtype == np.int16
+    assert PreprocessedDataset(data, ["case001"]).arrays("case001")[1].dtype == np.int16
 
 
 def test_int8_preprocessed_data_is_kept_and_loads(roots):
@@ -84,6 +94,26 @@ def test_int8_preprocessed_data_is_kept_and_loads(roots):
     assert np.load(seg).dtype == np.int8
     stamp = seg.stat().st_mtime_ns
     assert plan_main(["-d", "941", "-np", "1"]) == 0 and seg.stat().st_mtime_ns == stamp  # skipped, not redone
+
+
+@pytest.mark.parametrize("max_label, dtype", [(0, np.uint8), (255, np.uint8), (256, np.int16), (32767, np.int16)])
+def test_label_file_dtype_holds_every_label(max_label, dtype):
+    assert label_file_dtype(max_label) == dtype
+    with pytest.raises(ValueError, match="outside 0..32767"):
+        label_file_dtype(32768)
+
+
+def test_predicted_label_maps_hold_labels_above_255():
+    """A region painted with label 300 (regions_class_order) is written as 300, not 300 mod 256 = 44."""
+    dj = DatasetJson({"0": "CT"}, {"background": 0, "organ": [1, 300], "lesion": 300}, 1,
+                     regions_class_order=[1, 300])
+    probs = np.zeros((2, 2, 2, 2), np.float32)
+    probs[0, 0] = 0.9  # organ on in the first slab
+    probs[1, 0, 0] = 0.9  # lesion (inside the organ) on in one row of it
+    labels = labels_from_probabilities(probs, dj)
+    assert labels.dtype == np.int16 and labels[0, 0].tolist() == [300, 300] and labels[0, 1].tolist() == [1, 1]
+    assert labels_from_probabilities(np.ones((3, 2, 2, 2)), DatasetJson({"0": "CT"}, {"background": 0, "a": 1,
+                                                                                      "b": 2}, 1)).dtype == np.uint8
 
 
 # ---- 2. dataset.json: types checked, duplicate keys and absurd nesting refused ------------------------------

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ import torch
 
 from pirl_pipeline import run_lock
 from pirl_pipeline.cli import model_zip
+from pirl_pipeline.cli import train as train_cli
 from pirl_pipeline.cli.evaluate import main as evaluate_main
 from pirl_pipeline.cli.evaluate_missing import main as evaluate_missing_main
 from pirl_pipeline.cli.find_best_configuration import main as find_best_main
@@ -27,6 +29,8 @@ from pirl_pipeline.cli.model_zip import export_main, install_main
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.cli.predict import main as predict_main
 from pirl_pipeline.cli.train import main as train_main
+from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.training import distributed
 from tests.synthetic import pirl_roots, write_raw_dataset
 from tests.test_bad_inputs import CHANNELS, TINY, damage, no_partial_output, predict_input, snapshot
 
@@ -139,6 +143,7 @@ ARGUMENTS = [  # main, arguments, what the error says
     (plan_main, ["-d", "961", "--spacing", "nan", "nan", "nan"], "--spacing: 'nan' is not a finite number > 0"),
     (plan_main, ["-d", "961", "--spacing", "2", "0", "2"], "--spacing: '0' is not a finite number > 0"),
     (plan_main, ["-d", "961", "-np", "0"], "-np: '0' is not a whole number > 0"),
+    (predict_main, ["-i", "in", "-o", "out", "-m", "model", "-np", "0"], "-np: '0' is not a whole number > 0"),
     *[(train_main, ["961", "3d_fullres", "seg", *argv], expected) for argv, expected in [
         (["--patch-size", "0", "0", "0"], "--patch-size: '0' is not a positive multiple of 32"),
         (["--patch-size", "-64", "64", "64"], "--patch-size: '-64' is not a positive multiple of 32"),
@@ -245,11 +250,15 @@ def test_install_refuses_folds_of_two_models(in_trained, tmp_path, monkeypatch, 
 
 # ---- 5. one run per output folder ----
 
-def _lock(folder: Path, pid: int, host: str | None = None) -> Path:
+SINCE = time.strftime("%Y-%m-%d %H:%M:%S")  # after this test process started: a lock it could hold
+
+
+def _lock(folder: Path, pid: int, host: str | None = None, since: str = SINCE) -> Path:
+    """A lock of ``pid`` (default: this test process, a live python that started before ``since``)."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / run_lock.LOCK_NAME
     lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "command": "pirl_train 961 x",
-                                "since": "2024-01-01 12:00:00"}))
+                                "since": since}))
     return lock
 
 
@@ -263,11 +272,11 @@ def _dead_pid() -> int:
 def test_a_second_plan_and_preprocess_run_is_refused(roots, capsys, owner):
     raw = write_raw_dataset(roots / "raw", 961, "Runs", num_cases=1, shape=(8, 8, 8), channels=CHANNELS)
     folder = roots / "pre" / "Dataset961_Runs"
-    lock = _lock(folder, os.getppid() if owner == "live" else 12345, None if owner == "live" else "elsewhere")
+    lock = _lock(folder, os.getpid() if owner == "live" else 12345, None if owner == "live" else "elsewhere")
     before, held = snapshot(raw), lock.read_text()
     error = refused(run(plan_main, ["-d", 961, "-np", 1], capsys), f"error: {folder}: another pirl run (pid ",
-                    "command pirl_train 961 x, since 2024-01-01 12:00:00) is using it")
-    assert ("on elsewhere" in error and f"delete {lock}" in error) == (owner == "other_host")
+                    f"command pirl_train 961 x, since {SINCE}) is using it; delete {lock} if that run is gone")
+    assert ("on elsewhere" in error) == (owner == "other_host")
     assert [p.name for p in folder.iterdir()] == [run_lock.LOCK_NAME] and lock.read_text() == held
     assert snapshot(raw) == before
 
@@ -281,16 +290,53 @@ def test_a_stale_lock_is_taken_over_and_released(roots, caplog):
     assert (folder / "PIRLPlans.json").is_file() and not (folder / run_lock.LOCK_NAME).exists()
 
 
-def test_a_second_training_of_a_fold_is_refused(in_trained, capsys):
+def test_a_second_training_of_a_fold_is_refused(in_trained, capsys, monkeypatch):
     _, folder = in_trained
     before = snapshot(folder / "fold_0")
-    lock = _lock(folder / "fold_0", os.getppid())
+    lock = _lock(folder / "fold_0", os.getpid())
+
+    def no_read(path, *args, **kwargs):
+        raise AssertionError(f"a refused --c read {path}")
+    monkeypatch.setattr(train_cli, "load_checkpoint", no_read)  # the lock comes before the checkpoint is read
     try:
         refused(run(train_main, ["961", "3d_fullres", "seg", "-f", "0", "-tr", "DynUNetSegTrainer", "--c", *TINY],
-                    capsys), f"error: {folder / 'fold_0'}: another pirl run (pid {os.getppid()}")
+                    capsys), f"error: {folder / 'fold_0'}: another pirl run (pid {os.getpid()}")
     finally:
         lock.unlink()
     assert snapshot(folder / "fold_0") == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="/proc (Linux) tells a reused pid")
+@pytest.mark.parametrize("owner", ["started_after_the_lock", "not_python"])
+def test_a_lock_whose_pid_was_reused_is_taken_over(tmp_path, caplog, owner):
+    """The lock's pid is alive but is not its run: it started after the lock was written, or it is another
+    program (neither pirl nor python in its command line)."""
+    other = None
+    if owner == "not_python":
+        other = subprocess.Popen(["sleep", "60"])
+        time.sleep(0.2)
+    try:
+        pid = os.getpid() if other is None else other.pid
+        _lock(tmp_path / "out", pid, since="2000-01-01 00:00:00" if other is None else SINCE)
+        with run_lock.scope():
+            lock = run_lock.acquire(tmp_path / "out")
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert "taking over the lock of a run that is no longer running" in caplog.text
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_lock_fold_shares_rank_0s_refusal(tmp_path):
+    """Single process: rank 0's lock; a held fold is the PirlInputError naming its run (DDP: test_distributed)."""
+    info = distributed.DistInfo()
+    with run_lock.scope():
+        train_cli.lock_fold(tmp_path / "fold_0", info)
+        assert (tmp_path / "fold_0" / run_lock.LOCK_NAME).is_file()
+    lock = _lock(tmp_path / "fold_1", os.getpid())
+    with pytest.raises(PirlInputError, match=f"another pirl run .*; delete {lock} if that run is gone"):
+        train_cli.lock_fold(tmp_path / "fold_1", info)
 
 
 def test_lock_is_reentrant_and_removes_the_folders_it_made(tmp_path):

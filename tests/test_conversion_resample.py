@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ import SimpleITK as sitk
 
 from dataset_conversion import autopet, generic_folder
 from dataset_conversion.common import CONVERSION_RECORD
+from dataset_conversion.resample import OntoGrid
+from pirl_pipeline.data.image_io import Geometry
+from pirl_pipeline.errors import PirlInputError
 
 PET = {"size": (14, 14, 12), "spacing": (4.0, 4.0, 3.0), "origin": (0.0, 0.0, 0.0)}
 CT = {"size": (40, 40, 36), "spacing": (1.25, 1.25, 1.0), "origin": (3.1, 2.7, 1.2)}
@@ -126,13 +130,63 @@ def _tiny_label():
 @pytest.mark.parametrize("problem, grid, file, expected", [
     ("no overlap", {"origin": (900.0, 0.0, 0.0)}, "CT.nii.gz", "does not overlap PET.nii.gz in physical space"),
     ("little overlap", {"origin": (40.0, 2.7, 1.2)}, "CT.nii.gz", "covers only 22% of the grid of PET.nii.gz"),
-    ("direction", {"direction": (-1.0, 0, 0, 0, 1, 0, 0, 0, 1)}, "CT.nii.gz", "direction cosines differ"),
+    ("permuted axes", {"direction": (0.0, 1, 0, 1, 0, 0, 0, 0, 1)}, "CT.nii.gz", "direction cosines differ"),
+    ("rotation", {"direction": (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1)}, "CT.nii.gz", "beyond a flipped axis"),
     ("label volume", {"label": _tiny_label()}, "ct_mask.nii.gz", "label 1 would change volume by -100.0%"),
 ])
 def test_what_cannot_be_resampled_honestly_is_refused(problem, grid, file, expected, source, pirl_raw, run_cli):
     code, line = run_cli(generic_folder.main, convert(source(**grid), "PET"))
     assert code == 2 and line.startswith("error: ") and f"case_a/{file}: " in line and expected in line, line
     assert not pirl_raw.exists() or not any(pirl_raw.iterdir())
+
+
+def test_a_flipped_axis_is_resampled_in_physical_space(source, pirl_raw, run_cli, write_image):
+    """The CT and its mask stored with x running the other way (origin at the far end, direction cosine -1: the
+    same voxels in physical space) give the same PET-grid channel and label as stored the usual way."""
+    src = source()
+    assert run_cli(generic_folder.main, convert(src, "PET"))[0] == 0
+    out = pirl_raw / "Dataset021_PetCt"
+    expected = [read(out / "imagesTr" / "case_a_0001.nii.gz")[0], read(out / "labelsTr" / "case_a.nii.gz")[0]]
+    far = CT["origin"][0] + (CT["size"][0] - 1) * CT["spacing"][0]
+    for name in ("CT", "ct_mask"):
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "case_a" / f"{name}.nii.gz")))
+        write_image(src / "case_a" / f"{name}.nii.gz", array[:, :, ::-1], CT["spacing"], (far, *CT["origin"][1:]),
+                    (-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert run_cli(generic_folder.main, convert(src, "PET", "ct_mask*", "--overwrite"))[0] == 0
+    ct, label = read(out / "imagesTr" / "case_a_0001.nii.gz")[0], read(out / "labelsTr" / "case_a.nii.gz")[0]
+    assert np.allclose(ct, expected[0], atol=0.05) and np.array_equal(label, expected[1])
+
+
+def _grid(grid: dict) -> sitk.Image:
+    image = sitk.Image(list(grid["size"]), sitk.sitkFloat32)
+    image.SetSpacing(grid["spacing"])
+    image.SetOrigin(grid["origin"])
+    return image
+
+
+@pytest.mark.parametrize("lesion, onto, refused", [
+    ((slice(5, 6), slice(5, 6), slice(5, 6)), "CT", None),  # one PET voxel onto CT: 48 -> 11 mm³, kept (warned)
+    ((slice(5, 6), slice(5, 7), slice(5, 7)), "CT", None),  # 2 x 2 x 1 PET voxels: 192 -> 144 mm³ (-25 %), kept
+    ((slice(15, 18), slice(15, 18), slice(15, 18)), "PET", None),  # 27 CT voxels onto PET: 42 -> 48 mm³, kept
+    ((slice(15, 17), slice(15, 17), slice(15, 17)), "PET", "-100.0%"),  # 8 CT voxels vanish: always refused
+    ((slice(15, 25), slice(15, 25), slice(15, 25)), "PET", "-17.1%"),  # 1562 -> 1296 mm³: above 10 % and 96 mm³
+])
+def test_small_lesions_change_volume_within_two_coarse_voxels(lesion, onto, refused, tmp_path, caplog):
+    """autoPET lesions of a few PET voxels: a label volume change above 10 % is refused only beyond 2 voxels of the
+    coarser grid (PET, 96 mm³ here), and a class that vanishes always; a kept change above 10 % is a warning."""
+    own = CT if onto == "PET" else PET
+    label = np.zeros(own["size"][::-1], np.uint8)
+    label[lesion] = 1
+    grid = OntoGrid(_grid(PET if onto == "PET" else CT), tmp_path / f"{onto}.nii.gz", resample=True)
+    geometry = Geometry.of(_grid(own))
+    if refused:
+        with pytest.raises(PirlInputError, match=f"label 1 would change volume by {re.escape(refused)}"):
+            grid.label(label, geometry, tmp_path / "mask.nii.gz")
+        return
+    with caplog.at_level(logging.WARNING):
+        out = grid.label(label, geometry, tmp_path / "mask.nii.gz")
+    before, after = grid.record["resampled"][0]["volume_mm3"]["1"]
+    assert out.any() and abs(after / before - 1) > 0.10 and "but within 2 voxels of the coarser grid" in caplog.text
 
 
 def test_bad_resample_channel_and_default_grid_check(source, pirl_raw, run_cli):

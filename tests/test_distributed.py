@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -149,6 +151,50 @@ def test_empty_validation_shard_two_gloo_processes(tmp_path):
     assert not hung and all(p.exitcode == 0 for p in procs)
     rows = [epoch_row(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
     assert rows[0] == rows[1] == {"train/loss": 3.5, "val/loss": 2.0, "val/metric": 0.75}
+
+
+def _lock_in_group(rank: int, folder: str) -> None:
+    from pirl_pipeline import run_lock
+    from pirl_pipeline.cli.train import lock_fold
+    from pirl_pipeline.errors import PirlInputError
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))
+    try:
+        outcome = {}
+        for fold in ("fold_free", "fold_held"):
+            try:
+                lock_fold(Path(folder, fold), DistInfo(rank, 2))
+                outcome[fold] = "locked"
+            except PirlInputError as err:
+                outcome[fold] = str(err)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        run_lock._release_all()  # spawned children skip atexit
+        dist.destroy_process_group()
+
+
+def test_a_held_fold_is_every_ranks_error_two_gloo_processes(tmp_path):
+    """Rank 0 tries the fold's lock; its refusal reaches rank 1 as the same PirlInputError (no rank goes on alone
+    into DDP setup), and a free fold is locked by rank 0 only."""
+    held = tmp_path / "fold_held"
+    held.mkdir()
+    (held / ".pirl-lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "command": "pirl_train x", "time": time.time(),
+                                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_lock_in_group, args=(rank, str(tmp_path))) for rank in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+    assert not hung and all(p.exitcode == 0 for p in procs)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes[0] == outcomes[1] and outcomes[0]["fold_free"] == "locked"
+    assert f"another pirl run (pid {os.getpid()}" in outcomes[0]["fold_held"]
 
 
 # ---- Table-7 rows under DDP --------------------------------------------------------------------------------

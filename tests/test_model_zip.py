@@ -75,6 +75,35 @@ def test_export_then_install_round_trip(model, tmp_path, monkeypatch, capsys):
     assert [p.name for p in installed.parent.iterdir()] == [installed.name]  # no staging left behind
 
 
+def test_a_failed_replace_keeps_the_installed_model(model, tmp_path, monkeypatch, capsys):
+    """--overwrite whose last rename fails (a full disk, no permission): the model installed before stays where
+    it was, nothing hidden in a .tmp-XXXXXXXX-replaced-MODEL folder; what a killed install left is cleared (its
+    staging) or put back (a model it had moved aside) by the next install."""
+    folder, _ = model
+    assert export_main(["-m", str(folder), "-o", str(tmp_path / "model.zip")]) == 0
+    monkeypatch.setenv("PIRL_results", str(tmp_path / "res"))
+    assert install_main([str(tmp_path / "model.zip")]) == 0
+    installed = tmp_path / "res" / PREFIX
+    (installed / "mine.txt").write_text("the user's installed model")
+    rename = Path.rename
+
+    def failing(self, target):
+        if self.name.endswith("-install"):
+            raise OSError(13, "Permission denied")
+        return rename(self, target)
+    monkeypatch.setattr(Path, "rename", failing)
+    assert install_main([str(tmp_path / "model.zip"), "--overwrite"]) == 2
+    assert "write failed: permission denied; nothing was installed" in capsys.readouterr().err
+    monkeypatch.setattr(Path, "rename", rename)
+    assert (installed / "mine.txt").is_file() and [p.name for p in installed.parent.iterdir()] == [installed.name]
+    # a killed install: its staging folder, and the model it had moved aside before the new one was in place
+    (installed.parent / ".tmp-0123abcd-install").mkdir()
+    installed.rename(installed.with_name(f".tmp-89abcdef-replaced-{installed.name}"))
+    assert install_main([str(tmp_path / "model.zip")]) == 2  # put back first: an installed model, no --overwrite
+    assert "a model is installed there already" in capsys.readouterr().err
+    assert (installed / "mine.txt").is_file() and [p.name for p in installed.parent.iterdir()] == [installed.name]
+
+
 def _crafted_zip(path: Path, source: Path, extra: zipfile.ZipInfo | None = None, payload: bytes = b"x",
                  checkpoint: bytes | None = None) -> Path:
     """The exported zip, one entry added (``extra``) or the checkpoint replaced (``checkpoint``)."""

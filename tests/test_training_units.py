@@ -1,4 +1,6 @@
 """Trainer building blocks: config overrides, checkpoints, weight transfer, trainer registry."""
+import json
+
 import pytest
 import torch
 
@@ -90,3 +92,44 @@ def test_registry_checks_task():
         resolve_trainer("translate", "SwinUNETRSegTrainer")
     with pytest.raises(PirlInputError, match="unknown trainer"):
         resolve_trainer("seg", "Nope")
+
+
+def test_a_description_saved_before_an_argument_existed_is_the_same_network(tmp_path):
+    """fa48cdf added decoder_skips (default 5) to every PIRLNet description; a checkpoint without it describes
+    the same network: factory.canonical fills constructor defaults on both sides of the resume check and of
+    model_identity (folds from before and after combine)."""
+    from pirl_pipeline.checkpoint import check_same_model, model_identity
+    from pirl_pipeline.cli.train import check_resumable
+    from pirl_pipeline.networks.factory import canonical
+
+    _, new = create("pirl", 2, 3, [32, 32, 32], 12, depths=(1, 1, 1, 1), window_size=4)
+    old = {k: v for k, v in new.items() if k != "decoder_skips"}
+    assert new["decoder_skips"] == 5 and old != new and canonical(old) == canonical(new)
+    check_resumable(new, old, tmp_path / "checkpoint_latest.pth")  # accepted
+    with pytest.raises(PirlInputError, match=r"checkpoint_latest\.pth: its network differs .*\(decoder_skips\)"):
+        check_resumable({**new, "decoder_skips": 3}, old, tmp_path / "checkpoint_latest.pth")
+    state = {"trainer_name": "PIRLSegTrainer", "config": {"task": "seg"}, "plans": {}, "dataset_json": {}}
+    assert model_identity({**state, "network_kwargs": old}) == model_identity({**state, "network_kwargs": new})
+    check_same_model(tmp_path / "a.pth", {**state, "network_kwargs": old}, tmp_path / "b.pth",
+                     {**state, "network_kwargs": new})
+    for kind in ("swinunetr", "dynunet"):  # every kind: its own constructor's defaults; tuples equal lists
+        _, description = create(kind, 2, 3, [32, 32, 32], 12)
+        full = canonical(description)
+        assert full["kind"] == kind and full == canonical(json.loads(json.dumps(description)))
+        assert "drop_rate" in full if kind == "swinunetr" else full["deep_supervision"] is False
+    assert canonical({"kind": "resnet"}) == {"kind": "resnet"}  # unknown: left for build_network to refuse
+
+
+def test_config_bounds_the_cli_checks_hold_for_any_config():
+    """seed and num_workers are bounded in TrainerConfig too (a config.json, --set), as --seed and -npa are;
+    lr=0 stays allowed (a run that keeps its weights)."""
+    for bad, why in (({"seed": -1}, "seed must be a whole number in"), ({"seed": 2**32}, "seed must be"),
+                     ({"seed": 1.5}, "seed must be"), ({"num_workers": -1}, "num_workers must be a whole number >= 0"),
+                     ({"num_workers": True}, "num_workers must be")):
+        with pytest.raises(PirlInputError, match=why):
+            TrainerConfig(task="seg", **bad)
+    with pytest.raises(PirlInputError, match="seed must be"):
+        TrainerConfig(task="seg").with_overrides(["seed=-5"])
+    config = TrainerConfig(task="seg", lr=0.0, seed=2**32 - 1, num_workers=0)
+    assert (config.lr, config.seed, config.num_workers) == (0.0, 2**32 - 1, 0)
+    assert TrainerConfig(task="seg").with_overrides(["num_workers=none"]).num_workers is None

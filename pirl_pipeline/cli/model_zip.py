@@ -31,7 +31,7 @@ from monai.networks.nets import SwinUNETR
 from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_network, torch_save
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError, PirlWriteError
-from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, save_json, temp_name
+from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, remove_stale, save_json, temp_entries, temp_name
 from pirl_pipeline.paths import model_folder, results_root
 from plans.plans_manager import PLANS_FILE, Plans
 
@@ -201,10 +201,12 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
         if not re.fullmatch(r"Dataset\d{3}_.+", dataset):
             raise PirlInputError(f"{zip_path}: {dataset!r} is not a dataset folder name (DatasetXXX_Name)")
         target = root / dataset / model
+        _clear_interrupted_install(target)
         if target.exists() and not overwrite:
             raise PirlInputError(f"{target}: a model is installed there already (--overwrite replaces it)")
         new_dataset = not target.parent.exists()
         staging = make_dirs(target.parent) / temp_name("install")
+        old: Path | None = None  # the model being replaced, hidden until the new one is in place
         try:
             for info, rel in members:
                 dest = staging.joinpath(*rel.parts[2:])
@@ -218,21 +220,36 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
             if target.exists():
                 old = target.with_name(temp_name(f"replaced-{target.name}"))
                 target.rename(old)
-                staging.rename(target)
-                shutil.rmtree(old)
-            else:
-                staging.rename(target)
+            staging.rename(target)
         except OSError as err:  # a full disk, no permission
             raise PirlWriteError(f"{target}: write failed: {os_reason(err)}; nothing was installed") from None
         finally:
+            if old is not None and old.exists() and not target.exists():  # the new one failed: the old one back
+                with contextlib.suppress(OSError):  # else the next install puts it back
+                    old.rename(target)
             if staging.exists():
                 shutil.rmtree(staging)
             if new_dataset and not target.exists():
                 with contextlib.suppress(OSError):  # created above, nothing installed in it
                     target.parent.rmdir()
+    if old is not None:  # installed; a replaced model that cannot be removed now goes with the next install
+        shutil.rmtree(old, ignore_errors=True)
     folds = sorted({p.parent.name for p in target.glob("fold_*/*.pth")})
     log.info("installed %s/%s (%s) into %s", dataset, model, ", ".join(folds), target)
     return target
+
+
+def _clear_interrupted_install(target: Path) -> None:
+    """What an install into ``target``'s dataset folder that was killed left there: its staging folders are
+    removed; a model it had hidden to replace (``.tmp-XXXXXXXX-replaced-MODEL``) is put back when ``target`` is
+    missing (the kill came between the two renames), else removed."""
+    hidden = temp_entries(target.parent, f"replaced-{target.name}")
+    if hidden and not target.exists():
+        newest = max(hidden, key=lambda p: p.stat().st_mtime)
+        newest.rename(target)
+        log.warning("%s: put back the model an interrupted install had moved aside (%s)", target, newest.name)
+    remove_stale(target.parent, f"replaced-{target.name}")
+    remove_stale(target.parent, "install")
 
 
 def _check_checkpoints(zip_path: Path, staging: Path, model: PurePosixPath) -> None:

@@ -13,11 +13,11 @@ import torch
 from tqdm import tqdm
 
 from pirl_pipeline import run_lock
-from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.cli.common import cli_entry, positive_int
 from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import make_dirs, remove_stale
+from pirl_pipeline.file_io import remove_stale
 from pirl_pipeline.inference.ensembling import TrainerEnsemble, load_predictor
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.postprocessing import Postprocessing
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--missing_only", action="store_true",
                    help="translate: write only the channels a case lacks in INPUT_DIR, as CASE_XXXX files, so the "
                         "output folder plus the input is a complete case (e.g. to segment it next)")
-    p.add_argument("-np", dest="num_processes", type=int, default=2, help="reading/writing threads")
+    p.add_argument("-np", dest="num_processes", type=positive_int, default=2, help="reading/writing threads")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="skip cases whose outputs exist and read back complete")
     return p
@@ -149,10 +149,9 @@ def run(args: argparse.Namespace) -> None:
              predictor.model.folds, "on" if predictor.mirror else "off")
     if predictor.task.predicts_labels:
         log.info("post-processing: %s", describe(predictor.postprocessing, args.disable_postprocessing))
-    make_dirs(args.output)
-    run_lock.acquire(args.output)  # one run per output folder
+    run_lock.acquire(args.output)  # one run per output folder; creates it (removed again if the run writes nothing)
     remove_stale(args.output)
-    with ThreadPoolExecutor(max(1, args.num_processes)) as pool:  # reading ahead and writing behind
+    with ThreadPoolExecutor(args.num_processes) as pool:  # reading ahead and writing behind
         queue = iter(todo)
         reads: deque = deque()
 
@@ -161,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
             if case is not None:
                 reads.append((case, pool.submit(predictor.read_case, case, cases[case])))
 
-        for _ in range(max(1, args.num_processes)):
+        for _ in range(args.num_processes):
             read_next()
         exports = []
         with tqdm(total=len(todo), desc="predict") as bar:

@@ -25,6 +25,7 @@ from pirl_pipeline.cli.common import (
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
+from pirl_pipeline.networks.factory import canonical
 from pirl_pipeline.paths import find_dataset_name, model_folder, preprocessed_root
 from pirl_pipeline.splits import load_or_create_splits
 from pirl_pipeline.tasks import PRETRAIN
@@ -185,28 +186,49 @@ def run(args: argparse.Namespace) -> None:
             raise PirlInputError(f"{folder / 'splits_final.json'}: no fold {fold} (folds 0..{len(splits) - 1}, or all)")
         train_cases, val_cases = splits[int(fold)]["train"], splits[int(fold)]["val"]
     output = model_folder(name, trainer_name, plans.plans_name, args.configuration) / f"fold_{fold}"
-    config, pretrained, state = select_run(args, output)
-    config.trainer = trainer_name
     info = distributed.init_distributed("cuda" if args.device == "cuda" or
                                         (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
-        if info.is_main:  # one run per fold folder; rank 0 holds it for all ranks
-            run_lock.acquire(output)
+        lock_fold(output, info)  # before select_run: a refused run reads no checkpoint
+        config, pretrained, state = select_run(args, output)
+        config.trainer = trainer_name
         ctx = RunContext(plans, args.configuration, dataset_json, data_folder, output, train_cases, val_cases,
                          select_device(args.device, info), info)
         trainer = build_trainer(trainer_name, ctx, config, pretrained, state["network_kwargs"] if state else None)
         if state is not None:
-            built, saved = trainer.network_kwargs(), state["network_kwargs"]
-            if built != saved:
-                differs = [k for k in {**saved, **built} if saved.get(k) != built.get(k)]
-                raise PirlInputError(f"{output / 'checkpoint_latest.pth'}: its network differs from the one the "
-                                     f"plans build now ({', '.join(differs)}); were the plans edited?")
+            check_resumable(trainer.network_kwargs(), state["network_kwargs"], output / "checkpoint_latest.pth")
             trainer.resume(output / "checkpoint_latest.pth")
         trainer.run()
         if info.is_main:
             log.info("done: %s", output)
     finally:
         distributed.cleanup(info)
+
+
+def lock_fold(output: Path, info: distributed.DistInfo) -> None:
+    """One run per fold folder: rank 0 takes the lock for all ranks, and its refusal is every rank's
+    PirlInputError (under DDP the outcome is shared, so no rank goes on into the process group alone)."""
+    error: Exception | None = None
+    if info.is_main:
+        try:
+            run_lock.acquire(output)
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised as it is
+            error = err
+    refusal = distributed.gather(None if error is None else str(error), info)[0]  # rank 0's outcome
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise PirlInputError(refusal)
+
+
+def check_resumable(built: dict, saved: dict, checkpoint: Path) -> None:
+    """A PirlInputError naming ``checkpoint`` when the network the plans build now is not the saved one; both
+    are compared by ``factory.canonical`` (a run saved before a network argument existed had its default)."""
+    built, saved = canonical(built), canonical(saved)
+    if built != saved:
+        differs = [k for k in {**saved, **built} if saved.get(k) != built.get(k)]
+        raise PirlInputError(f"{checkpoint}: its network differs from the one the plans build now "
+                             f"({', '.join(differs)}); were the plans edited?")
 
 
 main = command(build_parser, run)

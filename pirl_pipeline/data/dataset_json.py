@@ -7,7 +7,8 @@ translation need no labels. ``allow_missing_channels`` (pirl's key, default fals
 dataset: a training case may lack channel files (it needs at least one); without it a missing channel is an error.
 
 Every value is type-checked where it arrives (:func:`parse_dataset_json`): label values are integers
-0..MAX_LABEL (``CASE_seg.npy`` stores them in :func:`seg_dtype`, with OUTSIDE_BODY, -1, out of their range);
+0..MAX_LABEL (``CASE_seg.npy`` stores them in :func:`seg_dtype`, with OUTSIDE_BODY, -1, out of their range;
+a NIfTI label file, converted or predicted, in :func:`label_file_dtype`);
 a key given twice is refused (``file_io.loads``). Case names are checked by :func:`check_case_name` where they
 arrive (raw folders, converters): printable, and short enough for every file name pirl builds from them.
 """
@@ -42,6 +43,14 @@ def seg_dtype(max_label: int) -> np.dtype:
     if not 0 <= max_label <= MAX_LABEL:
         raise ValueError(f"label value {max_label} outside 0..{MAX_LABEL}")
     return SEG_DTYPES[0] if max_label <= np.iinfo(np.int8).max else SEG_DTYPES[1]
+
+
+def label_file_dtype(max_label: int) -> np.dtype:
+    """The dtype of a NIfTI label file (a converter's output, a prediction) holding labels up to ``max_label``:
+    uint8 (nnU-Net's) when every value fits, else int16 (MAX_LABEL is the limit)."""
+    if not 0 <= max_label <= MAX_LABEL:
+        raise ValueError(f"label value {max_label} outside 0..{MAX_LABEL}")
+    return np.dtype(np.uint8) if max_label <= np.iinfo(np.uint8).max else np.dtype(np.int16)
 
 
 def printable(text: object) -> str:

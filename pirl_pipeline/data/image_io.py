@@ -29,6 +29,9 @@ NIFTI_ENDINGS = (".nii", ".nii.gz")
 _CHUNK = 1 << 22
 _HEAD = 544  # bytes of a NIfTI-2 header (NIfTI-1: 348) and its extension flag
 # NIfTI datatype code -> bytes per voxel (ITK sizes voxels by the datatype, not by bitpix)
+# the largest difference of two direction cosines that is rounding (a float32 header), not a rotation: one
+# grid tolerance for Geometry.matches and for --resample_to's direction check
+DIRECTION_TOLERANCE = 1e-3
 _NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
                 1536: 16, 1792: 16, 2048: 32, 2304: 4}
 
@@ -71,13 +74,16 @@ class Geometry:
         return image
 
     def matches(self, other: Geometry, tol: float = 1e-4) -> str | None:
-        """None when both grids agree within ``tol``; otherwise a short description of the first difference."""
+        """None when both grids agree (spacing and origin within ``10 * tol`` relative to their largest value, at
+        least 1 mm; direction cosines within DIRECTION_TOLERANCE); otherwise a short description of the first
+        difference."""
         if self.sitk_size != other.sitk_size:
             return f"size {self.sitk_size} != {other.sitk_size}"
         for name in ("sitk_spacing", "sitk_origin", "sitk_direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
-            scale = 1.0 if name == "sitk_direction" else max(1.0, float(np.abs(a).max(initial=0)))
-            if not np.allclose(a, b, atol=tol * scale * 10, rtol=0):
+            scale = max(1.0, float(np.abs(a).max(initial=0)))
+            atol = DIRECTION_TOLERANCE if name == "sitk_direction" else tol * scale * 10
+            if not np.allclose(a, b, atol=atol, rtol=0):
                 return f"{name[5:]} {_rounded(a)} != {_rounded(b)}"
         return None
 

@@ -1,20 +1,22 @@
 """Access to one preprocessed configuration folder (``$PIRL_preprocessed/DatasetXXX_Name/<data_identifier>/``).
 
 Per case: ``CASE.npy`` float32 (C, z, y, x), ``CASE_seg.npy`` int8 or int16 (1, z, y, x) (labels; -1 outside the
-body mask; ``dataset_json.seg_dtype``) and ``CASE.json`` (properties, with ``class_locations`` for foreground oversampling and, for datasets
-with missing channels, ``channels_present``: the channel indices the case has; an absent channel is stored as
-NaN, so it can never pass for data). Arrays are opened
-with ``np.load(mmap_mode="r")`` on every access, so only the patches read are paged in and worker processes
-share the page cache; the (small) foreground locations are cached per process.
+body mask; ``dataset_json.seg_dtype`` of the largest label of ``DatasetXXX_Name/dataset.json``, checked on every
+read: a label map stored by older code as int8 with labels above 127 had them wrapped to negative values) and
+``CASE.json`` (properties, with ``class_locations`` for foreground oversampling and, for datasets with missing
+channels, ``channels_present``: the channel indices the case has; an absent channel is stored as NaN, so it can
+never pass for data). Arrays are opened with ``np.load(mmap_mode="r")`` on every access, so only the patches read
+are paged in and worker processes share the page cache; the (small) foreground locations are cached per process.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from pirl_pipeline.data.dataset_json import SEG_DTYPES
+from pirl_pipeline.data.dataset_json import SEG_DTYPES, load_dataset_json, seg_dtype
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json
 
@@ -22,13 +24,20 @@ from pirl_pipeline.file_io import load_json
 class PreprocessedDataset:
     """The preprocessed cases ``case_names`` (e.g. one fold's training split) of ``folder``.
 
-    ``case_names=None`` takes every finished case (every ``CASE.json``) in the folder.
+    ``case_names=None`` takes every finished case (every ``CASE.json``) in the folder. ``labels``: the declared
+    label values (default: those of the ``dataset.json`` beside the folder, as pirl_plan_and_preprocess writes
+    it); every ``CASE_seg.npy`` must be stored in their ``seg_dtype``. Without either, int8 or int16 is accepted.
     """
 
-    def __init__(self, folder: str | Path, case_names: list[str] | None = None, cache_size: int = 256) -> None:
+    def __init__(self, folder: str | Path, case_names: list[str] | None = None, cache_size: int = 256,
+                 labels: Iterable[int] | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise PirlInputError(f"{self.folder}: preprocessed folder not found (run pirl_plan_and_preprocess)")
+        if labels is None and (self.folder.parent / "dataset.json").is_file():
+            labels = load_dataset_json(self.folder.parent).label_values
+        self.max_label = None if labels is None else max(labels, default=0)
+        self.seg_dtype = None if self.max_label is None else seg_dtype(self.max_label)
         if case_names is None:
             case_names = sorted(p.stem for p in self.folder.glob("*.json")
                                 if not p.name.startswith(".") and p.with_suffix(".npy").is_file())
@@ -60,6 +69,10 @@ class PreprocessedDataset:
         if seg.dtype not in SEG_DTYPES:
             raise PirlInputError(f"{self.folder / name}_seg.npy: stored as {seg.dtype}, expected int8 or int16 "
                                  "(rerun pirl_plan_and_preprocess)")
+        # e.g. int8 written before labels above 127 were stored as int16 (200 became -56: "outside the body")
+        if self.seg_dtype is not None and seg.dtype != self.seg_dtype:
+            raise PirlInputError(f"{self.folder / name}_seg.npy: stored as {seg.dtype} but labels reach "
+                                 f"{self.max_label} ({self.seg_dtype} holds them): rerun pirl_plan_and_preprocess")
         return data, seg
 
     def properties(self, name: str) -> dict:

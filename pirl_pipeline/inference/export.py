@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name
+from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name, label_file_dtype
 from pirl_pipeline.data.geometry import uncrop
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
@@ -44,13 +44,15 @@ def labels_from_probabilities(probs: np.ndarray, dataset_json: DatasetJson) -> n
     Regions (e.g. BraTS WT/TC/ET) are painted in order with ``regions_class_order`` (later regions win,
     nnU-Net's convention), each only where every region containing it is on too (TC inside WT, ET inside
     TC): a nested region that is on outside its parent would otherwise be painted and then count as the
-    parent (an undecided TC channel painted over the whole brain). Plain labels take the arg-max class.
+    parent (an undecided TC channel painted over the whole brain). Plain labels take the arg-max class. The
+    map's dtype holds every declared label (``label_file_dtype``: uint8, int16 above 255).
     """
+    dtype = label_file_dtype(max(dataset_json.label_values, default=0))
     if not dataset_json.has_regions:
-        return probs.argmax(0).astype(np.uint8)
+        return probs.argmax(0).astype(dtype)
     regions = [set(r) for r in dataset_json.regions()]
     on = probs > 0.5
-    labels = np.zeros(probs.shape[1:], np.uint8)
+    labels = np.zeros(probs.shape[1:], dtype)
     # strict: a short regions_class_order would leave the last regions unpainted (dataset.json checks it too)
     for k, (region, value) in enumerate(zip(regions, dataset_json.regions_class_order, strict=True)):
         # fix: nested painting (nnU-Net paints each region alone)

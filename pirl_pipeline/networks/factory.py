@@ -2,11 +2,14 @@
 
 Checkpoints store that description, so ``build_network(ckpt["network_kwargs"])`` rebuilds the model alone.
 Kinds: ``pirl`` (PIRLNet), ``swinunetr`` (plain MONAI SwinUNETR, the baseline) and ``dynunet`` (MONAI
-DynUNet configured like nnU-Net's plain 3D U-Net, the other baseline).
+DynUNet configured like nnU-Net's plain 3D U-Net, the other baseline). :func:`canonical` is the one way to
+compare two descriptions: a description saved before an argument existed (e.g. ``decoder_skips``) describes
+the network that argument's default builds.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from monai.networks.nets import DynUNet, SwinUNETR
@@ -15,6 +18,7 @@ from torch import nn
 from pirl_pipeline.networks.pirl_net import PIRLNet
 
 KINDS = ("pirl", "swinunetr", "dynunet")
+_CLASSES: dict[str, type[nn.Module]] = {"pirl": PIRLNet, "swinunetr": SwinUNETR, "dynunet": DynUNet}
 
 
 def dynunet_kwargs(in_channels: int, out_channels: int, feature_size: int) -> dict[str, Any]:
@@ -59,6 +63,28 @@ def create(
     return build_network(description), description
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what a description holds after a JSON or checkpoint round trip."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def canonical(description: Any) -> Any:
+    """``description`` with every constructor argument it leaves out filled in with that argument's default
+    (``{"kind": ..., **defaults of the kind's constructor, **description}``, tuples as lists), so a description
+    written before an argument existed equals the one written after with that argument at its default. Use it
+    on both sides of a comparison; anything that is not a known kind's description is returned unchanged."""
+    if not isinstance(description, dict) or description.get("kind") not in KINDS:
+        return description
+    params = inspect.signature(_CLASSES[description["kind"]]).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return _plain({"kind": description["kind"], **defaults, **description})
+
+
 def build_network(description: dict[str, Any]) -> nn.Module:
     """The network ``{"kind": ..., **kwargs}`` describes; a description it cannot build is a ValueError."""
     if not isinstance(description, dict) or description.get("kind") not in KINDS:
@@ -67,6 +93,6 @@ def build_network(description: dict[str, Any]) -> nn.Module:
     kwargs = dict(description)
     kind = kwargs.pop("kind")
     try:
-        return {"pirl": PIRLNet, "swinunetr": SwinUNETR, "dynunet": DynUNet}[kind](**kwargs)
+        return _CLASSES[kind](**kwargs)
     except TypeError as err:  # a missing or unknown argument
         raise ValueError(f"a {kind} network cannot be built from {sorted(kwargs)}: {err}") from None

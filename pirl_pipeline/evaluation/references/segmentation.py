@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from pirl_pipeline.data.dataset_json import DatasetJson
+from pirl_pipeline.data.dataset_json import DatasetJson, label_file_dtype
 from pirl_pipeline.data.image_io import read_array, write_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import subset_name
@@ -280,7 +280,7 @@ def segmentation_reference(kind: str, images: dict[int, np.ndarray], dj: Dataset
     else:
         model = _check_model(kind, model)
         region, label = model.lesion(images, mask_fn), model.label
-    out = np.zeros(region.shape, np.uint8 if max(dj.label_values) < 256 else np.int16)
+    out = np.zeros(region.shape, label_file_dtype(max(dj.label_values, default=0)))
     out[region] = label
     return out
 
