@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pirl_pipeline.cli.common import DEVICE_HELP, command, positive_int, resolve_device
 from pirl_pipeline.cli.evaluate import add_small_et_arguments, segmentation_options
-from pirl_pipeline.cli.predict import model_folder_from
+from pirl_pipeline.cli.predict import model_folders
 from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import (
@@ -82,8 +82,7 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str
 
 
 def run(args: argparse.Namespace) -> None:
-    args.model_folder = None
-    folder = model_folder_from(args)
+    folder = model_folders(None, args.dataset, args.task, args.configuration, [args.trainer] if args.trainer else None)[0]
     task = get_task(args.task)
     if args.complete_with and not task.predicts_labels:
         raise PirlInputError("--complete_with: only with -t seg (it completes cases for the seg model)")

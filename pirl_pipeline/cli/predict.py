@@ -69,25 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_folders_from(args: argparse.Namespace) -> list[Path]:
-    """The model folder(s) to predict with: ``-m`` as given, else one per ``-tr`` trainer (default: the task's)."""
-    if args.model_folders:
-        return list(args.model_folders)
-    if not args.dataset or not args.task:
+def model_folders(folders: list[Path] | None, dataset: str | None, task: str | None, configuration: str,
+                  trainers: list[str] | None) -> list[Path]:
+    """The model folder(s) to predict with: ``folders`` (``-m``) as given, else one per trainer (``-tr``;
+    default: the task's) of ``dataset``/``task``/``configuration``. Shared by the commands that load models."""
+    if folders:
+        return list(folders)
+    if not dataset or not task:
         raise PirlInputError("give -m MODEL_FOLDER, or -d DATASET with -t TASK (and optionally -c, -tr)")
-    name = find_dataset_name(args.dataset, results_root())
-    trainers = args.trainers or [get_task(args.task).default_trainer]
+    name = find_dataset_name(dataset, results_root())
+    trainers = trainers or [get_task(task).default_trainer]
     if len(set(trainers)) != len(trainers):
         raise PirlInputError(f"-tr {' '.join(trainers)}: a trainer is named twice")
-    return [model_folder(name, trainer, configuration=args.configuration) for trainer in trainers]
-
-
-def model_folder_from(args: argparse.Namespace) -> Path:
-    """One model folder from ``args.model_folder`` or ``args.dataset``/``task``/``configuration``/``trainer`` (the
-    single-model commands' options, e.g. ``pirl_evaluate_missing``)."""
-    single = argparse.Namespace(**{**vars(args), "model_folders": [args.model_folder] if args.model_folder else None,
-                                   "trainers": [args.trainer] if args.trainer else None})
-    return model_folders_from(single)[0]
+    return [model_folder(name, trainer, configuration=configuration) for trainer in trainers]
 
 
 def parse_channels(text: str | None) -> set[int] | None:
@@ -129,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise PirlInputError("-device cuda: no CUDA device is available")
-    folders = model_folders_from(args)
+    folders = model_folders(args.model_folders, args.dataset, args.task, args.configuration, args.trainers)
     predictor = load_predictor(folders, folds, checkpoint=args.checkpoint, device=device,
                                fused_attention=not args.disable_fused_attention,
                                step_size=args.step_size, mirror=not args.disable_tta,
