@@ -118,12 +118,9 @@ class TrainerConfig:
             raise PirlInputError(f"lr must be a finite number >= 0, got {self.lr}")
         if self.window_size is not None and self.window_size < 1:
             raise PirlInputError(f"window_size must be a positive number of tokens; got {self.window_size}")
-        def whole(value: Any) -> bool:  # int or numpy integer, not bool
-            return hasattr(value, "__index__") and not isinstance(value, bool)
-
-        if not (whole(self.seed) and 0 <= self.seed < 2**32):  # the CLI's --seed range (numpy's)
+        if not (_whole(self.seed) and 0 <= self.seed < 2**32):  # the CLI's --seed range (numpy's)
             raise PirlInputError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
-        if self.num_workers is not None and not (whole(self.num_workers) and self.num_workers >= 0):
+        if self.num_workers is not None and not (_whole(self.num_workers) and self.num_workers >= 0):
             raise PirlInputError(f"num_workers must be a whole number >= 0, or None (the default), got "
                                  f"{self.num_workers!r}")
         if self.class_weights not in ("auto", "none"):
@@ -191,6 +188,11 @@ class TrainerConfig:
                 kind = getattr(types[key], "__name__", str(types[key]))
                 raise PirlInputError(f"{pair!r}: {key} takes {kind}; {err}") from None
         return TrainerConfig.from_dict(d)
+
+
+def _whole(value: Any) -> bool:
+    """An int or numpy integer, not a bool."""
+    return hasattr(value, "__index__") and not isinstance(value, bool)
 
 
 def _parse(value: str, kind: Any) -> Any:
