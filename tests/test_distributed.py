@@ -136,11 +136,10 @@ def _reduce_in_group(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def test_empty_validation_shard_two_gloo_processes(tmp_path):
-    from pirl_pipeline.training.base_trainer import epoch_row
-
+def _run_two_ranks(target, folder: Path) -> None:
+    """``target(rank, folder)`` in two spawned processes (ranks 0 and 1); both must finish cleanly within 90 s."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_reduce_in_group, args=(rank, str(tmp_path))) for rank in (0, 1)]
+    procs = [ctx.Process(target=target, args=(rank, str(folder))) for rank in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
@@ -149,6 +148,12 @@ def test_empty_validation_shard_two_gloo_processes(tmp_path):
     for p in hung:
         p.kill()
     assert not hung and all(p.exitcode == 0 for p in procs)
+
+
+def test_empty_validation_shard_two_gloo_processes(tmp_path):
+    from pirl_pipeline.training.base_trainer import epoch_row
+
+    _run_two_ranks(_reduce_in_group, tmp_path)
     rows = [epoch_row(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
     assert rows[0] == rows[1] == {"train/loss": 3.5, "val/loss": 2.0, "val/metric": 0.75}
 
@@ -182,16 +187,7 @@ def test_a_held_fold_is_every_ranks_error_two_gloo_processes(tmp_path):
     (held / ".pirl-lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                  "command": "pirl_train x", "time": time.time(),
                                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_lock_in_group, args=(rank, str(tmp_path))) for rank in (0, 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=90)
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-    assert not hung and all(p.exitcode == 0 for p in procs)
+    _run_two_ranks(_lock_in_group, tmp_path)
     outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert outcomes[0] == outcomes[1] and outcomes[0]["fold_free"] == "locked"
     assert f"another pirl run (pid {os.getpid()}" in outcomes[0]["fold_held"]
