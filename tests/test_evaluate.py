@@ -11,7 +11,8 @@ import pytest
 from pirl_pipeline.cli.evaluate import main
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.evaluation.evaluate import mean_table
-from pirl_pipeline.evaluation.metrics import HD95_PENALTY_MM, bounding_box, psnr, ssim
+from pirl_pipeline.evaluation.image_similarity import psnr, ssim
+from pirl_pipeline.evaluation.metrics import HD95_PENALTY_MM, bounding_box
 from pirl_pipeline.evaluation.segmentation import (
     SegmentationOptions,
     default_empty_reference,

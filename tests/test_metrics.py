@@ -16,6 +16,7 @@ from monai.metrics import (
 )
 from monai.metrics.regression import compute_ssim_and_cs
 
+from pirl_pipeline.evaluation.image_similarity import image_metrics, nmse, percentile_scale, psnr, ssim, ssim_map
 from pirl_pipeline.evaluation.metrics import (
     HD95_PENALTY_MM,
     apply_empty_reference,
@@ -23,13 +24,7 @@ from pirl_pipeline.evaluation.metrics import (
     detection,
     dice,
     hd95,
-    image_metrics,
-    nmse,
     overlap_metrics,
-    percentile_scale,
-    psnr,
-    ssim,
-    ssim_map,
     surface_dice,
 )
 

@@ -10,7 +10,7 @@ import pytest
 from dataset_conversion.generic_folder import main as convert
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.data.image_io import read_array
-from pirl_pipeline.evaluation.metrics import IMAGE_METRICS
+from pirl_pipeline.evaluation.image_similarity import IMAGE_METRICS
 from pirl_pipeline.evaluation.references.common import raw_cases
 from pirl_pipeline.evaluation.references.segmentation import (
     ThresholdModel,

@@ -3,8 +3,8 @@
 The mask of a case is the union of the non-zero (finite) voxels of ALL its reference channels — derived
 from the reference only. The prediction is used exactly as written: its background is never replaced by
 reference voxels (the paper's reference code does that; it inflates every score). Two sets of scores
-(:func:`pirl_pipeline.evaluation.metrics.image_metrics`): ``PSNR``/``NMSE``/``SSIM`` on intensities that
-:func:`~pirl_pipeline.evaluation.metrics.percentile_scale` has mapped to [0, 1] per volume (prediction and
+(:func:`pirl_pipeline.evaluation.image_similarity.image_metrics`): ``PSNR``/``NMSE``/``SSIM`` on intensities that
+:func:`~pirl_pipeline.evaluation.image_similarity.percentile_scale` has mapped to [0, 1] per volume (prediction and
 reference each by its own 0.5/99.5 percentiles inside the mask; BraTS-synthesis style, insensitive to MRI's
 arbitrary gain and offset), and ``PSNR_raw``/``NMSE_raw``/``SSIM_raw`` on the written intensities with the
 data range (max - min) of the reference inside the mask. A channel with no file in the prediction folder
@@ -19,7 +19,7 @@ label > 0). Each volume is scaled by :func:`brasyn_scale` — its own 0.5/99.5 p
 volume, background included, the lower one floored at 0 (BraSyn's ``strictlyPositive``), clipped to [0, 1] —
 then both volumes are multiplied by the region (tumour, or everything outside it, scan background included)
 and SSIM is averaged over the region's voxels, with the data range torchmetrics infers (the larger max - min of
-the two masked volumes). Where pirl differs: the SSIM is pirl's (:func:`~pirl_pipeline.evaluation.metrics.ssim`,
+the two masked volumes). Where pirl differs: the SSIM is pirl's (:func:`~pirl_pipeline.evaluation.image_similarity.ssim`,
 MONAI's 11^3 Gaussian window, valid windows only), so voxels within 5 of the array border are not averaged
 (torchmetrics pads them by reflection; on BraTS they are background); the floor is applied to the voxels before
 the percentile (``percentile_scale`` of ``max(volume, 0)``), equal to flooring the percentile except when it falls
@@ -47,7 +47,13 @@ from pirl_pipeline.evaluation.evaluate import (
     resolve_dataset_json,
     run_cases,
 )
-from pirl_pipeline.evaluation.metrics import IMAGE_METRICS, SCALE_PERCENTILES, image_metrics, percentile_scale, ssim
+from pirl_pipeline.evaluation.image_similarity import (
+    IMAGE_METRICS,
+    SCALE_PERCENTILES,
+    image_metrics,
+    percentile_scale,
+    ssim,
+)
 
 log = logging.getLogger("pirl")
 BRASYN_METRICS = ("BraSyn_SSIM_tumor", "BraSyn_SSIM_non_tumor")

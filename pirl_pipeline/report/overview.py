@@ -27,7 +27,7 @@ from matplotlib.patches import Patch
 
 from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.metrics import percentile_scale
+from pirl_pipeline.evaluation.image_similarity import percentile_scale
 from pirl_pipeline.evaluation.translation import reference_mask
 from pirl_pipeline.plots import save_figure
 from pirl_pipeline.report.collect import PredictionFolder, format_value

@@ -22,7 +22,7 @@ import torch
 from pirl_pipeline.checkpoint import PretrainedWeights, transfer_weights
 from pirl_pipeline.dataloading import PreprocessedDataset
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.metrics import psnr
+from pirl_pipeline.evaluation.image_similarity import psnr
 from pirl_pipeline.losses.invariance import InvarianceLoss
 from pirl_pipeline.losses.segmentation import SegmentationLoss, class_weights_from_counts
 from pirl_pipeline.losses.translation import TranslationLoss
