@@ -69,7 +69,8 @@ def settings_run(work: Path) -> str:
     """What each kind of training stage actually ran, from the recorded commands (timings.json): steps
     (``--iters`` x ``--epochs``), lr, Swin window and ``--set`` fields besides the seed, e.g. "train seg: 200
     steps, lr 0.001, window 4, full_modality_share=0.5 lr_schedule=poly" — the truth when runs used other
-    budgets (a command without ``--lr`` / ``--window-size`` ran the defaults: 2e-4, the plans' window 7)."""
+    budgets (a command without ``--lr`` / ``--window-size`` ran the defaults: 2e-4, the plans' window 7; a DynUNet
+    trainer has no window)."""
     file = work / "timings.json"
     kinds: dict[str, set[str]] = {}
     for name, t in (load_json(file) if file.is_file() else {}).items():
@@ -85,8 +86,11 @@ def settings_run(work: Path) -> str:
                 fields[pair.split("=")[0]] = pair  # the last one wins, as in pirl_train
         kind = " ".join(w for w in name.split() if w in ("pretrain", "train") or w in PARTS)
         steps = int(_flag(words, "--iters", "0")) * int(_flag(words, "--epochs", "0"))
-        kinds.setdefault(kind, set()).add(f"{steps} steps, lr {_flag(words, '--lr', '2e-4')}, window "
-                                          f"{_flag(words, '--window-size', '7')}, " + " ".join(sorted(fields.values())))
+        trainer = _flag(words, "-tr", "")
+        window = ("no window (DynUNet)" if trainer.startswith("DynUNet")
+                  else f"window {_flag(words, '--window-size', '7')}")
+        kinds.setdefault(kind, set()).add(f"{steps} steps, lr {_flag(words, '--lr', '2e-4')}, {window}, "
+                                          + " ".join(sorted(fields.values())))
     return "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in sorted(kinds.items())) or "none recorded"
 
 

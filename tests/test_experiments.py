@@ -86,8 +86,11 @@ def test_settings_run_reads_the_recorded_commands(tmp_path):
     save_json({"train pirl seg fold0": {"seconds": 1, "command": base + " --set seed=1 lr_schedule=constant"},
                "train pirl_seed2 seg fold0": {"seconds": 1, "command": base + " --window-size 4 --lr 0.001 --set "
                                               "seed=2 lr_schedule=constant lr_schedule=poly --pretrained X"},
+               "train dynunet_scratch seg fold0": {"seconds": 1, "command": base + " -tr DynUNetSegTrainer --set "
+                                                   "seed=1 lr_schedule=constant"},
                "evaluate pirl seg fold0": {"seconds": 1, "command": "python -m x -d D"}}, tmp_path / "timings.json")
     assert settings_run(tmp_path) == ("train seg: 200 steps, lr 0.001, window 4, lr_schedule=poly / "
+                                      "200 steps, lr 2e-4, no window (DynUNet), lr_schedule=constant / "
                                       "200 steps, lr 2e-4, window 7, lr_schedule=constant")
 
 
