@@ -167,6 +167,8 @@ class TrainerConfig:
         known = {f.name for f in fields(cls)}
         if "variant" not in d:  # saved before the representation fixes existed: it ran the reference behaviour
             d = {**d, "variant": "paper"}
+        else:  # a fix added after the config was saved (saved configs pin every fix): the run did not use it
+            d = {**VARIANTS["paper"], **d}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def changes(self, other: TrainerConfig) -> list[tuple[str, Any, Any]]:

@@ -32,6 +32,16 @@ def test_the_paper_preset_switches_every_fix_off_and_a_field_overrides_its_varia
     assert set(REPRESENTATION_FIXES) == set(VARIANTS["default"])
 
 
+def test_a_fix_missing_from_a_saved_config_reads_as_off():
+    """A config saved before a fix existed (saved configs write every fix out) ran without it: the paper value,
+    not today's default."""
+    saved = TrainerConfig().pinned().to_dict()
+    del saved["fusion"], saved["skip_dropout"]
+    restored = TrainerConfig.from_dict(saved)
+    assert (restored.resolved("fusion"), restored.resolved("skip_dropout")) == ("mean", 0.0)
+    assert restored.resolved("prior_attention") == "cosine"  # what it recorded stays
+
+
 @pytest.mark.parametrize("setting", ["variant=best", "fusion=sum", "prior_attention=flash", "skip_dropout=1.5",
                                      "subject_contrastive=-1", "health_subjects=1",
                                      "decoder_skips=6"])
