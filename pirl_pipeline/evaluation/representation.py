@@ -1,5 +1,5 @@
 """Is the representation personalised and invariant? The same subject seen through different modalities
-should land close together, different subjects apart (DESIGN.md §1, the paper's central claim).
+should land close together, different subjects apart (docs/design.md §1, the paper's central claim).
 
 Embeddings: for each held-out case (a preprocessed (C, z, y, x) array, already normalised) the centre patch
 of the network's patch size (zero-padded where the case is smaller, as the validation patches are cut);

@@ -1,4 +1,4 @@
-"""PIRLNet: SwinUNETR encoder/decoder + population prior O + heads on z (DESIGN.md §2)."""
+"""PIRLNet: SwinUNETR encoder/decoder + population prior O + heads on z (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Population prior O and its channel-wise attention fusion (DESIGN.md §2)."""
+"""Population prior O and its channel-wise attention fusion (docs/design.md §2)."""
 
 from __future__ import annotations
 
