@@ -44,7 +44,6 @@ from pirl_pipeline.data.dataset_json import (
     label_file_dtype,
     list_cases,
     load_dataset_json,
-    modality_kind,
     parse_dataset_json,
 )
 from pirl_pipeline.data.image_io import Geometry, read_image, write_array
@@ -55,6 +54,7 @@ from pirl_pipeline.data.integrity import (
     check_not_empty,
     degenerate_warnings,
 )
+from pirl_pipeline.data.modalities import modality_kind
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import make_dirs, os_reason, remove_stale, save_json, temp_name
 from pirl_pipeline.paths import dataset_folder_name, raw_root
@@ -303,7 +303,7 @@ class RawDatasetWriter:
             raise PirlInputError(f"{origin}: case name {name} is already used by another case")
         self._names.add(name)
         assert len(images) == len(self.channel_names), f"{name}: wrong number of channels"
-        for warning in degenerate_warnings(images, self.channel_names, [modality_kind(n) for n in self.channel_names]):
+        for warning in degenerate_warnings(images, self.channel_names):
             log.warning("case %s: %s", name, warning)
         for index, array in enumerate(images):
             write_array(array, geometry, self._tmp / f"images{subset}" / channel_file_name(name, index, FILE_ENDING))

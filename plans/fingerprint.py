@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pirl_pipeline.data.dataset_json import DatasetJson, RawCase, modality_kind
+from pirl_pipeline.data.dataset_json import DatasetJson, RawCase
 from pirl_pipeline.data.geometry import bounding_box, crop, nonzero_mask
 from pirl_pipeline.data.integrity import degenerate_warnings, load_case
+from pirl_pipeline.data.modalities import modality_kind
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.parallel import parallel_map
 
@@ -41,9 +42,8 @@ def case_fingerprint(case: RawCase, dj: DatasetJson, check: bool, seed: int = 12
     rng = np.random.default_rng(seed)
     samples, body_samples = sample_voxels(data, foreground, rng), sample_voxels(data, crop(mask, box), rng)
     names = [dj.channel_names[str(c)] for c in range(dj.num_channels)]
-    kinds = [modality_kind(n) for n in names]
     return {
-        "warnings": degenerate_warnings(loaded.data, names, kinds, loaded.channels) if check else [],
+        "warnings": degenerate_warnings(loaded.data, names, loaded.channels) if check else [],
         "name": case.name,
         "channels": list(loaded.channels),
         "spacing": list(loaded.geometry.spacing),

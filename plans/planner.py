@@ -8,8 +8,8 @@ Rules (each explained again inside the JSON, so a reader of the plans sees why):
   bottleneck that instance norm cannot normalise); images smaller than that (PET crops ~30 voxels across) are
   padded when patches are drawn (image 0, label -1: not learnt), and the share of padding is explained and,
   above half a patch, warned about;
-- normalisation per channel from the modality name (MRI z-score on the non-zero mask, CT, PET), explained with
-  the dataset's numbers;
+- normalisation per channel from the modality name's kind (``data/modalities.py``: MRI z-score on the non-zero
+  mask, CT, PET), explained with the dataset's numbers;
 - network: the paper's SwinUNETR backbone, feature_size 48 (override with ``--feature-size`` for CPUs).
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 
 from pirl_pipeline.data.dataset_json import DatasetJson
 from pirl_pipeline.data.geometry import ANISOTROPY_THRESHOLD, shape_for_spacing
+from pirl_pipeline.data.modalities import modality, normalizer
 from plans.plans_manager import ConfigurationPlans, Plans
 
 log = logging.getLogger("pirl")
 DEFAULT_PATCH = 96
 MIN_PATCH = 64
-SCHEME_BY_KIND = {"MRI": "ZScoreNormalization", "CT": "CTNormalization", "PET": "PETNormalization"}
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:
@@ -57,18 +57,9 @@ def padding_fraction(median_shape: list[float], patch_size: list[int]) -> float:
 
 def normalization_explanation(channel_names: dict[str, str], schemes: list[str], props: dict) -> str:
     """One clause per channel: what its scheme does, with this dataset's foreground statistics ``props``."""
-    def clause(scheme: str, p: dict) -> str:
-        if scheme == "CTNormalization":
-            return (f"HU clipped to the foreground 0.5/99.5 percentiles [{p['percentile_00_5']:.0f}, "
-                    f"{p['percentile_99_5']:.0f}], then z-scored with the foreground mean {p['mean']:.0f} and std "
-                    f"{p['std']:.0f} (nnU-Net's CT scheme)")
-        if scheme == "PETNormalization":
-            return (f"SUV kept un-centred, max(SUV, 0) / {p['percentile_99_5']:.3g} (foreground p99.5): background "
-                    "stays 0 and SUV ratios survive")
-        return "z-score per image (MRI has no physical unit)"
-
-    return "from the channel names; " + "; ".join(
-        f"{c} ({channel_names[str(c)]}): {clause(scheme, props[str(c)])}" for c, scheme in enumerate(schemes))
+    return "from the channel names; " + "; ".join(f"{c} ({channel_names[str(c)]}): "
+                                                  f"{normalizer(scheme).explain(props[str(c)])}"
+                                                  for c, scheme in enumerate(schemes))
 
 
 def network_block(patch_size: list[int], feature_size: int = 48) -> dict:
@@ -105,9 +96,10 @@ def plan(fingerprint: dict, dj: DatasetJson, dataset_name: str, configuration: s
                     "label -1, not learnt); a finer --spacing, or converting onto a finer channel's grid, gives the "
                     "network more voxels", patch, [round(s) for s in median_shape], 100 * padding)
     kinds = fingerprint["modality_kinds"]
-    schemes = [SCHEME_BY_KIND[k] for k in kinds]
+    normalizers = [modality(dj.channel_names[str(c)]).normalizer for c in range(dj.num_channels)]
+    schemes = [n.scheme for n in normalizers]
     cropped_fraction = float(np.mean(np.prod(shapes, 1) / np.prod(fingerprint["shapes_before_cropping"], 1)))
-    use_mask = [s == "ZScoreNormalization" and cropped_fraction < 0.75 for s in schemes]
+    use_mask = [n.uses_body_mask and cropped_fraction < 0.75 for n in normalizers]
     batch_size = 2
     config = ConfigurationPlans(
         name=configuration,

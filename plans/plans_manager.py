@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pirl_pipeline.data.modalities import scheme_names
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json, save_json
 
 log = logging.getLogger("pirl")
 PLANS_FILE = "PIRLPlans.json"
-NORMALIZATION_SCHEMES = ("ZScoreNormalization", "CTNormalization", "PETNormalization", "NoNormalization")
 
 
 @dataclass
@@ -42,8 +42,9 @@ class ConfigurationPlans:
         if missing:
             raise PirlInputError(f"plans configuration {name!r}: missing key(s) {', '.join(missing)}")
         for scheme in d["normalization_schemes"]:
-            if scheme not in NORMALIZATION_SCHEMES:
-                raise PirlInputError(f"plans configuration {name!r}: unknown normalization scheme {scheme!r}")
+            if scheme not in scheme_names():
+                raise PirlInputError(f"plans configuration {name!r}: unknown normalization scheme {scheme!r} "
+                                     f"(known: {', '.join(scheme_names())})")
         if len(d["patch_size"]) != 3 or any(int(s) % 32 or int(s) < 32 for s in d["patch_size"]):
             raise PirlInputError(f"plans configuration {name!r}: patch_size must be 3 sides, each a multiple "
                                  f"of 32 (SwinUNETR), got {d['patch_size']}")

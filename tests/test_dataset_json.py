@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pirl_pipeline.data.dataset_json import RawCase, list_cases, load_dataset_json, modality_kind
+from pirl_pipeline.data.dataset_json import RawCase, list_cases, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from tests.synthetic import write_image, write_raw_dataset
 
@@ -111,9 +111,3 @@ def test_raw_case_channels_default_to_a_complete_case(tmp_path):
     assert RawCase("a", (tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz")).channels == (0, 1)
     with pytest.raises(ValueError, match="do not match"):
         RawCase("a", (tmp_path / "a_0000.nii.gz",), channels=(0, 2))
-
-
-@pytest.mark.parametrize("name, kind", [("T1", "MRI"), ("FLAIR", "MRI"), ("CT", "CT"), ("CTres", "CT"),
-                                        ("PET", "PET"), ("SUV", "PET"), ("whatever", "MRI")])
-def test_modality_kind(name, kind):
-    assert modality_kind(name) == kind

@@ -33,7 +33,7 @@ def test_zscore_on_mask_sets_background_to_zero_and_inverts():
     image[mask] = rng.normal(300, 40, mask.sum())
     out, params = normalize_channel(image.copy(), "ZScoreNormalization", mask, None, use_mask=True)
     assert abs(out[mask].mean()) < 1e-5 and abs(out[mask].std() - 1) < 1e-4 and (out[~mask] == 0).all()
-    np.testing.assert_allclose(denormalize_channel(out, params)[mask], image[mask], rtol=1e-5)
+    np.testing.assert_allclose(denormalize_channel(out, params, "ZScoreNormalization")[mask], image[mask], rtol=1e-5)
 
 
 def test_ct_clips_to_dataset_percentiles_and_pet_keeps_zero():
@@ -44,7 +44,7 @@ def test_ct_clips_to_dataset_percentiles_and_pet_keeps_zero():
     pet = np.array([-1.0, 0.0, 400.0], np.float32)
     out, params = normalize_channel(pet, "PETNormalization", None, props, use_mask=False)
     np.testing.assert_allclose(out, [0.0, 0.0, 2.0])
-    np.testing.assert_allclose(denormalize_channel(out, params)[1:], [0.0, 400.0])
+    np.testing.assert_allclose(denormalize_channel(out, params, "PETNormalization")[1:], [0.0, 400.0])
     with pytest.raises(ValueError, match="unknown"):
         normalize_channel(ct, "Magic", None, props, use_mask=False)
 

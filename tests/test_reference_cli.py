@@ -23,3 +23,12 @@ def test_reference_folders_are_scored_by_pirl_evaluate(pirl_raw, tmp_path):
     assert np.array_equal(copied, source) and not (tr / "case000_0000.nii.gz").exists()
     assert reference_main(["-i", str(raw / "imagesTr"), "-o", str(tr), "-d", "941", "-t", "seg",
                            "--kind", "identity"]) == 2  # a translation reference for seg: one-line error
+
+
+def test_threshold_reads_a_flair_named_t2f(pirl_raw, tmp_path):
+    """BraTS 2023 names FLAIR "t2f": the threshold reference fits on it, not on channel 0 (was: "flair" in the name)."""
+    raw = write_raw_dataset(pirl_raw, 942, "RefT2f", num_cases=2, shape=(12, 14, 13), channels={"0": "T1", "1": "T2f"})
+    seg = tmp_path / "seg_threshold"
+    assert reference_main(["-i", str(raw / "imagesTr"), "-o", str(seg), "-d", "942", "-t", "seg",
+                           "--kind", "threshold"]) == 0
+    assert load_json(seg / "reference.json")["channel"] == 1

@@ -85,6 +85,8 @@ def test_label_and_channel_rules():
              ({"0": "T1", "1": "T2"}, 1), ({"0": "a", "1": "b"}, 0)]
     for channels, expected in names:
         assert lesion_channel(DatasetJson(channels, {"background": 0, "x": 1}, 1)) == expected
+    four = DatasetJson({"0": "T1", "1": "T2", "2": "T2-FLAIR", "3": "PET"}, {"background": 0, "x": 1}, 1)
+    assert [lesion_channel(four, given) for given in ([0, 1, 2], [0, 1], [0, 3], [3, 0], [0])] == [2, 1, 3, 3, 0]
 
 
 def test_identity_writes_the_source_as_every_target(dataset, tmp_path):

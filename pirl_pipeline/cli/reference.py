@@ -3,10 +3,11 @@ scores them exactly like a model's. A metric means something only beside them.
 
 seg:       ``whole_brain`` (every brain voxel of the given channels is tumour: every voxel non-zero in any of
            them; with a CT channel, whose air is -1000 HU, every voxel of the image) or ``threshold`` (an
-           intensity threshold on FLAIR, or on the first given channel, fitted on the dataset's labelled
-           training cases); PET, nothing fitted, on the channel named PET/SUV (or the one --channels C) in
-           its raw units: ``suv_threshold --threshold 2.5`` (SUV >= 2.5) and ``suvmax_fraction --fraction
-           0.41`` (>= 41 % of the case's maximum of that channel in the image: on a crop, the crop's)
+           intensity threshold on FLAIR (or T2f, T2-FLAIR), else T2, else PET, else the first given channel,
+           fitted on the dataset's labelled training cases); PET, nothing fitted, on the channel named PET/SUV
+           (or the one --channels C) in its raw units: ``suv_threshold --threshold 2.5`` (SUV >= 2.5) and
+           ``suvmax_fraction --fraction 0.41`` (>= 41 % of the case's maximum of that channel in the image: on a
+           crop, the crop's)
 translate: ``identity`` (the source channel copied as every target) or ``histogram`` (a source -> target
            intensity mapping fitted on the training cases)
 """
@@ -26,6 +27,7 @@ from pirl_pipeline.evaluation.references.segmentation import (
     UPTAKE_KINDS,
     UptakeThreshold,
     fit_threshold,
+    lesion_channel,
     lesion_label,
     uptake_channel,
     write_segmentation_references,
@@ -92,9 +94,7 @@ def run(args: argparse.Namespace) -> None:
         cases = {c: {k: f[k] for k in channels if k in f} for c, f in cases.items()}
         model = None
         if args.kind == "threshold":
-            names = [dj.channel_names[str(c)].lower() for c in channels]
-            channel = next((c for c, n in zip(channels, names) if "flair" in n), channels[0])
-            model = fit_threshold(train, labels, dj, channel=channel)
+            model = fit_threshold(train, labels, dj, channel=lesion_channel(dj, channels))
             fitted |= model.to_dict()
             log.info("threshold %.2f on channel %d (training Dice %.3f, cleanup %s)", model.threshold, model.channel,
                      model.train_dice, model.cleanup)

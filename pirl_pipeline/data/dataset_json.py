@@ -1,9 +1,9 @@
 """dataset.json (nnU-Net v2 format) and the raw-dataset layout.
 
-``channel_names`` maps channel index -> modality name (the name decides normalisation), ``labels`` maps
-name -> value or list of values (a list declares a region, e.g. BraTS whole tumour), ``numTraining`` and
-``file_ending`` as in nnU-Net. An image-only dataset (no ``labelsTr``) is valid: pre-training and
-translation need no labels. ``allow_missing_channels`` (pirl's key, default false) declares an incomplete
+``channel_names`` maps channel index -> modality name (its kind, ``data/modalities.py``, decides normalisation),
+``labels`` maps name -> value or list of values (a list declares a region, e.g. BraTS whole tumour),
+``numTraining`` and ``file_ending`` as in nnU-Net. An image-only dataset (no ``labelsTr``) is valid: pre-training
+and translation need no labels. ``allow_missing_channels`` (pirl's key, default false) declares an incomplete
 dataset: a training case may lack channel files (it needs at least one); without it a missing channel is an error.
 
 Every value is type-checked where it arrives (:func:`parse_dataset_json`): label values are integers
@@ -25,8 +25,6 @@ import numpy as np
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import NAME_MAX, loads, save_json
 
-MRI_NAMES = {"t1", "t1w", "t1n", "t1ce", "t1c", "t1gd", "t2", "t2w", "flair", "t2f", "mri", "mr", "dwi", "adc",
-             "pd", "swi", "bold"}
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 OUTSIDE_BODY = -1  # CASE_seg.npy's value outside the non-zero (body) mask, and in a patch's padding
 MAX_LABEL = int(np.iinfo(np.int16).max)  # the largest label value CASE_seg.npy can store
@@ -79,16 +77,6 @@ def check_case_name(name: str, where: str | os.PathLike) -> str:
                              f"{MAX_CASE_NAME_BYTES} (a file name holds {NAME_MAX} bytes, and pirl adds a temp "
                              "prefix and suffixes such as _0000.nii.gz)")
     return name
-
-
-def modality_kind(channel_name: str) -> str:
-    """'CT', 'PET' or 'MRI' (the default for unknown names: per-image z-score is the safe scheme)."""
-    name = channel_name.strip().lower()
-    if name in ("ct", "ctres") or name.startswith("ct"):
-        return "CT"
-    if name in ("pet", "suv") or name.startswith("pet"):
-        return "PET"
-    return "MRI"
 
 
 @dataclass

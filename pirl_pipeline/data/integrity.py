@@ -19,10 +19,10 @@ import SimpleITK as sitk
 
 from pirl_pipeline.data.dataset_json import MAX_LABEL, RawCase
 from pirl_pipeline.data.image_io import Geometry, read_image
+from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.errors import PirlInputError
 
 MIN_SIDE = 8  # an image with fewer voxels along an axis is warned about (and refused by the demo generator)
-SUV_PLAUSIBLE_MAX = 200.0  # FDG SUV stays far below (bladder ~100); activity in Bq/ml is in the thousands
 
 
 def check_same_grid(reference: Geometry, reference_path: Path, other: Geometry, other_path: Path) -> None:
@@ -52,35 +52,32 @@ def check_not_empty(array: np.ndarray, path: Path) -> None:
         raise PirlInputError(f"{path}: every voxel is 0 (an empty image)")
 
 
-def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str], kinds: list[str],
+def degenerate_warnings(data: Sequence[np.ndarray], channel_names: list[str],
                         channels: Sequence[int] | None = None) -> list[str]:
     """What is odd about a valid case (its channels, each (z, y, x)), one short text each, case name not
     included: a channel constant inside the non-zero region (stored with std 0, it normalises to 0), a side
     under MIN_SIDE voxels, or MRI without a single 0 voxel (z-scored or not skull-stripped: the crop to the
-    non-zero region and the body mask then do nothing). Modality-aware (``kinds``): the zero-background rule is
-    MRI's alone (CT air is -1000 HU and PET background is near 0, not 0: no zero is expected there); CT without
-    a value between -1000 and 0 (no fat, no lung; -1000 itself may be padding) is not in Hounsfield units (the
-    rescale intercept not applied?), PET above
-    SUV_PLAUSIBLE_MAX is not SUV (Bq/ml?), and their normalisation relies on these units being the same in every
-    case. ``channels``: the dataset channel index of each array (default 0, 1, ...), which indexes
-    ``channel_names`` and ``kinds``; only these channels are looked at."""
+    non-zero region and the body mask then do nothing). Modality-aware (each name's kind, ``data/modalities.py``):
+    the zero-background rule is MRI's alone (CT air is -1000 HU and PET background is near 0, not 0: no zero is
+    expected there); CT without a value between -1000 and 0 (no fat, no lung; -1000 itself may be padding) is not
+    in Hounsfield units (the rescale intercept not applied?), PET above SUV_PLAUSIBLE_MAX is not SUV (Bq/ml?), and
+    their normalisation relies on these units being the same in every case (``Modality.units_warning``).
+    ``channels``: the dataset channel index of each array (default 0, 1, ...), which indexes ``channel_names``;
+    only these channels are looked at."""
     found = []
     channels = list(range(len(data))) if channels is None else list(channels)
+    kinds = {c: modality(channel_names[c]) for c in channels}
     body = np.logical_or.reduce([channel != 0 for channel in data])
     for c, channel in zip(channels, data, strict=True):
         values = channel[body]
         if values.size and values.min() == values.max():
             found.append(f"channel {c} ({channel_names[c]}) is constant inside the non-zero region "
                          "(std 0: it normalises to 0)")
-        elif kinds[c] == "CT" and not np.any((channel > -1000) & (channel < 0)):
-            found.append(f"channel {c} ({channel_names[c]}) has no value between -1000 and 0, so it is not in "
-                         "Hounsfield units (fat is about -100, lung -800): apply the rescale intercept (e.g. -1024)")
-        elif kinds[c] == "PET" and channel.max() > SUV_PLAUSIBLE_MAX:
-            found.append(f"channel {c} ({channel_names[c]}) reaches {channel.max():.4g}, above any SUV (> "
-                         f"{SUV_PLAUSIBLE_MAX:g}): activity in Bq/ml? convert to SUV first")
+        elif kinds[c].units_warning and (problem := kinds[c].units_warning(channel)):
+            found.append(f"channel {c} ({channel_names[c]}) {problem}")
     if min(body.shape) < MIN_SIDE:
         found.append(f"image of {'x'.join(map(str, body.shape))} voxels (< {MIN_SIDE} along an axis)")
-    if body.all() and all(kinds[c] == "MRI" for c in channels):
+    if body.all() and all(kinds[c].zero_background for c in channels):
         found.append("no voxel is 0 in any channel (z-scored or not skull-stripped?): the crop to the non-zero "
                      "region and the body mask do nothing; zero the background first (pirl_convert_folder --mask)")
     return found

@@ -60,6 +60,7 @@ import torch
 from monai.metrics import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
+from pirl_pipeline.data.modalities import EMPTY_REFERENCE  # the two policies; a dataset's kinds choose its default
 from pirl_pipeline.evaluation.arrays import Array, ratio, to_bool_array
 from pirl_pipeline.evaluation.image_similarity import (
     SCALE_PERCENTILES,
@@ -74,7 +75,6 @@ DETECTION_METRICS = ("CaseTPR", "CaseTNR")
 SURFACE_METRICS = ("HD95", "NSD")
 HD95_PENALTY_MM = 374.0
 NSD_TOLERANCE_MM = 1.0
-EMPTY_REFERENCE = ("one_if_both_empty", "exclude")
 # metrics that compare against a reference lesion: NaN for an empty reference under the "exclude" policy
 NEEDS_REFERENCE_LESION = ("Dice", "HD95", "NSD", "LesionDice", "LesionHD95")
 

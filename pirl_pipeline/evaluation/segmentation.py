@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pirl_pipeline.data.dataset_json import DatasetJson, list_label_files, modality_kind
+from pirl_pipeline.data.dataset_json import DatasetJson, list_label_files
+from pirl_pipeline.data.modalities import empty_reference_policy
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import (
     check_folder,
@@ -125,9 +126,9 @@ class SegmentationOptions:
 
 def default_empty_reference(dj: DatasetJson) -> str:
     """``"exclude"`` when a channel is PET (AutoPET-like data, many lesion-free cases), else
-    ``"one_if_both_empty"`` (BraTS convention); see the module docstring."""
-    kinds = {modality_kind(name) for name in dj.channel_names.values()}
-    return "exclude" if "PET" in kinds else "one_if_both_empty"
+    ``"one_if_both_empty"`` (BraTS convention): the channels' kinds decide (``data/modalities.py``); see the
+    module docstring."""
+    return empty_reference_policy(dj.channel_names.values())
 
 
 POSTPROCESSED = " (post-processed)"  # suffix of the targets scored after the small-ET post-processing

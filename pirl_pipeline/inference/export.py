@@ -1,6 +1,6 @@
 """From network outputs in the preprocessed space back to the original image: undo the resampling, put
 the crop back into the full grid, and turn outputs into label maps or intensities (input channels in the
-input's units; synthesised MRI channels in z-score units, CT/PET in HU/SUV)."""
+input's units; synthesised channels in their scheme's dataset-level units: MRI z-score, CT/PET HU/SUV)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -11,6 +11,7 @@ import torch
 
 from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name, label_file_dtype
 from pirl_pipeline.data.geometry import uncrop
+from pirl_pipeline.data.modalities import normalizer
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
 from plans.plans_manager import Plans
@@ -62,25 +63,12 @@ def labels_from_probabilities(probs: np.ndarray, dataset_json: DatasetJson) -> n
 
 
 def dataset_level_normalization(plans: Plans, channel: int, scheme: str) -> dict:
-    """Inverse-normalisation parameters of a channel the case did not have (a synthesised channel).
-
-    - z-score (MRI): ``{"mean": 0, "std": 1}``, i.e. the synthesised channel is written in the model's
-      z-score units (mean 0 / std 1 over the body), NOT de-normalised. MRI intensities have no physical unit:
-      every scanner and protocol has its own gain and offset, so a dataset-average mean/std would invent a
-      scale the case never had. Scores that compare with the field (pirl_evaluate's PSNR/NMSE/SSIM) rescale
-      every volume by its own percentiles anyway; a user who needs the subject's units must calibrate.
-    - CT (Hounsfield units) and PET (SUV): the dataset-level parameters they always use, since those units
-      are physical and shared across scanners: the output is in HU / SUV.
-    - anything else (NoNormalization): identity.
-    """
-    if scheme == "ZScoreNormalization":
-        return {"mean": 0.0, "std": 1.0}  # fix: z-scored MRI stays in z-score units (was: dataset-average mean/std)
-    if scheme == "CTNormalization":
-        fg = plans.foreground_intensity_properties_per_channel[str(channel)]
-        return {"mean": fg["mean"], "std": fg["std"]}
-    if scheme == "PETNormalization":
-        return {"mean": 0.0, "std": plans.foreground_intensity_properties_per_channel[str(channel)]["percentile_99_5"]}
-    return {"mean": 0.0, "std": 1.0}
+    """Inverse-normalisation parameters of a channel the case did not have (a synthesised channel): its scheme's
+    dataset-level inverse (``data/modalities.py``). CT and PET come out in HU / SUV, physical units shared across
+    scanners; z-scored MRI stays in the model's z-score units (``{"mean": 0, "std": 1}``: MRI has no physical unit,
+    see ``modalities.ZSCORE``); NoNormalization: identity."""
+    props = plans.foreground_intensity_properties_per_channel.get(str(channel))
+    return normalizer(scheme).dataset_params(props)
 
 
 def intensities_in_input_units(output: np.ndarray, properties: dict, plans: Plans, configuration: str) -> np.ndarray:
@@ -91,5 +79,5 @@ def intensities_in_input_units(output: np.ndarray, properties: dict, plans: Plan
     out = np.empty_like(output)
     for c in range(output.shape[0]):
         params = properties["normalization"][c] or dataset_level_normalization(plans, c, schemes[c])
-        out[c] = denormalize_channel(output[c], params)
+        out[c] = denormalize_channel(output[c], params, schemes[c])
     return out

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import filter_swinunetr
 
+from pirl_pipeline.data.modalities import modality_key
+
 STEM_KEYS = ("swinViT.patch_embed.proj.weight", "encoder1.layer.conv1.conv.weight", "encoder1.layer.conv3.conv.weight")
 PRIOR_KEY = "prior_fusion.prior"
 PRIOR_ATTENTION = "prior_fusion.attn."
@@ -39,28 +41,11 @@ WRAPPERS = ("state_dict", "model", "network_weights", "net")  # where training s
 _LEGACY_SSL = re.compile(r"(patch_embed\.proj\.(weight|bias)|layers[1-4]\.0\.(blocks\.\d+\.(norm[12]\.|attn\.|mlp\.)"
                          r"|downsample\.).*)")
 
-# modality names that denote the same contrast (BraTS 2018-2021, 2023, UPENN-GBM and nnU-Net spellings)
-_SAME_MODALITY = {
-    "t1": ("t1", "t1w", "t1n", "t1native"),
-    "t1ce": ("t1ce", "t1c", "t1gd", "t1-gd", "t1post", "t1contrast"),
-    "t2": ("t2", "t2w"),
-    "flair": ("flair", "t2f", "t2flair", "t2-flair"),
-    "ct": ("ct", "ctres"),
-    "pet": ("pet", "suv"),
-}
-_CANONICAL = {alias: name for name, aliases in _SAME_MODALITY.items() for alias in aliases}
-
-
-def canonical_modality(name: str) -> str:
-    """'T1c', 'T1Gd', 'T1ce' -> 't1ce'; names without an alias lower-cased."""
-    key = name.strip().lower().replace("_", "")
-    return _CANONICAL.get(key, key)
-
-
 def head_rows_by_name(target: Sequence[str], source: Sequence[str]) -> list[int | None]:
-    """For each target modality the index of the same modality among ``source`` (aliases count), else None."""
-    index = {canonical_modality(n): i for i, n in enumerate(source)}
-    return [index.get(canonical_modality(n)) for n in target]
+    """For each target modality the index of the same modality among ``source`` (aliases count: 'T1c', 'T1Gd'
+    and 'T1ce' are one contrast, ``modalities.modality_key``), else None."""
+    index = {modality_key(n): i for i, n in enumerate(source)}
+    return [index.get(modality_key(n)) for n in target]
 
 
 def swinunetr_state(obj: object) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
+from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.image_similarity import percentile_scale
 from pirl_pipeline.evaluation.translation import reference_mask
@@ -33,7 +34,6 @@ from pirl_pipeline.plots import save_figure
 from pirl_pipeline.report.collect import PredictionFolder, format_value
 
 LABEL_COLOURS = ["#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf"]
-FLAIR_NAMES = ("flair", "t2f", "t2-flair", "t2flair")
 
 
 @dataclass
@@ -289,7 +289,7 @@ def draw_overview(path: Path, *, channel_names: list[str], label_names: dict[int
     result.slices = {"axial (z)": center[0], "coronal (y)": center[1]}
     box = crop_box([v.array for v in volumes] or [label_for_slices])
     panels = Panels(center, box)
-    flair = next((c for c in inputs if name(c).lower() in FLAIR_NAMES), None)
+    flair = next((c for c in inputs if modality(name(c)).name == "FLAIR"), None)
     background_channel = flair if flair is not None else (max(inputs) if inputs else None)
     if inputs and flair is None and (reference is not None or seg_volumes):
         result.notes.append(f"overview: no FLAIR input; segmentations are overlaid on {name(background_channel)}")

@@ -4,16 +4,16 @@
   the lowest foreground label). TPR is 1 for every target holding that value (less only where the label
   map marks voxels outside the brain mask). With a CT channel (air -1000 HU, never exactly 0) that is every
   voxel of the image: on the 16 ``sts_pet_ct`` crops (PET + CT) FPR 1.000, Dice 0.035.
-- ``threshold`` (:class:`ThresholdModel`): the lesion channel alone (:func:`lesion_channel`: FLAIR, else
-  T2, else PET, else channel 0), percentile-normalised inside its non-zero mask and thresholded. The
-  threshold (grid 0..1.2 of the normalised intensity, step 0.01) and the cleanup (none, or keep the largest
-  connected component) maximise the mean lesion Dice over the TRAINING cases. Lesion = every foreground
+- ``threshold`` (:class:`ThresholdModel`): the lesion channel alone (:func:`lesion_channel`, by the channels'
+  kinds: FLAIR, else T2, else PET, else the first), percentile-normalised inside its non-zero mask and
+  thresholded. The threshold (grid 0..1.2 of the normalised intensity, step 0.01) and the cleanup (none, or
+  keep the largest connected component) maximise the mean lesion Dice over the TRAINING cases. Lesion = every foreground
   label value (BraTS: whole tumour). Voxels above the threshold get :func:`lesion_label`, the value inside
   the fewest targets (BraTS: oedema, in WT only, so TC and ET stay empty; plain labels: the lowest
   foreground label). BraTS-2015 FLAIR, fitted on 2 expert-labelled cases, tested on the other 2 (both ways
   round): whole-tumour Dice 0.44 / 0.88 / 0.92 / 0.87, mean 0.78 (whole brain: 0.10-0.33).
 - ``suv_threshold`` and ``suvmax_fraction`` (:class:`UptakeThreshold`, nothing fitted): the clinical PET
-  rules on one channel (:func:`uptake_channel`: the one named PET/SUV) in the raw image's own units: lesion =
+  rules on one channel (:func:`uptake_channel`: the PET one, by its kind) in the raw image's own units: lesion =
   channel >= an absolute value (FDG: SUV >= 2.5), or >= a fraction of the case's maximum of that channel over
   the whole image (41 % of SUVmax; on a crop around the tumour, the crop's maximum), and > 0 (an image without
   uptake has no lesion). No connected-component cleanup. Painted with :func:`lesion_label`. On the 16
@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from pirl_pipeline.data.dataset_json import DatasetJson, label_file_dtype
 from pirl_pipeline.data.image_io import read_array, write_array
+from pirl_pipeline.data.modalities import lesion_index, uptake_index
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import subset_name
 from pirl_pipeline.evaluation.references.common import (
@@ -47,7 +48,6 @@ from pirl_pipeline.inference.postprocessing import largest_component
 
 UPTAKE_KINDS = ("suv_threshold", "suvmax_fraction")
 SEGMENTATION_KINDS = ("whole_brain", "threshold", *UPTAKE_KINDS)
-UPTAKE_NAMES = ("pet", "suv")  # channel names (lower case, substrings) the uptake rules read by default
 CLEANUPS = ("none", "largest")
 THRESHOLDS = tuple(np.round(np.arange(0.0, 1.2001, 0.01), 4).tolist())
 
@@ -76,14 +76,11 @@ def lesion_values(dj: DatasetJson) -> list[int]:
     return dj.foreground_labels
 
 
-def lesion_channel(dj: DatasetJson) -> int:
-    """The channel where lesions are brightest: FLAIR (t2f), else T2, else PET, else channel 0."""
-    names = {c: dj.channel_names[str(c)].strip().lower() for c in range(dj.num_channels)}
-    for wanted in (("flair", "t2f"), ("t2",), ("pet", "suv")):
-        for c, name in names.items():
-            if any(w in name for w in wanted):
-                return c
-    return 0
+def lesion_channel(dj: DatasetJson, channels: list[int] | None = None) -> int:
+    """Among ``channels`` (default all), the one where lesions are brightest by its kind
+    (``modalities.lesion_index``): FLAIR (T2f, T2-FLAIR), else T2, else PET, else the first."""
+    channels = list(range(dj.num_channels)) if channels is None else list(channels)
+    return channels[lesion_index([dj.channel_names[str(c)] for c in channels])]
 
 
 @dataclass
@@ -162,17 +159,18 @@ class UptakeThreshold:
 
 
 def uptake_channel(dj: DatasetJson, channels: list[int] | None = None) -> int:
-    """The channel an uptake rule reads: among ``channels`` (default all), the first named PET or SUV; a single
-    given channel whatever its name. PirlInputError otherwise (an SUV cut-off on CT or MRI means nothing)."""
+    """The channel an uptake rule reads: among ``channels`` (default all), the first of an uptake kind (named PET,
+    SUV, PET_...: ``modalities.uptake_index``); a single given channel whatever its name. PirlInputError otherwise
+    (an SUV cut-off on CT or MRI means nothing)."""
     channels = list(range(dj.num_channels)) if channels is None else list(channels)
-    names = {c: dj.channel_names[str(c)].strip().lower() for c in channels}
-    named = [c for c in channels if any(w in names[c] for w in UPTAKE_NAMES)]
-    if named:
-        return named[0]
+    names = [dj.channel_names[str(c)] for c in channels]
+    named = uptake_index(names)
+    if named is not None:
+        return channels[named]
     if len(channels) == 1:
         return channels[0]
-    raise PirlInputError(f"an uptake reference reads one PET channel: none of {[names[c] for c in channels]} is named "
-                         "PET or SUV; pass the one channel to threshold (pirl_reference --channels C)")
+    raise PirlInputError(f"an uptake reference reads one PET channel: none of {[n.strip().lower() for n in names]} is "
+                         "named PET or SUV; pass the one channel to threshold (pirl_reference --channels C)")
 
 
 ReferenceModel = ThresholdModel | UptakeThreshold
