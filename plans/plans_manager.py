@@ -11,12 +11,32 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pirl_pipeline.data.modalities import scheme_names
+from pirl_pipeline.data.modalities import modality_kind, scheme_names
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import load_json, save_json
 
 log = logging.getLogger("pirl")
 PLANS_FILE = "PIRLPlans.json"
+IMAGE_ORDERS = (0, 1, 3)  # the image interpolation orders preprocessing/resampling.py implements
+LABEL_RESAMPLING = "linear per class"  # the one label interpolation it implements (nnU-Net's)
+
+
+def check_resampling(name: str, resampling: object) -> None:
+    """The plans' ``resampling`` block, which preprocessing and prediction read: ``data_order`` (image
+    interpolation, 0/1/3), ``label`` ("linear per class", the only one implemented) and ``anisotropy_threshold``
+    (> 1: the spacing ratio above which the coarse axis is interpolated separately). PirlInputError otherwise."""
+    where = f"plans configuration {name!r}: resampling"
+    if not isinstance(resampling, dict) or set(resampling) != {"data_order", "label", "anisotropy_threshold"}:
+        raise PirlInputError(f"{where} must hold exactly data_order, label and anisotropy_threshold, got "
+                             f"{resampling!r}")
+    if resampling["data_order"] not in IMAGE_ORDERS or isinstance(resampling["data_order"], bool):
+        raise PirlInputError(f"{where}: data_order must be one of {IMAGE_ORDERS}, got {resampling['data_order']!r}")
+    if resampling["label"] != LABEL_RESAMPLING:
+        raise PirlInputError(f"{where}: label must be {LABEL_RESAMPLING!r} (the only label interpolation pirl "
+                             f"implements), got {resampling['label']!r}")
+    threshold = resampling["anisotropy_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold > 1:
+        raise PirlInputError(f"{where}: anisotropy_threshold must be a number > 1, got {threshold!r}")
 
 
 @dataclass
@@ -50,6 +70,7 @@ class ConfigurationPlans:
                                  f"of 32 (SwinUNETR), got {d['patch_size']}")
         if len(d["spacing"]) != 3 or not all(float(s) > 0 for s in d["spacing"]):
             raise PirlInputError(f"plans configuration {name!r}: spacing must be 3 values > 0, got {d['spacing']}")
+        check_resampling(name, d["resampling"])
         if len(d["use_mask_for_norm"]) != len(d["normalization_schemes"]):
             raise PirlInputError(f"plans configuration {name!r}: use_mask_for_norm has "
                                  f"{len(d['use_mask_for_norm'])} entries, normalization_schemes "
@@ -91,6 +112,12 @@ class Plans:
         missing = [k for k in keys + ["configurations"] if k not in d]
         if missing:
             raise PirlInputError(f"plans: missing key(s) {', '.join(missing)}")
+        names = d["channel_names"]
+        derived = [modality_kind(names[str(i)]) for i in range(len(names))] if isinstance(names, dict) else None
+        if derived is not None and all(str(i) in names for i in range(len(names))) and d["modality_kinds"] != derived:
+            raise PirlInputError(f"plans: modality_kinds {d['modality_kinds']} do not follow from channel_names "
+                                 f"({derived}): a channel's kind comes from its name (data/modalities.py); edit "
+                                 "normalization_schemes to change how a channel is normalised")
         configs = {n: ConfigurationPlans.from_dict(n, c) for n, c in d["configurations"].items()}
         for config in configs.values():
             if len(config.normalization_schemes) != len(d["channel_names"]):

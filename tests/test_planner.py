@@ -61,3 +61,38 @@ def test_hand_edited_plans_are_validated(tmp_path):
         Plans.load(tmp_path / "p.json")
     with pytest.raises(PirlInputError, match="plans file not found"):
         Plans.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("resampling", "data_order", 2), "data_order must be one of"),
+    (("resampling", "label", "nearest"), "only label interpolation"),
+    (("resampling", "anisotropy_threshold", 0.5), "anisotropy_threshold must be a number > 1"),
+    (("modality_kinds", 1, "MRI"), "do not follow from channel_names"),
+])
+def test_plans_keys_that_do_nothing_are_refused_not_ignored(edit, message):
+    """Every plans key is read: a hand edit the code cannot honour is one error, not silently ignored."""
+    d = plan(_fingerprint(), DatasetJson({"0": "T1", "1": "CT"}, {"background": 0}, 3), "Dataset901_X").to_dict()
+    block, key, value = edit
+    target = d if block == "modality_kinds" else d["configurations"]["3d_fullres"]
+    target[block][key] = value
+    with pytest.raises(PirlInputError, match=message):
+        Plans.from_dict(d)
+
+
+def test_the_resampling_block_decides_how_images_are_resampled():
+    """data_order and anisotropy_threshold of the plans reach the resampling (preprocessing and export)."""
+    from pirl_pipeline.preprocessing.preprocessor import preprocess_arrays
+
+    d = plan(_fingerprint(), DatasetJson({"0": "T1", "1": "CT"}, {"background": 0}, 3), "Dataset901_X").to_dict()
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(2, 12, 14, 16)).astype(np.float32) + 5
+    out = {}
+    for order, threshold in ((3, 3.0), (0, 3.0), (3, 1.5)):
+        d["configurations"]["3d_fullres"]["resampling"].update(data_order=order, anisotropy_threshold=threshold)
+        d["configurations"]["3d_fullres"]["spacing"] = [2.0, 1.0, 1.0]
+        plans = Plans.from_dict(d)
+        out[order, threshold] = preprocess_arrays(data.copy(), None, (2.5, 1.0, 1.0), plans,
+                                                  plans.configuration("3d_fullres"))[0]
+    assert not np.allclose(out[3, 3.0], out[0, 3.0])  # order 0 (nearest) differs from B-spline
+    # spacing ratio 2.5 (input) / 2 (target): anisotropic only below the threshold 2.5 -> z by nearest neighbour
+    assert not np.allclose(out[3, 1.5], out[3, 3.0])

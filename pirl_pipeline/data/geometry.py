@@ -57,14 +57,16 @@ def crop_to_nonzero(data: np.ndarray, seg: np.ndarray | None = None):
     return data, seg, box
 
 
-def anisotropic_axis(spacing: tuple[float, ...], target_spacing: tuple[float, ...] | None = None) -> int | None:
+def anisotropic_axis(spacing: tuple[float, ...], target_spacing: tuple[float, ...] | None = None,
+                     threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
     """The axis to interpolate separately (nearest neighbour), nnU-Net's rule: the coarse axis of the input
-    spacing when it is > 3x the finest, else that of the target spacing; None when none or not unique."""
+    spacing when it is > ``threshold`` (3) x the finest, else that of the target spacing; None when none or not
+    unique."""
     for candidate in (spacing, target_spacing):
         if candidate is None:
             continue
         candidate = np.asarray(candidate, float)
-        if candidate.max() / candidate.min() > ANISOTROPY_THRESHOLD:
+        if candidate.max() / candidate.min() > threshold:
             coarse = np.flatnonzero(candidate == candidate.max())
             return int(coarse[0]) if coarse.size == 1 else None
     return None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pirl_pipeline.data.dataset_json import DatasetJson, channel_file_name, label_file_dtype
-from pirl_pipeline.data.geometry import uncrop
+from pirl_pipeline.data.geometry import ANISOTROPY_THRESHOLD, uncrop
 from pirl_pipeline.data.modalities import normalizer
 from pirl_pipeline.preprocessing.normalization import denormalize_channel
 from pirl_pipeline.preprocessing.resampling import resample
@@ -26,11 +26,14 @@ def output_paths(folder: Path, case: str, file_ending: str, channels: Iterable[i
     return [folder / channel_file_name(case, c, file_ending) for c in channels]
 
 
-def to_original_grid(array: np.ndarray, properties: dict, order: int = 1) -> np.ndarray:
-    """(C, *preprocessed) -> (C, *original): resample back to the cropped shape, then uncrop (fill 0)."""
+def to_original_grid(array: np.ndarray, properties: dict, order: int = 1,
+                     anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+    """(C, *preprocessed) -> (C, *original): resample back to the cropped shape (``anisotropy_threshold``: the
+    plans' ``resampling``, as preprocessing used it), then uncrop (fill 0)."""
     cropped_shape = properties["shape_after_cropping_and_before_resampling"]
     array = resample(array, cropped_shape, is_label=False, spacing=properties["spacing_after_resampling"],
-                     order=order, target_spacing=properties["spacing_before_resampling"])
+                     order=order, target_spacing=properties["spacing_before_resampling"],
+                     anisotropy_threshold=anisotropy_threshold)
     return uncrop(array, properties["bbox_used_for_cropping"], properties["shape_before_cropping"])
 
 

@@ -149,7 +149,7 @@ class PIRLPredictor:
                                 self.device, self.precision)
         if self.task.predicts_labels:
             probs = probabilities(output, self.model.dataset_json).numpy()
-            probs = to_original_grid(probs, properties, order=1)
+            probs = to_original_grid(probs, properties, 1, self.config.resampling["anisotropy_threshold"])
             probs[:, ~body] = 0  # nothing outside the input's body mask (the crop box holds background too)
             labels = labels_from_probabilities(probs, self.model.dataset_json)
             if self.postprocessing is not None:
@@ -157,7 +157,7 @@ class PIRLPredictor:
             result = CasePrediction(available, labels)
             result.probabilities = probs if self.save_probabilities else None
             return result
-        restored = to_original_grid(output.numpy(), properties, order=3)
+        restored = to_original_grid(output.numpy(), properties, 3, self.config.resampling["anisotropy_threshold"])
         restored = intensities_in_input_units(restored, properties, self.model.plans, self.model.configuration)
         restored[:, ~body] = 0  # outside the input's body mask, as the (skull-stripped) inputs are
         return CasePrediction(available, images=restored.astype(np.float32))

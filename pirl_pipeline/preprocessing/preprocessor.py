@@ -80,8 +80,9 @@ def preprocess_arrays(data: np.ndarray, seg: np.ndarray | None, spacing: tuple[f
     new_shape = shape_for_spacing(data.shape[1:], spacing, config.spacing)
     shape_after_crop = list(data.shape[1:])
     target = tuple(config.spacing)
-    data = resample(data, new_shape, False, spacing, target_spacing=target).astype(np.float32, copy=False)
-    seg = resample(seg, new_shape, True, spacing, target_spacing=target)
+    order, threshold = config.resampling["data_order"], config.resampling["anisotropy_threshold"]
+    data = resample(data, new_shape, False, spacing, order, target, threshold).astype(np.float32, copy=False)
+    seg = resample(seg, new_shape, True, spacing, target_spacing=target, anisotropy_threshold=threshold)
     properties = {"shape_before_cropping": shape_before, "bbox_used_for_cropping": box,
                   "shape_after_cropping_and_before_resampling": shape_after_crop,
                   "spacing_before_resampling": list(spacing), "spacing_after_resampling": list(config.spacing),

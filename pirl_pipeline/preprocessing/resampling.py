@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from pirl_pipeline.data.geometry import anisotropic_axis
+from pirl_pipeline.data.geometry import ANISOTROPY_THRESHOLD, anisotropic_axis
 
 _INTERPOLATORS = {3: sitk.sitkBSpline, 1: sitk.sitkLinear, 0: sitk.sitkNearestNeighbor}
 
@@ -30,22 +30,24 @@ def _resample_3d(volume: np.ndarray, new_shape: tuple[int, ...], interpolator: i
 
 def resample(array: np.ndarray, new_shape: tuple[int, ...], is_label: bool,
              spacing: tuple[float, ...] | None = None, order: int = 3,
-             target_spacing: tuple[float, ...] | None = None) -> np.ndarray:
+             target_spacing: tuple[float, ...] | None = None,
+             anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
     """Resample (C, z, y, x) or (z, y, x) to the spatial ``new_shape``.
 
     ``spacing``/``target_spacing`` (z-y-x) enable the anisotropic rule (:func:`anisotropic_axis`): in-plane
-    with the normal interpolator, then nearest neighbour along the coarse axis. ``order`` (3, 1 or 0)
-    applies to images.
+    with the normal interpolator, then nearest neighbour along the coarse axis (``anisotropy_threshold``: the
+    plans' ``resampling``). ``order`` (3, 1 or 0) applies to images.
     """
     new_shape = tuple(int(s) for s in new_shape)
     if array.ndim == 4:
-        return np.stack([resample(c, new_shape, is_label, spacing, order, target_spacing) for c in array])
+        return np.stack([resample(c, new_shape, is_label, spacing, order, target_spacing, anisotropy_threshold)
+                         for c in array])
     if tuple(array.shape) == new_shape:
         return array
     interpolator = sitk.sitkLabelLinear if is_label else _INTERPOLATORS[order]
     dtype = array.dtype
     work = array if is_label else array.astype(np.float32, copy=False)
-    axis = anisotropic_axis(spacing, target_spacing) if spacing is not None else None
+    axis = anisotropic_axis(spacing, target_spacing, anisotropy_threshold) if spacing is not None else None
     if axis is not None and new_shape[axis] != array.shape[axis]:
         in_plane = tuple(new_shape[a] if a != axis else array.shape[a] for a in range(3))
         if in_plane != work.shape:  # skip the in-plane pass when only the coarse axis changes
