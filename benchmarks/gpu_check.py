@@ -33,7 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from pirl_pipeline.paths import fold_folder, model_folder
+from pirl_pipeline.fold_folder import FoldFolder
+from pirl_pipeline.paths import model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -126,8 +127,8 @@ def build_parts(args: argparse.Namespace, work: Path) -> list[Part]:
            str(SYNTHETIC_ID), "3d_fullres"]
     size = ["--epochs", "2", "--iters", "1" if tiny else "4", "--val-iters", "1", "--patch-size", patch, patch, patch,
             "--feature-size", fs, "--batch-size", "1", *device]
-    pretrained = fold_folder(model_folder(f"Dataset{SYNTHETIC_ID}_GpuCheck", "PIRLPretrainer", root=work / "results"),
-                             "all") / "checkpoint_final.pth"
+    pretrained = FoldFolder(model_folder(f"Dataset{SYNTHETIC_ID}_GpuCheck", "PIRLPretrainer", root=work / "results"),
+                            "all").checkpoint()
     synthetic = json.dumps({"work": str(work), "tiny": tiny})
     parts += [Part("synthetic dataset", python("-m", "benchmarks.gpu_check", "--child", "synthetic", synthetic), 120,
                    data_env),
@@ -214,7 +215,7 @@ def child_predict(spec: dict) -> None:
                "PIRL_results": str(work / "predict_model")}
         (work / "no_raw").mkdir(exist_ok=True)  # no raw data: the trainer skips its full-volume validation
         model = model_folder(f"Dataset{SYNTHETIC_ID}_GpuCheck", "PIRLSegTrainer", root=work / "predict_model")
-        if not (model / "fold_0" / "checkpoint_final.pth").is_file():
+        if not FoldFolder(model, 0).checkpoint().is_file():
             subprocess.run(python("-m", "pirl_pipeline.cli.train", str(SYNTHETIC_ID), "3d_fullres", "seg", "-f", "0",
                                   "--epochs", "1", "--iters", "1", "--val-iters", "0", "--feature-size",
                                   str(spec["fs"]), "--patch-size", *[str(spec["roi"])] * 3, "--batch-size", "1",

@@ -56,6 +56,7 @@ from pathlib import Path
 
 from benchmarks.machine import machine_info
 from benchmarks.predict_report import print_table, summarise
+from pirl_pipeline.fold_folder import FoldFolder
 from pirl_pipeline.paths import model_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def prepare_model(args, work: Path, env: dict) -> tuple[Path, dict]:
         info["plan_and_preprocess_seconds"] = run_logged(
             [sys.executable, "-m", "pirl_pipeline.cli.plan_and_preprocess", "-d", str(DATASET_ID), "-np", "2"],
             setup_env, work / "logs" / "plan_and_preprocess.log")
-    if not (model / "fold_0" / "checkpoint_final.pth").is_file():
+    if not FoldFolder(model, 0).checkpoint().is_file():
         no_raw = work / "no_raw"  # no raw data: the trainer skips its full-volume validation
         shutil.rmtree(no_raw, ignore_errors=True)
         no_raw.mkdir()

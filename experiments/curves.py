@@ -30,7 +30,8 @@ from experiments.stages import StageRunner
 from experiments.tables import model_labels, to_markdown
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.paths import fold_folder, model_folder
+from pirl_pipeline.fold_folder import FINAL, LATEST, FoldFolder
+from pirl_pipeline.paths import model_folder
 from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.tasks import get_task
 
@@ -47,9 +48,9 @@ class Curve:
     iters: int  # per epoch
     label: str
 
-    def folder(self, work: Path) -> Path:
+    def folder(self, work: Path) -> FoldFolder:
         trainer = get_task(self.task).default_trainer
-        return fold_folder(model_folder(self.dataset, trainer, root=work / "results" / self.key), 0)
+        return FoldFolder(model_folder(self.dataset, trainer, root=work / "results" / self.key), 0)
 
 
 def curves_for(steps: int, epochs: int) -> list[Curve]:
@@ -82,14 +83,14 @@ def train(runner: StageRunner, work: Path, curve: Curve, seed: int) -> None:
             "--patch-size", "64", "64", "64", "--feature-size", "12", "--batch-size", "1",
             "--epochs", str(curve.epochs), "--iters", str(curve.iters), "--val-iters", "2", "-npa", "0",
             "-device", "cpu", "--set", f"seed={seed}", "lr_schedule=constant"]
-    runner.run(f"curve {curve.key}", argv, curve.folder(work) / "checkpoint_final.pth", results=curve.key)
+    runner.run(f"curve {curve.key}", argv, curve.folder(work).checkpoint(), results=curve.key)
 
 
 def checkpoint_of(curve: Curve, work: Path) -> Path | None:
     """The run's final checkpoint, else its latest (a curve stopped early), else None."""
-    for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
-        if (curve.folder(work) / name).is_file():
-            return curve.folder(work) / name
+    for name in (FINAL, LATEST):
+        if curve.folder(work).checkpoint(name).is_file():
+            return curve.folder(work).checkpoint(name)
     return None
 
 
@@ -137,7 +138,7 @@ def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
     for run in sorted(p.name for p in (work / "results").iterdir()) if (work / "results").is_dir() else []:
         model = next((m for m in models if m.key == model_of_run(run)[0] and not m.pretrain_only), None)
         for fold in range(8) if model is not None else []:
-            path = layout.fold_folder(run, part, model.trainer(task), fold) / "checkpoint_final.pth"
+            path = layout.fold_folder(run, part, model.trainer(task), fold).checkpoint()
             if not path.is_file():
                 continue
             meta = load_checkpoint_meta(path)

@@ -39,6 +39,7 @@ from pirl_pipeline.evaluation.references.translation import (
     translation_reference_table,
 )
 from pirl_pipeline.file_io import atomic_path, load_json, save_json
+from pirl_pipeline.fold_folder import PER_CASE
 
 REFERENCE_KEYS = {"identity": "reference_identity", "histogram": "reference_histogram",
                   "whole_brain": "reference_whole_brain", "threshold": "reference_threshold",
@@ -56,7 +57,7 @@ PETCT_REFERENCES = {"suv_threshold": 2.5, "suvmax_fraction": 0.41, "whole_brain"
 def _write(rows: pd.DataFrame, work: Path, kind: str, part: str, fold: int, fitted: dict) -> None:
     out = work / "eval" / REFERENCE_KEYS[kind] / f"{part}_fold{fold}"
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "per_case.csv") as tmp:
+    with atomic_path(out / PER_CASE) as tmp:
         rows.to_csv(tmp, index=False)
     save_json(fitted, out / "fitted.json")
 

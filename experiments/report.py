@@ -246,7 +246,7 @@ def pretraining_loss_shares(work: Path, table_rows: list[int], fold: int) -> lis
     layout, parts = Experiment(Budget(), work), []
     for row in table_rows:
         key = "pirl" if row == 6 else ablation_model(row).key
-        path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold) / "checkpoint_final.pth"
+        path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold).checkpoint()
         if not path.is_file():
             continue
         last = (load_checkpoint_meta(path).get("history") or [{}])[-1]  # the weights are never read

@@ -60,7 +60,7 @@ def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
             ("PIRLNet translation from scratch", "pirl_scratch", "PIRLTranslateTrainer")]
     found = {}
     for label, key, trainer in runs:
-        path = layout.fold_folder(key, "translation", trainer, fold) / "checkpoint_final.pth"
+        path = layout.fold_folder(key, "translation", trainer, fold).checkpoint()
         if path.is_file():
             found[label] = path
     return found

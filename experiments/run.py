@@ -42,7 +42,8 @@ from experiments.report import write_report
 from experiments.stages import StageRunner
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
-from pirl_pipeline.paths import fold_folder, model_folder
+from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
+from pirl_pipeline.paths import model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_PARTS = ["translation", "seg", "seg2", "seg4", "ablation", "representation", "petct", "petct_translation"]
@@ -124,12 +125,12 @@ class Experiment:
         return [m for m in PART_MODELS.get(part, COMPARISON)
                 if (m.key in self.wanted if self.wanted is not None else not m.on_request)]
 
-    def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> Path:
-        return fold_folder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
+    def fold_folder(self, run: str, part: str, trainer: str, fold: int) -> FoldFolder:
+        return FoldFolder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
 
     def pretrain_checkpoint(self, model: Model, part: str, fold: int, seed: int) -> Path:
-        return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer", fold) / \
-            "checkpoint_final.pth"
+        return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer",
+                                fold).checkpoint()
 
     def add_model(self, model: Model, part: str, fold: int, seed: int) -> None:
         b, (dataset, task) = self.budget, PARTS[part]
@@ -148,12 +149,12 @@ class Experiment:
             return
         trainer = model.trainer(task)
         folder = self.fold_folder(run, part, trainer, fold)
-        self.add(f"train {run} {part} fold{fold}", run, folder / "checkpoint_final.pth",
+        self.add(f"train {run} {part} fold{fold}", run, folder.checkpoint(),
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
                   "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task, model), *pretrained])
         out = self.work / "eval" / run / f"{part}_fold{fold}"
         distances = [] if part in DISTANCE_PARTS else ["--no_distance_metrics"]
-        self.add(f"evaluate {run} {part} fold{fold}", run, out / "summary.json",
+        self.add(f"evaluate {run} {part} fold{fold}", run, out / SUMMARY,
                  ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
                   "--disable_tta", *distances, "-device", b.device, "-o", str(out)])
 

@@ -71,7 +71,7 @@ def health_rows(work: Path) -> pd.DataFrame:
             continue
         for stage, trainer in (("pre-training", "PIRLPretrainer"), ("fine-tuning", model.trainer("seg"))):
             for fold in range(8):
-                path = layout.fold_folder(run, PART, trainer, fold) / "checkpoint_final.pth"
+                path = layout.fold_folder(run, PART, trainer, fold).checkpoint()
                 if not path.is_file():
                     continue
                 meta = load_checkpoint_meta(path)

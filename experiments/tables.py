@@ -20,6 +20,7 @@ import pandas as pd
 
 from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
+from pirl_pipeline.fold_folder import PER_CASE
 from pirl_pipeline.plots import heatmap, save_figure
 from pirl_pipeline.report.markdown import table as markdown_table
 
@@ -36,7 +37,7 @@ def load_per_case(work: Path, part: str, model_keys: list[str]) -> pd.DataFrame:
         model, seed = model_of_run(folder.name)
         if model not in model_keys:
             continue
-        for csv in sorted(folder.glob(f"{part}_fold*/per_case.csv")):
+        for csv in sorted(folder.glob(f"{part}_fold*/{PER_CASE}")):
             frame = pd.read_csv(csv)
             frames.append(frame.assign(model=model, seed=seed, fold=int(csv.parent.name.rsplit("fold", 1)[1])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

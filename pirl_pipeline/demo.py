@@ -40,7 +40,8 @@ from pirl_pipeline.cli import (
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_json
-from pirl_pipeline.paths import fold_folder, model_folder, raw_root, results_root
+from pirl_pipeline.fold_folder import FoldFolder
+from pirl_pipeline.paths import model_folder, raw_root, results_root
 from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
 
 log = logging.getLogger("pirl")
@@ -136,19 +137,19 @@ def run(args: argparse.Namespace) -> None:
     pre_iters = str(max(1, args.pretrain_iters // pre_epochs))
     fine_iters = {"seg": str(max(1, args.seg_iters // args.epochs)),
                   "translate": str(max(1, args.translate_iters // args.epochs))}
-    pre_folder = fold_folder(model_folder(DATASET, "PIRLPretrainer"), "all")
+    pre_folder = FoldFolder(model_folder(DATASET, "PIRLPretrainer"), "all")
     stages.run("pretrain", train.main, ["500", "3d_fullres", "pretrain", "--iters", pre_iters, "--feature-size",
                                         str(args.feature_size), "--window-size", str(args.window_size),
                                         "--epochs", str(pre_epochs), "--val-iters", "1",
-                                        *size, "--set", "lr_schedule=constant"], pre_folder / "checkpoint_final.pth")
-    ckpt = str(pre_folder / "checkpoint_final.pth")
+                                        *size, "--set", "lr_schedule=constant"], pre_folder.checkpoint())
+    ckpt = str(pre_folder.checkpoint())
     def finetune(task, trainer: str, pretrained: list[str]) -> None:
-        folder = fold_folder(model_folder(DATASET, trainer), 0)
+        folder = FoldFolder(model_folder(DATASET, trainer), 0)
         npz = ["--npz"] if task is SEG else []  # seg keeps its validation probabilities for the chooser's ensembles
         argv = ["500", "3d_fullres", task.name, "-f", "0", "-tr", trainer, *pretrained, "--iters",
                 fine_iters[task.name], "--epochs", str(args.epochs), "--val-iters", "2",
                 "--lr", f"{FINETUNE_LR[task.name]:g}", *size, *npz, "--set", *FINETUNE_SET[task.name]]
-        stages.run(f"finetune {task.name} {trainer}", train.main, argv, folder / "checkpoint_final.pth")
+        stages.run(f"finetune {task.name} {trainer}", train.main, argv, folder.checkpoint())
 
     for task in (SEG, TRANSLATE):
         finetune(task, task.default_trainer, ["--pretrained", ckpt])
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
         stages.run(f"evaluate {name}", evaluate.main, ["-ref", str(truth), "-pred", str(preds / name),
                                                        "-d", "500", "-t", task], preds / name / "summary.json")
     for task in (SEG, TRANSLATE):
-        done = fold_folder(model_folder(DATASET, task.default_trainer), 0) / task.subsets_folder / "summary.json"
+        done = FoldFolder(model_folder(DATASET, task.default_trainer), 0).subsets_summary(task)
         stages.run(f"missing modalities {task.name}", evaluate_missing.main,
                    ["-d", "500", "-f", "0", "-t", task.name, "--max_cases", "1", "--disable_tta", "-device", args.device],
                    done)

@@ -89,7 +89,7 @@ DEFAULT_CONFIGURATION = "3d_fullres"
 def model_folder(dataset_name: str, trainer: str, plans_name: str = DEFAULT_PLANS,
                  configuration: str = DEFAULT_CONFIGURATION, root: Path | None = None) -> Path:
     """``ROOT/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION`` (ROOT: $PIRL_results; ``Path()`` gives the relative
-    form), the one owner of nnU-Net's results-folder layout; its folds are :func:`fold_folder`."""
+    form), the one owner of nnU-Net's results-folder layout; its folds are ``fold_folder.FoldFolder``."""
     return (results_root() if root is None else root) / dataset_name / f"{trainer}__{plans_name}__{configuration}"
 
 
@@ -97,8 +97,3 @@ def parse_model_folder_name(name: str) -> tuple[str, str, str] | None:
     """(trainer, plans, configuration) of a ``TRAINER__PLANS__CONFIGURATION`` folder name; None for other names."""
     m = re.fullmatch(r"(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>.+)", name)
     return (m["trainer"], m["plans"], m["configuration"]) if m else None
-
-
-def fold_folder(model: Path, fold: int | str) -> Path:
-    """``MODEL_FOLDER/fold_F`` (F: an index or 'all')."""
-    return Path(model) / f"fold_{fold}"

@@ -153,7 +153,7 @@ def test_finetune_curves_average_folds_and_seeds_per_epoch(tmp_path):
     for run, fold, values in (("pirl", 0, [0.5, 0.6, 0.7, 0.9]), ("pirl_seed2", 1, [0.3, 0.4, 0.5, 0.7]),
                               ("swin_scratch", 0, [0.6, 0.6, 0.6, 0.5])):
         trainer = "SwinUNETRSegTrainer" if run.startswith("swin") else "PIRLSegTrainer"
-        folder = layout.fold_folder(run, "seg", trainer, fold)
+        folder = layout.fold_folder(run, "seg", trainer, fold).path
         folder.mkdir(parents=True)
         history = [{"epoch": e, "val/volume_dice_label_1": 0.0, "val/volume_dice_whole_tumour": v}
                    for e, v in enumerate(values)]

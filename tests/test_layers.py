@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("networks",),
     ("losses",),
     ("checkpoint", "trainer_config"),   # what a run saves: read by training, inference and evaluation alike
+    ("fold_folder",),                   # the files of one trained fold (MODEL_FOLDER/fold_F): names and run identity
     ("inference",),
     ("evaluation",),
     ("training",),

@@ -17,6 +17,7 @@ from pirl_pipeline.cli.model_zip import export_main, install_main
 from pirl_pipeline.cli.plan_and_preprocess import main as plan_main
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.file_io import save_json
+from pirl_pipeline.fold_folder import FoldFolder
 from pirl_pipeline.inference.model_folder import load_model_folder
 from pirl_pipeline.paths import model_folder
 from pirl_pipeline.trainer_config import TrainerConfig
@@ -42,7 +43,7 @@ def model(tmp_path_factory):
         plans = Plans.load(pre / "PIRLPlans.json")
         data = pre / plans.configuration("3d_fullres").data_identifier
         folder = model_folder("Dataset951_Zip", "PIRLSegTrainer", "PIRLPlans", "3d_fullres")
-        ctx = RunContext(plans, "3d_fullres", load_dataset_json(pre), data, folder / "fold_0", ["case000"], ["case001"])
+        ctx = RunContext(plans, "3d_fullres", load_dataset_json(pre), data, FoldFolder(folder, 0), ["case000"], ["case001"])
         config = TrainerConfig(task="seg", trainer="PIRLSegTrainer", patch_size=[64, 64, 64], feature_size=12)
         trainer = build_trainer("PIRLSegTrainer", ctx, config, None)
         trainer.save("checkpoint_final.pth")

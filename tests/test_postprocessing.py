@@ -4,6 +4,7 @@ import numpy as np
 from pirl_pipeline.data.dataset_json import parse_dataset_json
 from pirl_pipeline.evaluation.postprocessing import candidates, determine_postprocessing
 from pirl_pipeline.file_io import load_json
+from pirl_pipeline.fold_folder import FoldFolder
 from pirl_pipeline.inference.postprocessing import (
     Postprocessing,
     keep_largest,
@@ -53,7 +54,7 @@ def test_a_step_is_kept_only_where_it_raises_the_validation_dice(tmp_path):
     two[lesion((10, 19, 17), (2, 2, 2))] = 1
     result = determine_postprocessing(pairs_of([two], [two]), LABELS)
     assert result.keep_largest == [] and not any(d["accepted"] for d in result.decisions)
-    assert Postprocessing.from_dict(load_json(save_postprocessing(result, tmp_path))).decisions == result.decisions
+    assert Postprocessing.from_dict(load_json(save_postprocessing(result, FoldFolder(tmp_path, 0)))).decisions == result.decisions
 
 
 def test_candidates_are_the_foreground_then_each_plain_label_and_regions_get_the_foreground_only():
@@ -62,8 +63,9 @@ def test_candidates_are_the_foreground_then_each_plain_label_and_regions_get_the
 
 
 def test_an_ensemble_applies_the_steps_every_fold_kept(tmp_path):
-    save_postprocessing(Postprocessing([[1, 2], [2]]), tmp_path / "fold_0")
-    save_postprocessing(Postprocessing([[1, 2]]), tmp_path / "fold_1")
+    save_postprocessing(Postprocessing([[1, 2], [2]]), FoldFolder(tmp_path, 0))
+    save_postprocessing(Postprocessing([[1, 2]]), FoldFolder(tmp_path, "1"))
+    assert (tmp_path / "fold_1" / "postprocessing.json").is_file()  # the on-disk name pirl_predict reads
     assert load_postprocessing(tmp_path, ["0", "1"]).keep_largest == [[1, 2]]
     assert load_postprocessing(tmp_path, ["0"]).keep_largest == [[1, 2], [2]]
     assert load_postprocessing(tmp_path, ["0", "2"]) is None  # fold 2 never chose: no post-processing

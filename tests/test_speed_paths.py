@@ -12,6 +12,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
+from pirl_pipeline.fold_folder import FoldFolder
 from pirl_pipeline.inference import sliding_window
 from pirl_pipeline.inference.sliding_window import inference_dtype, plan_windows, predict_volume
 from pirl_pipeline.networks import PIRLNet
@@ -140,7 +141,7 @@ class _TinyTrainer(BaseTrainer):
 def _tiny_context(tmp_path) -> RunContext:
     plan = SimpleNamespace(patch_size=list(PATCH), batch_size=1, network={"feature_size": 12})
     plans = SimpleNamespace(configuration=lambda name: plan, num_input_channels=2)
-    return RunContext(plans, "3d_fullres", None, tmp_path, tmp_path / "out", [], [])
+    return RunContext(plans, "3d_fullres", None, tmp_path, FoldFolder(tmp_path, 0), [], [])
 
 
 def test_trainer_wires_the_speed_options(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import torch
 
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.dataloading import AugmentationConfig, PatchAugmenter
+from pirl_pipeline.fold_folder import FoldFolder
 from pirl_pipeline.losses.geometric import GeometricTransforms
 from pirl_pipeline.losses.invariance import InvarianceLoss
 from pirl_pipeline.losses.objective import PIRLLossConfig, PIRLObjective
@@ -52,7 +53,7 @@ def make_trainer(root: Path, task: str, trainer: str, **overrides):
     cases = sorted(p.stem for p in data.glob("*.json"))
     config = TrainerConfig(task=task, trainer=trainer, epochs=1, iters_per_epoch=1, val_iters=1,
                            patch_size=[64, 64, 64], feature_size=12, batch_size=1, num_workers=0, **overrides)
-    ctx = RunContext(plans, "3d_fullres", load_dataset_json(folder), data, root / "res" / trainer, cases[:2],
+    ctx = RunContext(plans, "3d_fullres", load_dataset_json(folder), data, FoldFolder(root / "res" / trainer, 0), cases[:2],
                      cases[2:])
     return build_trainer(trainer, ctx, config, None)
 

@@ -15,11 +15,12 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import (
     segmentation_matrices,
     segmentation_table,
-    translation_matrix,
+    translation_matrices,
     translation_table,
     write_results,
 )
 from pirl_pipeline.file_io import load_json
+from pirl_pipeline.fold_folder import FINAL, FoldFolder
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.paths import find_dataset_name, preprocessed_root, raw_root
 from pirl_pipeline.splits import check_splits
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", dest="task", choices=list(TASKS), required=True)
     p.add_argument("-c", dest="configuration", default="3d_fullres")
     p.add_argument("-tr", dest="trainer", help="trainer name (default: the task's PIRL trainer)")
-    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-chk", dest="checkpoint", default=FINAL)
     p.add_argument("-i", dest="images", type=Path, help="images folder (default: raw imagesTr, validation cases)")
     p.add_argument("-ref", dest="references", type=Path, help="label folder for seg (default: raw labelsTr)")
     p.add_argument("-o", dest="output", type=Path, help="output folder (default: inside the fold folder)")
@@ -122,9 +123,8 @@ def run(args: argparse.Namespace) -> None:
             matrices = {**segmentation_matrices(table, "direct"), **segmentation_matrices(table, "completed")}
     else:
         table = translation_table(predictor, cases)
-        matrices = {"translation_psnr": translation_matrix(table, "PSNR"),
-                    "translation_ssim": translation_matrix(table, "SSIM")}
-    out = args.output or folder / f"fold_{args.fold}" / task.subsets_folder
+        matrices = translation_matrices(table)
+    out = args.output or FoldFolder(folder, args.fold).subsets(task)
     write_results(table, matrices, out, info)
     for matrix_name, matrix in matrices.items():
         log.info("%s:\n%s", matrix_name, matrix.round(3).to_string())

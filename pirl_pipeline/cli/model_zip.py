@@ -32,11 +32,11 @@ from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_net
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError, PirlWriteError
 from pirl_pipeline.file_io import atomic_path, make_dirs, os_reason, remove_stale, save_json, temp_entries, temp_name
+from pirl_pipeline.fold_folder import FINAL, PREFIX, FoldFolder
 from pirl_pipeline.paths import model_folder, results_root
 from plans.plans_manager import PLANS_FILE, Plans
 
 log = logging.getLogger("pirl")
-FOLD_FILES = ("config.json", "training_log.txt", "progress.png", "validation/summary.json", "postprocessing.json")
 EXECUTION_ONLY = ("use_checkpoint", "use_flash_attention")  # SwinUNETR options that leave the weights alone
 #: what an installed model may unpack to: 5 folds x final + best checkpoint of the largest pirl network (fs 48,
 #: 128^3 patch: ~1.7 GB with its optimiser state) is ~17 GB
@@ -57,10 +57,10 @@ def _fold_checkpoints(folder: Path, folds: list[str] | None, checkpoints: list[s
     """fold -> its checkpoint files (all must exist); default folds: every fold with the first checkpoint."""
     if not folder.is_dir():
         raise PirlInputError(f"{folder}: model folder not found")
-    folds = folds or sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / checkpoints[0]).is_file())
+    folds = folds or [f.fold for f in FoldFolder.folds(folder, require=checkpoints[0])]
     if not folds:
-        raise PirlInputError(f"{folder}: no fold_*/{checkpoints[0]} to export")
-    found = {f: [folder / f"fold_{f}" / c for c in checkpoints] for f in folds}
+        raise PirlInputError(f"{folder}: no {PREFIX}*/{checkpoints[0]} to export")
+    found = {f: [FoldFolder(folder, f).checkpoint(c) for c in checkpoints] for f in folds}
     for path in (p for paths in found.values() for p in paths):
         if not path.is_file():
             raise PirlInputError(f"{path}: checkpoint not found")
@@ -68,7 +68,7 @@ def _fold_checkpoints(folder: Path, folds: list[str] | None, checkpoints: list[s
 
 
 def export_model(folder: str | Path, output: str | Path, folds: list[str] | None = None,
-                 checkpoints: tuple[str, ...] = ("checkpoint_final.pth",)) -> PurePosixPath:
+                 checkpoints: tuple[str, ...] = (FINAL,)) -> PurePosixPath:
     """Write the model folder's ``folds`` (default: all with the first checkpoint) into the zip ``output``.
     Returns the model folder's path inside the zip."""
     folder, output = Path(folder), Path(output)
@@ -80,18 +80,20 @@ def export_model(folder: str | Path, output: str | Path, folds: list[str] | None
         zf.writestr(str(prefix / "dataset.json"), json.dumps(first["dataset_json"], indent=2))
         zf.writestr(str(prefix / PLANS_FILE), json.dumps(first["plans"], indent=2))
         for fold, paths in found.items():
+            here = FoldFolder(folder, fold)
+            inside = prefix / here.name
             for path in paths:
                 check_same_model(path, load_checkpoint(path), first_path, first)  # one model per zip
-                zf.write(path, str(prefix / f"fold_{fold}" / path.name), compress_type=zipfile.ZIP_STORED)
-            for name in FOLD_FILES:
-                if (folder / f"fold_{fold}" / name).is_file():
-                    zf.write(folder / f"fold_{fold}" / name, str(prefix / f"fold_{fold}" / name))
+                zf.write(path, str(inside / path.name), compress_type=zipfile.ZIP_STORED)
+            for path in here.records():
+                if path.is_file():
+                    zf.write(path, str(inside / path.relative_to(here.path).as_posix()))
     log.info("exported %s (folds %s) to %s", prefix, ", ".join(found), output)
     return prefix
 
 
 def export_swinunetr(folder: str | Path, output: str | Path, fold: str | None = None,
-                     checkpoint: str = "checkpoint_final.pth") -> dict:
+                     checkpoint: str = FINAL) -> dict:
     """Write the SwinUNETR weights of one fold to ``output`` (a plain {key: tensor} state dict) and
     ``output.json`` (the ``monai.networks.nets.SwinUNETR`` keyword arguments, channels, labels, patch size).
     Checked here with ``strict=True``. Returns the keyword arguments."""
@@ -234,7 +236,7 @@ def install_model(zip_path: str | Path, overwrite: bool = False, root: Path | No
                     target.parent.rmdir()
     if old is not None:  # installed; a replaced model that cannot be removed now goes with the next install
         shutil.rmtree(old, ignore_errors=True)
-    folds = sorted({p.parent.name for p in target.glob("fold_*/*.pth")})
+    folds = [f.name for f in FoldFolder.folds(target) if f.checkpoints()]
     log.info("installed %s/%s (%s) into %s", dataset, model, ", ".join(folds), target)
     return target
 
@@ -255,9 +257,9 @@ def _clear_interrupted_install(target: Path) -> None:
 def _check_checkpoints(zip_path: Path, staging: Path, model: PurePosixPath) -> None:
     """Every extracted checkpoint loads with ``weights_only=True`` and is a fold of the zip's one model; errors name
     the entry inside the zip."""
-    checkpoints = sorted(staging.glob("fold_*/*.pth"))
+    checkpoints = [path for fold in FoldFolder.folds(staging) for path in fold.checkpoints()]
     if not checkpoints:
-        raise PirlInputError(f"{zip_path}: no fold_*/*.pth checkpoint in {model}")
+        raise PirlInputError(f"{zip_path}: no {PREFIX}*/*.pth checkpoint in {model}")
     first = None
     for path in checkpoints:
         shown = zip_path / model / path.relative_to(staging)
@@ -280,7 +282,7 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("-m", dest="model_folder", type=Path, required=True, help="TRAINER__PLANS__CONFIG folder")
     p.add_argument("-o", dest="output", type=Path, required=True, help="model.zip (or weights.pth with --swinunetr)")
     p.add_argument("-f", dest="folds", nargs="+", default=None, help="folds (default: all with the checkpoint)")
-    p.add_argument("-chk", dest="checkpoints", nargs="+", default=["checkpoint_final.pth"])
+    p.add_argument("-chk", dest="checkpoints", nargs="+", default=[FINAL])
     p.add_argument("--swinunetr", action="store_true", help="write SwinUNETR weights (strict=True) + OUTPUT.json")
     args = p.parse_args(argv)
     if args.swinunetr:

@@ -18,6 +18,7 @@ from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import remove_stale
+from pirl_pipeline.fold_folder import FINAL
 from pirl_pipeline.inference.ensembling import TrainerEnsemble, load_predictor
 from pirl_pipeline.inference.export import output_paths
 from pirl_pipeline.inference.postprocessing import Postprocessing
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", dest="model_folders", type=Path, nargs="+", metavar="MODEL_FOLDER",
                    help="model folder TRAINER__PIRLPlans__CONFIG instead of -d/-c/-tr; several: their ensemble")
     p.add_argument("-f", dest="folds", nargs="+", help="folds to ensemble (default: all trained folds)")
-    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-chk", dest="checkpoint", default=FINAL)
     p.add_argument("-device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--fp32", action="store_true", help="no autocast on CUDA (default: bf16 where supported, as in "
                                                         "training; the CPU always runs fp32)")

@@ -24,7 +24,7 @@ from pirl_pipeline.cli.common import (
 )
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.file_io import load_json
+from pirl_pipeline.fold_folder import LATEST, FoldFolder
 from pirl_pipeline.networks.factory import canonical
 from pirl_pipeline.paths import find_dataset_name, model_folder, preprocessed_root
 from pirl_pipeline.splits import load_or_create_splits
@@ -140,18 +140,19 @@ def resumed_config(args: argparse.Namespace, saved: TrainerConfig, source: Path)
     return config
 
 
-def select_run(args: argparse.Namespace, output: Path) -> tuple[TrainerConfig, PretrainedWeights | None, dict | None]:
+def select_run(args: argparse.Namespace,
+               fold: FoldFolder) -> tuple[TrainerConfig, PretrainedWeights | None, dict | None]:
     """(configuration, pretrained weights to start from, checkpoint state to resume) of this invocation."""
-    latest, saved = output / "checkpoint_latest.pth", output / "config.json"
+    latest = fold.checkpoint(LATEST)
     if args.resume and latest.is_file():
         state = load_checkpoint(latest)
         return resumed_config(args, TrainerConfig.from_dict(state["config"]), latest), None, state
-    if args.resume and saved.is_file():
-        config = resumed_config(args, TrainerConfig.from_dict(load_json(saved)), saved)
-        log.warning("--c: no checkpoint in %s yet; starting the run again from its saved configuration", output)
+    if args.resume and (saved := fold.read_config()) is not None:
+        config = resumed_config(args, saved, fold.config)
+        log.warning("--c: no checkpoint in %s yet; starting the run again from its saved configuration", fold.path)
         return config, load_pretrained(config.pretrained) if config.pretrained else None, None
     if args.resume:
-        log.warning("--c: nothing to continue in %s, starting from scratch", output)
+        log.warning("--c: nothing to continue in %s, starting from scratch", fold.path)
     elif latest.is_file():
         log.warning("%s exists; training again from scratch (use --c to continue)", latest)
     pretrained = load_pretrained(args.pretrained) if args.pretrained else None
@@ -185,22 +186,22 @@ def run(args: argparse.Namespace) -> None:
         if not fold.isdigit() or int(fold) >= len(splits):
             raise PirlInputError(f"{folder / 'splits_final.json'}: no fold {fold} (folds 0..{len(splits) - 1}, or all)")
         train_cases, val_cases = splits[int(fold)]["train"], splits[int(fold)]["val"]
-    output = model_folder(name, trainer_name, plans.plans_name, args.configuration) / f"fold_{fold}"
+    output = FoldFolder(model_folder(name, trainer_name, plans.plans_name, args.configuration), fold)
     info = distributed.init_distributed("cuda" if args.device == "cuda" or
                                         (args.device is None and torch.cuda.is_available()) else "cpu")
     try:
-        lock_fold(output, info)  # before select_run: a refused run reads no checkpoint
+        lock_fold(output.path, info)  # before select_run: a refused run reads no checkpoint
         config, pretrained, state = select_run(args, output)
         config.trainer = trainer_name
         ctx = RunContext(plans, args.configuration, dataset_json, data_folder, output, train_cases, val_cases,
                          select_device(args.device, info), info)
         trainer = build_trainer(trainer_name, ctx, config, pretrained, state["network_kwargs"] if state else None)
         if state is not None:
-            check_resumable(trainer.network_kwargs(), state["network_kwargs"], output / "checkpoint_latest.pth")
-            trainer.resume(output / "checkpoint_latest.pth")
+            check_resumable(trainer.network_kwargs(), state["network_kwargs"], output.checkpoint(LATEST))
+            trainer.resume(output.checkpoint(LATEST))
         trainer.run()
         if info.is_main:
-            log.info("done: %s", output)
+            log.info("done: %s", output.path)
     finally:
         distributed.cleanup(info)
 

@@ -39,15 +39,13 @@ from pirl_pipeline.evaluation.segmentation import (
     segmentation_metrics,
     segmentation_targets,
 )
-from pirl_pipeline.file_io import load_json
+from pirl_pipeline.fold_folder import PREFIX, VALIDATION_SUMMARY, FoldFolder
 from pirl_pipeline.inference.export import labels_from_probabilities
-from pirl_pipeline.paths import fold_folder, parse_model_folder_name
+from pirl_pipeline.paths import parse_model_folder_name
 from pirl_pipeline.tasks import Task
-from pirl_pipeline.trainer_config import TrainerConfig
 
 log = logging.getLogger("pirl")
 
-VALIDATION = "validation"
 PROBABILITIES_KEY = "probabilities"  # what PIRLPredictor.export writes into CASE.npz
 SCORE_DECIMALS = 9  # scores equal to this many decimals are a tie
 
@@ -70,10 +68,10 @@ class TrainedTrainer:
         return next(f for f, cases in self.cases.items() if case in cases)
 
     def prediction(self, case: str, file_ending: str) -> Path:
-        return fold_folder(self.folder, self.fold_of(case)) / VALIDATION / f"{case}{file_ending}"
+        return FoldFolder(self.folder, self.fold_of(case)).validation / f"{case}{file_ending}"
 
     def probabilities(self, case: str) -> Path:
-        return fold_folder(self.folder, self.fold_of(case)) / VALIDATION / f"{case}.npz"
+        return FoldFolder(self.folder, self.fold_of(case)).validation / f"{case}.npz"
 
 
 @dataclass(frozen=True)
@@ -87,18 +85,12 @@ class Candidate:
 
 def _validated_folds(folder: Path) -> list[str]:
     """Numeric folds with a finished final validation, in numeric order."""
-    folds = [p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / VALIDATION / "summary.json").is_file()]
-    return sorted((f for f in folds if f.isdigit()), key=int)
+    return [f.fold for f in FoldFolder.folds(folder, require=VALIDATION_SUMMARY) if f.fold.isdigit()]
 
 
 def _task_of(folder: Path) -> str | None:
-    """The task a model folder was trained for (its first fold's ``config.json``; None without one)."""
-    for path in sorted(folder.glob("fold_*/config.json")):
-        try:
-            return TrainerConfig.from_dict(load_json(path)).task
-        except (ValueError, TypeError) as err:  # JSONDecodeError, or not a config
-            raise PirlInputError(f"{path}: unreadable trainer config ({err})") from None
-    return None
+    """The task a model folder was trained for (what its first fold recorded; None before any started)."""
+    return next((fold.task() for fold in FoldFolder.folds(folder) if fold.config.is_file()), None)
 
 
 def _some(items, limit: int = 5) -> str:
@@ -122,8 +114,8 @@ def find_trainers(dataset_folder: Path, task: Task, dataset_json: DatasetJson, c
             continue
         validated = _validated_folds(folder)
         if not validated:
-            log.warning("%s: no fold with a finished final validation (fold_F/validation/summary.json); left out",
-                        folder)
+            log.warning("%s: no fold with a finished final validation (%sF/%s); left out", folder, PREFIX,
+                        VALIDATION_SUMMARY)
             continue
         if folds is not None:
             if absent := [f for f in folds if f not in validated]:
@@ -132,9 +124,10 @@ def find_trainers(dataset_folder: Path, task: Task, dataset_json: DatasetJson, c
             validated = list(folds)
         cases = {}
         for fold in validated:
-            predicted = list_label_files(fold_folder(folder, fold) / VALIDATION, dataset_json.file_ending)
+            validation = FoldFolder(folder, fold).validation
+            predicted = list_label_files(validation, dataset_json.file_ending)
             if not predicted:
-                raise PirlInputError(f"{fold_folder(folder, fold) / VALIDATION}: no predicted label maps "
+                raise PirlInputError(f"{validation}: no predicted label maps "
                                      f"(CASE{dataset_json.file_ending}; validated without the raw data?)")
             cases[fold] = tuple(predicted)
         trained = TrainedTrainer(parsed[0], folder, cases, ())
@@ -145,7 +138,7 @@ def find_trainers(dataset_folder: Path, task: Task, dataset_json: DatasetJson, c
                              f"{absent[0]}__{plans}__{configuration}")
     if not found:
         raise PirlInputError(f"{dataset_folder}: no trained {task.name} trainer with a final validation "
-                             f"(*__{plans}__{configuration}/fold_F/validation/summary.json); train first")
+                             f"(*__{plans}__{configuration}/{PREFIX}F/{VALIDATION_SUMMARY}); train first")
     result = [found[t] for t in sorted(found)]
     check_same_cases(result)
     return result

@@ -25,6 +25,7 @@ from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.evaluation.segmentation import SegmentationOptions, segmentation_metrics
 from pirl_pipeline.evaluation.translation import channel_targets, reference_mask, translation_metrics
 from pirl_pipeline.file_io import atomic_path, save_json
+from pirl_pipeline.fold_folder import PER_CASE, SUMMARY, segmentation_matrix_name, translation_matrix_name
 from pirl_pipeline.inference.predictor import PIRLPredictor
 from pirl_pipeline.plots import heatmap, save_figure
 
@@ -106,20 +107,19 @@ def heatmap_png(matrix: pd.DataFrame, path: Path, title: str, fmt: str = "{:.2f}
 def write_results(table: pd.DataFrame, matrices: dict[str, pd.DataFrame], out: Path, info: dict) -> None:
     """``per_case.csv`` (``table``), ``NAME.csv`` + ``NAME.png`` per matrix, ``summary.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "per_case.csv") as tmp:
+    with atomic_path(out / PER_CASE) as tmp:
         table.to_csv(tmp, index=False)
     for name, matrix in matrices.items():
         with atomic_path(out / f"{name}.csv") as tmp:
             matrix.to_csv(tmp)
         heatmap_png(matrix, out / f"{name}.png", f"{name} ({info['cases']} case(s))")
-    save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / "summary.json")
+    save_json({**info, **{name: m.to_dict() for name, m in matrices.items()}}, out / SUMMARY)
 
 
 def segmentation_matrices(table: pd.DataFrame, path: str | None = None) -> dict[str, pd.DataFrame]:
     """``{"missing_modalities_<name>[_<path>]": matrix}`` for every :data:`SEGMENTATION_MATRICES` metric the
     table holds (HD95: not without distance metrics); ``path`` "completed" gets the suffix, "direct" none."""
-    suffix = "_completed" if path == "completed" else ""
-    return {f"missing_modalities_{name}{suffix}": segmentation_matrix(table, metric, path)
+    return {segmentation_matrix_name(name, path == "completed"): segmentation_matrix(table, metric, path)
             for name, metric in SEGMENTATION_MATRICES.items() if any(c.startswith(f"{metric}/") for c in table.columns)}
 
 
@@ -132,6 +132,14 @@ def segmentation_matrix(table: pd.DataFrame, metric: str = "Dice", path: str | N
     matrix = table.groupby("subset", sort=False)[columns].mean()
     matrix.columns = [c.split("/", 1)[1] for c in columns]
     return matrix
+
+
+TRANSLATION_MATRICES = ("PSNR", "SSIM")
+
+
+def translation_matrices(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{"translation_psnr": matrix, "translation_ssim": matrix}`` of a :func:`translation_table`."""
+    return {translation_matrix_name(metric): translation_matrix(table, metric) for metric in TRANSLATION_MATRICES}
 
 
 def translation_matrix(table: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import torch
 
 from pirl_pipeline.data.image_io import Geometry
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.fold_folder import FINAL
 from pirl_pipeline.inference.export import labels_from_probabilities
 from pirl_pipeline.inference.postprocessing import Postprocessing, load_postprocessing
 from pirl_pipeline.inference.predictor import CasePrediction, PIRLPredictor
@@ -49,7 +50,7 @@ class TrainerEnsemble:
 
     @classmethod
     def from_model_folders(cls, folders: Sequence[str | Path], folds: list[str] | None = None,
-                           checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
+                           checkpoint: str = FINAL, device: torch.device | str = "cpu",
                            fused_attention: bool = True, task: str | None = None, postprocess: bool = True,
                            **kwargs) -> TrainerEnsemble:
         """Load every folder as :meth:`PIRLPredictor.from_model_folder` does (same ``folds``, ``checkpoint`` and

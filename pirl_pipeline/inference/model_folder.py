@@ -10,6 +10,7 @@ import torch
 from pirl_pipeline.checkpoint import check_same_model, load_checkpoint, load_network
 from pirl_pipeline.data.dataset_json import DatasetJson, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
+from pirl_pipeline.fold_folder import FINAL, PREFIX, FoldFolder
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention
 from pirl_pipeline.tasks import PRETRAIN
 from pirl_pipeline.trainer_config import TrainerConfig
@@ -42,12 +43,8 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def _folds_in(folder: Path, checkpoint: str) -> list[str]:
-    return sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint).is_file())
-
-
 def load_model_folder(folder: str | Path, folds: list[str] | None = None,
-                      checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
+                      checkpoint: str = FINAL, device: torch.device | str = "cpu",
                       fused_attention: bool = True) -> TrainedModel:
     """Load the given folds (default: every fold with ``checkpoint``) of a model folder.
 
@@ -57,10 +54,10 @@ def load_model_folder(folder: str | Path, folds: list[str] | None = None,
     folder = Path(folder)
     if not folder.is_dir():
         raise PirlInputError(f"{folder}: model folder not found")
-    folds = folds or _folds_in(folder, checkpoint)
+    folds = folds or [f.fold for f in FoldFolder.folds(folder, require=checkpoint)]
     if not folds:
-        raise PirlInputError(f"{folder}: no fold_*/{checkpoint} (train first, or pick another -chk)")
-    paths = [folder / f"fold_{fold}" / checkpoint for fold in folds]
+        raise PirlInputError(f"{folder}: no {PREFIX}*/{checkpoint} (train first, or pick another -chk)")
+    paths = [FoldFolder(folder, fold).checkpoint(checkpoint) for fold in folds]
     networks, first = [], None
     for path in paths:
         state = load_checkpoint(path)

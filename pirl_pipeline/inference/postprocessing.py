@@ -23,8 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from pirl_pipeline.file_io import load_json, save_json
-
-FILE = "postprocessing.json"
+from pirl_pipeline.fold_folder import FoldFolder
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -69,10 +68,9 @@ class Postprocessing:
                    d.get("cases", []))
 
 
-def save_postprocessing(postprocessing: Postprocessing, fold_folder: Path) -> Path:
-    path = Path(fold_folder) / FILE
-    save_json(postprocessing.to_dict(), path)
-    return path
+def save_postprocessing(postprocessing: Postprocessing, fold: FoldFolder) -> Path:
+    save_json(postprocessing.to_dict(), fold.postprocessing)
+    return fold.postprocessing
 
 
 def load_postprocessing(model_folder: Path, folds: Sequence[str]) -> Postprocessing | None:
@@ -80,7 +78,7 @@ def load_postprocessing(model_folder: Path, folds: Sequence[str]) -> Postprocess
     fold has no ``postprocessing.json`` (trained before it existed, or a translation model)."""
     steps: list[list[int]] | None = None
     for fold in folds:
-        path = Path(model_folder) / f"fold_{fold}" / FILE
+        path = FoldFolder(model_folder, fold).postprocessing
         if not path.is_file():
             return None
         kept = Postprocessing.from_dict(load_json(path)).keep_largest

@@ -25,6 +25,7 @@ from pirl_pipeline.data.image_io import Geometry, write_array
 from pirl_pipeline.data.integrity import load_case
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import save_npz
+from pirl_pipeline.fold_folder import FINAL
 from pirl_pipeline.inference.export import (
     intensities_in_input_units,
     labels_from_probabilities,
@@ -82,7 +83,7 @@ class PIRLPredictor:
 
     @classmethod
     def from_model_folder(cls, folder: str | Path, folds: list[str] | None = None,
-                          checkpoint: str = "checkpoint_final.pth", device: torch.device | str = "cpu",
+                          checkpoint: str = FINAL, device: torch.device | str = "cpu",
                           fused_attention: bool = True, task: str | None = None, postprocess: bool = True,
                           **kwargs) -> PIRLPredictor:
         """Load ``folder`` (``TRAINER__PIRLPlans__CONFIG``; default: every trained fold). ``task`` ("seg" or

@@ -15,6 +15,7 @@ from pathlib import Path
 from pirl_pipeline.data.dataset_json import DatasetJson, load_dataset_json, parse_dataset_json
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path
+from pirl_pipeline.fold_folder import VALIDATION_SUMMARY, segmentation_matrix_name, translation_matrix_name
 from pirl_pipeline.paths import find_dataset_name, raw_root, results_root
 from pirl_pipeline.report import figures
 from pirl_pipeline.report.collect import PredictionFolder, TrainerRun, collect_runs, read_prediction_folder
@@ -124,14 +125,15 @@ def build_report(options: ReportOptions) -> ReportResult:
     for run in runs:
         missing += run.problems
         if run.task == SEG.name and run.missing_dice is None:
-            missing.append(f"{run.name}: no missing_modalities/missing_modalities_dice.csv "
+            missing.append(f"{run.name}: no {SEG.subsets_folder}/{segmentation_matrix_name('dice')}.csv "
                            f"(pirl_evaluate_missing -d {options.dataset} -f {run.fold} -t seg -tr {run.trainer})")
         if run.task == TRANSLATE.name and not run.translation:
-            missing.append(f"{run.name}: no translation_matrix/translation_psnr.csv or translation_ssim.csv "
+            missing.append(f"{run.name}: no {TRANSLATE.subsets_folder}/{translation_matrix_name('PSNR')}.csv or "
+                           f"{translation_matrix_name('SSIM')}.csv "
                            f"(pirl_evaluate_missing -d {options.dataset} -f {run.fold} -t translate "
                            f"-tr {run.trainer})")
         if run.validation is None and run.finished:
-            missing.append(f"{run.name}: no validation/summary.json")
+            missing.append(f"{run.name}: no {VALIDATION_SUMMARY}")
     if not runs:
         missing.append(f"no trained fold in `{results_dir}`: no training curves and no run table")
     dj = dataset_json_for(name, runs, missing)

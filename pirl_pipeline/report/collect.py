@@ -21,12 +21,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pirl_pipeline.fold_folder import (
+    FINAL,
+    LATEST,
+    TRAINING_LOG,
+    FoldFolder,
+    segmentation_matrix_name,
+    translation_matrix_name,
+)
 from pirl_pipeline.paths import parse_model_folder_name
 from pirl_pipeline.tasks import PRETRAIN, SEG, TASKS, TRANSLATE
 
 log = logging.getLogger("pirl")
 
-CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth")
+CHECKPOINTS = (FINAL, LATEST)  # what a run is reported from, first found first
 _LOG_LINE = re.compile(r"^epoch (\d+) \| lr (\S+) \| (\S+)s((?: \| \S+ \S+)*)\s*$")
 
 
@@ -70,7 +78,7 @@ class TrainerRun:
 
     @property
     def finished(self) -> bool:
-        return self.source == "checkpoint_final.pth"
+        return self.source == FINAL
 
     @property
     def patch_size(self) -> list[int] | None:
@@ -167,11 +175,11 @@ def load_checkpoint_meta(path: Path) -> dict:
             if k not in ("network_weights", "optimizer_state", "grad_scaler_state", "extra_state")}
 
 
-def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
-    trainer, plans, configuration = parse_model_folder_name(trainer_folder.name) or (trainer_folder.name, "?", "?")
-    run = TrainerRun(trainer, plans, configuration, fold_folder.name.removeprefix("fold_"), fold_folder)
+def read_run(fold: FoldFolder) -> TrainerRun:
+    trainer, plans, configuration = fold.identity or (fold.model.name, "?", "?")
+    run = TrainerRun(trainer, plans, configuration, fold.fold, fold.path)
     for name in CHECKPOINTS:
-        path = fold_folder / name
+        path = fold.checkpoint(name)
         if not path.is_file():
             continue
         try:
@@ -190,20 +198,19 @@ def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
                                                                                      configuration), {}))
         run.trainer = str(state.get("trainer_name") or run.trainer)
         break
+    log_file = fold.training_log
     if run.source == "nothing":
-        log_file = fold_folder / "training_log.txt"
         if log_file.is_file():
             run.history = history_from_log(log_file)
-            run.source = "training_log.txt"
+            run.source = TRAINING_LOG
             run.epochs_done = len(run.history)
-        config = read_json(fold_folder / "config.json", run.problems)
+        config = read_json(fold.config, run.problems)  # the run's own record, as far as it got
         run.config = config if isinstance(config, dict) else {}
         run.problems.append(f"{run.name}: no readable checkpoint"
-                            + (" (history from training_log.txt)" if run.history else ""))
-    elif run.source != "checkpoint_final.pth":
-        run.problems.append(f"{run.name}: no checkpoint_final.pth (training unfinished? "
+                            + (f" (history from {TRAINING_LOG})" if run.history else ""))
+    elif run.source != FINAL:
+        run.problems.append(f"{run.name}: no {FINAL} (training unfinished? "
                             f"reported from {run.source}, epoch {run.epochs_done})")
-    log_file = fold_folder / "training_log.txt"
     if log_file.is_file():
         head = log_file.read_text(errors="replace")[:4000]
         m = re.search(r"\bdevice (\S+)", head)
@@ -212,18 +219,18 @@ def read_run(trainer_folder: Path, fold_folder: Path) -> TrainerRun:
         if m:
             run.logged = {"patch_size": [int(p) for p in m.group(1).split(",")], "batch_size": int(m.group(2)),
                           "feature_size": int(m.group(3))}
-    summary = read_json(fold_folder / "validation" / "summary.json", run.problems)
+    summary = read_json(fold.validation_summary, run.problems)
     run.validation = summary if isinstance(summary, dict) else None
-    if (fold_folder / "postprocessing.json").is_file():
-        chosen = read_json(fold_folder / "postprocessing.json", run.problems)
+    if fold.postprocessing.is_file():
+        chosen = read_json(fold.postprocessing, run.problems)
         run.postprocessing = chosen if isinstance(chosen, dict) else None
-    run.missing_dice = read_matrix(fold_folder / SEG.subsets_folder / "missing_modalities_dice.csv", run.problems)
-    for metric in ("psnr", "ssim"):
-        matrix = read_matrix(fold_folder / TRANSLATE.subsets_folder / f"translation_{metric}.csv", run.problems)
+    run.missing_dice = read_matrix(fold.matrix(SEG, segmentation_matrix_name("dice")), run.problems)
+    for metric in ("PSNR", "SSIM"):
+        matrix = read_matrix(fold.matrix(TRANSLATE, translation_matrix_name(metric)), run.problems)
         if matrix is not None:
-            run.translation[metric.upper()] = square(matrix)
+            run.translation[metric] = square(matrix)
     for task in TASKS.values():
-        info = read_json(fold_folder / task.subsets_folder / "summary.json", run.problems)
+        info = read_json(fold.subsets_summary(task), run.problems)
         if isinstance(info, dict) and isinstance(info.get("cases"), int):
             run.matrix_cases[task.name] = info["cases"]
     return run
@@ -236,19 +243,13 @@ def square(matrix: pd.DataFrame) -> pd.DataFrame:
     return matrix[columns]
 
 
-def _fold_key(folder: Path) -> tuple[int, str]:
-    fold = folder.name.removeprefix("fold_")
-    return (int(fold), "") if fold.isdigit() else (10**6, fold)
-
-
 def collect_runs(results_dir: Path) -> list[TrainerRun]:
-    """Every ``TRAINER__PLANS__CONFIG/fold_*`` folder below ``results_dir`` (pre-training first)."""
+    """Every fold folder of every ``TRAINER__PLANS__CONFIG`` folder below ``results_dir`` (pre-training first)."""
     runs = []
     if not results_dir.is_dir():
         return runs
     for trainer_folder in sorted(p for p in results_dir.iterdir() if p.is_dir() and parse_model_folder_name(p.name)):
-        for fold_folder in sorted((p for p in trainer_folder.glob("fold_*") if p.is_dir()), key=_fold_key):
-            runs.append(read_run(trainer_folder, fold_folder))
+        runs.extend(read_run(fold) for fold in FoldFolder.folds(trainer_folder))
     order = {PRETRAIN: 0, SEG.name: 1, TRANSLATE.name: 2}
     return sorted(runs, key=lambda r: order.get(r.task, 3))
 

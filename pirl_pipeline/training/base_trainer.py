@@ -43,6 +43,7 @@ from pirl_pipeline.dataloading import (
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.health import health_patches, representation_health
 from pirl_pipeline.file_io import save_json
+from pirl_pipeline.fold_folder import BEST, FINAL, LATEST, FoldFolder
 from pirl_pipeline.networks.pirl_net import PIRLNet
 from pirl_pipeline.networks.swinunetr_compat import set_fused_attention, set_gradient_checkpointing
 from pirl_pipeline.trainer_config import NETWORK_FIXES, TrainerConfig
@@ -74,7 +75,7 @@ class RunContext:
     configuration: str
     dataset_json: DatasetJson
     preprocessed_folder: Path  # the folder holding the preprocessed case files
-    output_folder: Path  # .../TRAINER__PIRLPlans__3d_fullres/fold_F
+    fold_folder: FoldFolder  # where the run writes: .../TRAINER__PIRLPlans__3d_fullres/fold_F
     train_cases: list[str]
     val_cases: list[str]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -102,7 +103,7 @@ class BaseTrainer:
         self.use_amp = use_amp
         self.epoch = 0
         self.best_metric: float | None = None
-        self.progress = ProgressLog(ctx.output_folder / "training_log.txt")
+        self.progress = ProgressLog(ctx.fold_folder.training_log)
         self.initialized = False
 
     def window_override(self) -> dict[str, int]:
@@ -298,8 +299,8 @@ class BaseTrainer:
         self.initialize()
         main = self.ctx.dist.is_main
         if main:
-            self.ctx.output_folder.mkdir(parents=True, exist_ok=True)
-            save_json(self.config.to_dict(), self.ctx.output_folder / "config.json")
+            self.ctx.fold_folder.path.mkdir(parents=True, exist_ok=True)
+            save_json(self.config.to_dict(), self.ctx.fold_folder.config)
             self.progress.write(f"{self.name}: {len(self.ctx.train_cases)} training / {len(self.ctx.val_cases)} "
                                 f"validation cases, patch {self.patch_size}, batch {self.batch_size}, "
                                 f"feature_size {self.feature_size}, device {self.device}")
@@ -309,7 +310,7 @@ class BaseTrainer:
         finally:
             stream.close()
         if main:
-            self.save("checkpoint_final.pth")
+            self.save(FINAL)
             self.write_validation_summary()
 
     def _train_epochs(self, stream: BatchStream) -> None:
@@ -329,10 +330,10 @@ class BaseTrainer:
             if main:
                 log.info(self.progress.add_epoch(row))
                 if improved:
-                    self.save("checkpoint_best.pth")
+                    self.save(BEST)
                 if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
-                    self.save("checkpoint_latest.pth")
-                self.progress.plot(self.ctx.output_folder / "progress.png", title=self.name)
+                    self.save(LATEST)
+                self.progress.plot(self.ctx.fold_folder.progress_plot, title=self.name)
             distributed.barrier(self.ctx.dist)
 
     def write_validation_summary(self) -> None:
@@ -340,7 +341,7 @@ class BaseTrainer:
         metrics = self.validate(shard=False)
         save_json({"kind": "patch-level validation (random patches of the validation cases)",
                    "cases": self.ctx.val_cases, "patches": self.config.val_iters * self.batch_size,
-                   "metrics": metrics}, self.ctx.output_folder / "validation" / "summary.json")
+                   "metrics": metrics}, self.ctx.fold_folder.validation_summary)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -361,7 +362,7 @@ class BaseTrainer:
         }
 
     def save(self, filename: str) -> None:
-        save_checkpoint(self.checkpoint_state(), self.ctx.output_folder / filename)
+        save_checkpoint(self.checkpoint_state(), self.ctx.fold_folder.checkpoint(filename))
 
     def resume(self, path: Path) -> None:
         self.initialize()

@@ -17,7 +17,7 @@ from pirl_pipeline.data.dataset_json import group_channel_files
 from pirl_pipeline.data.image_io import read_array
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.evaluate import write_summary
-from pirl_pipeline.evaluation.missing_modalities import translation_matrix, translation_table, write_results
+from pirl_pipeline.evaluation.missing_modalities import translation_matrices, translation_table, write_results
 from pirl_pipeline.evaluation.postprocessing import determine_postprocessing
 from pirl_pipeline.evaluation.segmentation import evaluate_segmentation_case
 from pirl_pipeline.inference.model_folder import TrainedModel
@@ -41,13 +41,12 @@ def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_si
         return None
     model = TrainedModel([network.eval()], kind, task.name, ctx.plans, ctx.configuration, dj, patch_size, ["current"])
     predictor = PIRLPredictor(model, ctx.device, mirror=False, save_probabilities=save_probabilities)
-    out = ctx.output_folder / "validation"
+    fold, out = ctx.fold_folder, ctx.fold_folder.validation
     info = {"kind": "full-volume sliding-window validation (no TTA)", "task": task.name, "cases": len(ctx.val_cases)}
     if not task.predicts_labels:  # every single source modality -> every other modality (Table 10 layout)
         table = translation_table(predictor, {case: files[case] for case in ctx.val_cases})
-        write_results(table, {"translation_psnr": translation_matrix(table, "PSNR"),
-                              "translation_ssim": translation_matrix(table, "SSIM")}, out, info)
-        return out / "summary.json"
+        write_results(table, translation_matrices(table), out, info)
+        return fold.validation_summary
     rows, pairs = {}, {}
     for case in ctx.val_cases:  # all modalities in
         images, geometry = predictor.read_case(case, files[case])
@@ -59,6 +58,6 @@ def validate_fold(network: torch.nn.Module, kind: str, task: Task, ctx, patch_si
         # fix: scored from the written files by pirl_evaluate's own function (distances in mm from the
         # reference's spacing), so validation and pirl_evaluate give identical numbers
         rows[case] = evaluate_segmentation_case(reference_file, out / f"{case}{dj.file_ending}", dj)
-    write_summary(pd.DataFrame.from_dict(rows, orient="index"), out / "summary.json", info)
-    save_postprocessing(determine_postprocessing(pairs, dj), ctx.output_folder)
-    return out / "summary.json"
+    write_summary(pd.DataFrame.from_dict(rows, orient="index"), fold.validation_summary, info)
+    save_postprocessing(determine_postprocessing(pairs, dj), fold)
+    return fold.validation_summary
