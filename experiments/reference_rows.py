@@ -24,6 +24,7 @@ import pandas as pd
 from experiments.config import PARTS
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
 from pirl_pipeline.evaluation.references.common import raw_cases
 from pirl_pipeline.evaluation.references.segmentation import (
@@ -84,7 +85,7 @@ def run(work: Path, part: str, fold: int) -> None:
         label = subset_name(subset, dj)
         only = {case: {c: files[c] for c in subset} for case, files in test.items()}
         brain.append(segmentation_reference_table("whole_brain", only, test_labels, dj).assign(subset=label))
-        flair = [c for c in subset if "flair" in names[c].lower()]
+        flair = [c for c in subset if modality(names[c]).name == "FLAIR"]
         model = fit_threshold(train, train_labels, dj, channel=(flair or list(subset))[0])
         fitted[label] = model.to_dict()
         threshold.append(segmentation_reference_table("threshold", only, test_labels, dj, model).assign(subset=label))

@@ -30,6 +30,7 @@ from experiments.tables import (
     translation_summary,
     translation_table,
 )
+from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.file_io import atomic_path, load_json
 from pirl_pipeline.report.collect import load_checkpoint_meta
@@ -157,7 +158,7 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
              "Dice per region:", "", to_markdown(dice), "", f"![Dice](table8_{part}_dice.png)", "",
              (f"Spread of the whole-tumour Dice across seeds ({subsets[-1]}, max - min of the seed means): "
               + ", ".join(f"{labels[k]} {v:.3f}" for k, v in spread.items() if k in labels) + "."), ""]
-    whole = dice["whole tumour"] if "whole tumour" in dice else mean["Dice"]
+    whole = dice[whole_target(dice)] if whole_target(dice) is not None else mean["Dice"]
     for subset in subsets:
         spreads = seed_spread(rows[rows["subset"] == subset], "Dice/whole tumour")
         spreads = {labels[k]: v for k, v in spreads.items() if k in labels}

@@ -13,6 +13,7 @@ import pandas as pd
 from experiments.config import PARTS, TABLE11, Budget, model_of_run
 from experiments.reference_rows import REFERENCE_LABELS
 from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown
+from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
 from pirl_pipeline.report.collect import load_checkpoint_meta
 
@@ -43,9 +44,9 @@ def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     subsets = list(dict.fromkeys(rows["subset"]))
     singles = [s for s in subsets if "+" not in s]
     full = subsets[-1]
-    flair = next((s for s in singles if "flair" in s.lower()), None)
-    flair_t1 = next((s for s in subsets if s.lower().replace("+", " ").split() in (["flair", "t1"], ["t1", "flair"])),
-                    None)
+    kinds = {s: sorted(modality(n).name for n in s.split("+")) for s in subsets}
+    flair = next((s for s in singles if kinds[s] == ["FLAIR"]), None)
+    flair_t1 = next((s for s in subsets if kinds[s] == ["FLAIR", "T1"]), None)
     out = []
     for model in [k for k in KEYS if k in whole.index.get_level_values(0)]:
         w = whole[model]

@@ -111,3 +111,11 @@ def test_raw_case_channels_default_to_a_complete_case(tmp_path):
     assert RawCase("a", (tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz")).channels == (0, 1)
     with pytest.raises(ValueError, match="do not match"):
         RawCase("a", (tmp_path / "a_0000.nii.gz",), channels=(0, 2))
+
+
+def test_the_whole_lesion_target_is_found_by_one_rule_whatever_the_spelling():
+    from pirl_pipeline.data.dataset_json import whole_target
+
+    assert whole_target(["tumor core", "whole tumor", "enhancing tumor"]) == "whole tumor"
+    assert whole_target(["Whole_Tumour", "tumour core"]) == "Whole_Tumour"
+    assert whole_target(["lesion"]) is None

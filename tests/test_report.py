@@ -295,3 +295,12 @@ def test_overview_shows_a_synthesis_in_another_unit_as_it_is_scored():
     shown_ref, shown_syn = as_scored(Volume(reference, (1, 1, 1)), brain), as_scored(Volume(zscored, (1, 1, 1)), brain)
     assert shown_ref.array.max() == 1.0 and shown_ref.array.min() == 0.0
     np.testing.assert_allclose(shown_syn.array, shown_ref.array, atol=1e-12)
+
+
+def test_a_translation_folder_names_its_source_one_way_for_the_tables_and_the_overview(tmp_path):
+    from pirl_pipeline.report.collect import PredictionFolder
+
+    for label in ("translate_t1", "translate_T1_reference_identity"):
+        folder = PredictionFolder(label, tmp_path, "translate")
+        assert folder.source == "t1" and folder.source_channel(["T1", "T1ce", "T2", "FLAIR"]) == 0
+    assert PredictionFolder("translate_all", tmp_path, "translate").source_channel(["T1", "T2"]) is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,12 @@ MAX_LABEL = int(np.iinfo(np.int16).max)  # the largest label value CASE_seg.npy 
 MAX_CASE_NAME_BYTES = NAME_MAX - 14 - 41
 SEG_DTYPES = (np.dtype(np.int8), np.dtype(np.int16))  # what seg_dtype returns
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def whole_target(targets: Iterable[str]) -> str | None:
+    """The target that covers the whole lesion (BraTS' whole tumour) among evaluated target names: the first
+    whose name starts with "whole" (tumor or tumour, space or underscore); None when there is none."""
+    return next((t for t in targets if str(t).strip().lower().startswith("whole")), None)
 
 
 def seg_dtype(max_label: int) -> np.dtype:

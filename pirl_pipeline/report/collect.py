@@ -122,6 +122,18 @@ class PredictionFolder:
     def files(self, file_ending: str = ".nii.gz") -> list[Path]:
         return sorted(f for f in self.folder.iterdir() if f.name.endswith(file_ending)) if self.exists else []
 
+    @property
+    def source(self) -> str:
+        """The input channel of a single-source translation folder, by the demo's and the report's naming rule
+        ``..._<channel>[_reference_<kind>]`` (``translate_t1``, ``translate_t1_reference_identity``): "t1",
+        lower case; a prediction records no source, so the folder name is the only place it is said."""
+        return self.label.split("_reference")[0].rsplit("_", 1)[-1].lower()
+
+    def source_channel(self, channel_names: list[str]) -> int | None:
+        """The index of :attr:`source` among ``channel_names`` (None when no single channel has that name)."""
+        matches = [c for c, n in enumerate(channel_names) if n.lower() == self.source]
+        return matches[0] if len(matches) == 1 else None
+
 
 def read_json(path: Path, problems: list[str]) -> Any | None:
     if not path.is_file():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.report.collect import PredictionFolder, TrainerRun, format_value, summary_table
 from pirl_pipeline.report.overview import OverviewResult
 from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
@@ -131,8 +132,8 @@ COMPARED = {SEG.name: ("Dice", "HD95", "CaseTPR"), TRANSLATE.name: ("PSNR", "SSI
 
 
 def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFrame:
-    """One row per evaluated folder of ``task``. seg: the metrics of COMPARED for the whole tumour (the target
-    whose name contains "whole"; else the mean over targets) and the Dice mean over all targets; translate:
+    """One row per evaluated folder of ``task``. seg: the metrics of COMPARED for the whole tumour
+    (``dataset_json.whole_target``; else the mean over targets) and the Dice mean over all targets; translate:
     the mean over the synthesised targets (the input channel, named by the folder's suffix, excluded).
     Folders named ``*reference*`` are the trivial references (``pirl_reference``)."""
     rows = {}
@@ -141,11 +142,10 @@ def comparison_rows(predictions: list[PredictionFolder], task: str) -> pd.DataFr
             continue
         mean = p.summary.get("mean") or {}
         if get_task(task).predicts_labels:
-            whole = [t for t in mean if "whole" in t.lower()]
-            targets = whole[:1] or list(mean)
+            whole = whole_target(mean)
+            targets = [whole] if whole is not None else list(mean)
         else:
-            source = p.label.split("_reference")[0].rsplit("_", 1)[-1].lower()
-            targets = [t for t in mean if t.lower() != source]
+            targets = [t for t in mean if t.lower() != p.source]
         row = {}
         for metric in COMPARED[task]:
             values = [float(mean[t][metric]) for t in targets if isinstance(mean[t].get(metric), int | float)]

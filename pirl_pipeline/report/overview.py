@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name
+from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name, whole_target
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.image_similarity import percentile_scale
@@ -68,13 +68,6 @@ def channel_files(folder: Path | None, file_ending: str) -> dict[str, dict[int, 
             if parsed is not None:
                 cases.setdefault(parsed[0], {})[parsed[1]] = f
     return cases
-
-
-def source_channel(label: str, channel_names: list[str]) -> int | None:
-    """The input channel of a single-source translation folder named like ``translate_t1``."""
-    suffix = label.rsplit("_", 1)[-1].lower()
-    matches = [c for c, n in enumerate(channel_names) if n.lower() == suffix]
-    return matches[0] if len(matches) == 1 else None
 
 
 def choose_case(requested: str | None, images: dict, labels: dict, segs: list[dict], translations: list[dict]
@@ -192,7 +185,7 @@ def seg_score(pred: PredictionFolder | None, case: str) -> str:
     values = {t: m.get("Dice") for t, m in metrics.items() if isinstance(m.get("Dice"), (int, float))}
     if not values:
         return ""
-    target = "whole tumor" if "whole tumor" in values else None
+    target = whole_target(values)
     if target is None:
         return f"mean Dice {format_value(float(np.mean(list(values.values()))))}"
     return f"Dice {target} {format_value(values[target])}"
@@ -267,7 +260,7 @@ def draw_overview(path: Path, *, channel_names: list[str], label_names: dict[int
         if case not in files:
             result.notes.append(f"overview: no translation of case {case} in `{pred.folder}`; panels skipped")
             continue
-        source = source_channel(pred.label, channel_names)
+        source = pred.source_channel(channel_names)
         for c, p in sorted(files[case].items()):
             if c == source:
                 continue
