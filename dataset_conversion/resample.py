@@ -3,7 +3,7 @@
 Physical space is the truth: each file is sampled with SimpleITK at the physical voxel centres of the
 reference grid (the named channel's image, which is written unchanged; so is any file already on that grid).
 Choices, measured on the 16 real PET/CT subjects of ``../shared/data/sts_pet_ct`` (CT 0.98 mm and PET
-3.9-5.5 mm in-plane; numbers in the README, "PET/CT on different grids"):
+3.9-5.5 mm in-plane; numbers in docs/measurements_history.md, "PET/CT on different grids"):
 
 - images: linear. Where the reference grid is coarser along an axis, a Gaussian of sigma = (reference - own
   spacing) / 2 mm smooths that axis first (anti-aliasing, skimage's ``resize`` rule): CT onto the PET grid then

@@ -108,7 +108,7 @@ def conversion_commands(work: Path, shared: Path = SHARED_DATA) -> dict[str, lis
         f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}": [
             "dataset_conversion.brats", "-i", str(shared / BRATS2018_FOUR), "-d", str(SEGMENTATION4_ID),
             "-n", SEGMENTATION4_NAME, "-o", raw],
-        # README "PET/CT on different grids": the PET grid, labelled with the CT mask (Dice 0.974 to the PET mask)
+        # docs/dataset_format.md "PET/CT on different grids": the PET grid, labelled with the CT mask (Dice 0.974 to the PET mask)
         f"Dataset{PETCT_ID}_{PETCT_NAME}": [
             "dataset_conversion.generic_folder", "-i", str(shared / STS_PET_CT), "-d", str(PETCT_ID),
             "-n", PETCT_NAME, "-o", raw, "--channel", "PET=PET_image*", "--channel", "CT=CT_image*",

@@ -10,8 +10,8 @@ choosing among the three and their ensembles. Each stage is a
 pirl command (printed, so it can be re-run by hand); finished stages are skipped on a rerun.
 
 The CPU configuration overrides the plans on the command line: 3 mm voxels (one 64^3 patch holds the whole
-brain), feature_size 12, batch 1, and the step counts where the learning curves flatten (README, "Demo and
-report"; measured, not assumed): translation beats copying the source there. On the 8 held-out cases
+brain), feature_size 12, batch 1, and the step counts where the learning curves flatten
+(docs/measurements_history.md, "The demo"; measured, not assumed): translation beats copying the source there. On the 8 held-out cases
 segmentation beats the FLAIR threshold on mean whole-tumour Dice and HD95 but wins only 3 of the 8 cases,
 and it adds the tumour core and enhancing tumour, which the threshold cannot paint. This is far from the
 paper's 1000 epochs on 4 GPUs.
@@ -46,15 +46,15 @@ from pirl_pipeline.tasks import SEG, TRANSLATE, get_task
 
 log = logging.getLogger("pirl")
 DATASET = "Dataset500_DemoBrain"
-PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 160, 40, 4  # from the learning curves, see README
+PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 160, 40, 4  # learning curves: docs/measurements_history.md
 #: learning rate per fine-tuning task: seg at 1e-3 reached validation WT 0.810 / TC 0.483 after 160 steps
-#: against 0.778 / 0.406 at the default 2e-4 (same seed, fold-0 validation cases; README "Demo and report")
+#: against 0.778 / 0.406 at the default 2e-4 (same seed, fold-0 validation cases; docs/measurements_history.md)
 FINETUNE_LR = {"seg": 1e-3, "translate": 2e-4}
-#: further TrainerConfig fields per fine-tuning task (``--set``), each chosen on the validation volumes (README
+#: further TrainerConfig fields per fine-tuning task (``--set``), each chosen on the validation volumes (docs/measurements_history.md
 #: "Demo and report"): seg keeps all modalities in half of its samples (uniform modality dropout gives the full
 #: set 1 sample in 15) and decays its lr (poly: validation metric 0.603 at 160 steps vs 0.590 at constant lr)
 FINETUNE_SET = {"seg": ["lr_schedule=poly", "full_modality_share=0.5"], "translate": ["lr_schedule=constant"]}
-#: held-out cases: with 2 the model and the FLAIR threshold read 0.801 vs 0.803, one case each (README)
+#: held-out cases: with 2 the model and the FLAIR threshold read 0.801 vs 0.803, one case each (docs/measurements_history.md)
 TEST_CASES = 8
 #: Swin attention window: 4 tiles the 64^3 patch's token grids (32/16/8/4) exactly, where the paper's 7 pads them
 #: to 35/21/14 and makes every step 3.3-3.4x costlier in CPU time (benchmarks/RESULTS.md, "Swin attention window")

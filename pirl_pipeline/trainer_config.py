@@ -19,7 +19,7 @@ from pirl_pipeline.tasks import PRETRAIN, TASKS
 TRAINING_TASKS = (PRETRAIN, *TASKS)  # what pirl_train trains
 ABLATIONS = tuple(sorted((*TERMS, "prior")))  # the Table-7 switches: the objective's terms and the prior O
 #: The representation fixes (issue 23), each a TrainerConfig field whose None means "the ``variant``'s value".
-#: "paper" reproduces the reference code; "default" is what measurement chose (docs: README, experiments).
+#: "paper" reproduces the reference code; "default" is what measurement chose (docs/training.md, experiments/table11).
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"skip_dropout": 0.0, "subject_contrastive": 0.0, "queue_subject_ids": False,
               "prior_attention": "dot", "fusion": "mean", "decoder_skips": 5},

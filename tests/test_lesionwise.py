@@ -99,5 +99,5 @@ def test_agrees_with_the_brats_reference_code_on_a_real_label_map(shared_data):
         dice, distance, tp, fp, fn = REFERENCE_CODE[region]
         assert (result.num_tp, result.num_fp, result.num_fn) == (tp, fp, fn), region
         assert result.dice == pytest.approx(dice, abs=1e-12), region
-        # HD95 by the reference's own definition (DeepMind surfels, area-weighted percentile): the README's 1e-3 mm
+        # HD95 by the reference's own definition (DeepMind surfels, area-weighted percentile; docs/design.md §8): 1e-3 mm
         assert result.hd95 == pytest.approx(distance, abs=1e-3), region

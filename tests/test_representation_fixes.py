@@ -228,7 +228,7 @@ def test_a_decoder_without_its_deepest_skip_reads_that_level_from_x_h_alone():
         own, swapped = cut.decode(x_h, skips), cut.decode(x_h.roll(1, 0), skips)
         own_full, swapped_full = full.decode(x_h, all_skips), full.decode(x_h.roll(1, 0), all_skips)
     assert (swapped - own).norm() > (swapped_full - own_full).norm()
-    assert TrainerConfig().resolved("decoder_skips") == 5  # measured: no preset gains from it (README)
+    assert TrainerConfig().resolved("decoder_skips") == 5  # measured: no preset gains from it (experiments/table11/DIAGNOSTICS.md)
     with pytest.raises(ValueError, match="decoder_skips"):
         PIRLNet(2, 2, PATCH, **TINY, decoder_skips=6)
 
