@@ -21,25 +21,32 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import SimpleITK as sitk
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from pirl_pipeline.data.dataset_json import list_label_files, parse_channel_file_name, whole_target
 from pirl_pipeline.data.modalities import modality
-from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.image_similarity import percentile_scale
 from pirl_pipeline.evaluation.translation import reference_mask
 from pirl_pipeline.plots import save_figure
-from pirl_pipeline.report.collect import PredictionFolder, format_value
+from pirl_pipeline.report.collect import PredictionFolder
+from pirl_pipeline.report.overview_case import (
+    LoadedCase,
+    Overlay,
+    Synthesis,
+    Volume,
+    as_scored,
+    choose_case,
+    find_case_files,
+    load_case,
+    seg_score,
+    translate_score,
+)
 
 LABEL_COLOURS = ["#e41a1c", "#4daf4a", "#ffd92f", "#377eb8", "#ff7f00", "#984ea3", "#a65628", "#f781bf"]
+VIEWS = ("axial", "coronal")
+FIGURE_WIDTH = 15.0  # inches
+TRANSLATION_COLUMNS = 6.6  # synthesised | reference | difference (with colour bar), twice
 
 
-@dataclass
-class Volume:
-    array: np.ndarray  # (z, y, x) in LPS order
-    spacing: tuple[float, float, float]  # (z, y, x)
 
 
 @dataclass
@@ -51,42 +58,10 @@ class OverviewResult:
     notes: list[str] = field(default_factory=list)
 
 
-def read_volume(path: Path) -> Volume:
-    image = sitk.ReadImage(str(path))
-    if image.GetDimension() != 3:
-        raise ValueError(f"{image.GetDimension()}D image")
-    image = sitk.DICOMOrient(image, "LPS")
-    return Volume(sitk.GetArrayFromImage(image).astype(np.float32), tuple(reversed(image.GetSpacing())))
 
 
-def channel_files(folder: Path | None, file_ending: str) -> dict[str, dict[int, Path]]:
-    """``{case: {channel: path}}`` of ``CASE_XXXX<ending>`` files (other files ignored; {} without a folder)."""
-    cases: dict[str, dict[int, Path]] = {}
-    if folder is not None and folder.is_dir():
-        for f in sorted(folder.iterdir()):
-            parsed = parse_channel_file_name(f.name, file_ending) if f.is_file() else None
-            if parsed is not None:
-                cases.setdefault(parsed[0], {})[parsed[1]] = f
-    return cases
 
 
-def choose_case(requested: str | None, images: dict, labels: dict, segs: list[dict], translations: list[dict]
-                ) -> str | None:
-    """The requested case, else the (first) case that the most prediction folders and a label cover."""
-    everything = set(images) | set(labels) | {c for d in segs + translations for c in d}
-    if requested is not None:
-        if requested not in everything:
-            raise PirlInputError(f"case {requested}: not found in the images, labels or prediction folders "
-                                 f"(known: {', '.join(sorted(everything)[:8]) or 'none'})")
-        return requested
-    if not everything:
-        return None
-
-    def score(case: str) -> tuple[int, int, int, str]:
-        covered = sum(case in d for d in segs + translations)
-        return (-covered, -(case in images), -(case in labels), case)
-
-    return min(everything, key=score)
 
 
 def pick_slices(volumes: list[Volume], label: np.ndarray | None) -> tuple[int, int, int]:
@@ -124,11 +99,6 @@ def window(array: np.ndarray) -> tuple[float, float]:
     return low, float(high) if high > low else low + 1.0
 
 
-def as_scored(volume: Volume, brain: np.ndarray) -> Volume:
-    """``volume`` as the translation scores see it: scaled by its own 0.5-99.5 percentiles inside ``brain`` to
-    [0, 1] (``percentile_scale``), 0 outside; a synthesis in z-score units and its reference in scanner units
-    then share one grey scale."""
-    return Volume(np.where(brain, percentile_scale(volume.array, brain), 0.0), volume.spacing)
 
 
 class Panels:
@@ -172,210 +142,228 @@ def row_axes(subfig, n: int, min_columns: int = 6) -> list:
     return list(axes[start: start + n])
 
 
-def _case_metrics(pred: PredictionFolder | None, case: str) -> dict:
-    """``{target: {metric: value}}`` of one case from a pirl_evaluate summary (empty when not evaluated)."""
-    if pred is None or not pred.summary:
-        return {}
-    return next((e.get("metrics") or {} for e in pred.summary.get("per_case", []) if e.get("case") == case), {})
 
 
-def seg_score(pred: PredictionFolder | None, case: str) -> str:
-    """"Dice whole tumor 0.812" (the first region, else the mean over labels) or ""."""
-    metrics = _case_metrics(pred, case)
-    values = {t: m.get("Dice") for t, m in metrics.items() if isinstance(m.get("Dice"), (int, float))}
-    if not values:
-        return ""
-    target = whole_target(values)
-    if target is None:
-        return f"mean Dice {format_value(float(np.mean(list(values.values()))))}"
-    return f"Dice {target} {format_value(values[target])}"
 
 
-def translate_score(pred: PredictionFolder, case: str, target: str) -> str:
-    """"PSNR 21.3 dB, SSIM 0.712" or ""."""
-    m = _case_metrics(pred, case).get(target) or {}
-    psnr = m.get("PSNR")
-    parts = [f"PSNR {f'{psnr:.1f}' if isinstance(psnr, (int, float)) else format_value(psnr)} dB"
-             if psnr is not None else "",
-             f"SSIM {format_value(m['SSIM'])}" if m.get("SSIM") is not None else ""]
-    return ", ".join(p for p in parts if p)
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def background_channel(loaded: LoadedCase, notes: list[str]) -> int | None:
+    """The input the segmentations are drawn on: FLAIR, else the last input (None without inputs)."""
+    flair = next((c for c in loaded.inputs if modality(loaded.name(c)).name == "FLAIR"), None)
+    background = flair if flair is not None else (max(loaded.inputs) if loaded.inputs else None)
+    if loaded.inputs and flair is None and (loaded.reference is not None or loaded.segmentations):
+        notes.append(f"overview: no FLAIR input; segmentations are overlaid on {loaded.name(background)}")
+    return background
+
+
+@dataclass
+class Section:
+    """One band of the figure: ``kind`` ("inputs", "translation" or "segmentation"), its rows of panels and
+    the columns its panel width is set by."""
+    kind: str
+    rows: int
+    columns: float
+
+
+def sections_of(loaded: LoadedCase) -> list[Section]:
+    """The sections that have something to show, top to bottom."""
+    sections = []
+    if loaded.inputs:
+        sections.append(Section("inputs", 1, 2 * len(loaded.inputs)))
+    if loaded.syntheses:
+        sections.append(Section("translation", len(loaded.syntheses), TRANSLATION_COLUMNS))
+    if loaded.overlays():
+        sections.append(Section("segmentation", 1, 2 * len(loaded.overlays())))
+    return sections
+
+
+def section_heights(loaded: LoadedCase, sections: list[Section], box: tuple[slice, slice, slice]) -> list[float]:
+    """Height (inches) of the title line, then of each section, for panels of the cropped box's aspect ratio."""
+    images = loaded.images()
+    spaced = images[0] if images else loaded.reference if loaded.reference is not None else loaded.segmentations[0][1]
+    zyx = np.array([b.stop - b.start for b in box]) * np.array(spaced.spacing)
+    ratio = max(zyx[1], zyx[0]) / max(zyx[2], 1e-6)  # panel height / width (axial or coronal, the taller)
+    return [0.45] + [s.rows * (FIGURE_WIDTH / max(s.columns, 6) * ratio + 0.7) + 0.4 for s in sections]
+
+
+def draw_title(subfig, loaded: LoadedCase, center: tuple[int, int, int]) -> None:
+    """The case, the slices and what they go through."""
+    label = loaded.slice_label()
+    through = ("image centre" if label is None or not np.any(label > 0) else
+               "tumour centre" if loaded.reference is not None else "predicted tumour centre")
+    subfig.text(0.5, 0.5, f"case {loaded.case}: axial slice z={center[0]}, coronal slice y={center[1]} (through the "
+                f"{through}; radiological view: patient's right on the left)", ha="center", va="center",
+                fontsize=12)
+
+
+def draw_inputs(subfig, loaded: LoadedCase, panels: Panels) -> list[str]:
+    """Every input modality, axial and coronal, each in its own window; returns what it shows."""
+    subfig.suptitle("input modalities", fontsize=10, fontweight="bold")
+    axes = row_axes(subfig, 2 * len(loaded.inputs))
+    for i, (c, v) in enumerate(loaded.inputs.items()):
+        low, high = window(v.array)
+        for j, view in enumerate(VIEWS):
+            panels.show(axes[2 * i + j], v, view, f"{loaded.name(c)} {view}", vmin=low, vmax=high)
+    return ["inputs: " + ", ".join(loaded.name(c) for c in loaded.inputs)]
+
+
+def draw_translations(subfig, loaded: LoadedCase, panels: Panels) -> list[str]:
+    """One row per synthesised modality; returns what it shows."""
+    subfig.suptitle("synthesised modality | reference | difference (synthesised - reference), each "
+                    "volume scaled by its own 0.5-99.5 percentiles in the brain to [0, 1], as scored",
+                    fontsize=10, fontweight="bold")
+    axes = subfig.subplots(len(loaded.syntheses), 6, squeeze=False)
+    return [draw_translation_row(subfig, axes[r], synthesis, loaded, panels)
+            for r, synthesis in enumerate(loaded.syntheses)]
+
+
+def draw_translation_row(subfig, axes, synthesis: Synthesis, loaded: LoadedCase, panels: Panels) -> str:
+    """Synthesised | reference | difference, axial then coronal, into six ``axes``; returns what it shows."""
+    name = loaded.name(synthesis.channel)
+    origin = f"from {loaded.name(synthesis.source)}" if synthesis.source is not None else f"({synthesis.pred.label})"
+    score = translate_score(synthesis.pred, loaded.case, name)
+    synth, ref = synthesis.volume, loaded.inputs.get(synthesis.channel)
+    low, high = window(synth.array)
+    if ref is not None:
+        # synthesised MRI is in z-score units, the reference in scanner units: one raw window showed the
+        # synthesis black and the difference as the unit gap; the scores scale each volume alone
+        brain = reference_mask(np.stack([v.array for v in loaded.inputs.values()]))
+        synth, ref = as_scored(synth, brain), as_scored(ref, brain)
+        diff, low, high = Volume(synth.array - ref.array, ref.spacing), 0.0, 1.0
+    for j, view in enumerate(VIEWS):
+        ax_s, ax_r, ax_d = axes[3 * j: 3 * j + 3]
+        panels.show(ax_s, synth, view, f"{name} synthesised {origin}\n{view}"
+                    + (f"\n{score}" if score and j == 0 else ""), vmin=low, vmax=high)
+        if ref is not None:
+            panels.show(ax_r, ref, view, f"{name} reference\n{view}", vmin=low, vmax=high)
+            handle = panels.show(ax_d, diff, view, f"difference\n{view}", cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+            subfig.colorbar(handle, ax=ax_d, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        else:
+            mark_no_reference((ax_r, ax_d))
+    return f"synthesised {name} {origin}"
+
+
+def mark_no_reference(axes) -> None:
+    for ax in axes:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no reference", ha="center", va="center", transform=ax.transAxes)
+
+
+def highest_label(overlays: list[Overlay], label_names: dict[int, str]) -> int:
+    """The highest label value in any overlay or in ``label_names``."""
+    max_label = int(max(max(o.volume.array.max(), 0) for o in overlays))
+    return max([max_label, *label_names]) if label_names else max_label
+
+
+def label_colourmap(max_label: int) -> ListedColormap:
+    """LABEL_COLOURS for labels 1..``max_label`` (one colour when there is no label)."""
+    return ListedColormap([LABEL_COLOURS[(i - 1) % len(LABEL_COLOURS)] for i in range(1, max_label + 1)]
+                          or ["#e41a1c"])
+
+
+def draw_segmentations(subfig, loaded: LoadedCase, panels: Panels, background_channel: int | None,
+                       label_names: dict[int, str]) -> list[str]:
+    """Each overlay on the background channel, axial and coronal, and the legend; returns what it shows."""
+    bg_name = loaded.name(background_channel) if background_channel is not None else "no image"
+    subfig.suptitle(f"segmentation overlaid on {bg_name}", fontsize=10, fontweight="bold")
+    overlays = loaded.overlays()
+    max_label = highest_label(overlays, label_names)
+    colours = label_colourmap(max_label)
+    axes = row_axes(subfig, 2 * len(overlays))
+    background = loaded.inputs.get(background_channel) if background_channel is not None else None
+    for i, overlay in enumerate(overlays):
+        draw_overlay(axes[2 * i: 2 * i + 2], overlay, background, panels, colours, max(max_label, 1), loaded.case)
+    draw_legend(subfig, overlays, label_names)
+    return [f"segmentation: {o.title}" for o in overlays]
+
+
+def draw_overlay(axes, overlay: Overlay, background: Volume | None, panels: Panels, colours: ListedColormap,
+                 top_label: int, case: str) -> None:
+    """``overlay`` on ``background`` (black without one), axial and coronal, titled with its Dice."""
+    score = seg_score(overlay.pred, case)
+    for j, (ax, view) in enumerate(zip(axes, VIEWS)):
+        if background is not None:
+            low, high = window(background.array)
+            panels.show(ax, background, view, "", vmin=low, vmax=high)
+        else:
+            v = overlay.volume
+            panels.show(ax, Volume(np.zeros_like(v.array), v.spacing), view, "", vmin=0, vmax=1)
+        panels.overlay(ax, overlay.volume, view, colours, top_label)
+        ax.set_title(f"{overlay.title}\n{view}" + (f"\n{score}" if score and j == 0 else ""), fontsize=9)
+
+
+def draw_legend(subfig, overlays: list[Overlay], label_names: dict[int, str]) -> None:
+    """One patch per label value present in any overlay (none when all are empty)."""
+    values = sorted({int(x) for o in overlays for x in np.unique(o.volume.array) if x > 0})
+    handles = [Patch(color=LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)],
+                     label=f"{k} {label_names.get(k, '')}".strip()) for k in values]
+    if handles:
+        subfig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
+def draw_figure(loaded: LoadedCase, panels: Panels, background: int | None, label_names: dict[int, str],
+                shown: list[str]) -> plt.Figure:
+    """The title line and every section with something to show; appends what is shown to ``shown``."""
+    sections = sections_of(loaded)
+    heights = section_heights(loaded, sections, panels.box)
+    fig = plt.figure(figsize=(FIGURE_WIDTH, sum(heights)), layout="constrained")
+    subfigs = fig.subfigures(len(sections) + 1, 1, height_ratios=heights, squeeze=False)[:, 0]
+    draw_title(subfigs[0], loaded, panels.center)
+    for subfig, section in zip(subfigs[1:], sections):
+        if section.kind == "inputs":
+            shown += draw_inputs(subfig, loaded, panels)
+        elif section.kind == "translation":
+            shown += draw_translations(subfig, loaded, panels)
+        else:
+            shown += draw_segmentations(subfig, loaded, panels, background, label_names)
+    return fig
 
 
 def draw_overview(path: Path, *, channel_names: list[str], label_names: dict[int, str], file_ending: str,
                   images_dir: Path | None, labels_dir: Path | None, seg_preds: list[PredictionFolder],
                   translate_preds: list[PredictionFolder], case: str | None = None) -> OverviewResult:
+    """Write ``path`` (overview.png) for ``case`` (default: :func:`choose_case`); the result says what is shown
+    and, in notes, what is skipped and why."""
     result = OverviewResult()
-    images = channel_files(images_dir, file_ending) if images_dir else {}
-    labels = list_label_files(labels_dir, file_ending)
-    segs = [list_label_files(p.folder, file_ending) for p in seg_preds]
-    translations = [channel_files(p.folder, file_ending) for p in translate_preds]
-    result.case = case = choose_case(case, images, labels, segs, translations)
+    files = find_case_files(file_ending, images_dir, labels_dir, seg_preds, translate_preds)
+    result.case = case = choose_case(case, files.images, files.labels, files.segs, files.translations)
     if case is None:
         result.notes.append("overview: no input images and no predictions found, so no case to show")
         return result
-
-    def load(p: Path, what: str) -> Volume | None:
-        try:
-            return read_volume(p)
-        except (RuntimeError, ValueError) as err:
-            result.notes.append(f"overview: {what} `{p}` is unreadable ({str(err).splitlines()[0][:80]}); skipped")
-            return None
-
-    def name(c: int) -> str:
-        return channel_names[c] if c < len(channel_names) else f"channel {c:04d}"
-
-    inputs = {c: v for c, p in sorted(images.get(case, {}).items()) if (v := load(p, "image")) is not None}
-    if not inputs:
-        where = f"`{images_dir}`" if images_dir else "(no images folder)"
-        result.notes.append(f"overview: no input images of case {case} in {where}: input and reference panels "
-                            "skipped")
-    reference = load(labels[case], "label") if case in labels else None
-    if reference is None:
-        result.notes.append(f"overview: no reference label for case {case}"
-                            + (f" in `{labels_dir}`" if labels_dir else "") + ": reference overlay skipped")
-    grid = next(iter(inputs.values())).array.shape if inputs else None
-
-    def on_grid(v: Volume | None, what: str) -> Volume | None:
-        nonlocal grid
-        if v is None:
-            return None
-        if grid is None:
-            grid = v.array.shape
-        if v.array.shape != grid:
-            result.notes.append(f"overview: {what} has shape {v.array.shape}, not the input's {grid}; skipped")
-            return None
-        return v
-
-    reference = on_grid(reference, "the reference label")
-    seg_volumes = []
-    for pred, files in zip(seg_preds, segs):
-        if case not in files:
-            result.notes.append(f"overview: no segmentation of case {case} in `{pred.folder}`; panel skipped")
-            continue
-        volume = on_grid(load(files[case], "segmentation"), f"segmentation `{files[case]}`")
-        if volume is not None:
-            seg_volumes.append((pred, volume))
-    synth_rows = []  # (pred, channel, synthesised volume, source channel or None)
-    for pred, files in zip(translate_preds, translations):
-        if case not in files:
-            result.notes.append(f"overview: no translation of case {case} in `{pred.folder}`; panels skipped")
-            continue
-        source = pred.source_channel(channel_names)
-        for c, p in sorted(files[case].items()):
-            if c == source:
-                continue
-            volume = on_grid(load(p, "synthesised image"), f"synthesised `{p}`")
-            if volume is None:
-                continue
-            if c not in inputs:
-                result.notes.append(f"overview: no reference {name(c)} image of case {case}: "
-                                    f"its synthesised panel is shown without reference and difference")
-            synth_rows.append((pred, c, volume, source))
-
-    label_for_slices = reference.array if reference is not None else (
-        seg_volumes[0][1].array if seg_volumes else None)
-    volumes = list(inputs.values()) + [v for _, _, v, _ in synth_rows]
-    if not volumes and label_for_slices is None:
+    loaded = load_case(case, files, result.notes, channel_names, images_dir, labels_dir, seg_preds, translate_preds)
+    images, label = loaded.images(), loaded.slice_label()
+    if not images and label is None:
         result.notes.append(f"overview: nothing to show for case {case}")
         return result
-    center = pick_slices(volumes, label_for_slices)
+    center = pick_slices(images, label)
     result.slices = {"axial (z)": center[0], "coronal (y)": center[1]}
-    box = crop_box([v.array for v in volumes] or [label_for_slices])
-    panels = Panels(center, box)
-    flair = next((c for c in inputs if modality(name(c)).name == "FLAIR"), None)
-    background_channel = flair if flair is not None else (max(inputs) if inputs else None)
-    if inputs and flair is None and (reference is not None or seg_volumes):
-        result.notes.append(f"overview: no FLAIR input; segmentations are overlaid on {name(background_channel)}")
-
-    sections: list[tuple[str, int]] = []  # (kind, number of rows)
-    if inputs:
-        sections.append(("inputs", 1))
-    if synth_rows:
-        sections.append(("translation", len(synth_rows)))
-    overlays = ([("reference label", reference)] if reference is not None else []) + \
-        [(f"predicted ({pred.label})", v) for pred, v in seg_volumes]
-    if overlays:
-        sections.append(("segmentation", 1))
-    ref_shape = volumes[0] if volumes else reference if reference is not None else seg_volumes[0][1]
-    zyx = np.array([b.stop - b.start for b in box]) * np.array(ref_shape.spacing)
-    ratio = max(zyx[1], zyx[0]) / max(zyx[2], 1e-6)  # panel height / width (axial or coronal, the taller)
-    columns = {"inputs": 2 * len(inputs), "translation": 6.6, "segmentation": 2 * len(overlays)}
-    width = 15.0
-    heights = [0.45] + [rows * (width / max(columns[kind], 6) * ratio + 0.7) + 0.4 for kind, rows in sections]
-    fig = plt.figure(figsize=(width, sum(heights)), layout="constrained")
-    subfigs = fig.subfigures(len(sections) + 1, 1, height_ratios=heights, squeeze=False)[:, 0]
-    through = ("image centre" if label_for_slices is None or not np.any(label_for_slices > 0) else
-               "tumour centre" if reference is not None else "predicted tumour centre")
-    subfigs[0].text(0.5, 0.5, f"case {case}: axial slice z={center[0]}, coronal slice y={center[1]} (through the "
-                    f"{through}; radiological view: patient's right on the left)", ha="center", va="center",
-                    fontsize=12)
-    subfigs = subfigs[1:]
-    for subfig, (kind, rows) in zip(subfigs, sections):
-        if kind == "inputs":
-            subfig.suptitle("input modalities", fontsize=10, fontweight="bold")
-            axes = row_axes(subfig, 2 * len(inputs))
-            for i, (c, v) in enumerate(inputs.items()):
-                low, high = window(v.array)
-                for j, view in enumerate(("axial", "coronal")):
-                    panels.show(axes[2 * i + j], v, view, f"{name(c)} {view}", vmin=low, vmax=high)
-            result.shown.append("inputs: " + ", ".join(name(c) for c in inputs))
-        elif kind == "translation":
-            subfig.suptitle("synthesised modality | reference | difference (synthesised - reference), each "
-                            "volume scaled by its own 0.5-99.5 percentiles in the brain to [0, 1], as scored",
-                            fontsize=10, fontweight="bold")
-            axes = subfig.subplots(rows, 6, squeeze=False)
-            for r, (pred, c, synth, source) in enumerate(synth_rows):
-                ref = inputs.get(c)
-                origin = f"from {name(source)}" if source is not None else f"({pred.label})"
-                score = translate_score(pred, case, name(c))
-                diff, low, high = None, *window(synth.array)
-                if ref is not None:
-                    # synthesised MRI is in z-score units, the reference in scanner units: one raw window showed
-                    # the synthesis black and the difference as the unit gap; the scores scale each volume alone
-                    brain = reference_mask(np.stack([v.array for v in inputs.values()]))
-                    synth, ref = as_scored(synth, brain), as_scored(ref, brain)
-                    diff, low, high = (Volume(synth.array - ref.array, ref.spacing), 1.0), 0.0, 1.0
-                for j, view in enumerate(("axial", "coronal")):
-                    ax_s, ax_r, ax_d = axes[r, 3 * j: 3 * j + 3]
-                    panels.show(ax_s, synth, view, f"{name(c)} synthesised {origin}\n{view}"
-                                + (f"\n{score}" if score and j == 0 else ""), vmin=low, vmax=high)
-                    if ref is not None:
-                        panels.show(ax_r, ref, view, f"{name(c)} reference\n{view}", vmin=low, vmax=high)
-                        handle = panels.show(ax_d, diff[0], view, f"difference\n{view}", cmap="RdBu_r",
-                                             vmin=-diff[1], vmax=diff[1])
-                        subfig.colorbar(handle, ax=ax_d, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-                    else:
-                        for ax in (ax_r, ax_d):
-                            ax.axis("off")
-                            ax.text(0.5, 0.5, "no reference", ha="center", va="center", transform=ax.transAxes)
-                result.shown.append(f"synthesised {name(c)} {origin}")
-        else:
-            bg_name = name(background_channel) if background_channel is not None else "no image"
-            subfig.suptitle(f"segmentation overlaid on {bg_name}", fontsize=10, fontweight="bold")
-            max_label = int(max(max(v.array.max(), 0) for _, v in overlays))
-            values = sorted({int(x) for _, v in overlays for x in np.unique(v.array) if x > 0})
-            max_label = max([max_label, *label_names]) if label_names else max_label
-            colours = ListedColormap([LABEL_COLOURS[(i - 1) % len(LABEL_COLOURS)] for i in range(1, max_label + 1)]
-                                     or ["#e41a1c"])
-            axes = row_axes(subfig, 2 * len(overlays))
-            background = inputs.get(background_channel) if background_channel is not None else None
-            for i, (title, v) in enumerate(overlays):
-                pred = next((p for p, vol in seg_volumes if vol is v), None)
-                score = seg_score(pred, case)
-                for j, view in enumerate(("axial", "coronal")):
-                    ax = axes[2 * i + j]
-                    if background is not None:
-                        low, high = window(background.array)
-                        panels.show(ax, background, view, "", vmin=low, vmax=high)
-                    else:
-                        panels.show(ax, Volume(np.zeros_like(v.array), v.spacing), view, "", vmin=0, vmax=1)
-                    panels.overlay(ax, v, view, colours, max(max_label, 1))
-                    ax.set_title(f"{title}\n{view}" + (f"\n{score}" if score and j == 0 else ""), fontsize=9)
-                result.shown.append(f"segmentation: {title}")
-            handles = [Patch(color=LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)],
-                             label=f"{k} {label_names.get(k, '')}".strip()) for k in (values or [])]
-            if handles:
-                subfig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    save_figure(fig, path)
+    panels = Panels(center, crop_box([v.array for v in images] or [label]))
+    background = background_channel(loaded, result.notes)
+    save_figure(draw_figure(loaded, panels, background, label_names, result.shown), path)
     result.written = True
     return result
