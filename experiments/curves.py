@@ -30,6 +30,7 @@ from experiments.stages import StageRunner
 from experiments.tables import model_labels, to_markdown
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
+from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.fold_folder import FINAL, LATEST, FoldFolder
 from pirl_pipeline.paths import model_folder
 from pirl_pipeline.report.collect import load_checkpoint_meta
@@ -144,8 +145,10 @@ def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
             meta = load_checkpoint_meta(path)
             iters = (meta.get("config") or {}).get("iters_per_epoch")
             for record in meta.get("history") or []:
+                dice = sorted(k for k in record if k.startswith("val/volume_dice_"))
+                whole = whole_target(k.removeprefix("val/volume_dice_") for k in dice)
                 keys = ["val/volume_psnr"] if task == "translate" else [
-                    "val/volume_dice_whole_tumour", *sorted(k for k in record if k.startswith("val/volume_dice_"))]
+                    *(["val/volume_dice_" + whole] if whole is not None else []), *dice]
                 key = next((k for k in keys if record.get(k) is not None), None)
                 if key is not None and iters:
                     rows.append({"model": model.key, "seed": model_of_run(run)[1], "fold": fold,

@@ -50,8 +50,8 @@ PRETRAIN_ITERS, SEG_ITERS, TRANSLATE_ITERS, EPOCHS = 8, 160, 40, 4  # learning c
 #: learning rate per fine-tuning task: seg at 1e-3 reached validation WT 0.810 / TC 0.483 after 160 steps
 #: against 0.778 / 0.406 at the default 2e-4 (same seed, fold-0 validation cases; docs/measurements_history.md)
 FINETUNE_LR = {"seg": 1e-3, "translate": 2e-4}
-#: further TrainerConfig fields per fine-tuning task (``--set``), each chosen on the validation volumes (docs/measurements_history.md
-#: "Demo and report"): seg keeps all modalities in half of its samples (uniform modality dropout gives the full
+#: further TrainerConfig fields per fine-tuning task (``--set``), each chosen on the validation volumes (docs/measurements_history.md,
+#: "The demo"): seg keeps all modalities in half of its samples (uniform modality dropout gives the full
 #: set 1 sample in 15) and decays its lr (poly: validation metric 0.603 at 160 steps vs 0.590 at constant lr)
 FINETUNE_SET = {"seg": ["lr_schedule=poly", "full_modality_share=0.5"], "translate": ["lr_schedule=constant"]}
 #: held-out cases: with 2 the model and the FLAIR threshold read 0.801 vs 0.803, one case each (docs/measurements_history.md)

@@ -74,15 +74,6 @@ class FoldFolder:
             raise PirlInputError(f"{self.fold!r}: not a fold (an index, or 'all')")
 
     @classmethod
-    def parse(cls, path: str | Path) -> FoldFolder:
-        """The FoldFolder at ``path`` (a ``.../fold_F`` folder; PirlInputError for another name)."""
-        path = Path(path)
-        m = _NAME.fullmatch(path.name)
-        if m is None:
-            raise PirlInputError(f"{path}: not a fold folder (expected MODEL_FOLDER/{PREFIX}F)")
-        return cls(path.parent, m["fold"])
-
-    @classmethod
     def folds(cls, model: str | Path, require: str | None = None) -> list[FoldFolder]:
         """The fold folders of ``model`` (none when it is missing), numeric folds in numeric order first;
         ``require``: only those holding this file (a name, or a path relative to the fold folder)."""

@@ -26,9 +26,8 @@ def check_resampling(name: str, resampling: object) -> None:
     interpolation, 0/1/3), ``label`` ("linear per class", the only one implemented) and ``anisotropy_threshold``
     (> 1: the spacing ratio above which the coarse axis is interpolated separately). PirlInputError otherwise."""
     where = f"plans configuration {name!r}: resampling"
-    if not isinstance(resampling, dict) or set(resampling) != {"data_order", "label", "anisotropy_threshold"}:
-        raise PirlInputError(f"{where} must hold exactly data_order, label and anisotropy_threshold, got "
-                             f"{resampling!r}")
+    if not isinstance(resampling, dict) or not {"data_order", "label", "anisotropy_threshold"} <= set(resampling):
+        raise PirlInputError(f"{where} must hold data_order, label and anisotropy_threshold, got {resampling!r}")
     if resampling["data_order"] not in IMAGE_ORDERS or isinstance(resampling["data_order"], bool):
         raise PirlInputError(f"{where}: data_order must be one of {IMAGE_ORDERS}, got {resampling['data_order']!r}")
     if resampling["label"] != LABEL_RESAMPLING:
@@ -113,8 +112,10 @@ class Plans:
         if missing:
             raise PirlInputError(f"plans: missing key(s) {', '.join(missing)}")
         names = d["channel_names"]
-        derived = [modality_kind(names[str(i)]) for i in range(len(names))] if isinstance(names, dict) else None
-        if derived is not None and all(str(i) in names for i in range(len(names))) and d["modality_kinds"] != derived:
+        if not isinstance(names, dict) or sorted(names) != sorted(str(i) for i in range(len(names))):
+            raise PirlInputError(f"plans: channel_names must map '0'..'N-1' to names, got {names!r}")
+        derived = [modality_kind(names[str(i)]) for i in range(len(names))]
+        if d["modality_kinds"] != derived:
             raise PirlInputError(f"plans: modality_kinds {d['modality_kinds']} do not follow from channel_names "
                                  f"({derived}): a channel's kind comes from its name (data/modalities.py); edit "
                                  "normalization_schemes to change how a channel is normalised")

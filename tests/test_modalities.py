@@ -20,7 +20,7 @@ from pirl_pipeline.preprocessing.normalization import denormalize_channel, norma
 
 @pytest.mark.parametrize("name, kind", [("T1", "MRI"), ("FLAIR", "MRI"), ("CT", "CT"), ("CTres", "CT"),
                                         ("PET", "PET"), ("SUV", "PET"), ("whatever", "MRI"), (" ct_venous", "CT"),
-                                        ("PET_AC", "PET"), ("suv_bw", "MRI"), ("c_t1", "MRI")])
+                                        ("PET_AC", "PET"), ("suv_bw", "PET"), ("FDG-PET", "PET"), ("c_t1", "MRI")])
 def test_modality_kind(name, kind):
     assert modality_kind(name) == kind
 

@@ -96,3 +96,16 @@ def test_the_resampling_block_decides_how_images_are_resampled():
     assert not np.allclose(out[3, 3.0], out[0, 3.0])  # order 0 (nearest) differs from B-spline
     # spacing ratio 2.5 (input) / 2 (target): anisotropic only below the threshold 2.5 -> z by nearest neighbour
     assert not np.allclose(out[3, 1.5], out[3, 3.0])
+
+
+def test_the_plans_anisotropy_threshold_reaches_the_export_to_the_input_grid():
+    """to_original_grid resamples with the threshold it is given (the predictor passes the plans')."""
+    from pirl_pipeline.inference.export import to_original_grid
+
+    rng = np.random.default_rng(1)
+    array = rng.normal(size=(1, 8, 12, 12)).astype(np.float32)
+    props = {"shape_after_cropping_and_before_resampling": [10, 12, 12], "bbox_used_for_cropping": [[0, 10], [0, 12],
+             [0, 12]], "shape_before_cropping": [10, 12, 12], "spacing_after_resampling": [2.5, 1.0, 1.0],
+             "spacing_before_resampling": [2.0, 1.0, 1.0]}
+    default, low = to_original_grid(array, props, 3), to_original_grid(array, props, 3, anisotropy_threshold=1.5)
+    assert default.shape == low.shape == (1, 10, 12, 12) and not np.allclose(default, low)

@@ -129,6 +129,11 @@ class PredictionFolder:
         lower case; a prediction records no source, so the folder name is the only place it is said."""
         return self.label.split("_reference")[0].rsplit("_", 1)[-1].lower()
 
+    @property
+    def is_reference(self) -> bool:
+        """A trivial reference's folder (``pirl_reference`` output, named ``..._reference_<kind>``)."""
+        return "_reference" in self.label
+
     def source_channel(self, channel_names: list[str]) -> int | None:
         """The index of :attr:`source` among ``channel_names`` (None when no single channel has that name)."""
         matches = [c for c, n in enumerate(channel_names) if n.lower() == self.source]

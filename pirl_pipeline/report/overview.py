@@ -47,8 +47,6 @@ FIGURE_WIDTH = 15.0  # inches
 TRANSLATION_COLUMNS = 6.6  # synthesised | reference | difference (with colour bar), twice
 
 
-
-
 @dataclass
 class OverviewResult:
     case: str | None = None
@@ -56,12 +54,6 @@ class OverviewResult:
     slices: dict[str, int] = field(default_factory=dict)
     shown: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-
-
-
-
 
 
 def pick_slices(volumes: list[Volume], label: np.ndarray | None) -> tuple[int, int, int]:
@@ -97,8 +89,6 @@ def window(array: np.ndarray) -> tuple[float, float]:
     low, high = np.percentile(values, [0.5, 99.5])
     low = min(0.0, float(low))
     return low, float(high) if high > low else low + 1.0
-
-
 
 
 class Panels:
@@ -140,36 +130,6 @@ def row_axes(subfig, n: int, min_columns: int = 6) -> list:
         if not start <= i < start + n:
             ax.axis("off")
     return list(axes[start: start + n])
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def background_channel(loaded: LoadedCase, notes: list[str]) -> int | None:

@@ -76,7 +76,8 @@ def _case_metrics(pred: PredictionFolder | None, case: str) -> dict:
 
 
 def seg_score(pred: PredictionFolder | None, case: str) -> str:
-    """"Dice whole tumor 0.812" (the first region, else the mean over labels) or ""."""
+    """"Dice whole tumor 0.812" (the whole-lesion target, ``dataset_json.whole_target``, else the mean over
+    labels) or ""."""
     metrics = _case_metrics(pred, case)
     values = {t: m.get("Dice") for t, m in metrics.items() if isinstance(m.get("Dice"), (int, float))}
     if not values:
@@ -238,7 +239,7 @@ def load_syntheses(loader: CaseLoader, translate_preds: list[PredictionFolder],
         if case not in files:
             loader.notes.append(f"overview: no translation of case {case} in `{pred.folder}`; panels skipped")
             continue
-        source = pred.source_channel(channel_names)
+        source = None if pred.is_reference else pred.source_channel(channel_names)  # a reference: titled by its label
         for c, p in sorted(files[case].items()):
             if c == source:
                 continue

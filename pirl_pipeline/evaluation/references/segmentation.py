@@ -170,7 +170,8 @@ def uptake_channel(dj: DatasetJson, channels: list[int] | None = None) -> int:
     if len(channels) == 1:
         return channels[0]
     raise PirlInputError(f"an uptake reference reads one PET channel: none of {[n.strip().lower() for n in names]} is "
-                         "named PET or SUV; pass the one channel to threshold (pirl_reference --channels C)")
+                         "a PET name (PET, PET_..., SUV, SUVbw, FDG-PET: data/modalities.py); pass the one channel "
+                         "to threshold (pirl_reference --channels C)")
 
 
 ReferenceModel = ThresholdModel | UptakeThreshold
