@@ -98,9 +98,10 @@ def test_a_new_kind_is_one_entry(toy_kind):
     assert "1 (ADC): ADC / 0.8 (foreground median)" in config.extra["explanation"]["normalization_schemes"]
 
 
-def test_a_new_kind_plans_and_preprocesses(toy_kind, tmp_path, monkeypatch):
-    """plan -> preprocess of a T1 + ADC dataset (-np 1: spawned workers would not see a kind registered here), and
-    a synthesised ADC channel is exported in ADC units (the kind's dataset-level inverse)."""
+def test_a_new_kind_plans_preprocesses_trains_and_predicts(toy_kind, tmp_path, monkeypatch):
+    """plan -> preprocess -> train (one translation step) -> predict of a T1 + ADC dataset (one process: spawned
+    workers would not see a kind registered here); the synthesised ADC is written in ADC units (the kind's
+    dataset-level inverse)."""
     from pirl_pipeline.cli.plan_and_preprocess import main
     from pirl_pipeline.file_io import load_json
     from pirl_pipeline.inference.export import dataset_level_normalization
@@ -109,6 +110,7 @@ def test_a_new_kind_plans_and_preprocesses(toy_kind, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PIRL_raw", str(tmp_path / "raw"))
     monkeypatch.setenv("PIRL_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("PIRL_results", str(tmp_path / "results"))
     write_raw_dataset(tmp_path / "raw", 903, "Adc", num_cases=2, shape=(16, 18, 20), channels={"0": "T1", "1": "ADC"})
     assert main(["-d", "903", "-np", "1"]) == 0
     out = tmp_path / "pre" / "Dataset903_Adc"
@@ -120,3 +122,17 @@ def test_a_new_kind_plans_and_preprocesses(toy_kind, tmp_path, monkeypatch):
     data = np.load(out / "pirl_plans_3d_fullres" / "case000.npy")
     assert data[1].max() > 1.5 and data[1].min() == 0.0  # divided by the median, un-centred, background 0
     assert dataset_level_normalization(plans, 1, "ADCNormalization") == {"mean": 0.0, "std": median}
+    from pirl_pipeline.cli.predict import main as predict_main
+    from pirl_pipeline.cli.train import main as train_main
+    from pirl_pipeline.data.image_io import read_array
+
+    assert train_main(["903", "3d_fullres", "translate", "-f", "0", "-tr", "DynUNetTranslateTrainer", "--patch-size",
+                       "32", "32", "32", "--epochs", "1", "--iters", "1", "--val-iters", "1", "--batch-size", "1",
+                       "-npa", "0", "-device", "cpu", "--set", "augment=false", "val_volumes=false"]) == 0
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "case000_0000.nii.gz").symlink_to(tmp_path / "raw" / "Dataset903_Adc" / "imagesTr" / "case000_0000.nii.gz")
+    assert predict_main(["-i", str(inputs), "-o", str(tmp_path / "preds"), "-d", "903", "-t", "translate",
+                         "-tr", "DynUNetTranslateTrainer", "-f", "0", "-np", "1"]) == 0
+    adc, _ = read_array(tmp_path / "preds" / "case000_0001.nii.gz")
+    assert np.isfinite(adc).all() and adc.shape == (16, 18, 20)
