@@ -160,6 +160,16 @@ def differences(a: object, b: object, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".") or "(the whole file)"]
 
 
+def check_matches_dataset(plans: Plans, dataset_json, path: Path) -> None:
+    """The plans' copies of ``dataset.json`` (channel_names, labels, regions_class_order) equal it: the dataset is
+    their source, so an edit of the copies would change nothing (PirlInputError naming ``path``)."""
+    for key in ("channel_names", "labels", "regions_class_order"):
+        if getattr(plans, key) != getattr(dataset_json, key):
+            raise PirlInputError(f"{path}: the plans' {key} {getattr(plans, key)} differ from dataset.json's "
+                                 f"{getattr(dataset_json, key)} (dataset.json is their source; rerun "
+                                 "pirl_plan_and_preprocess with --overwrite_plans)")
+
+
 def keep_or_write_plans(path: Path, planned: Plans, replace: bool) -> Plans:
     """The plans to use. An existing file is kept, hand edits included (the log names what the planner would
     change), unless ``replace``; else ``planned`` is written. Kept plans must fit the dataset's channels and
@@ -173,10 +183,7 @@ def keep_or_write_plans(path: Path, planned: Plans, replace: bool) -> Plans:
         existing = Plans.load(path)
     except PirlInputError as err:
         raise PirlInputError(f"{err} (fix the file, or --overwrite_plans replaces it)") from None
-    for key in ("channel_names", "labels", "regions_class_order"):
-        if getattr(existing, key) != getattr(planned, key):
-            raise PirlInputError(f"{path}: the plans' {key} {getattr(existing, key)} differ from the dataset's "
-                                 f"{getattr(planned, key)}; rerun with --overwrite_plans")
+    check_matches_dataset(existing, planned, path)
     changed = differences(as_json(existing.to_dict()), as_json(planned.to_dict()))
     if changed:
         log.warning("plans: using the existing %s, which differs from what the planner would write now in %s "

@@ -109,3 +109,16 @@ def test_the_plans_anisotropy_threshold_reaches_the_export_to_the_input_grid():
              "spacing_before_resampling": [2.0, 1.0, 1.0]}
     default, low = to_original_grid(array, props, 3), to_original_grid(array, props, 3, anisotropy_threshold=1.5)
     assert default.shape == low.shape == (1, 10, 12, 12) and not np.allclose(default, low)
+
+
+def test_the_plans_copies_of_dataset_json_must_equal_it(tmp_path):
+    """labels, channel_names and regions_class_order in the plans are copies: an edit there is refused, not
+    silently ignored (pirl_train and a rerun of planning check it)."""
+    from plans.plans_manager import check_matches_dataset
+
+    dj = DatasetJson({"0": "T1", "1": "CT"}, {"background": 0, "lesion": 1}, 3)
+    plans = plan(_fingerprint(), dj, "Dataset901_X")
+    check_matches_dataset(plans, dj, tmp_path / "p.json")
+    plans.labels["lesion"] = 2
+    with pytest.raises(PirlInputError, match=r"p\.json: the plans' labels .* dataset\.json"):
+        check_matches_dataset(plans, dj, tmp_path / "p.json")

@@ -33,7 +33,7 @@ from pirl_pipeline.trainer_config import ABLATIONS, RESUME_SAFE, TRAINING_TASKS,
 from pirl_pipeline.training import distributed
 from pirl_pipeline.training.base_trainer import RunContext
 from pirl_pipeline.training.registry import TRAINERS, build_trainer, resolve_trainer
-from plans.plans_manager import PLANS_FILE, Plans
+from plans.plans_manager import PLANS_FILE, Plans, check_matches_dataset
 
 log = logging.getLogger("pirl")
 seed = checked(int, "a whole number in [0, 2**32)", lambda v: 0 <= v < 2**32)  # numpy's seed range
@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> None:
     folder = preprocessed_root() / name
     plans = Plans.load(folder / PLANS_FILE)
     dataset_json: DatasetJson = load_dataset_json(folder)
+    check_matches_dataset(plans, dataset_json, folder / PLANS_FILE)
     trainer_name = resolve_trainer(args.task, args.trainer)
     fold = args.fold if args.fold is not None else ("all" if args.task == PRETRAIN else "0")
     data_folder = folder / plans.configuration(args.configuration).data_identifier
