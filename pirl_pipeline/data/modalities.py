@@ -287,8 +287,8 @@ for _kind in (
     Modality("FLAIR", "MRI", ZSCORE, aliases=("t2f", "t2flair", "t2-flair"), lesion_rank=0),
     Modality("CT", "CT", CT_NORMALIZATION, aliases=("ctres",), prefixes=("ct",), zero_background=False,
              units_warning=_not_hounsfield),
-    Modality("PET", "PET", PET_NORMALIZATION, aliases=("suv", "suvbw", "fdgpet"), prefixes=("pet",), lesion_rank=2, uptake=True,
-             empty_reference="exclude", zero_background=False, units_warning=_not_suv),
+    Modality("PET", "PET", PET_NORMALIZATION, aliases=("suv", "suvbw", "fdgpet"), prefixes=("pet",), lesion_rank=2,
+             uptake=True, empty_reference="exclude", zero_background=False, units_warning=_not_suv),
     Modality(GENERIC, "MRI", ZSCORE, aliases=("mr",)),
 ):
     register(_kind)
