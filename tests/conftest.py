@@ -66,3 +66,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def brats(pirl_raw: Path) -> Path:
+    """A BraTS dataset folder (``tests.evaluate_helpers.BRATS``'s dataset.json) under PIRL_raw."""
+    from tests.evaluate_helpers import BRATS
+
+    BRATS.save(pirl_raw / "Dataset501_BraTS")
+    return pirl_raw / "Dataset501_BraTS"
