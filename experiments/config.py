@@ -30,11 +30,12 @@ PARTS = {
     "seg": (f"Dataset{SEGMENTATION_ID}_{SEGMENTATION_NAME}", "seg"),
     "seg2": (f"Dataset{SEGMENTATION2_ID}_{SEGMENTATION2_NAME}", "seg"),
     "seg4": (f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}", "seg"),
+    "seg4_translation": (f"Dataset{SEGMENTATION4_ID}_{SEGMENTATION4_NAME}", "translate"),  # Table 11's data
     "petct": (f"Dataset{PETCT_ID}_{PETCT_NAME}", "seg"),
     "petct_translation": (f"Dataset{PETCT_ID}_{PETCT_NAME}", "translate"),  # the same data: PET <-> CT
 }
 #: parts that share another part's data, folds and pre-trainings (one pre-training serves both tasks)
-SHARED_PART = {"petct_translation": "petct"}
+SHARED_PART = {"seg4_translation": "seg4", "petct_translation": "petct"}
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ TABLE11 = (
     Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
 )
 
+#: translation on Table 11's data (``seg4_translation``): fine-tunings of seg4's pre-trainings, both presets
+TABLE11_TRANSLATION = tuple(m for m in TABLE11 if m.key in ("pirl", "pirl_paper", "pirl_scratch", "swin_scratch"))
+
 #: Table 8 on real PET/CT (``petct``): every network trained with modality dropout on PET + CT, then scored on
 #: PET + CT and on PET alone (``pirl_evaluate_missing``: every channel subset of the one model); the Table-7
 #: pre-training rows 1-5 (row 6 = "pirl") only on request (``--models ablation_row1 ...``)
@@ -201,7 +205,7 @@ def ablation_model(row: int) -> Model:
     return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off, all_seeds=False)
 
 
-PART_MODELS = {"seg4": TABLE11,  # parts not listed compare COMPARISON
+PART_MODELS = {"seg4": TABLE11, "seg4_translation": TABLE11_TRANSLATION,  # parts not listed compare COMPARISON
                "petct": (*PETCT, *(dataclasses.replace(ablation_model(r), on_request=True) for r in range(1, 6))),
                "petct_translation": PETCT_TRANSLATION}
 

@@ -18,7 +18,7 @@
 - Dataset604_BraTS2018Four (segmentation with missing modalities, Table 11): the eight BraTS-2018 cases with all
   four modalities and the official expert labels {0, 1, 2, 4} (``brats2018_four_modality``), converted by
   ``pirl_convert_brats`` (BraTS regions: whole tumour, tumour core, enhancing tumour). Four folds of 6 train /
-  2 validate (``segmentation_splits(cases, SEGMENTATION4_FOLDS)``).
+  2 validate (``segmentation_splits(cases, SEGMENTATION4_FOLDS)``); ``seg4_translation`` translates on the same folds.
 - Dataset605_STSPetCT (PET/CT, Table 8 and Table 7 on real patients; ``petct`` and ``petct_translation``): the 16
   FDG PET/CT soft-tissue-sarcoma subjects of ``sts_pet_ct`` (TCIA, expert tumour contour), PET (SUV) and CT (HU)
   on their own grids, converted by ``pirl_convert_folder --resample_to PET`` (CT and the CT mask resampled onto the
@@ -43,6 +43,7 @@ from experiments.config import (
     SEGMENTATION4_NAME,
     SEGMENTATION_ID,
     SEGMENTATION_NAME,
+    SHARED_PART,
     TRANSLATION_ID,
     TRANSLATION_NAME,
 )
@@ -141,9 +142,10 @@ def splits_for(part: str, preprocessed_dataset: Path) -> list[dict[str, list[str
     """The fixed splits of an experiment part ("translation", "seg", "seg2", "seg4", "petct", ...) over its
     preprocessed cases."""
     cases = sorted(p.stem for p in (preprocessed_dataset / "pirl_plans_3d_fullres").glob("*.json"))
+    part = SHARED_PART.get(part, part)  # a part on another part's data has its splits
     if part == "translation":
         return translation_splits(cases)
-    if part in ("petct", "petct_translation"):
+    if part == "petct":
         return make_splits(cases, PETCT_FOLDS)
     return segmentation_splits(cases, {"seg2": SEGMENTATION2_FOLDS, "seg4": SEGMENTATION4_FOLDS}.get(part, 2))
 

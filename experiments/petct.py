@@ -17,8 +17,8 @@ import pandas as pd
 
 from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
 from experiments.curves import finetune_curves_section
-from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS
-from experiments.tables import load_per_case, pair_wins, to_markdown, translation_summary, translation_table
+from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS, TRANSLATION_REFERENCES
+from experiments.tables import load_per_case, to_markdown, translation_block
 from pirl_pipeline.file_io import atomic_path
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
@@ -27,7 +27,6 @@ COLUMNS = ("Dice", "TPR", "FPR", "HD95", "CaseTPR")
 MODEL_KEYS = [m.key for m in PART_MODELS[PART] if not m.key.startswith("ablation_row")]
 ABLATION_KEYS = {ablation_model(r).key: r for r in range(1, 6)} | {"pirl": 6}
 REFERENCES = [REFERENCE_KEYS[k] for k in PETCT_REFERENCES]
-TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
 LABELS = {m.key: m.label for m in PART_MODELS[PART]} | REFERENCE_LABELS | {
     "reference_whole_brain": "(reference) every voxel of the crop called lesion",
     "reference_threshold": "(reference) PET threshold fitted on the training cases"}
@@ -189,21 +188,10 @@ def petct_translation_section(work: Path, out: Path) -> list[str]:
     rows = load_per_case(work, TRANSLATION_PART, [*keys, *TRANSLATION_REFERENCES])
     if rows.empty or not set(keys) & set(rows["model"]):
         return [title, "", "Not run yet."]
-    present = [k for k in [*keys, *TRANSLATION_REFERENCES] if k in set(rows["model"])]
-    labels = {k: TRANSLATION_LABELS[k] for k in present}
-    summary, full = translation_summary(rows, labels), translation_table(rows, labels)
-    _csv(summary, out / "translation_petct_summary.csv")
-    _csv(full, out / "translation_petct.csv")
-    lines = [title, "",
-             (f"{PARTS[TRANSLATION_PART][0]}, the petct folds {sorted(int(f) for f in set(rows['fold']))}; one "
-              "modality in, the other out; PSNR / NMSE / SSIM inside the reference's non-zero mask on the PET grid, "
-              "each volume scaled by its own 0.5-99.5 percentiles (scale-free: SUV and HU never meet). The PIRL "
-              "row fine-tunes petct's pre-training; references: the source copied, an intensity mapping fitted on "
-              "the training cases."), "", to_markdown(summary), "",
-             "Per direction:", "", to_markdown(full, 3), ""]
-    for model in [k for k in keys if k in present]:
-        for other in [k for k in TRANSLATION_REFERENCES if k in present]:
-            wins = {m: pair_wins(rows, model, other, m) for m in ("PSNR", "NMSE", "SSIM")}
-            lines.append(f"- {labels[model]} beats **{labels[other]}** on "
-                         + ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items()) + " directions.")
-    return [*lines, ""]
+    return [title, "",
+            (f"{PARTS[TRANSLATION_PART][0]}, the petct folds {sorted(int(f) for f in set(rows['fold']))}; one "
+             "modality in, the other out; PSNR / NMSE / SSIM inside the reference's non-zero mask on the PET grid, "
+             "each volume scaled by its own 0.5-99.5 percentiles (scale-free: SUV and HU never meet). The PIRL "
+             "row fine-tunes petct's pre-training; references: the source copied, an intensity mapping fitted on "
+             "the training cases."), "",
+            *translation_block(rows, keys, TRANSLATION_REFERENCES, TRANSLATION_LABELS, out, "translation_petct")]

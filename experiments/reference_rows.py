@@ -51,6 +51,9 @@ REFERENCE_LABELS = {"reference_identity": "(reference) copy the source modality"
                     "reference_threshold": "(reference) intensity threshold fitted on the training cases",
                     "reference_suv_threshold": "(reference) SUV >= 2.5",
                     "reference_suvmax_fraction": "(reference) >= 41 % of the crop's SUVmax"}
+#: the reference rows of every translation / BraTS segmentation table
+TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
+SEGMENTATION_REFERENCES = ["reference_whole_brain", "reference_threshold"]
 #: the PET/CT references: kind -> the rule's value (None: whole_brain, or fitted on the training cases)
 PETCT_REFERENCES = {"suv_threshold": 2.5, "suvmax_fraction": 0.41, "whole_brain": None, "threshold": None}
 

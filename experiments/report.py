@@ -16,7 +16,8 @@ from experiments import data
 from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, ablation_model
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
-from experiments.table11 import table11_section
+from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
+from experiments.table11 import table11_section, table11_translation_section
 from experiments.tables import (
     ablation_table,
     load_per_case,
@@ -37,8 +38,6 @@ from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.report.markdown import table as markdown_table
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
-TRANSLATION_REFERENCES = ["reference_identity", "reference_histogram"]
-SEGMENTATION_REFERENCES = ["reference_whole_brain", "reference_threshold"]
 
 
 def _csv(table: pd.DataFrame, path: Path) -> None:
@@ -341,6 +340,7 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
                "seg": lambda: segmentation_section(work, tables, "seg"),
                "seg2": lambda: segmentation_section(work, tables, "seg2"),
                "seg4": lambda: table11_section(work, tables),
+               "seg4_translation": lambda: table11_translation_section(work, tables),
                "ablation": lambda: ablation_section(work, tables),
                "representation": lambda: representation_section(work, tables),
                "petct": lambda: petct_section(work, tables),

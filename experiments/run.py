@@ -12,7 +12,9 @@
 5. real PET/CT (``petct``, Table 8 on 16 FDG PET/CT subjects): PIRLNet and SwinUNETR from the PIRL weights,
    SwinUNETR and DynUNet from scratch, each scored on PET + CT and on PET alone, beside the clinical SUV
    thresholds and "everything is lesion" (Table-7 rows on request: ``--models pirl ablation_row1 ...``); PET <-> CT
-   translation (``petct_translation``) beside copying the source and a fitted intensity mapping.
+   translation (``petct_translation``) beside copying the source and a fitted intensity mapping;
+6. translation on Table 11's data (``seg4_translation``): the seg4 pre-trainings of both presets fine-tuned to
+   translate, beside PIRLNet and SwinUNETR from scratch and the same references.
 Everything runs through the pirl commands users type (convert, plan + preprocess, pirl_train,
 pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md. Main rows
 run with every seed of the budget. ``--quick``: one fold, one ablation row, 2 steps per training: a smoke
@@ -46,7 +48,8 @@ from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
 from pirl_pipeline.paths import model_folder
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_PARTS = ["translation", "seg", "seg2", "seg4", "ablation", "representation", "petct", "petct_translation"]
+ALL_PARTS = ["translation", "seg", "seg2", "seg4", "seg4_translation", "ablation", "representation", "petct",
+             "petct_translation"]
 #: parts whose evaluation computes the distance metrics (HD95, NSD): small images, where they cost little
 DISTANCE_PARTS = ("petct",)
 
@@ -180,7 +183,7 @@ class Experiment:
 
     def plan(self, parts: list[str]) -> None:
         b = self.budget
-        for part in ("translation", "seg", "seg2", "seg4", "petct", "petct_translation"):
+        for part in ("translation", "seg", "seg2", "seg4", "seg4_translation", "petct", "petct_translation"):
             if part not in parts:
                 continue
             for fold in b.folds(part):

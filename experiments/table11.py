@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PARTS, TABLE11, Budget, model_of_run
-from experiments.reference_rows import REFERENCE_LABELS
-from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown
+from experiments.config import PARTS, TABLE11, TABLE11_TRANSLATION, Budget, model_of_run
+from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
+from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown, translation_block
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
 from pirl_pipeline.report.collect import load_checkpoint_meta
 
-PART = "seg4"
+PART, TRANSLATION_PART = "seg4", "seg4_translation"
 KEYS = [m.key for m in TABLE11]
-REFERENCES = ["reference_whole_brain", "reference_threshold"]
+REFERENCES = SEGMENTATION_REFERENCES
 LABELS = {m.key: m.label for m in TABLE11} | REFERENCE_LABELS
 SHORT = {"whole tumour": "WT", "tumour core": "TC", "enhancing tumour": "ET"}
 
@@ -153,3 +153,22 @@ def table11_section(work: Path, out: Path) -> list[str]:
              to_markdown(table.rename(columns=lambda c: c), 3), "",
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
     return [*lines, *health_section(work, out), *held_out_representation(work)]
+
+
+def table11_translation_section(work: Path, out: Path) -> list[str]:
+    """Translation (every source -> target pair) on Table 11's data and folds: fine-tunings of the seg4
+    pre-trainings of both presets, beside the from-scratch networks and the references."""
+    title = "## Translation on Table 11's data (BraTS-2018, 4 modalities): paper preset vs default"
+    keys = [m.key for m in TABLE11_TRANSLATION]
+    rows = load_per_case(work, TRANSLATION_PART, [*keys, *TRANSLATION_REFERENCES])
+    if rows.empty or not set(keys) & set(rows["model"]):
+        return [title, "", "Not run yet."]
+    seeds = rows.groupby("model")["seed"].nunique()
+    return [title, "",
+            (f"{PARTS[TRANSLATION_PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds "
+             f"{sorted(int(f) for f in set(rows['fold']))}); one modality in, each other one out (12 pairs); "
+             "PSNR / NMSE / SSIM inside the reference brain mask on the original grid, each volume scaled by its "
+             "own 0.5-99.5 percentiles. The PIRL rows fine-tune the same pre-trainings as Table 11 (the same "
+             "folds and seeds). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in keys if k in seeds.index)
+             + "; seed spread = max - min of the seed means."), "",
+            *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation")]

@@ -20,6 +20,7 @@ import pandas as pd
 
 from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
+from pirl_pipeline.file_io import atomic_path
 from pirl_pipeline.fold_folder import PER_CASE
 from pirl_pipeline.plots import heatmap, save_figure
 from pirl_pipeline.report.markdown import table as markdown_table
@@ -78,6 +79,25 @@ def pair_wins(rows: pd.DataFrame, model: str, other: str, metric: str) -> tuple[
     a, b = means[model], means[other].reindex(means[model].index)
     better = (a < b) if metric == "NMSE" else (a > b)
     return int(better.sum()), int(b.notna().sum())
+
+
+def translation_block(rows: pd.DataFrame, keys: list[str], references: list[str], labels: dict[str, str],
+                      out: Path, stem: str) -> list[str]:
+    """The summary and per-direction tables of a translation part (``rows``: its per-case rows) with every
+    model's pair wins against the references; writes ``STEM_summary.csv`` and ``STEM.csv`` to ``out``."""
+    present = [k for k in [*keys, *references] if k in set(rows["model"])]
+    shown = {k: labels[k] for k in present}
+    summary, full = translation_summary(rows, shown), translation_table(rows, shown)
+    for table, path in ((summary, out / f"{stem}_summary.csv"), (full, out / f"{stem}.csv")):
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp)
+    lines = [to_markdown(summary), "", "Per direction:", "", to_markdown(full, 3), ""]
+    for model in [k for k in keys if k in present]:
+        for other in [k for k in references if k in present]:
+            wins = {m: pair_wins(rows, model, other, m) for m in IMAGE}
+            lines.append(f"- {shown[model]} beats **{shown[other]}** on "
+                         + ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items()) + " directions.")
+    return [*lines, ""]
 
 
 def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:

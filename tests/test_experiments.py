@@ -169,7 +169,7 @@ def test_finetune_curves_average_folds_and_seeds_per_epoch(tmp_path):
 
 def test_report_without_results_says_not_run(tmp_path):
     report = write_report(tmp_path / "work", tmp_path, QUICK, quick=True).read_text()
-    assert report.count("Not run yet.") == 8 and "QUICK smoke test" in report  # six BraTS parts, two PET/CT
+    assert report.count("Not run yet.") == 9 and "QUICK smoke test" in report  # seven BraTS parts, two PET/CT
 
 
 @pytest.mark.shared_data
@@ -236,3 +236,38 @@ def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measure
     assert names[-1] == "representation seg4"
     paper = next(s[3] for s in experiment.stages if s[0] == "pretrain pirl_paper seg4 fold0")
     assert "variant=paper" in paper
+
+
+def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp_path):
+    from experiments.table11 import table11_translation_section
+
+    experiment = Experiment(dataclasses.replace(FULL, seeds=(12345,)), tmp_path)
+    experiment.plan(["seg4", "seg4_translation"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    assert not [n for n in stages if n.startswith("pretrain") and "seg4_translation" in n]
+    for key in ("pirl", "pirl_paper"):
+        seg, translate = stages[f"train {key} seg4 fold0"], stages[f"train {key} seg4_translation fold0"]
+        assert translate[translate.index("-tr") + 1] == "PIRLTranslateTrainer"
+        assert translate[translate.index("--pretrained") + 1] == seg[seg.index("--pretrained") + 1]
+    assert "variant=paper" in stages["train pirl_paper seg4_translation fold0"]
+    assert "train swin_pirl seg4_translation fold0" not in stages
+    cases = [f"c{i}" for i in range(8)]
+    assert data.splits_for("seg4_translation", _plans_folder(tmp_path, cases)) == data.splits_for(
+        "seg4", _plans_folder(tmp_path, cases))
+    for model, psnr in (("pirl", 14.0), ("pirl_paper", 12.0), ("reference_identity", 13.0)):
+        out = tmp_path / "eval" / model / "seg4_translation_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
+            out / "per_case.csv", index=False)
+    lines = "\n".join(table11_translation_section(tmp_path, tmp_path))
+    assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 1/1" in lines
+    assert "PIRL, paper preset beats **(reference) copy the source modality** on PSNR 0/1" in lines
+    assert (tmp_path / "table11_translation_summary.csv").is_file()
+
+
+def _plans_folder(root, cases):
+    folder = root / "pre"
+    (folder / "pirl_plans_3d_fullres").mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        (folder / "pirl_plans_3d_fullres" / f"{case}.json").write_text("{}")
+    return folder
