@@ -12,7 +12,7 @@ Choices, measured on the 16 real PET/CT subjects of ``../shared/data/sts_pet_ct`
   +14 %) and negative SUV; linear never exceeds the source's range (SUVmax, the -1000 HU floor).
 - labels (and ``--mask``): linear per class (``sitkLabelLinear``, nnU-Net's label resampling). The CT mask on
   the PET grid matched the PET mask with Dice 0.974 on average (nearest neighbour: 0.970).
-- outside a channel's field of view: :data:`PAD_BY_KIND`, a per-modality value: CT -1000 HU (air; not the image
+- outside a channel's field of view: :data:`~pirl_pipeline.data.modalities.OUTSIDE_VALUE`, a per-modality value: CT -1000 HU (air; not the image
   minimum, which is -1024 or -3024 where scanners mark voxels outside their reconstruction), PET 0 SUV, MRI 0
   (its background).
 
@@ -40,10 +40,10 @@ import SimpleITK as sitk
 
 from pirl_pipeline.data.image_io import DIRECTION_TOLERANCE, Geometry
 from pirl_pipeline.data.integrity import check_same_grid
+from pirl_pipeline.data.modalities import OUTSIDE_VALUE
 from pirl_pipeline.errors import PirlInputError
 
 log = logging.getLogger(__name__)
-PAD_BY_KIND = {"CT": -1000.0, "PET": 0.0, "MRI": 0.0}
 MIN_COVERAGE = 0.5
 LABEL_VOLUME_TOLERANCE = 0.10
 LABEL_VOLUME_FLOOR_VOXELS = 2  # a label volume change up to 2 voxels of the coarser grid is never refused
@@ -51,7 +51,7 @@ METHOD = {
     "images": "linear; Gaussian anti-aliasing (sigma = (reference - own spacing) / 2 mm) along axes where the "
               "reference grid is coarser",
     "labels": "linear per class (SimpleITK sitkLabelLinear)",
-    "padding": dict(PAD_BY_KIND),
+    "padding": dict(OUTSIDE_VALUE),
     "refused": {"direction_tolerance": DIRECTION_TOLERANCE, "min_coverage": MIN_COVERAGE,
                 "label_volume_tolerance": LABEL_VOLUME_TOLERANCE,
                 "label_volume_floor_voxels": LABEL_VOLUME_FLOOR_VOXELS},
@@ -123,7 +123,7 @@ class OntoGrid:
 
     def image(self, image: sitk.Image, path: Path, kind: str, role: str) -> np.ndarray:
         """(z, y, x) array of ``image`` on the grid: as stored when already on it, else float32 resampled
-        (linear, anti-aliased) with ``PAD_BY_KIND[kind]`` outside its field of view."""
+        (linear, anti-aliased) with ``OUTSIDE_VALUE[kind]`` outside its field of view."""
         geometry = Geometry.of(image)
         if not self._needs_resampling(geometry, path):
             return sitk.GetArrayFromImage(image)
@@ -132,7 +132,7 @@ class OntoGrid:
         work = sitk.Cast(image, sitk.sitkFloat32)
         if any(sigma):
             work = sitk.DiscreteGaussian(work, [s * s for s in sigma], 64, 0.01, True)
-        pad = PAD_BY_KIND[kind]
+        pad = OUTSIDE_VALUE[kind]
         out = sitk.Resample(work, self.reference, sitk.Transform(), sitk.sitkLinear, pad, sitk.sitkFloat32)
         self._note(path, role, geometry, {"interpolator": "linear", "antialias_sigma_mm": sigma,
                                           "padding": pad, "coverage": round(covered, 4)},

@@ -45,6 +45,8 @@ import numpy as np
 
 EPS = 1e-8
 FAMILIES = ("MRI", "CT", "PET")
+#: the value outside a scan's field of view, per family (resampling pads with it): CT air, no PET uptake, MRI 0
+OUTSIDE_VALUE = {"CT": -1000.0, "PET": 0.0, "MRI": 0.0}
 EMPTY_REFERENCE = ("one_if_both_empty", "exclude")  # the evaluation's policies (evaluation/metrics.py applies them)
 SUV_PLAUSIBLE_MAX = 200.0  # FDG SUV stays far below (bladder ~100); activity in Bq/ml is in the thousands
 _SEPARATORS = re.compile(r"[\s_\-.]+")
