@@ -42,6 +42,7 @@ from experiments.config import (
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
+from experiments.table11 import representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
@@ -163,10 +164,10 @@ class Experiment:
 
     def add_seg4_representation(self) -> None:
         b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
-        fold, seed = b.seg4_folds[0], b.seeds[0]
+        fold = b.seg4_folds[0]
         pretrained = [m for m in self.models("seg4") if m.pretrain_key == m.key]
-        checkpoints = [f"{m.label} pre-training (seg4 fold {fold})={self.pretrain_checkpoint(m, 'seg4', fold, seed)}"
-                       for m in pretrained]
+        checkpoints = [f"{representation_label(m.label, fold, seed)}={self.pretrain_checkpoint(m, 'seg4', fold, seed)}"
+                       for m in pretrained for seed in m.seeds(b)]
         if checkpoints:
             self.add("representation seg4", "shared", out,
                      ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",

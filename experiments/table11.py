@@ -113,23 +113,45 @@ def load_rows(work: Path) -> pd.DataFrame:
     return rows.rename(columns=lambda c: c.replace("tumor", "tumour"))
 
 
+def representation_label(model_label: str, fold: int, seed: int) -> str:
+    """The row name of one seg4 pre-training in ``representation_seg4/representation.csv``."""
+    return f"{model_label} pre-training (seg4 fold {fold}, seed {seed})"
+
+
+def _pretraining_of(row_name: str) -> tuple[str, str]:
+    """(model row, seed) of a :func:`representation_label` (a name without a seed: its first seed)."""
+    head, sep, tail = row_name.rpartition(", seed ")
+    if sep:
+        return head + ")", tail.rstrip(")")
+    return row_name, "first"
+
+
 def held_out_representation(work: Path) -> list[str]:
     """The seg4 pre-trainings' X_h' on the 8 subjects of the translation data, which no seg4 run saw
-    (``representation_rows --held-out``): retrieval, spread, collapse check and health."""
+    (``representation_rows --held-out``): retrieval, spread, collapse check and health; mean over seeds with
+    the seed spread (max - min) of retrieval and spread."""
     path = work / "eval" / "representation_seg4" / "representation.csv"
     if not path.is_file():
         return []
     rows = pd.read_csv(path)
-    rows = rows[rows["representation"] == "x_h"].set_index("model")
-    columns = ["subjects", "retrieval_top1_centered", "health_spread", "between_std_relative",
-               "cosine_other_subjects", "health_swap", "health_prior_entropy", "health_prior_share"]
+    rows = rows[rows["representation"] == "x_h"]
+    named = [_pretraining_of(name) for name in rows["model"]]
+    rows = rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
+    columns = ["retrieval_top1_centered", "health_spread", "between_std_relative", "cosine_other_subjects",
+               "health_swap", "health_prior_entropy", "health_prior_share"]
+    table = rows.groupby("model", sort=False)[columns].mean()
+    for column in ("retrieval_top1_centered", "health_spread"):
+        table[f"{column} seed spread"] = seed_spread(rows, column)
+    table.insert(0, "seeds", rows.groupby("model", sort=False)["seed"].nunique())
+    table.insert(0, "subjects", rows.groupby("model", sort=False)["subjects"].first())
     return ["### X_h' on 8 held-out subjects (the translation data: BraTS-2020/2023, UPENN-GBM, GLISTR)", "",
-            ("Each pre-training of this part (fold 0, first seed) and a random initialisation of the first one's "
+            ("Each pre-training of this part (fold 0, every seed) and a random initialisation of the first one's "
              "architecture, on the centre patches of all 8 four-modality cases of Dataset601, none of them seen by "
-             "a seg4 run. retrieval_top1_centered: chance 1/8 = 0.125; between_std_relative: between-subject std / "
-             "RMS of X_h' (about 0: every subject at one point); cosine_other_subjects: mean cosine between "
-             f"different subjects. All columns: `{path.name}` of `work/eval/representation_seg4/`."), "",
-            to_markdown(rows[columns], 3), ""]
+             "a seg4 run; mean over seeds, seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
+             "between_std_relative: between-subject std / RMS of X_h' (about 0: every subject at one point); "
+             "cosine_other_subjects: mean cosine between different subjects. Every row: "
+             f"`{path.name}` of `work/eval/representation_seg4/`."), "",
+            to_markdown(table, 3), ""]
 
 
 def table11_section(work: Path, out: Path) -> list[str]:

@@ -271,3 +271,21 @@ def _plans_folder(root, cases):
     for case in cases:
         (folder / "pirl_plans_3d_fullres" / f"{case}.json").write_text("{}")
     return folder
+
+
+def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path):
+    from experiments.table11 import held_out_representation, representation_label
+
+    out = tmp_path / "eval" / "representation_seg4"
+    out.mkdir(parents=True)
+    rows = [{"model": name, "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r,
+             "health_spread": 0.5, "between_std_relative": 0.01, "cosine_other_subjects": 0.99, "health_swap": 0.0,
+             "health_prior_entropy": 0.5, "health_prior_share": 0.1}
+            for name, r in ((representation_label("PIRL", 0, 12345), 0.25), (representation_label("PIRL", 0, 2), 0.5),
+                            ("random initialisation", 0.125))]
+    pd.DataFrame(rows).to_csv(out / "representation.csv", index=False)
+    table = "\n".join(held_out_representation(tmp_path))
+    assert "| PIRL pre-training (seg4 fold 0) | 8 | 2 | 0.375 |" in table  # mean of the two seeds
+    assert table.count("| random initialisation | 8 | 1 | 0.125 |") == 1
+    pirl_row = next(line for line in table.splitlines() if line.startswith("| PIRL pre-training"))
+    assert pirl_row.split("|")[-3].strip() == "0.250"  # retrieval seed spread
