@@ -91,7 +91,13 @@ def translation_block(rows: pd.DataFrame, keys: list[str], references: list[str]
     for table, path in ((summary, out / f"{stem}_summary.csv"), (full, out / f"{stem}.csv")):
         with atomic_path(path) as tmp:
             table.to_csv(tmp)
-    lines = [to_markdown(summary), "", "Per direction:", "", to_markdown(full, 3), ""]
+    lines = [to_markdown(summary), ""]
+    if full.columns.get_level_values(0).nunique() <= 2:  # e.g. PET -> CT, CT -> PET: one table
+        lines += ["Per direction:", "", to_markdown(full, 3), ""]
+    else:  # one table per metric stays readable (the CSV has all three)
+        for metric in ("PSNR", "SSIM"):
+            lines += [f"{metric} per direction (NMSE: `{stem}.csv`):", "",
+                      to_markdown(full.xs(metric, axis=1, level=1), 2 if metric == "PSNR" else 3), ""]
     for model in [k for k in keys if k in present]:
         for other in [k for k in references if k in present]:
             wins = {m: pair_wins(rows, model, other, m) for m in IMAGE}
