@@ -21,15 +21,20 @@ from experiments.config import FULL, PARTS, ablation_model
 from experiments.run import Experiment
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
-from pirl_pipeline.evaluation.health import health_patches, representation_health
+from pirl_pipeline.evaluation.health import health_patches, representation_health, spread
 from pirl_pipeline.evaluation.representation import (
     REPRESENTATIONS,
+    embedding_metrics,
     load_pirl_network,
     load_preprocessed_cases,
+    load_swinunetr_network,
     random_init_like,
     representation_metrics,
+    swinunetr_bottleneck,
 )
 from pirl_pipeline.file_io import atomic_path, load_json
+
+BOTTLENECK = "bottleneck"  # a SwinUNETR's deepest encoder state, its counterpart of PIRL's z
 
 
 def held_out_sets(work: Path, fold: int, datasets: list[str] | None = None) -> dict[str, dict]:
@@ -66,8 +71,26 @@ def checkpoints(work: Path, fold: int, rows: list[int]) -> dict[str, Path]:
     return found
 
 
+def swinunetr_rows(found: dict[str, Path], sets: dict[str, dict]) -> list[dict]:
+    """Rows (representation "bottleneck") of SwinUNETR checkpoints and of a random initialisation of the first
+    one's architecture: the embedding metrics of its deepest encoder state and its spread (``health.spread``)."""
+    if not found:
+        return []
+    first = next(iter(found.values()))
+    networks = {label: load_swinunetr_network(path) for label, path in found.items()}
+    networks["SwinUNETR random initialisation"] = load_swinunetr_network(first, random_init_seed=0)
+    rows = []
+    for label, (network, patch) in networks.items():
+        for dataset, cases in sets.items():
+            e = swinunetr_bottleneck(network, cases, patch)
+            rows.append({"model": label, "dataset": dataset, "representation": BOTTLENECK, "subjects": e.shape[0],
+                         "modalities": e.shape[1], **embedding_metrics(e), "health_spread": spread(e)})
+    return rows
+
+
 def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = None,
-        datasets: list[str] | None = None, health: bool = False, out: Path | None = None) -> Path:
+        datasets: list[str] | None = None, health: bool = False, out: Path | None = None,
+        swinunetr: dict[str, Path] | None = None) -> Path:
     sets, found = held_out_sets(work, fold, datasets), {**checkpoints(work, fold, rows), **(extra or {})}
     if not found:
         raise PirlInputError(f"{work}: no pre-training checkpoint of the translation fold {fold} yet")
@@ -86,11 +109,22 @@ def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = 
                 table.append({"model": label, "dataset": dataset, "representation": r,
                               "subjects": result["subjects"], "modalities": result["modalities"], **result[r],
                               **(extra_columns if r == "x_h" else {})})
+    table += swinunetr_rows(swinunetr or {}, sets)
     out = out or work / "eval" / "representation" / "representation.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)
     return out
+
+
+def _labelled(items: list[str], flag: str) -> dict[str, Path]:
+    found = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            raise PirlInputError(f"{flag} {item!r}: expected LABEL=PATH of an existing checkpoint")
+        found[label] = Path(path)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="Table-7 rows besides 6")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="LABEL=PATH",
                    help="further PIRLNet checkpoints to measure (e.g. the demo's pre-training)")
+    p.add_argument("--swinunetr", nargs="*", default=[], metavar="LABEL=PATH",
+                   help="SwinUNETR checkpoints whose deepest encoder state is measured the same way (and a random "
+                        "initialisation of the first)")
     p.add_argument("--held-out", nargs="+", metavar="DATASET",
                    help="measure on every case of these preprocessed datasets instead (e.g. Dataset601_RealBraTS4)")
     p.add_argument("--health", action="store_true", help="add the representation health columns")
@@ -111,13 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    extra = {}
-    for item in args.checkpoint:
-        label, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            raise PirlInputError(f"--checkpoint {item!r}: expected LABEL=PATH of an existing checkpoint")
-        extra[label] = Path(path)
-    print(f"wrote {run(args.work, args.fold, args.rows, extra, args.held_out, args.health, args.out)}")
+    extra, swinunetr = _labelled(args.checkpoint, "--checkpoint"), _labelled(args.swinunetr, "--swinunetr")
+    print(f"wrote {run(args.work, args.fold, args.rows, extra, args.held_out, args.health, args.out, swinunetr)}")
     return 0
 
 

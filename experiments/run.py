@@ -42,7 +42,7 @@ from experiments.config import (
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
-from experiments.table11 import representation_label
+from experiments.table11 import BOTTLENECK_STAGE, representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
@@ -168,10 +168,15 @@ class Experiment:
         pretrained = [m for m in self.models("seg4") if m.pretrain_key == m.key]
         checkpoints = [f"{representation_label(m.label, fold, seed)}={self.pretrain_checkpoint(m, 'seg4', fold, seed)}"
                        for m in pretrained for seed in m.seeds(b)]
+        swin = [m for m in self.models("seg4") if m.network == "SwinUNETR" and m.pretrain_key is None]
+        swinunetr = [f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}="
+                     f"{self.fold_folder(run_key(m.key, seed, b), 'seg4', m.trainer('seg'), fold).checkpoint()}"
+                     for m in swin for seed in m.seeds(b)]
         if checkpoints:
             self.add("representation seg4", "shared", out,
                      ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",
-                      PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints])
+                      PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints,
+                      *(["--swinunetr", *swinunetr] if swinunetr else [])])
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"

@@ -113,12 +113,15 @@ def load_rows(work: Path) -> pd.DataFrame:
     return rows.rename(columns=lambda c: c.replace("tumor", "tumour"))
 
 
-def representation_label(model_label: str, fold: int, seed: int) -> str:
-    """The row name of one seg4 pre-training in ``representation_seg4/representation.csv``."""
-    return f"{model_label} pre-training (seg4 fold {fold}, seed {seed})"
+BOTTLENECK_STAGE = "after seg training, deepest encoder state"  # a SwinUNETR's rows: its counterpart of z
 
 
-def _pretraining_of(row_name: str) -> tuple[str, str]:
+def representation_label(model_label: str, fold: int, seed: int, stage: str = "pre-training") -> str:
+    """The row name of one seg4 run in ``representation_seg4/representation.csv``."""
+    return f"{model_label} {stage} (seg4 fold {fold}, seed {seed})"
+
+
+def _run_of(row_name: str) -> tuple[str, str]:
     """(model row, seed) of a :func:`representation_label` (a name without a seed: its first seed)."""
     head, sep, tail = row_name.rpartition(", seed ")
     if sep:
@@ -134,8 +137,8 @@ def held_out_representation(work: Path) -> list[str]:
     if not path.is_file():
         return []
     rows = pd.read_csv(path)
-    rows = rows[rows["representation"] == "x_h"]
-    named = [_pretraining_of(name) for name in rows["model"]]
+    rows = rows[rows["representation"].isin(["x_h", "bottleneck"])]
+    named = [_run_of(name) for name in rows["model"]]
     rows = rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
     columns = ["retrieval_top1_centered", "health_spread", "between_std_relative", "cosine_other_subjects",
                "health_swap", "health_prior_entropy", "health_prior_share"]
@@ -147,7 +150,10 @@ def held_out_representation(work: Path) -> list[str]:
     return ["### X_h' on 8 held-out subjects (the translation data: BraTS-2020/2023, UPENN-GBM, GLISTR)", "",
             ("Each pre-training of this part (fold 0, every seed) and a random initialisation of the first one's "
              "architecture, on the centre patches of all 8 four-modality cases of Dataset601, none of them seen by "
-             "a seg4 run; mean over seeds, seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
+             "a seg4 run; beside them SwinUNETR from scratch after its seg training and at random initialisation, "
+             "measured on its deepest encoder state (`encoder10(swinViT(x)[4])`, the counterpart of z; each "
+             "modality alone in its channel, the others zero; no health columns but spread); mean over seeds, "
+             "seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
              "between_std_relative: between-subject std / RMS of X_h' (about 0: every subject at one point); "
              "cosine_other_subjects: mean cosine between different subjects. Every row: "
              f"`{path.name}` of `work/eval/representation_seg4/`."), "",

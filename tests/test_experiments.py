@@ -234,6 +234,9 @@ def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measure
     assert "SwinUNETRFromPIRLSegTrainer" in swin and any("/pirl/" in a for a in swin)
     assert "train pirl_default_mean seg4 fold0" not in names  # a diagnostic pre-training only
     assert names[-1] == "representation seg4"
+    measured = experiment.stages[-1][3]
+    swin = measured[measured.index("--swinunetr") + 1:]
+    assert len(swin) == 1 and "SwinUNETRSegTrainer" in swin[0] and "/swin_scratch/" in swin[0]
     paper = next(s[3] for s in experiment.stages if s[0] == "pretrain pirl_paper seg4 fold0")
     assert "variant=paper" in paper
 
@@ -274,7 +277,7 @@ def _plans_folder(root, cases):
 
 
 def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path):
-    from experiments.table11 import held_out_representation, representation_label
+    from experiments.table11 import BOTTLENECK_STAGE, held_out_representation, representation_label
 
     out = tmp_path / "eval" / "representation_seg4"
     out.mkdir(parents=True)
@@ -283,9 +286,12 @@ def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path
              "health_prior_entropy": 0.5, "health_prior_share": 0.1}
             for name, r in ((representation_label("PIRL", 0, 12345), 0.25), (representation_label("PIRL", 0, 2), 0.5),
                             ("random initialisation", 0.125))]
+    rows.append({**rows[0], "model": representation_label("SwinUNETR", 0, 2, BOTTLENECK_STAGE),
+                 "representation": "bottleneck", "retrieval_top1_centered": 0.75})
     pd.DataFrame(rows).to_csv(out / "representation.csv", index=False)
     table = "\n".join(held_out_representation(tmp_path))
     assert "| PIRL pre-training (seg4 fold 0) | 8 | 2 | 0.375 |" in table  # mean of the two seeds
     assert table.count("| random initialisation | 8 | 1 | 0.125 |") == 1
+    assert "| SwinUNETR after seg training, deepest encoder state (seg4 fold 0) | 8 | 1 | 0.750 |" in table
     pirl_row = next(line for line in table.splitlines() if line.startswith("| PIRL pre-training"))
     assert pirl_row.split("|")[-3].strip() == "0.250"  # retrieval seed spread

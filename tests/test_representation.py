@@ -154,3 +154,31 @@ def test_checkpoint_and_random_init_baseline(network, tmp_path):
     assert table[["model", "representation"]].values.tolist() == [
         ["trained", "z"], ["trained", "x_h"], ["random_init", "z"], ["random_init", "x_h"]]
     assert json.loads(written[0].read_text())["trained"]["cases"] == ["c0", "c1"]
+
+
+def test_swinunetr_bottleneck_sees_each_modality_alone_and_loads_trained_or_random_weights(tmp_path):
+    from pirl_pipeline.evaluation.representation import load_swinunetr_network, swinunetr_bottleneck
+    from pirl_pipeline.networks.factory import build_network
+
+    kwargs = {"kind": "swinunetr", "in_channels": 2, "out_channels": 2, "feature_size": 12, "window_size": 4,
+              "depths": (1, 1, 1, 1)}
+    torch.manual_seed(3)
+    network = build_network(kwargs).eval()
+    rng = np.random.default_rng(0)
+    cases = {f"c{i}": rng.normal(size=(2, 66, 64, 64)).astype(np.float32) for i in range(2)}
+    e = swinunetr_bottleneck(network, cases, (64, 64, 64))
+    assert e.shape == (2, 2, 16 * 12 * 8) and e.dtype == np.float64
+    changed = {**cases, "c0": cases["c0"].copy()}
+    changed["c0"][1] += 5.0  # the second modality of case c0 only
+    e2 = swinunetr_bottleneck(network, changed, (64, 64, 64))
+    np.testing.assert_allclose(e2[:, 0], e[:, 0])  # modality 0 alone never sees channel 1
+    assert not np.allclose(e2[0, 1], e[0, 1])
+    path = tmp_path / "swin.pth"
+    save_checkpoint({"network_weights": network.state_dict(), "network_kwargs": kwargs,
+                     "config": {"patch_size": [64, 64, 64]}, "trainer_name": "SwinUNETRSegTrainer", "plans": {},
+                     "epoch": 1}, path)
+    loaded, patch = load_swinunetr_network(path)
+    assert patch == [64, 64, 64]
+    np.testing.assert_allclose(swinunetr_bottleneck(loaded, cases, patch), e)
+    fresh, _ = load_swinunetr_network(path, random_init_seed=0)
+    assert not np.allclose(swinunetr_bottleneck(fresh, cases, patch), e)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from monai.networks.nets import SwinUNETR
 
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.dataloading.augmentation import IMAGE_PAD
@@ -154,6 +155,39 @@ def representation_metrics(network: PIRLNet, cases: dict[str, np.ndarray], patch
     return {"cases": embeddings.cases, "subjects": n, "modalities": m, "feature_dim": d,
             "patch_size": list(network.patch_size if patch_size is None else patch_size),
             **{r: embedding_metrics(getattr(embeddings, r)) for r in REPRESENTATIONS}}
+
+
+@torch.no_grad()
+def swinunetr_bottleneck(network: SwinUNETR, cases: dict[str, np.ndarray], patch_size: Sequence[int],
+                         device: torch.device | str = "cpu") -> np.ndarray:
+    """(N, M, D) float64: a SwinUNETR's deepest encoder state ``encoder10(swinViT(x)[4])`` (its counterpart of
+    PIRL's z) for every (case, modality), each modality alone in its own channel of the case's centre patch and
+    the others zero, as a dropped channel reaches it in training; cases sorted by name."""
+    network = network.to(device).eval()
+    out = []
+    for name in sorted(cases):
+        crop = torch.from_numpy(center_patch(np.asarray(cases[name], np.float32), patch_size)).to(device)
+        alone = torch.zeros((crop.shape[0], *crop.shape), device=device)
+        for m in range(crop.shape[0]):
+            alone[m, m] = crop[m]
+        state = network.encoder10(network.swinViT(alone, network.normalize)[4])
+        out.append(state.flatten(1).double().cpu().numpy())
+    return np.stack(out)
+
+
+def load_swinunetr_network(checkpoint: str | Path, device: torch.device | str = "cpu",
+                           random_init_seed: int | None = None) -> tuple[SwinUNETR, list[int]]:
+    """(the SwinUNETR of a pirl checkpoint in eval mode, the patch size it was trained on); with
+    ``random_init_seed`` the same architecture with fresh weights drawn under that seed instead."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    if state["network_kwargs"].get("kind") != "swinunetr":
+        raise PirlInputError(f"{checkpoint}: a {state['network_kwargs'].get('kind')!r} network, not a SwinUNETR")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0 if random_init_seed is None else random_init_seed)
+        network = build_network(state["network_kwargs"])
+    if random_init_seed is None:
+        network.load_state_dict(state["network_weights"])
+    return network.to(device).eval(), list(state["config"]["patch_size"])
 
 
 def load_pirl_network(checkpoint: str | Path, device: torch.device | str = "cpu") -> PIRLNet:
