@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -97,7 +98,7 @@ def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             continue
         scores = pd.concat([table.loc[subset, "Dice"], references])
         spreads = rows[rows["subset"] == subset].groupby(["model", "seed"])[f"Dice/{target}"].mean()
-        spreads = spreads.groupby(level="model").agg(lambda v: float(v.max() - v.min()))
+        spreads = spreads.groupby(level="model").agg(lambda v: float(v.max() - v.min()) if len(v) > 1 else math.nan)
         lines += [f"- {line}" for line in segmentation_verdicts(
             scores, LABELS, subset, spread={LABELS[k]: v for k, v in spreads.items() if k in LABELS},
             models=MODEL_KEYS, references=REFERENCES)]

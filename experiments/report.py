@@ -5,6 +5,7 @@ Verdicts are computed from the numbers (pair counts, differences), never typed i
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import platform
 from pathlib import Path
@@ -170,7 +171,7 @@ def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str
                           references: list[str] | None = None) -> list[str]:
     """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference), and
     PIRL against the best other model: a lead no larger than the seed spread (``spread``: model label -> max -
-    min of its seed means) of either model is "within the seed spread", not a win. ``models`` / ``references``:
+    min of its seed means; NaN: one seed) of either model is "within the seed spread", not a win. ``models`` / ``references``:
     their keys (default COMPARISON's and the BraTS parts' references)."""
     refs = [labels[k] for k in (references or SEGMENTATION_REFERENCES) if k in labels and labels[k] in scores]
     models = [labels[k] for k in (models or COMPARISON_KEYS) if k in labels and labels[k] in scores]
@@ -186,8 +187,10 @@ def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str
         pirl, others = scores[labels["pirl"]], scores[[m for m in models if m != labels["pirl"]]]
         if len(others):
             best, diff = others.idxmax(), pirl - others.max()
-            noise = max((spread or {}).get(labels["pirl"], 0.0), (spread or {}).get(best, 0.0))
+            known = [(spread or {}).get(labels["pirl"], 0.0), (spread or {}).get(best, 0.0)]
+            noise = max((v for v in known if not math.isnan(v)), default=0.0)
             verdict = "no difference" if abs(diff) < tie else (
+                "one seed, so no seed spread to judge it: not evidence" if any(map(math.isnan, known)) else
                 f"within the seed spread ({noise:.3f}), not evidence" if abs(diff) <= noise else
                 "PIRL wins" if diff > 0 else "PIRL does not win")
             out.append(f"{subset}: PIRL {pirl:.3f} vs best other model ({best}) {others.max():.3f}: {verdict} "

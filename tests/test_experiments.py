@@ -205,6 +205,9 @@ def test_segmentation_verdicts_call_small_differences_ties_and_name_the_best_ref
     verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.68, "W": 0.11, "T": 0.3}), labels, "T1c",
                                      spread={"P": 0.01, "S": 0.03})
     assert "within the seed spread (0.030), not evidence (+0.020)" in verdicts[1]
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.68, "W": 0.11, "T": 0.3}), labels, "T1c",
+                                     spread={"P": float("nan"), "S": 0.0})
+    assert "one seed, so no seed spread to judge it: not evidence (+0.020)" in verdicts[1]
 
 
 def test_table11_lays_out_every_subset_and_measures_the_dilution():
