@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +18,7 @@ import pandas as pd
 from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
 from experiments.curves import finetune_curves_section
 from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS, TRANSLATION_REFERENCES
-from experiments.tables import load_per_case, to_markdown, translation_block
+from experiments.tables import load_per_case, seed_spread, to_markdown, translation_block
 from pirl_pipeline.file_io import atomic_path
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
@@ -77,13 +76,6 @@ def table8(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _spread_text(table: pd.DataFrame) -> pd.DataFrame:
-    """The seed-spread column as text ("-" with one seed), so a missing spread does not read as a number."""
-    view = table.copy()
-    view["Dice seed spread"] = [f"{v:.3f}" if pd.notna(v) else "-" for v in view["Dice seed spread"]]
-    return view
-
-
 def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """Per input: each model against the best reference (all references read only PET, or nothing that matters,
     so they stand beside both inputs), PIRL against the best other model within the seed spread; and per model,
@@ -97,8 +89,7 @@ def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         if subset not in table.index.get_level_values("input"):
             continue
         scores = pd.concat([table.loc[subset, "Dice"], references])
-        spreads = rows[rows["subset"] == subset].groupby(["model", "seed"])[f"Dice/{target}"].mean()
-        spreads = spreads.groupby(level="model").agg(lambda v: float(v.max() - v.min()) if len(v) > 1 else math.nan)
+        spreads = seed_spread(rows[rows["subset"] == subset], f"Dice/{target}")
         lines += [f"- {line}" for line in segmentation_verdicts(
             scores, LABELS, subset, spread={LABELS[k]: v for k, v in spreads.items() if k in LABELS},
             models=MODEL_KEYS, references=REFERENCES)]
@@ -155,7 +146,7 @@ def petct_section(work: Path, out: Path) -> list[str]:
               "of subjects whose tumour is touched by the prediction; CaseTNR is undefined (every crop holds a "
               "tumour). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in MODEL_KEYS if k in seeds.index)
               + "."), "",
-             to_markdown(_spread_text(table), 3), ""]
+             to_markdown(table, 3), ""]
     if not everything.empty:
         lines += [(f"\"Every voxel\" is whole_brain on PET + CT (non-zero in either channel); its FPR "
                    f"{everything.iloc[0]:.3f} says how much of the crop that is (1.000: all of it, CT air being "

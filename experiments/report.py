@@ -145,7 +145,7 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
     plot_bars(dice["mean over regions"].unstack("model").reindex(subsets)[list(labels.values())],
               out / f"table8_{part}_dice.png", "Mean Dice over the regions per modality subset", "Dice")
     mean = table["mean over regions"]
-    spread = {m: seed_spread(rows[rows["subset"] == subsets[-1]], "Dice/whole tumour").get(m, 0.0)
+    spread = {m: seed_spread(rows[rows["subset"] == subsets[-1]], "Dice/whole tumour").get(m, math.nan)
               for m in COMPARISON_KEYS}
     dataset = PARTS[part][0]
     lines = [title, "",
@@ -157,7 +157,8 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
              "Mean over the regions:", "", to_markdown(mean.assign(n=table[("n cases", "")].astype(int))), "",
              "Dice per region:", "", to_markdown(dice), "", f"![Dice](table8_{part}_dice.png)", "",
              (f"Spread of the whole-tumour Dice across seeds ({subsets[-1]}, max - min of the seed means): "
-              + ", ".join(f"{labels[k]} {v:.3f}" for k, v in spread.items() if k in labels) + "."), ""]
+              + ", ".join(f"{labels[k]} {v:.3f}" if not math.isnan(v) else f"{labels[k]} - (one seed)"
+                          for k, v in spread.items() if k in labels) + "."), ""]
     whole = dice[whole_target(dice)] if whole_target(dice) is not None else mean["Dice"]
     for subset in subsets:
         spreads = seed_spread(rows[rows["subset"] == subset], "Dice/whole tumour")

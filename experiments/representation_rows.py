@@ -23,6 +23,7 @@ from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.health import health_patches, representation_health, spread
 from pirl_pipeline.evaluation.representation import (
+    BOTTLENECK,
     REPRESENTATIONS,
     embedding_metrics,
     load_pirl_network,
@@ -33,8 +34,6 @@ from pirl_pipeline.evaluation.representation import (
     swinunetr_bottleneck,
 )
 from pirl_pipeline.file_io import atomic_path, load_json
-
-BOTTLENECK = "bottleneck"  # a SwinUNETR's deepest encoder state, its counterpart of PIRL's z
 
 
 def held_out_sets(work: Path, fold: int, datasets: list[str] | None = None) -> dict[str, dict]:

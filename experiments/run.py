@@ -172,20 +172,22 @@ class Experiment:
         swinunetr = [f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}="
                      f"{self.fold_folder(run_key(m.key, seed, b), 'seg4', m.trainer('seg'), fold).checkpoint()}"
                      for m in swin for seed in m.seeds(b)]
-        if checkpoints:
+        if checkpoints:  # measured again whenever the checkpoints to measure change
             self.add("representation seg4", "shared", out,
                      ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",
                       PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints,
-                      *(["--swinunetr", *swinunetr] if swinunetr else [])])
+                      *(["--swinunetr", *swinunetr] if swinunetr else [])], same_command=True)
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"
         self.add(f"references {part} fold{fold}", "shared", out / "done",
                  ["experiments.reference_rows", "--work", str(self.work), "--part", part, "--fold", str(fold)])
 
-    def add(self, name: str, results: str, done: Path, argv: list[str]) -> None:
+    def add(self, name: str, results: str, done: Path, argv: list[str], same_command: bool = False) -> None:
+        """Plan a stage once (``StageRunner.run``'s arguments; ``same_command``: a measurement run again when
+        its command changes)."""
         if not any(s[0] == name for s in self.stages):
-            self.stages.append((name, results, done, argv))
+            self.stages.append((name, results, done, argv, same_command))
 
     def plan(self, parts: list[str]) -> None:
         b = self.budget
@@ -259,8 +261,8 @@ def run(args: argparse.Namespace) -> None:
     if not args.report_only:
         runner = StageRunner(work, total=len(experiment.stages) + 2 * len(data_parts(parts)))
         prepare_data(runner, budget, work, parts)
-        for name, results, done, argv in experiment.stages:
-            runner.run(name, argv, done, results)
+        for name, results, done, argv, same_command in experiment.stages:
+            runner.run(name, argv, done, results, same_command)
     report = write_report(work, out, budget, quick=args.quick, parts=args.only)
     print(f"experiments finished in {(time.perf_counter() - start) / 60:.1f} min; results: {report}")
 

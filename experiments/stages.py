@@ -35,14 +35,17 @@ class StageRunner:
         return {**os.environ, "PIRL_raw": str(self.work / "raw"), "PIRL_preprocessed": str(self.work / "preprocessed"),
                 "PIRL_results": str(self.work / "results" / results), "PYTHONUNBUFFERED": "1"}
 
-    def run(self, name: str, argv: list[str], done: Path, results: str = "shared") -> None:
+    def run(self, name: str, argv: list[str], done: Path, results: str = "shared", same_command: bool = False) -> None:
+        """``same_command``: done only when ``done`` exists AND the stage last ran with this very command (a
+        measurement whose inputs grew, e.g. more checkpoints, runs again; a training never does)."""
         self.count += 1
         head = f"[{self.count}/{self.total}] {name}"
-        if done.exists():
+        command = [sys.executable, "-m", *argv]
+        recorded = self.timings.get(name, {}).get("command")
+        if done.exists() and (not same_command or recorded == shlex.join(["python", *command[1:]])):
             print(f"{head}: done before ({done.relative_to(self.work)})", flush=True)
             return
         log_file = self.logs / f"{name.replace(' ', '_').replace('/', '-')}.txt"
-        command = [sys.executable, "-m", *argv]
         print(f"{head}: {shlex.join(['python', *command[1:]])}\n    log: {log_file}", flush=True)
         start = time.perf_counter()
         with open(log_file, "w") as out:

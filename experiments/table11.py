@@ -15,6 +15,7 @@ from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES
 from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown, translation_block
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
+from pirl_pipeline.evaluation.representation import BOTTLENECK
 from pirl_pipeline.report.collect import load_checkpoint_meta
 
 PART, TRANSLATION_PART = "seg4", "seg4_translation"
@@ -130,14 +131,14 @@ def _run_of(row_name: str) -> tuple[str, str]:
 
 
 def held_out_representation(work: Path) -> list[str]:
-    """The seg4 pre-trainings' X_h' on the 8 subjects of the translation data, which no seg4 run saw
-    (``representation_rows --held-out``): retrieval, spread, collapse check and health; mean over seeds with
-    the seed spread (max - min) of retrieval and spread."""
+    """The seg4 pre-trainings' X_h' (and SwinUNETR's deepest encoder state) on the 8 subjects of the translation
+    data, which no seg4 run saw (``representation_rows --held-out``): retrieval, spread, collapse check and
+    health; mean over seeds with the seed spread (max - min) of retrieval and spread."""
     path = work / "eval" / "representation_seg4" / "representation.csv"
     if not path.is_file():
         return []
     rows = pd.read_csv(path)
-    rows = rows[rows["representation"].isin(["x_h", "bottleneck"])]
+    rows = rows[rows["representation"].isin(["x_h", BOTTLENECK]) & (rows["dataset"] == PARTS["translation"][0])]
     named = [_run_of(name) for name in rows["model"]]
     rows = rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
     columns = ["retrieval_top1_centered", "health_spread", "between_std_relative", "cosine_other_subjects",
@@ -147,7 +148,8 @@ def held_out_representation(work: Path) -> list[str]:
         table[f"{column} seed spread"] = seed_spread(rows, column)
     table.insert(0, "seeds", rows.groupby("model", sort=False)["seed"].nunique())
     table.insert(0, "subjects", rows.groupby("model", sort=False)["subjects"].first())
-    return ["### X_h' on 8 held-out subjects (the translation data: BraTS-2020/2023, UPENN-GBM, GLISTR)", "",
+    return [("### X_h' (and SwinUNETR's deepest encoder state) on 8 held-out subjects (the translation data: "
+            "BraTS-2020/2023, UPENN-GBM, GLISTR)"), "",
             ("Each pre-training of this part (fold 0, every seed) and a random initialisation of the first one's "
              "architecture, on the centre patches of all 8 four-modality cases of Dataset601, none of them seen by "
              "a seg4 run; beside them SwinUNETR from scratch after its seg training and at random initialisation, "

@@ -9,6 +9,7 @@ references (``reference_rows``) are rows like the models'. ``seed_spread`` gives
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -45,9 +46,10 @@ def load_per_case(work: Path, part: str, model_keys: list[str]) -> pd.DataFrame:
 
 
 def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Per model: max - min over seeds of the seed's mean ``metric`` (0 with one seed)."""
+    """Per model: max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no spread known)."""
     per_seed = rows.groupby(["model", "seed"], sort=False)[metric].mean()
-    return per_seed.groupby(level="model", sort=False).agg(lambda v: float(v.max() - v.min()))
+    return per_seed.groupby(level="model", sort=False).agg(
+        lambda v: float(v.max() - v.min()) if len(v) > 1 else math.nan)
 
 
 def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
@@ -176,7 +178,7 @@ def plot_bars(table: pd.DataFrame, path: Path, title: str, ylabel: str) -> None:
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
-    """A pandas table as GitHub markdown (no extra dependency: tabulate is not installed)."""
+    """A pandas table as GitHub markdown (no extra dependency: tabulate is not installed); NaN reads "-"."""
     frame = table.copy()
     if isinstance(frame.columns, pd.MultiIndex):
         frame.columns = [" ".join(str(c) for c in col if str(c)) for col in frame.columns]
@@ -185,6 +187,6 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     rows = []
     for index, *row in frame.itertuples(name=None):
         keys = index if isinstance(index, tuple) else (index,)
-        rows.append([*map(str, keys), *(f"{v:.{digits}f}" if isinstance(v, float | np.floating) else str(v)
-                                         for v in row)])
+        rows.append([*map(str, keys), *(("-" if np.isnan(v) else f"{v:.{digits}f}")
+                                         if isinstance(v, float | np.floating) else str(v) for v in row)])
     return markdown_table(header, rows)

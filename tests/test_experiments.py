@@ -132,8 +132,8 @@ def test_report_tables_and_verdicts_come_from_the_numbers(tmp_path):
     assert "beats **SwinUNETR from scratch** on PSNR 12/12, NMSE 12/12, SSIM 12/12 pairs" in report
     assert "beats **(reference) copy the source modality** on PSNR 12/12" in report
     assert "SwinUNETR from scratch beats **(reference) copy the source modality** on PSNR 0/12" in report
-    assert ("FLAIR+T1c: PIRL 0.400 vs best other model (SwinUNETR from scratch) 0.600: PIRL does not win"
-            in report)
+    assert ("FLAIR+T1c: PIRL 0.400 vs best other model (SwinUNETR from scratch) 0.600: one seed, so no seed spread "
+            "to judge it: not evidence (-0.200)" in report)
     assert ("FLAIR+T1c: best reference (reference) intensity threshold fitted on the training cases 0.500; "
             "beaten (by > 0.005) by: SwinUNETR from scratch 0.600.") in report
     assert "SSIM: of the other 1 rows, 1 beat the full objective (row 6) by more than 0.001, 0 tie" in report
@@ -208,6 +208,9 @@ def test_segmentation_verdicts_call_small_differences_ties_and_name_the_best_ref
     verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.68, "W": 0.11, "T": 0.3}), labels, "T1c",
                                      spread={"P": float("nan"), "S": 0.0})
     assert "one seed, so no seed spread to judge it: not evidence (+0.020)" in verdicts[1]
+    verdicts = segmentation_verdicts(pd.Series({"P": 0.70, "S": 0.60, "W": 0.11, "T": 0.3}), labels, "T1c",
+                                     spread={"P": 0.01, "S": float("nan")})
+    assert "one seed, so no seed spread to judge it: not evidence (+0.100)" in verdicts[1]
 
 
 def test_table11_lays_out_every_subset_and_measures_the_dilution():
@@ -263,11 +266,13 @@ def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp
     for model, psnr in (("pirl", 14.0), ("pirl_paper", 12.0), ("reference_identity", 13.0)):
         out = tmp_path / "eval" / model / "seg4_translation_fold0"
         out.mkdir(parents=True)
-        pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
+        pd.DataFrame([{"case": "a", "source": src, "target": tgt, "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}
+                      for src, tgt in (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"))]).to_csv(
             out / "per_case.csv", index=False)
     lines = "\n".join(table11_translation_section(tmp_path, tmp_path))
-    assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 1/1" in lines
-    assert "PIRL, paper preset beats **(reference) copy the source modality** on PSNR 0/1" in lines
+    assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 3/3" in lines
+    assert "PIRL, paper preset beats **(reference) copy the source modality** on PSNR 0/3" in lines
+    assert "PSNR per direction" in lines and "| model | T1->T2 | T2->T1 | T1->FLAIR |" in lines
     assert (tmp_path / "table11_translation_summary.csv").is_file()
 
 
@@ -284,7 +289,7 @@ def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path
 
     out = tmp_path / "eval" / "representation_seg4"
     out.mkdir(parents=True)
-    rows = [{"model": name, "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r,
+    rows = [{"model": name, "dataset": "Dataset601_RealBraTS4", "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r,
              "health_spread": 0.5, "between_std_relative": 0.01, "cosine_other_subjects": 0.99, "health_swap": 0.0,
              "health_prior_entropy": 0.5, "health_prior_share": 0.1}
             for name, r in ((representation_label("PIRL", 0, 12345), 0.25), (representation_label("PIRL", 0, 2), 0.5),
@@ -298,3 +303,16 @@ def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path
     assert "| SwinUNETR after seg training, deepest encoder state (seg4 fold 0) | 8 | 1 | 0.750 |" in table
     pirl_row = next(line for line in table.splitlines() if line.startswith("| PIRL pre-training"))
     assert pirl_row.split("|")[-3].strip() == "0.250"  # retrieval seed spread
+
+
+def test_a_measurement_stage_runs_again_when_its_command_changes_a_training_never(tmp_path, capsys):
+    done = tmp_path / "done"
+    done.touch()
+    runner = StageRunner(tmp_path, total=4)
+    runner.run("measure", ["platform"], done, same_command=True)  # never recorded: runs
+    runner.run("measure", ["platform"], done, same_command=True)  # same command: done before
+    runner.run("measure", ["platform", "--terse"], done, same_command=True)  # new inputs: runs again
+    runner.run("train", ["platform"], done)  # a training with a done file is never re-run
+    out = capsys.readouterr().out
+    assert out.count("finished in") == 2 and out.count("done before") == 2
+    assert "[2/4] measure: done before" in out and "[4/4] train: done before" in out

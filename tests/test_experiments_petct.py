@@ -16,7 +16,7 @@ ONE_SEED = dataclasses.replace(FULL, seeds=(12345,))
 
 
 def _stages(experiment: Experiment) -> dict[str, list[str]]:
-    return {name: argv for name, _, _, argv in experiment.stages}
+    return {name: argv for name, _, _, argv, _ in experiment.stages}
 
 
 def test_petct_conversion_resamples_onto_the_pet_grid_and_keeps_the_planners_spacing(tmp_path):

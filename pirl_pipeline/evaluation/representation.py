@@ -49,6 +49,7 @@ from pirl_pipeline.networks.factory import build_network
 from pirl_pipeline.networks.pirl_net import PIRLNet
 
 REPRESENTATIONS = ("z", "x_h")
+BOTTLENECK = "bottleneck"  # a SwinUNETR's deepest encoder state (swinunetr_bottleneck), its counterpart of z
 METRICS = ("retrieval_top1", "retrieval_top1_centered", "retrieval_chance", "within_var", "between_var",
            "variance_ratio", "variance_ratio_no_structure", "cosine_other_subjects", "cosine_same_subject",
            "between_std_relative")
