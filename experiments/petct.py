@@ -100,13 +100,17 @@ def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def table7_folds(rows: pd.DataFrame) -> list[int]:
+    """The folds the Table-7 rows 1-5 ran on (row 6 and the references are read on these)."""
+    return sorted(set(rows[rows["model"].isin([k for k in ABLATION_KEYS if k != "pirl"])]["fold"]))
+
+
 def table7(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 7 layout on PET/CT: ID, pre-training terms, Dice / HD95 on each input; the first seed, the folds the
     ablation rows ran on (row 6 = the PIRL row, restricted to them)."""
     target = target_of(rows)
     rows = rows[(rows["seed"] == "first") & rows["model"].isin(ABLATION_KEYS)]
-    ablated = rows[rows["model"] != "pirl"]
-    rows = rows[rows["fold"].isin(set(ablated["fold"]))]
+    rows = rows[rows["fold"].isin(table7_folds(rows))]
     out = {}
     for key, group in rows.groupby("model"):
         row = {"Pretrain": table7_terms(ABLATION_KEYS[key])}
@@ -172,7 +176,18 @@ def table7_section(rows: pd.DataFrame, out: Path) -> list[str]:
         lines.append(f"- {column}: row 6 {table.loc[6, column]:.3f}; rows above it by more than 0.005: "
                      + (", ".join(better) if better else "none") + " (the paper: row 6 best). One seed: no seed "
                      "spread to judge these differences, so none of them is evidence.")
-    return [*lines, ""]
+    return [*lines, *_references_on(rows, set(table7_folds(rows))), ""]
+
+
+def _references_on(rows: pd.DataFrame, folds: set) -> list[str]:
+    """The references' lesion Dice on the same held-out subjects (``folds``) as the Table-7 rows."""
+    target = target_of(rows)
+    refs = rows[rows["model"].isin(REFERENCES) & rows["fold"].isin(folds)]
+    dice = refs.groupby(["model", "fold"])[f"Dice/{target}"].mean().groupby(level="model").mean()
+    if dice.empty:
+        return []
+    return ["- The references on the same subjects: " + ", ".join(
+        f"{LABELS[k]} {dice[k]:.3f}" for k in REFERENCES if k in dice.index) + "."]
 
 
 def petct_translation_section(work: Path, out: Path) -> list[str]:

@@ -41,12 +41,12 @@ class StageRunner:
         self.count += 1
         head = f"[{self.count}/{self.total}] {name}"
         command = [sys.executable, "-m", *argv]
-        recorded = self.timings.get(name, {}).get("command")
-        if done.exists() and (not same_command or recorded == shlex.join(["python", *command[1:]])):
+        shown = shlex.join(["python", *command[1:]])  # as recorded in timings.json
+        if done.exists() and (not same_command or self.timings.get(name, {}).get("command") == shown):
             print(f"{head}: done before ({done.relative_to(self.work)})", flush=True)
             return
         log_file = self.logs / f"{name.replace(' ', '_').replace('/', '-')}.txt"
-        print(f"{head}: {shlex.join(['python', *command[1:]])}\n    log: {log_file}", flush=True)
+        print(f"{head}: {shown}\n    log: {log_file}", flush=True)
         start = time.perf_counter()
         with open(log_file, "w") as out:
             code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=self.env(results))
@@ -54,8 +54,7 @@ class StageRunner:
         if code != 0:
             tail = "".join(log_file.read_text().splitlines(keepends=True)[-15:])
             raise StageFailed(f"experiment stage {name!r} failed (exit {code}); last lines of {log_file}:\n{tail}")
-        self.timings[name] = {"seconds": round(seconds, 1), "command": shlex.join(["python", *command[1:]]),
-                              "results": results}
+        self.timings[name] = {"seconds": round(seconds, 1), "command": shown, "results": results}
         # merged with the file: another experiments run may share the work folder
         on_disk = load_json(self.timings_file) if self.timings_file.is_file() else {}
         save_json({**on_disk, **self.timings}, self.timings_file)

@@ -158,6 +158,8 @@ def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_pat
             part.drop(columns=["model", "seed", "fold"]).to_csv(folder / "per_case.csv", index=False)
     text = "\n".join(petct_section(tmp_path / "work", out))
     assert "Table 7 layout on PET/CT" in text and "FPR 0.010 says how much" in text
+    assert ("- The references on the same subjects: (reference) SUV >= 2.5 0.600, (reference) every voxel of the "
+            "crop called lesion 0.030.") in text
     assert (out / "table8_petct.csv").is_file() and (out / "table7_petct.csv").is_file()
 
 

@@ -39,13 +39,14 @@ import pandas as pd
 import torch
 from monai.networks.nets import SwinUNETR
 
-from pirl_pipeline.checkpoint import load_checkpoint
+from pirl_pipeline.checkpoint import load_checkpoint, load_network
 from pirl_pipeline.dataloading.augmentation import IMAGE_PAD
 from pirl_pipeline.dataloading.dataset import PreprocessedDataset
 from pirl_pipeline.dataloading.sampling import centered_position, crop_padded
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import atomic_path, save_json
 from pirl_pipeline.networks.factory import build_network
+from pirl_pipeline.networks.modalities import slot_modality
 from pirl_pipeline.networks.pirl_net import PIRLNet
 
 REPRESENTATIONS = ("z", "x_h")
@@ -167,10 +168,8 @@ def swinunetr_bottleneck(network: SwinUNETR, cases: dict[str, np.ndarray], patch
     network = network.to(device).eval()
     out = []
     for name in sorted(cases):
-        crop = torch.from_numpy(center_patch(np.asarray(cases[name], np.float32), patch_size)).to(device)
-        alone = torch.zeros((crop.shape[0], *crop.shape), device=device)
-        for m in range(crop.shape[0]):
-            alone[m, m] = crop[m]
+        crop = torch.from_numpy(center_patch(np.asarray(cases[name], np.float32), patch_size))[None].to(device)
+        alone = torch.cat([slot_modality(crop, m) for m in range(crop.shape[1])])
         state = network.encoder10(network.swinViT(alone, network.normalize)[4])
         out.append(state.flatten(1).double().cpu().numpy())
     return np.stack(out)
@@ -183,11 +182,12 @@ def load_swinunetr_network(checkpoint: str | Path, device: torch.device | str = 
     state = load_checkpoint(checkpoint, map_location=device)
     if state["network_kwargs"].get("kind") != "swinunetr":
         raise PirlInputError(f"{checkpoint}: a {state['network_kwargs'].get('kind')!r} network, not a SwinUNETR")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0 if random_init_seed is None else random_init_seed)
-        network = build_network(state["network_kwargs"])
     if random_init_seed is None:
-        network.load_state_dict(state["network_weights"])
+        network = load_network(state, Path(checkpoint))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_init_seed)
+            network = build_network(state["network_kwargs"])
     return network.to(device).eval(), list(state["config"]["patch_size"])
 
 
