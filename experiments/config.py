@@ -182,7 +182,7 @@ TABLE11_TRANSLATION = tuple(m for m in TABLE11 if m.key in ("pirl", "pirl_paper"
 
 #: Table 8 on real PET/CT (``petct``): every network trained with modality dropout on PET + CT, then scored on
 #: PET + CT and on PET alone (``pirl_evaluate_missing``: every channel subset of the one model); the Table-7
-#: pre-training rows 1-5 (row 6 = "pirl") only on request (``--models ablation_row1 ...``)
+#: pre-training rows 1-5 (row 6 = "pirl") only on request (``--models ablation_row1 ...``), with every seed
 PETCT = (
     Model("pirl", "PIRL pre-train -> fine-tune (PIRLNet)", "PIRL", ()),
     Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
@@ -206,7 +206,8 @@ def ablation_model(row: int) -> Model:
 
 
 PART_MODELS = {"seg4": TABLE11, "seg4_translation": TABLE11_TRANSLATION,  # parts not listed compare COMPARISON
-               "petct": (*PETCT, *(dataclasses.replace(ablation_model(r), on_request=True) for r in range(1, 6))),
+               "petct": (*PETCT, *(dataclasses.replace(ablation_model(r), on_request=True, all_seeds=True)
+                                   for r in range(1, 6))),
                "petct_translation": PETCT_TRANSLATION}
 
 

@@ -371,8 +371,8 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
          f"pre-training lr 2e-4 {b.lr_schedule}, fine-tuning the demo's settings per task (seg lr "
          f"{FINETUNE_LR['seg']:g} {' '.join(FINETUNE_SET['seg'])}; translation lr {FINETUNE_LR['translate']:g} "
          f"{' '.join(FINETUNE_SET['translate'])}), nnU-Net augmentation (intensity on the inputs only), seeds "
-         f"{', '.join(map(str, b.seeds))} for the main rows (ablation rows and the equal-steps baseline: the "
-         "first); prediction: sliding window, overlap 0.5, Gaussian, no TTA; the final checkpoint of every run "
+         f"{', '.join(map(str, b.seeds))} for the main rows (Dataset601's ablation rows and the equal-steps baseline: "
+         "the first); prediction: sliding window, overlap 0.5, Gaussian, no TTA; the final checkpoint of every run "
          "(no model selection on the test cases). Actually run (recorded commands; they win where a part was run "
          f"with another budget): {settings_run(work)}."),
         (f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "

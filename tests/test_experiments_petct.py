@@ -87,7 +87,7 @@ def test_petct_plan_table8_models_share_one_pretraining_and_score_hd95(tmp_path)
     assert "--no_distance_metrics" in _stages(seg)["evaluate pirl seg fold0"]
 
 
-def test_petct_table7_rows_run_only_on_request_and_with_the_first_seed(tmp_path):
+def test_petct_table7_rows_run_only_on_request_and_with_every_seed(tmp_path):
     experiment = Experiment(FULL, tmp_path, ["pirl", "ablation_row1", "ablation_row5", "pirl_scratch"])
     experiment.plan(["petct"])
     stages = _stages(experiment)
@@ -95,7 +95,7 @@ def test_petct_table7_rows_run_only_on_request_and_with_the_first_seed(tmp_path)
     assert row1[row1.index("--disable") + 1:] == ["invariance", "prior"]
     assert stages["train ablation_row1 petct fold0"][stages["train ablation_row1 petct fold0"].index("-tr") + 1] \
         == "PIRLSegTrainer"
-    assert "train ablation_row1_seed2 petct fold0" not in stages and "train pirl_seed2 petct fold0" in stages
+    assert "train ablation_row1_seed2 petct fold0" in stages and "train pirl_seed2 petct fold0" in stages
     assert "--pretrained" not in stages["train pirl_scratch petct fold0"]
     assert "train swin_scratch petct fold0" not in stages
     keys = {m.key for m in PART_MODELS["petct"]}
@@ -161,6 +161,23 @@ def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_pat
     assert ("- The references on the same subjects: (reference) SUV >= 2.5 0.600, (reference) every voxel of the "
             "crop called lesion 0.030.") in text
     assert (out / "table8_petct.csv").is_file() and (out / "table7_petct.csv").is_file()
+
+
+def test_petct_table7_with_two_seeds_judges_rows_by_their_seed_spread():
+    from experiments.petct import table7, table7_verdict
+
+    rows = pd.DataFrame([
+        *_rows("pirl", ("PET", "PET+CT"), {"PET": 0.5, "PET+CT": 0.7}, seeds=("first", "2"), folds=(0, 1)),
+        *_rows("ablation_row1", ("PET", "PET+CT"), {"PET": 0.4, "PET+CT": 0.6}, seeds=("first", "2")),
+        *_rows("ablation_row2", ("PET", "PET+CT"), {"PET": 0.5, "PET+CT": 0.705}, seeds=("first", "2"))])
+    seven = table7(rows)
+    assert list(seven.index) == [1, 2, 6] and (seven["seeds"] == 2).all() and (seven["folds"] == 1).all()
+    assert seven.loc[6, "Dice PET+CT"] == pytest.approx(0.71)  # fold 1 of row 6: no row 1-5 ran there
+    assert seven.loc[1, "Dice PET+CT seed spread"] == pytest.approx(0.02)
+    assert table7_verdict(seven) == ("Dice PET+CT: row 6 0.710 (seed spread 0.020); beyond the larger seed spread of "
+                                     "the two rows, above it: none; below it: row 1 0.610 (the paper: row 6 best).")
+    one_seed = table7(rows[rows["seed"] == "first"])
+    assert "One seed: no seed spread" in table7_verdict(one_seed)
 
 
 @pytest.mark.shared_data
