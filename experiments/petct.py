@@ -18,7 +18,7 @@ import pandas as pd
 from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
 from experiments.curves import finetune_curves_section
 from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS, TRANSLATION_REFERENCES
-from experiments.tables import load_per_case, seed_spread, to_markdown, translation_block
+from experiments.tables import PERCENTILE_SCALED, load_per_case, seed_spread, to_markdown, translation_block
 from pirl_pipeline.file_io import atomic_path
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
@@ -219,7 +219,7 @@ def petct_translation_section(work: Path, out: Path) -> list[str]:
     return [title, "",
             (f"{PARTS[TRANSLATION_PART][0]}, the petct folds {sorted(int(f) for f in set(rows['fold']))}; one "
              "modality in, the other out; PSNR / NMSE / SSIM inside the reference's non-zero mask on the PET grid, "
-             "each volume scaled by its own 0.5-99.5 percentiles (scale-free: SUV and HU never meet). The PIRL "
+             f"{PERCENTILE_SCALED} (scale-free: SUV and HU never meet). The PIRL "
              "row fine-tunes petct's pre-training; references: the source copied, an intensity mapping fitted on "
              "the training cases."), "",
             *translation_block(rows, keys, TRANSLATION_REFERENCES, TRANSLATION_LABELS, out, "translation_petct")]

@@ -20,6 +20,7 @@ from experiments.petct import petct_section, petct_translation_section
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
 from experiments.table11 import table11_section, table11_translation_section
 from experiments.tables import (
+    PERCENTILE_SCALED,
     ablation_table,
     load_per_case,
     model_labels,
@@ -112,7 +113,7 @@ def translation_section(work: Path, out: Path) -> list[str]:
     lines = ["## Translation (Table 10 layout)", "",
              (f"Held-out cases: {', '.join(cases)} (folds {sorted(set(rows['fold']))}). One modality in, every other "
               f"one out ({pairs} source -> target pairs); PSNR / NMSE / SSIM inside the reference brain mask on the "
-              "original 1 mm grid, each volume scaled by its own 0.5-99.5 percentiles to [0, 1] (BraSyn-style; "
+              f"original 1 mm grid, {PERCENTILE_SCALED} (BraSyn-style; "
               "`pirl_evaluate` also writes the raw-unit numbers). References are scored by the same evaluator on "
               "the same cases."), "", to_markdown(summary), ""]
     for model in models:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from experiments.config import PARTS, TABLE11, TABLE11_TRANSLATION, Budget, model_of_run
 from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
-from experiments.tables import REGIONS, load_per_case, seed_spread, to_markdown, translation_block
+from experiments.tables import PERCENTILE_SCALED, REGIONS, load_per_case, seed_spread, to_markdown, translation_block
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
 from pirl_pipeline.evaluation.representation import BOTTLENECK
@@ -197,8 +197,8 @@ def table11_translation_section(work: Path, out: Path) -> list[str]:
     return [title, "",
             (f"{PARTS[TRANSLATION_PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds "
              f"{sorted(int(f) for f in set(rows['fold']))}); one modality in, each other one out (12 pairs); "
-             "PSNR / NMSE / SSIM inside the reference brain mask on the original grid, each volume scaled by its "
-             "own 0.5-99.5 percentiles. The PIRL rows fine-tune the same pre-trainings as Table 11 (the same "
+             f"PSNR / NMSE / SSIM inside the reference brain mask on the original grid, {PERCENTILE_SCALED}. "
+             "The PIRL rows fine-tune the same pre-trainings as Table 11 (the same "
              "folds and seeds). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in keys if k in seeds.index)
              + "; seed spread = max - min of the seed means."), "",
             *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation")]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
+from pirl_pipeline.evaluation.image_similarity import SCALE_PERCENTILES
 from pirl_pipeline.file_io import atomic_path
 from pirl_pipeline.fold_folder import PER_CASE
 from pirl_pipeline.plots import heatmap, save_figure
@@ -28,6 +29,9 @@ from pirl_pipeline.report.markdown import table as markdown_table
 
 OVERLAP = ("Dice", "TPR", "TNR", "FNR", "FPR")
 IMAGE = ("PSNR", "NMSE", "SSIM")
+#: how every translation table's PSNR / NMSE / SSIM see intensities (the evaluator's ``percentile_scale``)
+PERCENTILE_SCALED = (f"each volume scaled to [0, 1] by its own {SCALE_PERCENTILES[0]:g}-{SCALE_PERCENTILES[1]:g} "
+                     "percentiles inside the mask")
 REGIONS = ("whole tumour", "tumour core", "enhancing tumour")
 
 
