@@ -204,3 +204,41 @@ def test_real_petct_preparation_and_references(shared_data, tmp_path):
     assert all(len(r) == 4 and "HD95/lesion" in r for r in rows.values())
     assert (rows["whole_brain"]["FPR/lesion"] == 1.0).all() and (rows["whole_brain"]["TPR/lesion"] == 1.0).all()
     assert (rows["suv_threshold"]["CaseTPR/lesion"] == 1.0).all() and rows["suv_threshold"]["Dice/lesion"].mean() > 0.3
+
+
+def _write_label(path, array, spacing, origin):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array.astype("uint8"))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_grid_comparison_scores_each_prediction_on_both_grids(tmp_path):
+    """A fine grid (1 mm) and a coarse one (2 mm) over the same 20 mm cube hold the same lesion; the prediction
+    that equals the label scores 1 on both grids, one shifted by 2 mm scores less on both."""
+    import numpy as np
+
+    from experiments.grid_comparison import main, score
+    from pirl_pipeline.errors import PirlInputError
+
+    fine, coarse = np.zeros((20, 20, 20)), np.zeros((10, 10, 10))
+    fine[4:12, 4:12, 4:12], coarse[2:6, 2:6, 2:6] = 1, 1  # the same physical box [3.5, 11.5] mm
+    _write_label(tmp_path / "raw_ct" / "labelsTr" / "c1.nii.gz", fine, (1.0,) * 3, (0.0,) * 3)
+    _write_label(tmp_path / "raw_pet" / "labelsTr" / "c1.nii.gz", coarse, (2.0,) * 3, (0.5,) * 3)
+    _write_label(tmp_path / "pred_ct" / "c1.nii.gz", fine, (1.0,) * 3, (0.0,) * 3)
+    shifted = np.roll(coarse, 1, axis=0)
+    _write_label(tmp_path / "pred_pet" / "c1.nii.gz", shifted, (2.0,) * 3, (0.5,) * 3)
+    raw = {"PET": tmp_path / "raw_pet", "CT": tmp_path / "raw_ct"}
+    rows = score({"PET": tmp_path / "pred_pet", "CT": tmp_path / "pred_ct"}, raw).set_index(["trained", "scored"])
+    assert rows.loc[("CT", "CT"), "Dice"] == 1.0 and rows.loc[("CT", "PET"), "Dice"] == pytest.approx(1.0)
+    assert rows.loc[("PET", "PET"), "Dice"] == pytest.approx(0.75) and rows.loc[("PET", "CT"), "Dice"] < 0.8
+    out = tmp_path / "grid.csv"
+    assert main(["--raw", f"PET={raw['PET']}", f"CT={raw['CT']}", "--predictions", f"CT={tmp_path / 'pred_ct'}",
+                 "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == 2
+    (tmp_path / "raw_pet" / "labelsTr" / "c1.nii.gz").unlink()
+    with pytest.raises(PirlInputError, match="no reference label"):
+        score({"CT": tmp_path / "pred_ct"}, raw)
