@@ -198,14 +198,23 @@ PETCT_TRANSLATION = (
 )
 
 
-def ablation_model(row: int) -> Model:
+def ablation_model(row: int, variant: str = "default") -> Model:
     """Table-7 row ``row`` (1-5): PIRL pre-training with the row's terms off, then the part's fine-tuning
-    (translation in the ``ablation`` part, segmentation in ``petct``)."""
+    (translation in the ``ablation`` and ``seg4_translation`` parts, segmentation in ``petct``); ``variant``: the
+    preset of both (its key gets the suffix ``_VARIANT`` unless it is the default)."""
     off = tuple(term for term, on in TABLE7[row].items() if not on)
-    return Model(f"ablation_row{row}", f"Table 7 row {row}", "PIRL", off, all_seeds=False)
+    suffix, label = ("", "") if variant == "default" else (f"_{variant}", f", {variant} preset")
+    return Model(f"ablation_row{row}{suffix}", f"Table 7 row {row}{label}", "PIRL", off, all_seeds=False,
+                 variant=variant)
 
 
-PART_MODELS = {"seg4": TABLE11, "seg4_translation": TABLE11_TRANSLATION,  # parts not listed compare COMPARISON
+#: Table 7 on Table 11's data (``seg4_translation``, on request, first seed): rows 1-5 of both presets; row 6 is
+#: the preset's PIRL row ("pirl", "pirl_paper")
+TABLE11_ABLATION = tuple(dataclasses.replace(ablation_model(row, variant), on_request=True)
+                         for variant in ("default", "paper") for row in range(1, 6))
+TABLE11_ROW6 = {"default": "pirl", "paper": "pirl_paper"}
+
+PART_MODELS = {"seg4": TABLE11, "seg4_translation": (*TABLE11_TRANSLATION, *TABLE11_ABLATION),  # others: COMPARISON
                "petct": (*PETCT, *(dataclasses.replace(ablation_model(r), on_request=True, all_seeds=True)
                                    for r in range(1, 6))),
                "petct_translation": PETCT_TRANSLATION}

@@ -27,7 +27,7 @@ import pandas as pd
 from experiments import data
 from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, model_of_run
 from experiments.stages import StageRunner
-from experiments.tables import model_labels, to_markdown
+from experiments.tables import model_labels, to_markdown, write_csv
 from pirl_pipeline.checkpoint import load_checkpoint
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import whole_target
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = pd.concat([history_table(c, args.work) for c in done], ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "learning_curves.csv", index=False)
+    write_csv(table, args.out / "learning_curves.csv", index=False)
     plot(table, done, args.out / "learning_curves.png")
     print(f"wrote {args.out / 'learning_curves.csv'} and learning_curves.png")
     return 0

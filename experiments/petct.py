@@ -18,8 +18,7 @@ import pandas as pd
 from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
 from experiments.curves import finetune_curves_section
 from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS, TRANSLATION_REFERENCES
-from experiments.tables import PERCENTILE_SCALED, load_per_case, seed_spread, to_markdown, translation_block
-from pirl_pipeline.file_io import atomic_path
+from experiments.tables import PERCENTILE_SCALED, load_per_case, seed_spread, to_markdown, translation_block, write_csv
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
 INPUTS = ("PET+CT", "PET")  # the paper's Table 8 inputs
@@ -32,10 +31,6 @@ LABELS = {m.key: m.label for m in PART_MODELS[PART]} | REFERENCE_LABELS | {
     "reference_threshold": "(reference) PET threshold fitted on the training cases"}
 TRANSLATION_LABELS = {m.key: m.label for m in PETCT_TRANSLATION} | REFERENCE_LABELS
 
-
-def _csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp)
 
 
 def target_of(rows: pd.DataFrame) -> str:
@@ -137,7 +132,7 @@ def petct_section(work: Path, out: Path) -> list[str]:
     rows = rows.assign(seed=rows["seed"].astype(str))
     main = rows[rows["model"].isin([*MODEL_KEYS, *REFERENCES])]
     table = table8(main)
-    _csv(table, out / "table8_petct.csv")
+    write_csv(table, out / "table8_petct.csv")
     everything = table.xs(LABELS["reference_whole_brain"], level="row")["FPR"] if LABELS[
         "reference_whole_brain"] in table.index.get_level_values("row") else pd.Series(dtype=float)
     seeds = main[main["model"].isin(MODEL_KEYS)].groupby("model")["seed"].nunique()
@@ -169,7 +164,7 @@ def table7_section(rows: pd.DataFrame, out: Path) -> list[str]:
         return [title, "", ("Not run yet (on request: `--only petct --models pirl ablation_row1 ... "
                             "ablation_row5`, with the budget's seeds)."), ""]
     table = table7(rows)
-    _csv(table, out / "table7_petct.csv")
+    write_csv(table, out / "table7_petct.csv")
     lines = [title, "", ("Rows 1-5: PIRL pre-training with the row's terms off (`pirl_train ... pretrain --disable "
                          "...`), then the same seg fine-tuning; row 6 = the PIRL row of Table 8; the seeds and "
                          "folds the rows 1-5 ran on, mean over folds then seeds."), "", to_markdown(table, 3), ""]

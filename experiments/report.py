@@ -21,7 +21,9 @@ from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFE
 from experiments.table11 import table11_section, table11_translation_section
 from experiments.tables import (
     PERCENTILE_SCALED,
+    ablation_keys,
     ablation_table,
+    ablation_verdicts,
     load_per_case,
     model_labels,
     pair_wins,
@@ -32,6 +34,7 @@ from experiments.tables import (
     to_markdown,
     translation_summary,
     translation_table,
+    write_csv,
 )
 from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
@@ -41,10 +44,6 @@ from pirl_pipeline.report.markdown import table as markdown_table
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
 
-
-def _csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp)
 
 
 def _doc_item(i: int) -> str:
@@ -104,8 +103,8 @@ def translation_section(work: Path, out: Path) -> list[str]:
     present = [k for k in [*COMPARISON_KEYS, *TRANSLATION_REFERENCES] if k in set(rows["model"])]
     labels = model_labels(present)
     full, summary = translation_table(rows, labels), translation_summary(rows, labels)
-    _csv(full, out / "table10_translation.csv")
-    _csv(summary, out / "translation_summary.csv")
+    write_csv(full, out / "table10_translation.csv")
+    write_csv(summary, out / "translation_summary.csv")
     plot_translation(rows, labels, out / "table10_translation_psnr.png", "PSNR")
     plot_translation(rows, labels, out / "table10_translation_ssim.png", "SSIM")
     cases = sorted(set(rows["case"]))
@@ -141,7 +140,7 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
     subsets, folds = list(dict.fromkeys(rows["subset"])), sorted(int(f) for f in set(rows["fold"]))
     labels = model_labels([k for k in [*COMPARISON_KEYS, *SEGMENTATION_REFERENCES] if k in set(rows["model"])])
     table = segmentation_table(rows, labels)
-    _csv(table, out / f"table8_{part}.csv")
+    write_csv(table, out / f"table8_{part}.csv")
     dice = table.xs("Dice", axis=1, level=1)
     plot_bars(dice["mean over regions"].unstack("model").reindex(subsets)[list(labels.values())],
               out / f"table8_{part}_dice.png", "Mean Dice over the regions per modality subset", "Dice")
@@ -201,15 +200,14 @@ def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str
 
 
 def ablation_section(work: Path, out: Path) -> list[str]:
-    keys = ["pirl", *[ablation_model(r).key for r in range(1, 6)]]
-    rows = load_per_case(work, "translation", keys)
+    rows = load_per_case(work, "translation", list(ablation_keys()))
     rows = rows[rows["seed"] == "first"] if not rows.empty else rows  # the ablation rows ran the first seed
     ablated = rows[rows["model"] != "pirl"] if not rows.empty else rows
     if ablated.empty:
         return ["## Ablation (Table 7 layout, translation task)", "", "Not run yet."]
     rows = rows[rows["fold"] == ablated["fold"].min()]  # the fold the ablation rows ran on
     table = ablation_table(rows)
-    _csv(table, out / "table7_ablation.csv")
+    write_csv(table, out / "table7_ablation.csv")
     plot_bars(table[["SSIM"]].rename(index=lambda i: f"row {i}"), out / "table7_ablation_ssim.png",
               "Table-7 rows: mean translation SSIM", "SSIM")
     lines = ["## Ablation (Table 7 layout, translation task)", "",
@@ -233,12 +231,7 @@ def ablation_section(work: Path, out: Path) -> list[str]:
             lines.append("- The references on the same cases and pairs: " + "; ".join(
                 f"{labels[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
                 for k, g in references.groupby("model")) + ".")
-    if 6 in table.index and len(table) > 1:
-        for metric, tol in (("PSNR", 0.05), ("SSIM", 0.001)):
-            row6, others = table.loc[6, metric], table[metric].drop(6)
-            better, ties = int((others > row6 + tol).sum()), int(((others - row6).abs() <= tol).sum())
-            lines.append(f"- {metric}: of the other {len(others)} rows, {better} beat the full objective (row 6) by "
-                         f"more than {tol}, {ties} tie with it within {tol} (the paper: row 6 best).")
+    lines += ablation_verdicts(table)
     lines += pretraining_loss_shares(work, [int(i) for i in table.index], int(rows["fold"].iloc[0]))
     return lines
 
@@ -276,7 +269,7 @@ def representation_section(work: Path, out: Path) -> list[str]:
     if not csv.is_file():
         return [title, "", "Not run yet."]
     table = pd.read_csv(csv)
-    _csv(table.set_index(["model", "dataset", "representation"]), out / "representation.csv")
+    write_csv(table.set_index(["model", "dataset", "representation"]), out / "representation.csv")
     lines = [title, "",
              ("Subjects no pre-training saw, each modality alone through the encoder (centre 64^3 patch): "
               "**retrieval** = top-1 accuracy of finding the same subject from another modality by cosine "

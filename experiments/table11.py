@@ -10,9 +10,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PARTS, TABLE11, TABLE11_TRANSLATION, Budget, model_of_run
+from experiments.config import PARTS, TABLE11, TABLE11_ABLATION, TABLE11_ROW6, TABLE11_TRANSLATION, Budget, model_of_run
 from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
-from experiments.tables import PERCENTILE_SCALED, REGIONS, load_per_case, seed_spread, to_markdown, translation_block
+from experiments.tables import (
+    PERCENTILE_SCALED,
+    REGIONS,
+    ablation_keys,
+    ablation_table,
+    ablation_verdicts,
+    load_per_case,
+    seed_spread,
+    to_markdown,
+    translation_block,
+    write_csv,
+)
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
 from pirl_pipeline.evaluation.representation import BOTTLENECK
@@ -90,7 +101,7 @@ def health_section(work: Path, out: Path) -> list[str]:
     rows = health_rows(work)
     if rows.empty:
         return []
-    rows.to_csv(out / "table11_health.csv", index=False)
+    write_csv(rows, out / "table11_health.csv", index=False)
     last = rows.sort_values("epoch").groupby(["stage", "model", "seed", "fold"]).tail(1)
     final = last.groupby(["stage", "model"], sort=False)[list(HEALTH_KEYS)].mean()
     final = final.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
@@ -168,7 +179,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
     if rows.empty or not set(KEYS) & set(rows["model"]):
         return [title, "", "Not run yet."]
     table = table11(rows)
-    table.to_csv(out / "table11_seg4.csv")
+    write_csv(table, out / "table11_seg4.csv")
     spread = seed_spread(rows[rows["subset"] == rows["subset"].iloc[-1]], "Dice/whole tumour")
     seeds = rows.groupby("model")["seed"].nunique()
     folds = sorted(int(f) for f in set(rows["fold"]))
@@ -201,4 +212,36 @@ def table11_translation_section(work: Path, out: Path) -> list[str]:
              "The PIRL rows fine-tune the same pre-trainings as Table 11 (the same "
              "folds and seeds). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in keys if k in seeds.index)
              + "; seed spread = max - min of the seed means."), "",
-            *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation")]
+            *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation"),
+            *table7_block(work, out, rows)]
+
+
+def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[str]:
+    """Table 7 layout on Table 11's data, per preset: the pre-training rows 1-5 (on request, first seed) beside
+    row 6 (the preset's PIRL row), each followed by the same translation fine-tuning, on the fold the rows ran
+    on; the references of ``translation_rows`` on the same cases."""
+    title = "### Table 7 layout on Table 11's data: pre-training rows, paper preset and default"
+    keys = {variant: ablation_keys(variant, row6) for variant, row6 in TABLE11_ROW6.items()}
+    rows = load_per_case(work, TRANSLATION_PART, [k for ks in keys.values() for k in ks])
+    ablated = rows[rows["model"].isin([m.key for m in TABLE11_ABLATION])] if not rows.empty else rows
+    if ablated.empty:
+        return [title, "", "Not run yet (on request: `--only seg4_translation --models "
+                + " ".join(m.key for m in TABLE11_ABLATION) + "`; first seed)."]
+    fold = ablated["fold"].min()
+    rows = rows[(rows["seed"] == "first") & (rows["fold"] == fold)]
+    tables = {variant: ablation_table(rows, k) for variant, k in keys.items()
+              if set(k) - set(TABLE11_ROW6.values()) & set(rows["model"])}
+    table = pd.concat(tables, names=["preset", "ID"])
+    write_csv(table, out / "table11_table7.csv")
+    lines = [title, "", (f"Rows 1-5: pre-training with the row's terms off (`--disable ...`) in the preset, then the "
+                         f"preset's translation fine-tuning; row 6 = the preset's PIRL row above; fold {fold}, first "
+                         "seed, means over the 12 pairs and the held-out cases."), "", to_markdown(table, 3), ""]
+    for variant, part in tables.items():
+        lines += [f"{variant} preset:", *ablation_verdicts(part), ""]
+    references = translation_rows[translation_rows["model"].isin(TRANSLATION_REFERENCES)
+                                  & (translation_rows["fold"] == fold)]
+    if not references.empty:
+        lines.append("- The references on the same cases and pairs: " + "; ".join(
+            f"{LABELS[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
+            for k, g in references.groupby("model")) + ".")
+    return [*lines, ""]

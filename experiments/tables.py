@@ -49,6 +49,12 @@ def load_per_case(work: Path, part: str, model_keys: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def write_csv(table: pd.DataFrame, path: Path, index: bool = True) -> None:
+    """A results table as CSV, written atomically (temp file, then rename)."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=index)
+
+
 def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
     """Per model: max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no spread known)."""
     per_seed = rows.groupby(["model", "seed"], sort=False)[metric].mean()
@@ -94,9 +100,8 @@ def translation_block(rows: pd.DataFrame, keys: list[str], references: list[str]
     present = [k for k in [*keys, *references] if k in set(rows["model"])]
     shown = {k: labels[k] for k in present}
     summary, full = translation_summary(rows, shown), translation_table(rows, shown)
-    for table, path in ((summary, out / f"{stem}_summary.csv"), (full, out / f"{stem}.csv")):
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp)
+    write_csv(summary, out / f"{stem}_summary.csv")
+    write_csv(full, out / f"{stem}.csv")
     lines = [to_markdown(summary), ""]
     if full.columns.get_level_values(0).nunique() <= 2:  # e.g. PET -> CT, CT -> PET: one table
         lines += ["Per direction:", "", to_markdown(full, 3), ""]
@@ -126,9 +131,15 @@ def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFra
     return table.rename(index=labels, level="model")
 
 
-def ablation_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Table 7 layout on translation: ID, pre-training terms, mean metrics over all pairs and cases."""
-    keys = {**{ablation_model(r).key: r for r in range(1, 6)}, "pirl": 6}
+def ablation_keys(variant: str = "default", row6: str = "pirl") -> dict[str, int]:
+    """Model key -> Table-7 row id: rows 1-5 of ``variant`` and ``row6`` (the full objective)."""
+    return {ablation_model(r, variant).key: r for r in range(1, 6)} | {row6: 6}
+
+
+def ablation_table(rows: pd.DataFrame, keys: dict[str, int] | None = None) -> pd.DataFrame:
+    """Table 7 layout on translation: ID, pre-training terms, mean metrics over all pairs and cases (``keys``:
+    model key -> row id, default :func:`ablation_keys`)."""
+    keys = keys or ablation_keys()
     rows = rows[rows["model"].isin(keys)]
     table = rows.groupby("model")[list(IMAGE)].mean()
     table.insert(0, "Pretrain", [table7_terms(keys[k]) for k in table.index])
@@ -136,6 +147,19 @@ def ablation_table(rows: pd.DataFrame) -> pd.DataFrame:
     table.index.name = "ID"
     table["n (pairs x cases)"] = rows.groupby("model").size().to_numpy()
     return table.sort_index()
+
+
+def ablation_verdicts(table: pd.DataFrame) -> list[str]:
+    """Per translation metric: how many Table-7 rows beat row 6 (the full objective) or tie with it."""
+    if 6 not in table.index or len(table) < 2:
+        return []
+    lines = []
+    for metric, tol in (("PSNR", 0.05), ("SSIM", 0.001)):
+        row6, others = table.loc[6, metric], table[metric].drop(6)
+        better, ties = int((others > row6 + tol).sum()), int(((others - row6).abs() <= tol).sum())
+        lines.append(f"- {metric}: of the other {len(others)} rows, {better} beat the full objective (row 6) by "
+                     f"more than {tol}, {ties} tie with it within {tol} (the paper: row 6 best).")
+    return lines
 
 
 def model_labels(keys: list[str] | None = None) -> dict[str, str]:

@@ -276,6 +276,37 @@ def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp
     assert (tmp_path / "table11_translation_summary.csv").is_file()
 
 
+def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_row6(tmp_path):
+    from experiments.table11 import table7_block
+
+    models = ["pirl", "pirl_paper", "ablation_row1", "ablation_row1_paper"]
+    experiment = Experiment(FULL, tmp_path, models)
+    experiment.plan(["seg4_translation"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    paper = stages["pretrain ablation_row1_paper seg4 fold0"]
+    assert "variant=paper" in paper and paper[paper.index("--disable") + 1:] == ["invariance", "prior"]
+    train = stages["train ablation_row1_paper seg4_translation fold0"]
+    assert train[train.index("-tr") + 1] == "PIRLTranslateTrainer" and "variant=paper" in train
+    assert "variant=default" in stages["train ablation_row1 seg4_translation fold0"]
+    assert "train ablation_row1_seed2 seg4_translation fold0" not in stages  # first seed only
+    assert "Not run yet" in table7_block(tmp_path, tmp_path, pd.DataFrame())[2]
+    for model, psnr in (("pirl", 12.0), ("pirl_paper", 11.0), ("ablation_row1", 12.5), ("ablation_row1_paper", 11.0),
+                        ("pirl_seed2", 20.0)):
+        out = tmp_path / "eval" / model / "seg4_translation_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
+            out / "per_case.csv", index=False)
+    references = pd.DataFrame([{"model": "reference_identity", "fold": 0, "case": "a", "PSNR": 10.0, "SSIM": 0.2}])
+    text = "\n".join(table7_block(tmp_path, tmp_path, references))
+    table = pd.read_csv(tmp_path / "table11_table7.csv", index_col=[0, 1])
+    assert table.loc[("default", 6), "PSNR"] == 12.0 and table.loc[("default", 1), "PSNR"] == 12.5  # first seed
+    assert table.loc[("paper", 6), "PSNR"] == 11.0 and len(table) == 4
+    assert "default preset:\n- PSNR: of the other 1 rows, 1 beat the full objective" in text
+    assert "paper preset:\n- PSNR: of the other 1 rows, 0 beat the full objective (row 6) by more than 0.05, 1 tie" \
+        in text
+    assert "copy the source modality 10.000 dB / SSIM 0.200" in text
+
+
 def _plans_folder(root, cases):
     folder = root / "pre"
     (folder / "pirl_plans_3d_fullres").mkdir(parents=True, exist_ok=True)
