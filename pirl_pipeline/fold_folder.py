@@ -7,6 +7,7 @@ nothing else spells ``fold_`` or a file name of a fold, nor parses a fold folder
 ``checkpoint_final.pth``             written at the end of ``pirl_train`` (what ``pirl_predict`` loads)
 ``checkpoint_latest.pth``            every ``save_every`` epochs (what ``pirl_train --c`` resumes)
 ``checkpoint_best.pth``              the epoch with the best ``val/metric``
+``checkpoint_epoch_EEEE.pth``        kept every ``keep_every`` epochs, if set (:meth:`FoldFolder.epoch_checkpoint`)
 ``config.json``                      the run's ``TrainerConfig`` (its task, ...), written when it starts
 ``training_log.txt``                 one line per epoch; ``progress.png``: the history panels
 ``validation/``                      the final validation: ``summary.json`` (+ seg: ``CASE.nii.gz``, ``CASE.npz``)
@@ -95,6 +96,10 @@ class FoldFolder:
     def checkpoint(self, name: str = FINAL) -> Path:
         """A checkpoint file of the fold (``name``: :data:`FINAL`, :data:`LATEST`, :data:`BEST` or a user's)."""
         return self.path / name
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """The checkpoint kept after ``epoch`` epochs (``TrainerConfig.keep_every``)."""
+        return self.path / f"checkpoint_epoch_{epoch:04d}.pth"
 
     def checkpoints(self) -> list[Path]:
         """The ``*.pth`` files the fold holds, by name."""

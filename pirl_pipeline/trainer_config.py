@@ -31,7 +31,8 @@ REPRESENTATION_FIXES = tuple(VARIANTS["paper"])
 NETWORK_FIXES = ("prior_attention", "fusion", "decoder_skips")
 #: what a resumed run may change (logged): how long it runs, how it validates and saves, how it executes —
 #: never what its finished epochs computed (lr, iterations, batch, patch, network, losses, data, seed)
-RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "save_probabilities", "amp", "fused_attention",
+RESUME_SAFE = ("epochs", "val_iters", "num_workers", "save_every", "keep_every", "save_probabilities", "amp",
+               "fused_attention",
                "grad_checkpoint", "compile", "health_subjects")
 
 
@@ -61,6 +62,7 @@ class TrainerConfig:
     oversample_foreground: float = 1 / 3
     augment: bool = True
     save_every: int = 1  # epochs between checkpoint_latest.pth writes
+    keep_every: int = 0  # N > 0: also keep checkpoint_epoch_EEEE.pth every N epochs (how long to train: a curve)
     save_probabilities: bool = False  # --npz: keep the final validation's probabilities (seg)
     # PIRL loss weights (Algorithm 1) and the Table-7 ablation switches
     w_contrastive: float = 1.0
@@ -108,12 +110,13 @@ class TrainerConfig:
             raise PirlInputError(f"patch_size needs 3 sides, each a positive multiple of 32; got {self.patch_size}")
         if self.feature_size is not None and (self.feature_size <= 0 or self.feature_size % 12):
             raise PirlInputError(f"feature_size must be a positive multiple of 12 (SwinUNETR); got {self.feature_size}")
-        for name in ("epochs", "iters_per_epoch", "batch_size"):
+        for name in ("epochs", "iters_per_epoch", "batch_size", "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise PirlInputError(f"{name} must be at least 1, got {value}")
-        if self.val_iters < 0:
-            raise PirlInputError(f"val_iters must be >= 0, got {self.val_iters}")
+        for name in ("val_iters", "keep_every"):
+            if getattr(self, name) < 0:
+                raise PirlInputError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr >= 0):  # 0 is allowed: a run that keeps its weights (tests)
             raise PirlInputError(f"lr must be a finite number >= 0, got {self.lr}")
         if self.window_size is not None and self.window_size < 1:

@@ -45,8 +45,9 @@ def fold_folder(root: Path, trainer: str, fold: str) -> Path:
 
 def test_pretrain_then_finetune_all_tasks(roots):
     root, _ = roots
-    assert train_main(["920", "3d_fullres", "pretrain", *TINY]) == 0
+    assert train_main(["920", "3d_fullres", "pretrain", *TINY, "keep_every=1"]) == 0  # TINY ends in --set
     pre = fold_folder(root, "PIRLPretrainer", "all")
+    assert load_checkpoint(pre / "checkpoint_epoch_0001.pth")["epoch"] == 1  # kept: a point of a training curve
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth", "progress.png",
                  "training_log.txt", "config.json", "validation/summary.json"):
         assert (pre / name).is_file(), name

@@ -125,7 +125,8 @@ def test_config_bounds_the_cli_checks_hold_for_any_config():
     lr=0 stays allowed (a run that keeps its weights)."""
     for bad, why in (({"seed": -1}, "seed must be a whole number in"), ({"seed": 2**32}, "seed must be"),
                      ({"seed": 1.5}, "seed must be"), ({"num_workers": -1}, "num_workers must be a whole number >= 0"),
-                     ({"num_workers": True}, "num_workers must be")):
+                     ({"num_workers": True}, "num_workers must be"), ({"keep_every": -1}, "keep_every must be >= 0"),
+                     ({"save_every": 0}, "save_every must be at least 1")):
         with pytest.raises(PirlInputError, match=why):
             TrainerConfig(task="seg", **bad)
     with pytest.raises(PirlInputError, match="seed must be"):

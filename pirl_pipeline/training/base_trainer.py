@@ -333,6 +333,8 @@ class BaseTrainer:
                     self.save(BEST)
                 if self.epoch % self.config.save_every == 0 or self.epoch == self.config.epochs:
                     self.save(LATEST)
+                if self.config.keep_every and self.epoch % self.config.keep_every == 0:
+                    save_checkpoint(self.checkpoint_state(), self.ctx.fold_folder.epoch_checkpoint(self.epoch))
                 self.progress.plot(self.ctx.fold_folder.progress_plot, title=self.name)
             distributed.barrier(self.ctx.dist)
 
