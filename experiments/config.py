@@ -127,6 +127,9 @@ class Model:
     from_pretraining_of: str | None = None  # fine-tune from another model's pre-training (its key)
     pretrain_only: bool = False  # a diagnostic pre-training: measured by its representation, not fine-tuned
     on_request: bool = False  # planned only when named in ``--models``
+    #: pre-train for this many times the budget's steps, keeping a checkpoint after every multiple of them (a
+    #: pre-training-length curve: each kept checkpoint's representation is measured, the last one fine-tuned)
+    pretrain_scale: int = 1
 
     def trainer(self, task: str) -> str:
         """The registry name: e.g. PIRLSegTrainer; a SwinUNETR started from a PIRL pre-training is
@@ -175,6 +178,11 @@ TABLE11 = (
           all_seeds=False),
     Model("swin_scratch", "SwinUNETR from scratch", "SwinUNETR", None),
     Model("swin_pirl", "SwinUNETR from the PIRL weights", "SwinUNETR", None, from_pretraining_of="pirl"),
+    # on request (issue 23: the steps the health metrics say pre-training needs): 5x the pre-training, first seed
+    Model("pirl_long", "PIRL (default), 5x pre-training", "PIRL", (), all_seeds=False, on_request=True,
+          pretrain_scale=5),
+    Model("pirl_paper_long", "PIRL, paper preset, 5x pre-training", "PIRL", (), variant="paper", all_seeds=False,
+          on_request=True, pretrain_scale=5),
 )
 
 #: translation on Table 11's data (``seg4_translation``): fine-tunings of seg4's pre-trainings, both presets

@@ -110,15 +110,17 @@ class Experiment:
         self.wanted = models
         self.stages: list[tuple] = []
 
-    def common(self, seed: int, task: str = "pretrain", model: Model | None = None) -> list[str]:
-        """Flags every run of ``task`` shares; a fine-tuning adds the demo's lr and ``--set`` fields for its
-        task (after the budget's, so they win); then the model's variant and settings (``Model.settings``)."""
+    def common(self, seed: int, task: str = "pretrain", model: Model | None = None, epochs: int | None = None
+               ) -> list[str]:
+        """Flags every run of ``task`` shares (``epochs``: None = the budget's); a fine-tuning adds the demo's lr
+        and ``--set`` fields for its task (after the budget's, so they win); then the model's variant and
+        settings (``Model.settings``)."""
         b = self.budget
         lr = [] if task == "pretrain" else ["--lr", f"{FINETUNE_LR[task]:g}"]
         sets = [] if task == "pretrain" else FINETUNE_SET[task]
         # DynUNet has no attention window (pirl_train refuses the flag for it)
         window = [] if model is not None and model.network == "DynUNet" else ["--window-size", str(b.window_size)]
-        return ["--epochs", str(b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
+        return ["--epochs", str(epochs or b.epochs), "--val-iters", str(b.val_iters), "--patch-size", *[str(b.patch)] * 3,
                 "--feature-size", str(b.feature_size), *window, "--batch-size",
                 str(b.batch_size), "-npa", "0", "-device", b.device, *lr, "--set", f"seed={seed}",
                 f"lr_schedule={b.lr_schedule}", *sets, *(model.settings() if model is not None else [])]
@@ -147,7 +149,9 @@ class Experiment:
             data_part = SHARED_PART.get(part, part)  # parts on one dataset share their pre-trainings
             self.add(f"pretrain {source} {data_part} fold{fold}", source, checkpoint,
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
-                      "--iters", str(b.pretrain_iters_per_epoch), *self.common(seed, model=model), *disable])
+                      "--iters", str(b.pretrain_iters_per_epoch),
+                      *self.common(seed, model=model, epochs=b.epochs * model.pretrain_scale),
+                      *([f"keep_every={b.epochs}"] if model.pretrain_scale > 1 else []), *disable])
             pretrained = ["--pretrained", str(checkpoint)]
         if model.pretrain_only:
             return
@@ -166,8 +170,8 @@ class Experiment:
         b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
         fold = b.seg4_folds[0]
         pretrained = [m for m in self.models("seg4") if m.pretrain_key == m.key]
-        checkpoints = [f"{representation_label(m.label, fold, seed)}={self.pretrain_checkpoint(m, 'seg4', fold, seed)}"
-                       for m in pretrained for seed in m.seeds(b)]
+        checkpoints = [f"{label}={path}" for m in pretrained for seed in m.seeds(b)
+                       for label, path in self.pretrain_points(m, "seg4", fold, seed)]
         swin = [m for m in self.models("seg4") if m.network == "SwinUNETR" and m.pretrain_key is None]
         swinunetr = [f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}="
                      f"{self.fold_folder(run_key(m.key, seed, b), 'seg4', m.trainer('seg'), fold).checkpoint()}"
@@ -177,6 +181,17 @@ class Experiment:
                      ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",
                       PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints,
                       *(["--swinunetr", *swinunetr] if swinunetr else [])], same_command=True)
+
+    def pretrain_points(self, model: Model, part: str, fold: int, seed: int) -> list[tuple[str, Path]]:
+        """(representation row label, checkpoint) of a pre-training: its final checkpoint; with
+        ``pretrain_scale`` > 1 every kept checkpoint too, labelled by its steps."""
+        b, final = self.budget, self.pretrain_checkpoint(model, part, fold, seed)
+        if model.pretrain_scale == 1:
+            return [(representation_label(model.label, fold, seed), final)]
+        folder = self.fold_folder(run_key(model.pretrain_key, seed, b), part, "PIRLPretrainer", fold)
+        points = [(k * b.pretrain_steps, folder.epoch_checkpoint(k * b.epochs)) for k in range(1, model.pretrain_scale)]
+        return [(representation_label(model.label, fold, seed, f"after {steps} steps"), path)
+                for steps, path in [*points, (model.pretrain_scale * b.pretrain_steps, final)]]
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"

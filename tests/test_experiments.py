@@ -247,6 +247,27 @@ def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measure
     assert "variant=paper" in paper
 
 
+def test_long_pretraining_keeps_every_budget_multiple_measures_each_and_fine_tunes_the_last(tmp_path):
+    experiment = Experiment(FULL, tmp_path, ["pirl", "pirl_long"])
+    experiment.plan(["seg4"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    long = stages["pretrain pirl_long seg4 fold0"]
+    assert long[long.index("--epochs") + 1] == str(5 * FULL.epochs) and f"keep_every={FULL.epochs}" in long
+    assert "keep_every" not in " ".join(stages["pretrain pirl seg4 fold0"])
+    train = stages["train pirl_long seg4 fold0"]
+    assert train[train.index("--epochs") + 1] == str(FULL.epochs) and "keep_every" not in " ".join(train)
+    assert train[train.index("--pretrained") + 1].endswith("/pirl_long/Dataset604_BraTS2018Four/"
+                                                             "PIRLPretrainer__PIRLPlans__3d_fullres/fold_0/"
+                                                             "checkpoint_final.pth")
+    assert "train pirl_long_seed2 seg4 fold0" not in stages  # first seed only
+    measured = stages["representation seg4"]
+    points = [a for a in measured if a.startswith("PIRL (default), 5x pre-training")]
+    steps = FULL.pretrain_steps
+    assert [p.split("=")[0] for p in points] == [
+        f"PIRL (default), 5x pre-training after {k * steps} steps (seg4 fold 0, seed 12345)" for k in range(1, 6)]
+    assert points[0].endswith(f"checkpoint_epoch_{FULL.epochs:04d}.pth") and points[-1].endswith("checkpoint_final.pth")
+
+
 def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp_path):
     from experiments.table11 import table11_translation_section
 
