@@ -61,7 +61,7 @@ class Budget:
     #: Swin attention window in tokens: 4 tiles the 64^3 patch's token grids, the paper's 7 pads them (3.3-3.4x
     #: the CPU time per step; benchmarks/RESULTS.md)
     window_size: int = 4
-    seeds: tuple[int, ...] = (12345, 2)  # main rows; ablation rows and the long baseline: the first only
+    seeds: tuple[int, ...] = (12345, 2)  # main rows; most on-request rows: the first only (Model.all_seeds)
     translation_folds: tuple[int, ...] = (0,)
     seg_folds: tuple[int, ...] = (0, 1)
     seg2_folds: tuple[int, ...] = (0,)
@@ -142,6 +142,10 @@ class Model:
 
     def iters_per_epoch(self, budget: Budget, task: str) -> int:
         return self.steps(budget, task) // budget.epochs
+
+    def keep_every(self, budget: Budget) -> int:
+        """Its pre-training's ``keep_every`` (epochs): one checkpoint per budget's worth of steps; 0: none."""
+        return budget.epochs if self.pretrain_scale > 1 else 0
 
     def seeds(self, budget: Budget) -> tuple[int, ...]:
         return budget.seeds if self.all_seeds else budget.seeds[:1]

@@ -4,8 +4,9 @@ each prediction scored against the expert's contour on BOTH grids (issue 24, "PE
 Inputs: two raw datasets converted from the same cases (``pirl_convert_folder ... --resample_to PET`` and
 ``--resample_to CT``; their ``labelsTr`` are the contour on each grid) and, per trained grid, a folder of
 predicted label maps (``pirl_predict`` output: ``CASE.nii.gz`` on that dataset's grid). A prediction is scored on
-its own grid as it is, and on the other grid after SimpleITK's label-linear resampling (the converter's label
-rule, ``dataset_conversion/resample.py``), so both models meet the same reference on each grid.
+each grid after SimpleITK's label-linear resampling in physical space (the converter's label rule,
+``dataset_conversion/resample.py``; on its own grid the identity), so both models meet the same reference on
+each grid; the mean table keeps the cases both models predicted.
 
     python -m experiments.grid_comparison --raw PET=RAW_PET_GRID CT=RAW_CT_GRID \\
         --predictions PET=PRED_DIR CT=PRED_DIR --out grid_comparison.csv
@@ -17,13 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from experiments.tables import write_csv
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.metrics import dice
-from pirl_pipeline.file_io import atomic_path
 
 
 def resample_label(label: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -46,7 +46,7 @@ def score(predictions: dict[str, Path], raw: dict[str, Path]) -> pd.DataFrame:
                 if not reference_path.is_file():
                     raise PirlInputError(f"{reference_path}: no reference label for the prediction {path}")
                 reference = sitk.ReadImage(str(reference_path))
-                on_grid = prediction if scored == trained else resample_label(prediction, reference)
+                on_grid = resample_label(prediction, reference)  # on its own grid: the identity
                 rows.append({"case": case, "trained": trained, "scored": scored,
                              "Dice": dice(sitk.GetArrayFromImage(on_grid) > 0,
                                           sitk.GetArrayFromImage(reference) > 0)})
@@ -54,8 +54,12 @@ def score(predictions: dict[str, Path], raw: dict[str, Path]) -> pd.DataFrame:
 
 
 def mean_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean Dice: index trained grid, columns scored grid."""
-    return rows.pivot_table(index="trained", columns="scored", values="Dice", aggfunc=np.mean)
+    """Mean Dice over the cases every trained grid predicted: index trained grid, columns scored grid, plus n."""
+    common = set.intersection(*(set(g["case"]) for _, g in rows.groupby("trained")))
+    rows = rows[rows["case"].isin(common)]
+    table = rows.pivot_table(index="trained", columns="scored", values="Dice", aggfunc="mean")
+    table["n"] = len(common)
+    return table
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
@@ -77,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not set(predictions) <= set(raw):
         raise PirlInputError(f"--predictions grids {sorted(predictions)} must be among --raw {sorted(raw)}")
     rows = score(predictions, raw)
-    with atomic_path(args.out) as tmp:
-        rows.to_csv(tmp, index=False)
+    write_csv(rows, args.out, index=False)
     print(mean_table(rows).round(3).to_string())
     return 0
 

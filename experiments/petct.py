@@ -15,16 +15,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, ablation_model, table7_terms
+from experiments.config import PART_MODELS, PARTS, PETCT_TRANSLATION, table7_terms
 from experiments.curves import finetune_curves_section
 from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFERENCE_LABELS, TRANSLATION_REFERENCES
-from experiments.tables import PERCENTILE_SCALED, load_per_case, seed_spread, to_markdown, translation_block, write_csv
+from experiments.tables import (
+    PERCENTILE_SCALED,
+    ablation_keys,
+    load_per_case,
+    seed_spread,
+    to_markdown,
+    translation_block,
+    write_csv,
+)
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
 INPUTS = ("PET+CT", "PET")  # the paper's Table 8 inputs
 COLUMNS = ("Dice", "TPR", "FPR", "HD95", "CaseTPR")
 MODEL_KEYS = [m.key for m in PART_MODELS[PART] if not m.key.startswith("ablation_row")]
-ABLATION_KEYS = {ablation_model(r).key: r for r in range(1, 6)} | {"pirl": 6}
+ABLATION_KEYS = ablation_keys()
 REFERENCES = [REFERENCE_KEYS[k] for k in PETCT_REFERENCES]
 LABELS = {m.key: m.label for m in PART_MODELS[PART]} | REFERENCE_LABELS | {
     "reference_whole_brain": "(reference) every voxel of the crop called lesion",
@@ -113,13 +121,14 @@ def table7(rows: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for key in dict.fromkeys(rows["model"]):
         row = {"Pretrain": table7_terms(ABLATION_KEYS[key])}
-        for subset in INPUTS:
-            row |= {f"Dice {subset}": means.loc[(key, subset), f"Dice/{target}"],
-                    f"HD95 {subset}": means.loc[(key, subset), f"HD95/{target}"]}
-        both = means.loc[(key, INPUTS[0])]
-        row |= {"seeds": int(both["seeds"]), "folds": int(both["folds"]), f"Dice {INPUTS[0]} seed spread": both["Dice seed spread"]}
+        for subset in INPUTS:  # NaN where the row was not scored on the input
+            scores = means.reindex([(key, subset)]).iloc[0]
+            row |= {f"Dice {subset}": scores[f"Dice/{target}"], f"HD95 {subset}": scores[f"HD95/{target}"]}
+        both = means.reindex([(key, INPUTS[0])]).iloc[0]
+        row |= {"seeds": both["seeds"], "folds": both["folds"], f"Dice {INPUTS[0]} seed spread": both["Dice seed spread"]}
         out[ABLATION_KEYS[key]] = row
     table = pd.DataFrame.from_dict(out, orient="index").sort_index()
+    table[["seeds", "folds"]] = table[["seeds", "folds"]].fillna(0).astype(int)
     table.index.name = "ID"
     return table
 
@@ -175,23 +184,26 @@ def table7_section(rows: pd.DataFrame, out: Path) -> list[str]:
 
 def table7_verdict(table: pd.DataFrame) -> str:
     """Row 6 (the full objective) against rows 1-5 on PET+CT Dice: a difference counts only beyond the larger
-    seed spread of the two rows; with one seed nothing counts."""
+    seed spread of the two rows; a row (or row 6) with one seed is not judged."""
     column, spread = f"Dice {INPUTS[0]}", f"Dice {INPUTS[0]} seed spread"
     six = table.loc[6]
     head = f"{column}: row 6 {six[column]:.3f}"
-    if table[spread].isna().any():
+    if table[spread].isna().all():
         better = [f"row {i} {v:.3f}" for i, v in table[column].drop(6).items() if v > six[column] + 0.005]
         return (head + "; rows above it by more than 0.005: " + (", ".join(better) if better else "none")
                 + " (the paper: row 6 best). One seed: no seed spread to judge these differences, so none of them "
                 "is evidence.")
-    above, below = [], []
+    above, below, unjudged = [], [], []
     for i, row in table.drop(6).iterrows():
-        margin = max(row[spread], six[spread])
-        if abs(row[column] - six[column]) > margin:
+        margin = max(row[spread], six[spread])  # NaN when either has one seed
+        if pd.isna(margin):
+            unjudged.append(f"row {i}")
+        elif abs(row[column] - six[column]) > margin:
             (above if row[column] > six[column] else below).append(f"row {i} {row[column]:.3f}")
-    return (head + f" (seed spread {six[spread]:.3f}); beyond the larger seed spread of the two rows, above it: "
-            + (", ".join(above) if above else "none") + "; below it: " + (", ".join(below) if below else "none")
-            + " (the paper: row 6 best).")
+    return (head + (f" (seed spread {six[spread]:.3f})" if pd.notna(six[spread]) else " (one seed)")
+            + "; beyond the larger seed spread of the two rows, above it: " + (", ".join(above) or "none")
+            + "; below it: " + (", ".join(below) or "none")
+            + (f"; one seed, not judged: {', '.join(unjudged)}" if unjudged else "") + " (the paper: row 6 best).")
 
 
 def _references_on(rows: pd.DataFrame, runs: set[tuple[str, int]]) -> list[str]:

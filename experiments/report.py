@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, ablation_model
+from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
@@ -32,6 +32,7 @@ from experiments.tables import (
     seed_spread,
     segmentation_table,
     to_markdown,
+    translation_references_line,
     translation_summary,
     translation_table,
     write_csv,
@@ -226,11 +227,7 @@ def ablation_section(work: Path, out: Path) -> list[str]:
             lines.append(f"- {metric} spread across the rows (max - min): {spread:.4f}{gap}.")
         references = load_per_case(work, "translation", TRANSLATION_REFERENCES)
         references = references[references["fold"] == rows["fold"].iloc[0]] if not references.empty else references
-        if not references.empty:  # the same evaluator on the same cases and pairs
-            labels = model_labels()
-            lines.append("- The references on the same cases and pairs: " + "; ".join(
-                f"{labels[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
-                for k, g in references.groupby("model")) + ".")
+        lines += translation_references_line(references, model_labels())  # the same evaluator, cases, pairs
     lines += ablation_verdicts(table)
     lines += pretraining_loss_shares(work, [int(i) for i in table.index], int(rows["fold"].iloc[0]))
     return lines
@@ -243,7 +240,7 @@ def pretraining_loss_shares(work: Path, table_rows: list[int], fold: int) -> lis
 
     layout, parts = Experiment(Budget(), work), []
     for row in table_rows:
-        key = "pirl" if row == 6 else ablation_model(row).key
+        key = {r: k for k, r in ablation_keys().items()}[row]
         path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold).checkpoint()
         if not path.is_file():
             continue

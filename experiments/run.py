@@ -14,7 +14,11 @@
    thresholds and "everything is lesion" (Table-7 rows on request: ``--models pirl ablation_row1 ...``); PET <-> CT
    translation (``petct_translation``) beside copying the source and a fitted intensity mapping;
 6. translation on Table 11's data (``seg4_translation``): the seg4 pre-trainings of both presets fine-tuned to
-   translate, beside PIRLNet and SwinUNETR from scratch and the same references.
+   translate, beside PIRLNet and SwinUNETR from scratch and the same references (the Table-7 rows of both
+   presets on request: ``--models ablation_row1 ... ablation_row5_paper``);
+7. Table 11 (``seg4``, BraTS-2018, 4 modalities, 15 subsets), both presets beside PIRLNet and SwinUNETR; the
+   pre-training-length curve on request (``--models pirl_long pirl_paper_long``: 5x the steps, every kept
+   checkpoint's representation measured on held-out subjects, the last one fine-tuned).
 Everything runs through the pirl commands users type (convert, plan + preprocess, pirl_train,
 pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md. Main rows
 run with every seed of the budget. ``--quick``: one fold, one ablation row, 2 steps per training: a smoke
@@ -81,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PET/CT target spacing in mm, isotropic (default: the planner's own, the PET grid)")
     p.add_argument("--ablation-rows", type=int, nargs="*", help="Table-7 rows 1-5 (default all; full PIRL = row 6)")
     p.add_argument("--models", nargs="+", choices=sorted({m.key for ms in (COMPARISON, *PART_MODELS.values()) for m in ms}),
-                   help="compared models to run (default all but the on-request ones, petct's Table-7 rows "
-                        "ablation_row1-5 and its pirl_scratch; the report covers whatever has results)")
+                   help="compared models to run (default all but the on-request ones: petct's Table-7 rows "
+                        "ablation_row1-5 and its pirl_scratch, seg4_translation's ablation_row1-5 and "
+                        "ablation_row1-5_paper, seg4's pirl_long and pirl_paper_long; the report covers whatever "
+                        "has results)")
     return p
 
 
@@ -135,8 +141,7 @@ class Experiment:
         return FoldFolder(model_folder(PARTS[part][0], trainer, root=self.work / "results" / run), fold)
 
     def pretrain_checkpoint(self, model: Model, part: str, fold: int, seed: int) -> Path:
-        return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer",
-                                fold).checkpoint()
+        return self.pretrain_folder(model, part, fold, seed).checkpoint()
 
     def add_model(self, model: Model, part: str, fold: int, seed: int) -> None:
         b, (dataset, task) = self.budget, PARTS[part]
@@ -151,7 +156,7 @@ class Experiment:
                      ["pirl_pipeline.cli.train", dataset, "3d_fullres", "pretrain", "-f", str(fold),
                       "--iters", str(b.pretrain_iters_per_epoch),
                       *self.common(seed, model=model, epochs=b.epochs * model.pretrain_scale),
-                      *([f"keep_every={b.epochs}"] if model.pretrain_scale > 1 else []), *disable])
+                      *([f"keep_every={model.keep_every(b)}"] if model.keep_every(b) else []), *disable])
             pretrained = ["--pretrained", str(checkpoint)]
         if model.pretrain_only:
             return
@@ -167,31 +172,41 @@ class Experiment:
                   "--disable_tta", *distances, "-device", b.device, "-o", str(out)])
 
     def add_seg4_representation(self) -> None:
+        """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
+        models never drops the others' rows), and of SwinUNETR from scratch after its seg training."""
         b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
-        fold = b.seg4_folds[0]
-        pretrained = [m for m in self.models("seg4") if m.pretrain_key == m.key]
-        checkpoints = [f"{label}={path}" for m in pretrained for seed in m.seeds(b)
-                       for label, path in self.pretrain_points(m, "seg4", fold, seed)]
-        swin = [m for m in self.models("seg4") if m.network == "SwinUNETR" and m.pretrain_key is None]
-        swinunetr = [f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}="
-                     f"{self.fold_folder(run_key(m.key, seed, b), 'seg4', m.trainer('seg'), fold).checkpoint()}"
-                     for m in swin for seed in m.seeds(b)]
+        fold, planned = b.seg4_folds[0], {m.key for m in self.models("seg4")}
+        checkpoints, swinunetr = [], []
+        for m in PART_MODELS["seg4"]:
+            for seed in m.seeds(b):
+                if m.pretrain_key == m.key:
+                    points = self.pretrain_points(m, "seg4", fold, seed)
+                    if m.key in planned or points[-1][1].is_file():
+                        checkpoints += [f"{label}={path}" for label, path in points]
+                elif m.network == "SwinUNETR" and m.pretrain_key is None:
+                    path = self.fold_folder(run_key(m.key, seed, b), "seg4", m.trainer("seg"), fold).checkpoint()
+                    if m.key in planned or path.is_file():
+                        swinunetr.append(f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}={path}")
         if checkpoints:  # measured again whenever the checkpoints to measure change
             self.add("representation seg4", "shared", out,
                      ["experiments.representation_rows", "--work", str(self.work), "--rows", "--held-out",
                       PARTS["translation"][0], "--health", "--out", str(out), "--checkpoint", *checkpoints,
                       *(["--swinunetr", *swinunetr] if swinunetr else [])], same_command=True)
 
+    def pretrain_folder(self, model: Model, part: str, fold: int, seed: int) -> FoldFolder:
+        """The fold folder of the pre-training ``model`` starts from (shared by its fine-tunings)."""
+        return self.fold_folder(run_key(model.pretrain_key, seed, self.budget), part, "PIRLPretrainer", fold)
+
     def pretrain_points(self, model: Model, part: str, fold: int, seed: int) -> list[tuple[str, Path]]:
         """(representation row label, checkpoint) of a pre-training: its final checkpoint; with
-        ``pretrain_scale`` > 1 every kept checkpoint too, labelled by its steps."""
-        b, final = self.budget, self.pretrain_checkpoint(model, part, fold, seed)
+        ``pretrain_scale`` > 1 every kept checkpoint too (``Model.keep_every``), labelled by its steps."""
+        b, folder = self.budget, self.pretrain_folder(model, part, fold, seed)
         if model.pretrain_scale == 1:
-            return [(representation_label(model.label, fold, seed), final)]
-        folder = self.fold_folder(run_key(model.pretrain_key, seed, b), part, "PIRLPretrainer", fold)
-        points = [(k * b.pretrain_steps, folder.epoch_checkpoint(k * b.epochs)) for k in range(1, model.pretrain_scale)]
+            return [(representation_label(model.label, fold, seed), folder.checkpoint())]
+        every = model.keep_every(b)
+        points = [(k * b.pretrain_steps, folder.epoch_checkpoint(k * every)) for k in range(1, model.pretrain_scale)]
         return [(representation_label(model.label, fold, seed, f"after {steps} steps"), path)
-                for steps, path in [*points, (model.pretrain_scale * b.pretrain_steps, final)]]
+                for steps, path in [*points, (model.pretrain_scale * b.pretrain_steps, folder.checkpoint())]]
 
     def add_references(self, part: str, fold: int) -> None:
         out = self.work / "eval" / "references" / f"{part}_fold{fold}"

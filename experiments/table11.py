@@ -22,6 +22,7 @@ from experiments.tables import (
     seed_spread,
     to_markdown,
     translation_block,
+    translation_references_line,
     write_csv,
 )
 from pirl_pipeline.data.modalities import modality
@@ -240,8 +241,4 @@ def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[
         lines += [f"{variant} preset:", *ablation_verdicts(part), ""]
     references = translation_rows[translation_rows["model"].isin(TRANSLATION_REFERENCES)
                                   & (translation_rows["fold"] == fold)]
-    if not references.empty:
-        lines.append("- The references on the same cases and pairs: " + "; ".join(
-            f"{LABELS[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
-            for k, g in references.groupby("model")) + ".")
-    return [*lines, ""]
+    return [*lines, *translation_references_line(references, LABELS), ""]

@@ -162,6 +162,16 @@ def ablation_verdicts(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def translation_references_line(references: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """One line: each reference's mean PSNR / SSIM over ``references`` (per-case rows of the same cases and
+    pairs as the rows it stands beside); none when empty."""
+    if references.empty:
+        return []
+    return ["- The references on the same cases and pairs: " + "; ".join(
+        f"{labels[k]} {g['PSNR'].mean():.3f} dB / SSIM {g['SSIM'].mean():.3f}"
+        for k, g in references.groupby("model")) + "."]
+
+
 def model_labels(keys: list[str] | None = None) -> dict[str, str]:
     labels = {m.key: m.label for m in COMPARISON} | REFERENCE_LABELS
     labels.update({ablation_model(r).key: ablation_model(r).label for r in range(1, 6)})

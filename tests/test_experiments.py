@@ -248,6 +248,9 @@ def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measure
 
 
 def test_long_pretraining_keeps_every_budget_multiple_measures_each_and_fine_tunes_the_last(tmp_path):
+    done = Experiment(FULL, tmp_path).fold_folder("pirl_paper", "seg4", "PIRLPretrainer", 0).checkpoint()
+    done.parent.mkdir(parents=True)
+    done.touch()  # a pre-training of an earlier run: measured again beside the new ones, never dropped
     experiment = Experiment(FULL, tmp_path, ["pirl", "pirl_long"])
     experiment.plan(["seg4"])
     stages = {s[0]: s[3] for s in experiment.stages}
@@ -266,6 +269,10 @@ def test_long_pretraining_keeps_every_budget_multiple_measures_each_and_fine_tun
     assert [p.split("=")[0] for p in points] == [
         f"PIRL (default), 5x pre-training after {k * steps} steps (seg4 fold 0, seed 12345)" for k in range(1, 6)]
     assert points[0].endswith(f"checkpoint_epoch_{FULL.epochs:04d}.pth") and points[-1].endswith("checkpoint_final.pth")
+    labels = [a.split("=")[0] for a in measured[measured.index("--checkpoint") + 1:]]
+    assert [label.split(" pre-training (")[0] for label in labels[:3]] == ["PIRL (default: fixes on)"] * 2 + [
+        "PIRL, paper preset"]  # pirl's two seeds (planned), pirl_paper's first (on disk); not its second
+    assert "--swinunetr" not in measured  # none planned, none on disk
 
 
 def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp_path):

@@ -178,6 +178,9 @@ def test_petct_table7_with_two_seeds_judges_rows_by_their_seed_spread():
                                      "the two rows, above it: none; below it: row 1 0.610 (the paper: row 6 best).")
     one_seed = table7(rows[rows["seed"] == "first"])
     assert "One seed: no seed spread" in table7_verdict(one_seed)
+    mixed = table7(rows[(rows["model"] != "ablation_row2") | (rows["seed"] == "first")])  # row 2: one seed
+    assert mixed.loc[2, "seeds"] == 1 and table7_verdict(mixed).endswith(
+        "below it: row 1 0.610; one seed, not judged: row 2 (the paper: row 6 best).")
 
 
 @pytest.mark.shared_data

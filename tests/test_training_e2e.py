@@ -65,6 +65,7 @@ def test_pretrain_then_finetune_all_tasks(roots):
                            *tiny_inherit]) == 0
         state = load_checkpoint(fold_folder(root, trainer, "0") / "checkpoint_final.pth")
         assert state["network_kwargs"]["feature_size"] == 12
+        assert not list(fold_folder(root, trainer, "0").glob("checkpoint_epoch_*"))  # keep_every=0: none kept
         assert "val/metric" in state["history"][0]
     log = (fold_folder(root, "PIRLSegTrainer", "0") / "training_log.txt").read_text()
     assert "rank 0 first batch" in log
