@@ -46,7 +46,7 @@ from experiments.config import (
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
-from experiments.table11 import BOTTLENECK_STAGE, representation_label
+from experiments.table11 import BOTTLENECK_STAGE, representation_csv, representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
@@ -174,7 +174,7 @@ class Experiment:
     def add_seg4_representation(self) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
         models never drops the others' rows), and of SwinUNETR from scratch after its seg training."""
-        b, out = self.budget, self.work / "eval" / "representation_seg4" / "representation.csv"
+        b, out = self.budget, representation_csv(self.work)
         fold, planned = b.seg4_folds[0], {m.key for m in self.models("seg4")}
         checkpoints, swinunetr = [], []
         for m in PART_MODELS["seg4"]:

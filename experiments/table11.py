@@ -6,6 +6,7 @@ Health (``pirl_pipeline.evaluation.health``) comes from every PIRLNet run's own 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from experiments.tables import (
     ablation_table,
     ablation_verdicts,
     load_per_case,
+    plot_curves,
     seed_spread,
     to_markdown,
     translation_block,
@@ -130,7 +132,7 @@ BOTTLENECK_STAGE = "after seg training, deepest encoder state"  # a SwinUNETR's 
 
 
 def representation_label(model_label: str, fold: int, seed: int, stage: str = "pre-training") -> str:
-    """The row name of one seg4 run in ``representation_seg4/representation.csv``."""
+    """The row name of one seg4 run in :func:`representation_csv`."""
     return f"{model_label} {stage} (seg4 fold {fold}, seed {seed})"
 
 
@@ -142,17 +144,64 @@ def _run_of(row_name: str) -> tuple[str, str]:
     return row_name, "first"
 
 
+def representation_csv(work: Path) -> Path:
+    """Where the seg4 representation measurement writes its rows (``run.Experiment.add_seg4_representation``)."""
+    return work / "eval" / "representation_seg4" / "representation.csv"
+
+
+def held_out_rows(work: Path) -> pd.DataFrame:
+    """The held-out rows of :func:`representation_csv` (X_h', and SwinUNETR's bottleneck) with ``model`` = the
+    row name without its seed and ``seed``; empty when not measured."""
+    path = representation_csv(work)
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = pd.read_csv(path)
+    rows = rows[rows["representation"].isin(["x_h", BOTTLENECK]) & (rows["dataset"] == PARTS["translation"][0])]
+    named = [_run_of(name) for name in rows["model"]]
+    return rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
+
+
+LENGTH_POINT = re.compile(r"^(?P<curve>.*) after (?P<steps>\d+) steps \(seg4 fold \d+\)$")
+LENGTH_COLUMNS = {"retrieval_top1_centered": "held-out retrieval (chance 0.125)", "health_spread": "held-out spread",
+                  "health_swap": "held-out swap"}
+
+
+def pretraining_length_section(work: Path, out: Path) -> list[str]:
+    """The pre-training-length curve (on-request ``pirl_long``, ``pirl_paper_long``): the held-out X_h' after every
+    kept checkpoint, and Table 11's whole-tumour Dice fine-tuned after the budget's steps and after all of them."""
+    rows = held_out_rows(work)
+    points = rows["model"].str.extract(LENGTH_POINT) if not rows.empty else pd.DataFrame()
+    if points.empty or points["curve"].isna().all():
+        return []
+    rows = rows.assign(curve=points["curve"], steps=pd.to_numeric(points["steps"])).dropna(subset=["curve"])
+    curve = rows.groupby(["curve", "steps"], sort=False)[list(LENGTH_COLUMNS)].mean().rename(columns=LENGTH_COLUMNS)
+    write_csv(curve, out / "table11_pretraining_length.csv")
+    plot_curves(curve, out / "table11_pretraining_length.png", "X_h' on 8 held-out subjects against pre-training "
+                "steps", "pre-training steps")
+    lines = ["### Pre-training length: X_h' on the held-out subjects against pre-training steps", "",
+             ("Each kept checkpoint of the long pre-trainings (first seed), measured as the rows above; the 40-step "
+              "point repeats the budget's pre-training."), "", to_markdown(curve, 3), "",
+             "![pre-training length](table11_pretraining_length.png)", ""]
+    dice = load_rows(work)
+    if not dice.empty:
+        dice = dice[(dice["seed"] == "first") & (dice["subset"] == dice["subset"].iloc[-1])]
+        means = dice.groupby("model")["Dice/whole tumour"].mean()
+        for long in [m for m in TABLE11 if m.pretrain_scale > 1 and m.key in means.index]:
+            short = next(m for m in TABLE11 if m.variant == long.variant and m.pretrain_scale == 1
+                         and m.pretrain_key == m.key and not m.pretrain_only and not m.sets)
+            if short.key in means.index:
+                lines.append(f"- Whole-tumour Dice with all four modalities after fine-tuning (first seed): "
+                             f"{short.label} {means[short.key]:.3f}, {long.label} {means[long.key]:.3f}.")
+    return [*lines, ""]
+
+
 def held_out_representation(work: Path) -> list[str]:
     """The seg4 pre-trainings' X_h' (and SwinUNETR's deepest encoder state) on the 8 subjects of the translation
     data, which no seg4 run saw (``representation_rows --held-out``): retrieval, spread, collapse check and
     health; mean over seeds with the seed spread (max - min) of retrieval and spread."""
-    path = work / "eval" / "representation_seg4" / "representation.csv"
-    if not path.is_file():
+    rows = held_out_rows(work)
+    if rows.empty:
         return []
-    rows = pd.read_csv(path)
-    rows = rows[rows["representation"].isin(["x_h", BOTTLENECK]) & (rows["dataset"] == PARTS["translation"][0])]
-    named = [_run_of(name) for name in rows["model"]]
-    rows = rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
     columns = ["retrieval_top1_centered", "health_spread", "between_std_relative", "cosine_other_subjects",
                "health_swap", "health_prior_entropy", "health_prior_share"]
     table = rows.groupby("model", sort=False)[columns].mean()
@@ -170,7 +219,7 @@ def held_out_representation(work: Path) -> list[str]:
              "seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
              "between_std_relative: between-subject std / RMS of X_h' (about 0: every subject at one point); "
              "cosine_other_subjects: mean cosine between different subjects. Every row: "
-             f"`{path.name}` of `work/eval/representation_seg4/`."), "",
+             "`representation.csv` of `work/eval/representation_seg4/`."), "",
             to_markdown(table, 3), ""]
 
 
@@ -194,7 +243,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + "."), "",
              to_markdown(table.rename(columns=lambda c: c), 3), "",
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
-    return [*lines, *health_section(work, out), *held_out_representation(work)]
+    return [*lines, *health_section(work, out), *held_out_representation(work), *pretraining_length_section(work, out)]
 
 
 def table11_translation_section(work: Path, out: Path) -> list[str]:

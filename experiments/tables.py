@@ -215,6 +215,22 @@ def plot_bars(table: pd.DataFrame, path: Path, title: str, ylabel: str) -> None:
     _save(fig, path)
 
 
+def plot_curves(table: pd.DataFrame, path: Path, title: str, xlabel: str) -> None:
+    """One panel per column of ``table`` (index: (curve, x)), one line per curve, legend below the panels."""
+    fig, axes = plt.subplots(1, table.shape[1], figsize=(3.6 * table.shape[1], 3.4), squeeze=False)
+    for ax, column in zip(axes[0], table.columns, strict=True):
+        for curve, part in table[column].groupby(level=0, sort=False):
+            ax.plot(part.index.get_level_values(1), part.to_numpy(float), marker="o", label=str(curve))
+        ax.set_title(str(column), fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    save_figure(fig, path)
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     """A pandas table as GitHub markdown (no extra dependency: tabulate is not installed); NaN reads "-"."""
     frame = table.copy()
