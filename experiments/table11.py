@@ -179,8 +179,8 @@ def pretraining_length_section(work: Path, out: Path) -> list[str]:
     plot_curves(curve, out / "table11_pretraining_length.png", "X_h' on 8 held-out subjects against pre-training "
                 "steps", "pre-training steps")
     lines = ["### Pre-training length: X_h' on the held-out subjects against pre-training steps", "",
-             ("Each kept checkpoint of the long pre-trainings (first seed), measured as the rows above; the 40-step "
-              "point repeats the budget's pre-training."), "", to_markdown(curve, 3), "",
+             ("Each kept checkpoint of the long pre-trainings (first seed), measured as the rows above; the first "
+              "point has the budget's pre-training steps."), "", to_markdown(curve, 3), "",
              "![pre-training length](table11_pretraining_length.png)", ""]
     dice = load_rows(work)
     if not dice.empty:
