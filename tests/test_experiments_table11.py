@@ -1,0 +1,189 @@
+"""experiments/ Table 11 (seg4, seg4_translation): its layout, stage plan, Table-7 rows of both presets, the held-out
+representation and the pre-training-length curve."""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from experiments import data
+from experiments.config import FULL
+from experiments.run import Experiment
+
+
+def test_table11_lays_out_every_subset_and_measures_the_dilution():
+    from experiments.table11 import dilution, table11
+
+    subsets = ["FLAIR", "T1", "FLAIR+T1"]
+    rows = pd.DataFrame([{"model": model, "seed": "first", "fold": 0, "case": case, "subset": subset,
+                          "Dice/whole tumour": score, "Dice/tumour core": score / 2, "Dice/enhancing tumour": 0.1}
+                         for model, scores in (("pirl", (0.8, 0.2, 0.82)), ("pirl_paper", (0.8, 0.2, 0.6)))
+                         for case in ("a", "b") for subset, score in zip(subsets, scores)])
+    table = table11(rows)
+    assert list(table.index) == [*subsets, "mean"]
+    assert table.loc["FLAIR+T1", ("PIRL, paper preset", "WT")] == pytest.approx(0.6)
+    drop = dilution(rows)
+    assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
+    assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
+
+
+def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
+    from experiments.config import FULL
+
+    experiment = Experiment(dataclasses.replace(FULL, seeds=(12345,)), tmp_path)
+    experiment.plan(["seg4"])
+    names = [s[0] for s in experiment.stages]
+    assert names.count("pretrain pirl seg4 fold0") == 1  # swin_pirl reuses it
+    swin = next(s[3] for s in experiment.stages if s[0] == "train swin_pirl seg4 fold0")
+    assert "SwinUNETRFromPIRLSegTrainer" in swin and any("/pirl/" in a for a in swin)
+    assert "train pirl_default_mean seg4 fold0" not in names  # a diagnostic pre-training only
+    assert names[-1] == "representation seg4"
+    measured = experiment.stages[-1][3]
+    swin = measured[measured.index("--swinunetr") + 1:]
+    assert len(swin) == 1 and "SwinUNETRSegTrainer" in swin[0] and "/swin_scratch/" in swin[0]
+    paper = next(s[3] for s in experiment.stages if s[0] == "pretrain pirl_paper seg4 fold0")
+    assert "variant=paper" in paper
+
+
+def test_long_pretraining_keeps_every_budget_multiple_measures_each_and_fine_tunes_the_last(tmp_path):
+    done = Experiment(FULL, tmp_path).fold_folder("pirl_paper", "seg4", "PIRLPretrainer", 0).checkpoint()
+    done.parent.mkdir(parents=True)
+    done.touch()  # a pre-training of an earlier run: measured again beside the new ones, never dropped
+    experiment = Experiment(FULL, tmp_path, ["pirl", "pirl_long"])
+    experiment.plan(["seg4"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    long = stages["pretrain pirl_long seg4 fold0"]
+    assert long[long.index("--epochs") + 1] == str(5 * FULL.epochs) and f"keep_every={FULL.epochs}" in long
+    assert "keep_every" not in " ".join(stages["pretrain pirl seg4 fold0"])
+    train = stages["train pirl_long seg4 fold0"]
+    assert train[train.index("--epochs") + 1] == str(FULL.epochs) and "keep_every" not in " ".join(train)
+    assert train[train.index("--pretrained") + 1].endswith("/pirl_long/Dataset604_BraTS2018Four/"
+                                                             "PIRLPretrainer__PIRLPlans__3d_fullres/fold_0/"
+                                                             "checkpoint_final.pth")
+    assert "train pirl_long_seed2 seg4 fold0" not in stages  # first seed only
+    measured = stages["representation seg4"]
+    points = [a for a in measured if a.startswith("PIRL (default), 5x pre-training")]
+    steps = FULL.pretrain_steps
+    assert [p.split("=")[0] for p in points] == [
+        f"PIRL (default), 5x pre-training after {k * steps} steps (seg4 fold 0, seed 12345)" for k in range(1, 6)]
+    assert points[0].endswith(f"checkpoint_epoch_{FULL.epochs:04d}.pth") and points[-1].endswith("checkpoint_final.pth")
+    labels = [a.split("=")[0] for a in measured[measured.index("--checkpoint") + 1:]]
+    assert [label.split(" pre-training (")[0] for label in labels[:3]] == ["PIRL (default: fixes on)"] * 2 + [
+        "PIRL, paper preset"]  # pirl's two seeds (planned), pirl_paper's first (on disk); not its second
+    assert "--swinunetr" not in measured  # none planned, none on disk
+
+
+def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp_path):
+    from experiments.table11 import table11_translation_section
+
+    experiment = Experiment(dataclasses.replace(FULL, seeds=(12345,)), tmp_path)
+    experiment.plan(["seg4", "seg4_translation"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    assert not [n for n in stages if n.startswith("pretrain") and "seg4_translation" in n]
+    for key in ("pirl", "pirl_paper"):
+        seg, translate = stages[f"train {key} seg4 fold0"], stages[f"train {key} seg4_translation fold0"]
+        assert translate[translate.index("-tr") + 1] == "PIRLTranslateTrainer"
+        assert translate[translate.index("--pretrained") + 1] == seg[seg.index("--pretrained") + 1]
+    assert "variant=paper" in stages["train pirl_paper seg4_translation fold0"]
+    assert "train swin_pirl seg4_translation fold0" not in stages
+    cases = [f"c{i}" for i in range(8)]
+    assert data.splits_for("seg4_translation", _plans_folder(tmp_path, cases)) == data.splits_for(
+        "seg4", _plans_folder(tmp_path, cases))
+    for model, psnr in (("pirl", 14.0), ("pirl_paper", 12.0), ("reference_identity", 13.0)):
+        out = tmp_path / "eval" / model / "seg4_translation_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": "a", "source": src, "target": tgt, "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}
+                      for src, tgt in (("T1", "T2"), ("T2", "T1"), ("T1", "FLAIR"))]).to_csv(
+            out / "per_case.csv", index=False)
+    lines = "\n".join(table11_translation_section(tmp_path, tmp_path))
+    assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 3/3" in lines
+    assert "PIRL, paper preset beats **(reference) copy the source modality** on PSNR 0/3" in lines
+    assert "PSNR per direction" in lines and "| model | T1->T2 | T2->T1 | T1->FLAIR |" in lines
+    assert (tmp_path / "table11_translation_summary.csv").is_file()
+
+
+def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_row6(tmp_path):
+    from experiments.table11 import table7_block
+
+    models = ["pirl", "pirl_paper", "ablation_row1", "ablation_row1_paper"]
+    experiment = Experiment(FULL, tmp_path, models)
+    experiment.plan(["seg4_translation"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    paper = stages["pretrain ablation_row1_paper seg4 fold0"]
+    assert "variant=paper" in paper and paper[paper.index("--disable") + 1:] == ["invariance", "prior"]
+    train = stages["train ablation_row1_paper seg4_translation fold0"]
+    assert train[train.index("-tr") + 1] == "PIRLTranslateTrainer" and "variant=paper" in train
+    assert "variant=default" in stages["train ablation_row1 seg4_translation fold0"]
+    assert "train ablation_row1_seed2 seg4_translation fold0" not in stages  # first seed only
+    assert "Not run yet" in table7_block(tmp_path, tmp_path, pd.DataFrame())[2]
+    for model, psnr in (("pirl", 12.0), ("pirl_paper", 11.0), ("ablation_row1", 12.5), ("ablation_row1_paper", 11.0),
+                        ("pirl_seed2", 20.0)):
+        out = tmp_path / "eval" / model / "seg4_translation_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
+            out / "per_case.csv", index=False)
+    references = pd.DataFrame([{"model": "reference_identity", "fold": 0, "case": "a", "PSNR": 10.0, "SSIM": 0.2}])
+    text = "\n".join(table7_block(tmp_path, tmp_path, references))
+    table = pd.read_csv(tmp_path / "table11_table7.csv", index_col=[0, 1])
+    assert table.loc[("default", 6), "PSNR"] == 12.0 and table.loc[("default", 1), "PSNR"] == 12.5  # first seed
+    assert table.loc[("paper", 6), "PSNR"] == 11.0 and len(table) == 4
+    assert "default preset:\n- PSNR: of the other 1 rows, 1 beat the full objective" in text
+    assert "paper preset:\n- PSNR: of the other 1 rows, 0 beat the full objective (row 6) by more than 0.05, 1 tie" \
+        in text
+    assert "copy the source modality 10.000 dB / SSIM 0.200" in text
+
+
+def _plans_folder(root, cases):
+    folder = root / "pre"
+    (folder / "pirl_plans_3d_fullres").mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        (folder / "pirl_plans_3d_fullres" / f"{case}.json").write_text("{}")
+    return folder
+
+
+def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path):
+    from experiments.table11 import BOTTLENECK_STAGE, held_out_representation, representation_label
+
+    out = tmp_path / "eval" / "representation_seg4"
+    out.mkdir(parents=True)
+    rows = [{"model": name, "dataset": "Dataset601_RealBraTS4", "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r,
+             "health_spread": 0.5, "between_std_relative": 0.01, "cosine_other_subjects": 0.99, "health_swap": 0.0,
+             "health_prior_entropy": 0.5, "health_prior_share": 0.1}
+            for name, r in ((representation_label("PIRL", 0, 12345), 0.25), (representation_label("PIRL", 0, 2), 0.5),
+                            ("random initialisation", 0.125))]
+    rows.append({**rows[0], "model": representation_label("SwinUNETR", 0, 2, BOTTLENECK_STAGE),
+                 "representation": "bottleneck", "retrieval_top1_centered": 0.75})
+    pd.DataFrame(rows).to_csv(out / "representation.csv", index=False)
+    table = "\n".join(held_out_representation(tmp_path))
+    assert "| PIRL pre-training (seg4 fold 0) | 8 | 2 | 0.375 |" in table  # mean of the two seeds
+    assert table.count("| random initialisation | 8 | 1 | 0.125 |") == 1
+    assert "| SwinUNETR after seg training, deepest encoder state (seg4 fold 0) | 8 | 1 | 0.750 |" in table
+    pirl_row = next(line for line in table.splitlines() if line.startswith("| PIRL pre-training"))
+    assert pirl_row.split("|")[-3].strip() == "0.250"  # retrieval seed spread
+
+
+def test_pretraining_length_curve_reads_every_kept_checkpoint_and_the_fine_tunings(tmp_path):
+    from experiments.config import TABLE11
+    from experiments.table11 import pretraining_length_section, representation_csv, representation_label
+
+    label = next(m.label for m in TABLE11 if m.key == "pirl_long")
+    rows = [{"model": representation_label(label, 0, 12345, f"after {steps} steps"), "dataset": "Dataset601_RealBraTS4",
+             "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r, "health_spread": 0.4,
+             "health_swap": 0.0} for steps, r in ((40, 0.25), (80, 0.5))]
+    rows.append({**rows[0], "model": representation_label("PIRL", 0, 12345)})  # not a curve point
+    representation_csv(tmp_path).parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(representation_csv(tmp_path), index=False)
+    for model, dice in (("pirl", 0.6), ("pirl_long", 0.7)):
+        out = tmp_path / "eval" / model / "seg4_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": "a", "subset": "T1+FLAIR", "Dice/whole tumor": dice}]).to_csv(out / "per_case.csv",
+                                                                                           index=False)
+    text = "\n".join(pretraining_length_section(tmp_path, tmp_path))
+    curve = pd.read_csv(tmp_path / "table11_pretraining_length.csv", index_col=[0, 1])
+    assert list(curve.index) == [(label, 40), (label, 80)]
+    assert curve["held-out retrieval (chance 0.125)"].tolist() == [0.25, 0.5]
+    assert (tmp_path / "table11_pretraining_length.png").is_file()
+    assert f"PIRL (default: fixes on) 0.600, {label} 0.700." in text
+    representation_csv(tmp_path).unlink()
+    assert pretraining_length_section(tmp_path, tmp_path) == []
