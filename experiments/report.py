@@ -26,7 +26,7 @@ from experiments.tables import (
     ablation_verdicts,
     load_per_case,
     model_labels,
-    pair_wins,
+    pair_wins_lines,
     plot_bars,
     plot_translation,
     seed_spread,
@@ -116,11 +116,9 @@ def translation_section(work: Path, out: Path) -> list[str]:
               f"original 1 mm grid, {PERCENTILE_SCALED} (BraSyn-style; "
               "`pirl_evaluate` also writes the raw-unit numbers). References are scored by the same evaluator on "
               "the same cases."), "", to_markdown(summary), ""]
-    for model in models:
-        for other in [k for k in present if k != model and (model == "pirl" or k in TRANSLATION_REFERENCES)]:
-            wins = {m: pair_wins(rows, model, other, m) for m in ("PSNR", "NMSE", "SSIM")}
-            text = ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items())
-            lines.append(f"- {labels[model]} beats **{labels[other]}** on {text} pairs (means over cases and seeds).")
+    comparisons = [(model, other) for model in models for other in present
+                   if other != model and (model == "pirl" or other in TRANSLATION_REFERENCES)]
+    lines += pair_wins_lines(rows, comparisons, labels, "pairs (means over cases and seeds)")
     lines += ["", "Per pair (PSNR / NMSE / SSIM): `table10_translation.csv`; heat maps:", "",
               "![PSNR](table10_translation_psnr.png)", "![SSIM](table10_translation_ssim.png)", ""]
     for metric in ("PSNR", "SSIM"):

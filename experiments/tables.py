@@ -109,12 +109,19 @@ def translation_block(rows: pd.DataFrame, keys: list[str], references: list[str]
         for metric in ("PSNR", "SSIM"):
             lines += [f"{metric} per direction (NMSE: `{stem}.csv`):", "",
                       to_markdown(full.xs(metric, axis=1, level=1), 2 if metric == "PSNR" else 3), ""]
-    for model in [k for k in keys if k in present]:
-        for other in [k for k in references if k in present]:
-            wins = {m: pair_wins(rows, model, other, m) for m in IMAGE}
-            lines.append(f"- {shown[model]} beats **{shown[other]}** on "
-                         + ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items()) + " directions.")
-    return [*lines, ""]
+    comparisons = [(m, r) for m in keys if m in present for r in references if r in present]
+    return [*lines, *pair_wins_lines(rows, comparisons, shown, "directions"), ""]
+
+
+def pair_wins_lines(rows: pd.DataFrame, comparisons: list[tuple[str, str]], labels: dict[str, str],
+                    unit: str) -> list[str]:
+    """One bullet per (model, other) in ``comparisons``: on how many ``unit`` it wins, per image metric."""
+    lines = []
+    for model, other in comparisons:
+        wins = {m: pair_wins(rows, model, other, m) for m in IMAGE}
+        lines.append(f"- {labels[model]} beats **{labels[other]}** on "
+                     + ", ".join(f"{m} {w}/{n}" for m, (w, n) in wins.items()) + f" {unit}.")
+    return lines
 
 
 def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
