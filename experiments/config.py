@@ -192,6 +192,23 @@ TABLE11 = (
 #: translation on Table 11's data (``seg4_translation``): fine-tunings of seg4's pre-trainings, both presets
 TABLE11_TRANSLATION = tuple(m for m in TABLE11 if m.key in ("pirl", "pirl_paper", "pirl_scratch", "swin_scratch"))
 
+
+
+@dataclass(frozen=True)
+class ExternalTest:
+    """A part's models ``keys`` scored again on EVERY case of another part's dataset (``dataset_part``; none of
+    them seen in training), the results named ``name`` in ``eval/`` (``RUN/NAME_foldF``, the references too)."""
+
+    name: str
+    dataset_part: str
+    keys: tuple[str, ...]
+
+
+#: Table 11's translation models (trained on 6 BraTS-2018 cases) also on the 8 four-modality cases of the
+#: translation data: with the 2 held-out BraTS-2018 cases, 10 of the 16 four-modality cases in ../shared/data
+EXTERNAL_TESTS = {"seg4_translation": ExternalTest("seg4_translation_external", "translation",
+                                                   tuple(m.key for m in TABLE11_TRANSLATION))}
+
 #: Table 8 on real PET/CT (``petct``): every network trained with modality dropout on PET + CT, then scored on
 #: PET + CT and on PET alone (``pirl_evaluate_missing``: every channel subset of the one model); the Table-7
 #: pre-training rows 1-5 (row 6 = "pirl") only on request (``--models ablation_row1 ...``), with every seed

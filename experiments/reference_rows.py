@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PARTS
+from experiments.config import EXTERNAL_TESTS, PARTS
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.data.modalities import modality
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
 from pirl_pipeline.evaluation.references.common import raw_cases
 from pirl_pipeline.evaluation.references.segmentation import (
@@ -66,13 +67,27 @@ def _write(rows: pd.DataFrame, work: Path, kind: str, part: str, fold: int, fitt
     save_json(fitted, out / "fitted.json")
 
 
+#: an external test's name -> (the part whose training cases fit the references, the external test)
+EXTERNAL_OWNERS = {e.name: (part, e) for part, e in EXTERNAL_TESTS.items()}
+
+
 def run(work: Path, part: str, fold: int) -> None:
-    dataset, task = PARTS[part]
+    """The references of ``part`` (a PARTS key or an external test's name: fitted on the owning part's training
+    cases, scored on every case of its dataset) on ``fold``'s held-out cases."""
+    owner, external = EXTERNAL_OWNERS.get(part, (part, None))
+    dataset, task = PARTS[owner]
     raw = work / "raw" / dataset
     dj = load_dataset_json(raw)
     split = load_json(work / "preprocessed" / dataset / "splits_final.json")[fold]
     train, train_labels = raw_cases(raw, dj, split["train"])
-    test, test_labels = raw_cases(raw, dj, split["val"])
+    if external is None:
+        test, test_labels = raw_cases(raw, dj, split["val"])
+    else:
+        other = work / "raw" / PARTS[external.dataset_part][0]
+        if load_dataset_json(other).channel_names != dj.channel_names:
+            raise PirlInputError(f"{other / 'dataset.json'}: channels {load_dataset_json(other).channel_names} "
+                                 f"differ from {dataset}'s {dj.channel_names}; its cases cannot test {owner}'s models")
+        test, test_labels = raw_cases(other, dj)
     if part == "petct":
         petct_references(work, dj, train, train_labels, test, test_labels, fold)
         return
@@ -118,7 +133,7 @@ def petct_references(work: Path, dj, train: dict, train_labels: dict, test: dict
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.reference_rows", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--part", choices=list(PARTS), required=True)
+    p.add_argument("--part", choices=[*PARTS, *EXTERNAL_OWNERS], required=True)
     p.add_argument("--fold", type=int, required=True)
     return p
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from experiments import data
 from experiments.config import (
     COMPARISON,
+    EXTERNAL_TESTS,
     FULL,
     PART_MODELS,
     PARTS,
@@ -167,9 +168,15 @@ class Experiment:
                   "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task, model), *pretrained])
         out = self.work / "eval" / run / f"{part}_fold{fold}"
         distances = [] if part in DISTANCE_PARTS else ["--no_distance_metrics"]
-        self.add(f"evaluate {run} {part} fold{fold}", run, out / SUMMARY,
-                 ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
-                  "--disable_tta", *distances, "-device", b.device, "-o", str(out)])
+        evaluate = ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
+                    "--disable_tta", *distances, "-device", b.device]
+        self.add(f"evaluate {run} {part} fold{fold}", run, out / SUMMARY, [*evaluate, "-o", str(out)])
+        external = EXTERNAL_TESTS.get(part)
+        if external is not None and model.key in external.keys:
+            out = self.work / "eval" / run / f"{external.name}_fold{fold}"
+            images = self.work / "raw" / PARTS[external.dataset_part][0] / "imagesTr"
+            self.add(f"evaluate {run} {external.name} fold{fold}", run, out / SUMMARY,
+                     [*evaluate, "-i", str(images), "-o", str(out)])
 
     def add_seg4_representation(self) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
@@ -226,6 +233,8 @@ class Experiment:
                 continue
             for fold in b.folds(part):
                 self.add_references(part, fold)
+                if part in EXTERNAL_TESTS:
+                    self.add_references(EXTERNAL_TESTS[part].name, fold)
                 for model in self.models(part):
                     for seed in model.seeds(b):
                         self.add_model(model, part, fold, seed)
@@ -242,9 +251,10 @@ class Experiment:
 
 
 def data_parts(parts: list[str]) -> list[str]:
-    """The PARTS whose datasets ``parts`` need (the ablation, the representation and seg4's representation
-    measurement use the translation data; petct_translation petct's), each dataset once."""
+    """The PARTS whose datasets ``parts`` need (the ablation, the representation, seg4's representation
+    measurement and the EXTERNAL_TESTS use the translation data; petct_translation petct's), each dataset once."""
     wanted = set(parts) | ({"translation"} if {"ablation", "representation", "seg4"} & set(parts) else set())
+    wanted |= {EXTERNAL_TESTS[p].dataset_part for p in wanted if p in EXTERNAL_TESTS}
     wanted = {SHARED_PART.get(p, p) for p in wanted}
     return [p for p in PARTS if p in wanted]
 

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import PARTS, TABLE11, TABLE11_ABLATION, TABLE11_ROW6, TABLE11_TRANSLATION, Budget, model_of_run
+from experiments.config import (
+    EXTERNAL_TESTS,
+    PARTS,
+    TABLE11,
+    TABLE11_ABLATION,
+    TABLE11_ROW6,
+    TABLE11_TRANSLATION,
+    Budget,
+    model_of_run,
+)
 from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
 from experiments.tables import (
     PERCENTILE_SCALED,
@@ -263,7 +272,26 @@ def table11_translation_section(work: Path, out: Path) -> list[str]:
              "folds and seeds). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in keys if k in seeds.index)
              + "; seed spread = max - min of the seed means."), "",
             *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation"),
-            *table7_block(work, out, rows)]
+            *external_translation_block(work, out, len(set(rows["case"]))), *table7_block(work, out, rows)]
+
+
+def external_translation_block(work: Path, out: Path, held_out: int) -> list[str]:
+    """The same translation models scored on every case of the external test's dataset (``EXTERNAL_TESTS``:
+    other sources, none seen in training) beside the references fitted on the same training cases; ``held_out``:
+    how many of the part's own cases the models were tested on."""
+    external = EXTERNAL_TESTS[TRANSLATION_PART]
+    title = f"### The same models on the {PARTS[external.dataset_part][0]} cases (other sources, none seen in training)"
+    rows = load_per_case(work, external.name, [*external.keys, *TRANSLATION_REFERENCES])
+    if rows.empty or not set(external.keys) & set(rows["model"]):
+        return [title, "", "Not run yet (`--only seg4_translation` scores them once the models exist)."]
+    cases = sorted(set(rows["case"]))
+    return [title, "",
+            (f"Every model above (trained on the fold's BraTS-2018 training cases) predicts the {len(cases)} "
+             f"four-modality cases of {PARTS[external.dataset_part][0]} ({', '.join(cases)}): with the {held_out} "
+             f"held-out BraTS-2018 cases above, {len(cases) + held_out} cases no model trained on. The intensity "
+             "mapping is fitted on the same training cases. Same metrics and scaling."), "",
+            *translation_block(rows, list(external.keys), TRANSLATION_REFERENCES, LABELS, out,
+                               "table11_translation_external")]
 
 
 def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[str]:

@@ -3,6 +3,8 @@ representation and the pre-training-length curve."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -101,6 +103,78 @@ def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp
     assert "PIRL, paper preset beats **(reference) copy the source modality** on PSNR 0/3" in lines
     assert "PSNR per direction" in lines and "| model | T1->T2 | T2->T1 | T1->FLAIR |" in lines
     assert (tmp_path / "table11_translation_summary.csv").is_file()
+    assert "### The same models on the Dataset601_RealBraTS4 cases" in lines and "Not run yet" in lines
+
+
+def test_seg4_translation_models_are_also_scored_on_every_case_of_the_translation_data(tmp_path):
+    """The main translation rows (not the on-request Table-7 rows) predict all Dataset601 cases too, beside
+    references fitted on seg4's training cases; the report gives them their own block."""
+    from experiments.run import data_parts
+    from experiments.table11 import table11_translation_section
+
+    experiment = Experiment(FULL, tmp_path, ["pirl", "swin_scratch", "ablation_row1"])
+    experiment.plan(["seg4_translation"])
+    stages = {s[0]: s[3] for s in experiment.stages}
+    assert data_parts(["seg4_translation"]) == ["translation", "seg4"]
+    for run in ("pirl", "pirl_seed2", "swin_scratch"):
+        argv = stages[f"evaluate {run} seg4_translation_external fold0"]
+        assert argv[argv.index("-i") + 1] == str(tmp_path / "raw" / "Dataset601_RealBraTS4" / "imagesTr")
+        assert argv[argv.index("-o") + 1] == str(tmp_path / "eval" / run / "seg4_translation_external_fold0")
+        assert argv[argv.index("-tr") + 1] == stages[f"train {run} seg4_translation fold0"][
+            stages[f"train {run} seg4_translation fold0"].index("-tr") + 1]
+    assert "evaluate ablation_row1 seg4_translation_external fold0" not in stages
+    assert stages["references seg4_translation_external fold0"][-3:] == ["seg4_translation_external", "--fold", "0"]
+    for model, part, psnr in (("pirl", "seg4_translation", 14.0), ("pirl", "seg4_translation_external", 11.0),
+                              ("reference_identity", "seg4_translation_external", 12.0)):
+        out = tmp_path / "eval" / model / f"{part}_fold0"
+        out.mkdir(parents=True)
+        pd.DataFrame([{"case": case, "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}
+                      for case in (["a"] if part == "seg4_translation" else ["x", "y"])]).to_csv(
+            out / "per_case.csv", index=False)
+    lines = "\n".join(table11_translation_section(tmp_path, tmp_path))
+    block = lines[lines.index("### The same models on the Dataset601_RealBraTS4 cases"):]
+    assert "the 2 four-modality cases of Dataset601_RealBraTS4 (x, y): with the 1 held-out" in block
+    assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 0/1" in block
+    assert pd.read_csv(tmp_path / "table11_translation_external_summary.csv", index_col=0).loc[
+        "PIRL (default: fixes on)", "PSNR mean"] == 11.0
+
+
+def _raw_four_modality(folder, cases, channels=("T1", "T1ce", "T2", "FLAIR")):
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): c for i, c in enumerate(channels)}, "labels": {"background": 0, "tumour": 1},
+        "numTraining": len(cases), "file_ending": ".nii.gz"}))
+    rng = np.random.default_rng(0)
+    for case in cases:
+        for c in range(len(channels)):
+            image = np.zeros((12, 12, 12), np.float32)
+            image[2:10, 2:10, 2:10] = rng.uniform(1, 100, (8, 8, 8))
+            (folder / "imagesTr").mkdir(exist_ok=True)
+            sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / "imagesTr" / f"{case}_{c:04d}.nii.gz"))
+
+
+def test_external_references_fit_on_the_owning_parts_training_cases_and_score_every_external_case(tmp_path):
+    from experiments.reference_rows import main as reference_rows
+
+    _raw_four_modality(tmp_path / "raw" / "Dataset604_BraTS2018Four", ["a", "b", "c"])
+    _raw_four_modality(tmp_path / "raw" / "Dataset601_RealBraTS4", ["x", "y"])
+    splits = tmp_path / "preprocessed" / "Dataset604_BraTS2018Four" / "splits_final.json"
+    splits.parent.mkdir(parents=True)
+    splits.write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]))
+    argv = ["--work", str(tmp_path), "--part", "seg4_translation_external", "--fold", "0"]
+    assert reference_rows(argv) == 0
+    for kind in ("identity", "histogram"):
+        rows = pd.read_csv(tmp_path / "eval" / f"reference_{kind}" / "seg4_translation_external_fold0" / "per_case.csv")
+        assert sorted(set(rows["case"])) == ["x", "y"] and len(rows) == 2 * 12
+    fitted = json.loads((tmp_path / "eval" / "reference_histogram" / "seg4_translation_external_fold0"
+                         / "fitted.json").read_text())
+    assert len(fitted) == 12
+    shutil.rmtree(tmp_path / "raw" / "Dataset601_RealBraTS4")
+    _raw_four_modality(tmp_path / "raw" / "Dataset601_RealBraTS4", ["x"], ("T1", "T2", "T1ce", "FLAIR"))
+    assert reference_rows(argv) != 0  # other channel order: refused, not scored against the wrong modality
 
 
 def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_row6(tmp_path):
