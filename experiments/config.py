@@ -193,11 +193,11 @@ TABLE11 = (
 TABLE11_TRANSLATION = tuple(m for m in TABLE11 if m.key in ("pirl", "pirl_paper", "pirl_scratch", "swin_scratch"))
 
 
-
 @dataclass(frozen=True)
 class ExternalTest:
     """A part's models ``keys`` scored again on EVERY case of another part's dataset (``dataset_part``; none of
-    them seen in training), the results named ``name`` in ``eval/`` (``RUN/NAME_foldF``, the references too)."""
+    them seen in training), the results named ``name`` in ``eval/`` (``RUN/NAME_foldF``; the references
+    ``reference_KIND/NAME_foldF``). The references stage, planned first, refuses a different channel set."""
 
     name: str
     dataset_part: str
@@ -206,6 +206,7 @@ class ExternalTest:
 
 #: Table 11's translation models (trained on 6 BraTS-2018 cases) also on the 8 four-modality cases of the
 #: translation data: with the 2 held-out BraTS-2018 cases, 10 of the 16 four-modality cases in ../shared/data
+#: (no subject in both: FLAIR correlation <= 0.40 between any Dataset601 and any BraTS-2018 case)
 EXTERNAL_TESTS = {"seg4_translation": ExternalTest("seg4_translation_external", "translation",
                                                    tuple(m.key for m in TABLE11_TRANSLATION))}
 

@@ -272,13 +272,18 @@ def table11_translation_section(work: Path, out: Path) -> list[str]:
              "folds and seeds). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in keys if k in seeds.index)
              + "; seed spread = max - min of the seed means."), "",
             *translation_block(rows, keys, TRANSLATION_REFERENCES, LABELS, out, "table11_translation"),
-            *external_translation_block(work, out, len(set(rows["case"]))), *table7_block(work, out, rows)]
+            *external_translation_block(work, out, held_out_per_fold(rows, keys)), *table7_block(work, out, rows)]
+
+
+def held_out_per_fold(rows: pd.DataFrame, keys: list[str]) -> int:
+    """How many cases one fold's models of ``keys`` were tested on (the largest fold)."""
+    return int(rows[rows["model"].isin(keys)].groupby("fold")["case"].nunique().max())
 
 
 def external_translation_block(work: Path, out: Path, held_out: int) -> list[str]:
     """The same translation models scored on every case of the external test's dataset (``EXTERNAL_TESTS``:
     other sources, none seen in training) beside the references fitted on the same training cases; ``held_out``:
-    how many of the part's own cases the models were tested on."""
+    how many of the part's own cases one fold's models were tested on."""
     external = EXTERNAL_TESTS[TRANSLATION_PART]
     title = f"### The same models on the {PARTS[external.dataset_part][0]} cases (other sources, none seen in training)"
     rows = load_per_case(work, external.name, [*external.keys, *TRANSLATION_REFERENCES])
@@ -286,10 +291,10 @@ def external_translation_block(work: Path, out: Path, held_out: int) -> list[str
         return [title, "", "Not run yet (`--only seg4_translation` scores them once the models exist)."]
     cases = sorted(set(rows["case"]))
     return [title, "",
-            (f"Every model above (trained on the fold's BraTS-2018 training cases) predicts the {len(cases)} "
-             f"four-modality cases of {PARTS[external.dataset_part][0]} ({', '.join(cases)}): with the {held_out} "
-             f"held-out BraTS-2018 cases above, {len(cases) + held_out} cases no model trained on. The intensity "
-             "mapping is fitted on the same training cases. Same metrics and scaling."), "",
+            (f"Every model above (trained on its fold's BraTS-2018 training cases) predicts the {len(cases)} "
+             f"four-modality cases of {PARTS[external.dataset_part][0]} ({', '.join(cases)}): with its fold's "
+             f"{held_out} held-out BraTS-2018 cases above, {len(cases) + held_out} cases it never trained on. The "
+             "intensity mapping is fitted on the same training cases. Same metrics and scaling."), "",
             *translation_block(rows, list(external.keys), TRANSLATION_REFERENCES, LABELS, out,
                                "table11_translation_external")]
 

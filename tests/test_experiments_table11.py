@@ -122,6 +122,7 @@ def test_seg4_translation_models_are_also_scored_on_every_case_of_the_translatio
         assert argv[argv.index("-o") + 1] == str(tmp_path / "eval" / run / "seg4_translation_external_fold0")
         assert argv[argv.index("-tr") + 1] == stages[f"train {run} seg4_translation fold0"][
             stages[f"train {run} seg4_translation fold0"].index("-tr") + 1]
+    assert "evaluate ablation_row1 seg4_translation fold0" in stages
     assert "evaluate ablation_row1 seg4_translation_external fold0" not in stages
     assert stages["references seg4_translation_external fold0"][-3:] == ["seg4_translation_external", "--fold", "0"]
     for model, part, psnr in (("pirl", "seg4_translation", 14.0), ("pirl", "seg4_translation_external", 11.0),
@@ -133,7 +134,7 @@ def test_seg4_translation_models_are_also_scored_on_every_case_of_the_translatio
             out / "per_case.csv", index=False)
     lines = "\n".join(table11_translation_section(tmp_path, tmp_path))
     block = lines[lines.index("### The same models on the Dataset601_RealBraTS4 cases"):]
-    assert "the 2 four-modality cases of Dataset601_RealBraTS4 (x, y): with the 1 held-out" in block
+    assert "the 2 four-modality cases of Dataset601_RealBraTS4 (x, y): with its fold's 1 held-out" in block
     assert "PIRL (default: fixes on) beats **(reference) copy the source modality** on PSNR 0/1" in block
     assert pd.read_csv(tmp_path / "table11_translation_external_summary.csv", index_col=0).loc[
         "PIRL (default: fixes on)", "PSNR mean"] == 11.0
