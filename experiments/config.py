@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pirl_pipeline.losses.objective import TABLE7
 
@@ -22,6 +23,19 @@ SEGMENTATION4_ID, SEGMENTATION4_NAME = 604, "BraTS2018Four"  # 8 BraTS-2018 case
 SEGMENTATION4_FOLDS = 4  # 6 train / 2 validate each: Table 11 by cross-validation
 PETCT_ID, PETCT_NAME = 605, "STSPetCT"  # 16 real FDG PET/CT soft-tissue-sarcoma crops, on the PET grid
 PETCT_FOLDS = 4  # 12 train / 4 validate each (pirl's own seeded k-fold, splits.make_splits)
+
+
+
+def eval_folder(work: Path, run: str, part: str, fold: int | str) -> Path:
+    """``WORK/eval/RUN/PART_foldF``: one run's evaluation of a part's fold (``run``: a run key, ``reference_KIND``
+    or ``references``, whose folder holds the reference stage's ``done``); ``fold="*"``: a glob pattern."""
+    return work / "eval" / run / f"{part}_fold{fold}"
+
+
+def representation_csv(work: Path, part: str | None = None) -> Path:
+    """The representation measurement's rows: ``eval/representation/`` (the translation data's Table-7 rows) or
+    ``eval/representation_PART/`` (the pre-trainings of ``part``, e.g. seg4's)."""
+    return work / "eval" / ("representation" if part is None else f"representation_{part}") / "representation.csv"
 
 
 #: the experiment's parts: dataset (folder name), task, folds attribute of the Budget

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import EXTERNAL_TESTS, PARTS
+from experiments.config import EXTERNAL_TESTS, PARTS, eval_folder
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.data.modalities import modality
@@ -60,7 +60,7 @@ PETCT_REFERENCES = {"suv_threshold": 2.5, "suvmax_fraction": 0.41, "whole_brain"
 
 
 def _write(rows: pd.DataFrame, work: Path, kind: str, part: str, fold: int, fitted: dict) -> None:
-    out = work / "eval" / REFERENCE_KEYS[kind] / f"{part}_fold{fold}"
+    out = eval_folder(work, REFERENCE_KEYS[kind], part, fold)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / PER_CASE) as tmp:
         rows.to_csv(tmp, index=False)
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run(args.work, args.part, args.fold)
-    done = args.work / "eval" / "references" / f"{args.part}_fold{args.fold}" / "done"
+    done = eval_folder(args.work, "references", args.part, args.fold) / "done"
     done.parent.mkdir(parents=True, exist_ok=True)
     done.touch()
     return 0

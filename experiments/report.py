@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget
+from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, representation_csv
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
@@ -260,7 +260,7 @@ SHORT = {"retrieval_top1": "retrieval", "retrieval_top1_centered": "retrieval ce
 
 def representation_section(work: Path, out: Path) -> list[str]:
     title = "## The representation itself: personalised and invariant?"
-    csv = work / "eval" / "representation" / "representation.csv"
+    csv = representation_csv(work)
     if not csv.is_file():
         return [title, "", "Not run yet."]
     table = pd.read_csv(csv)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.config import FULL, PARTS, ablation_model
+from experiments.config import FULL, PARTS, ablation_model, representation_csv
 from experiments.run import Experiment
 from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.errors import PirlInputError
@@ -109,7 +109,7 @@ def run(work: Path, fold: int, rows: list[int], extra: dict[str, Path] | None = 
                               "subjects": result["subjects"], "modalities": result["modalities"], **result[r],
                               **(extra_columns if r == "x_h" else {})})
     table += swinunetr_rows(swinunetr or {}, sets)
-    out = out or work / "eval" / "representation" / "representation.csv"
+    out = out or representation_csv(work)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pd.DataFrame(table).to_csv(tmp, index=False)

@@ -43,11 +43,13 @@ from experiments.config import (
     Budget,
     Model,
     ablation_model,
+    eval_folder,
+    representation_csv,
     run_key,
 )
 from experiments.report import write_report
 from experiments.stages import StageRunner
-from experiments.table11 import BOTTLENECK_STAGE, representation_csv, representation_label
+from experiments.table11 import BOTTLENECK_STAGE, representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
@@ -166,14 +168,14 @@ class Experiment:
         self.add(f"train {run} {part} fold{fold}", run, folder.checkpoint(),
                  ["pirl_pipeline.cli.train", dataset, "3d_fullres", task, "-f", str(fold), "-tr", trainer,
                   "--iters", str(model.iters_per_epoch(b, task)), *self.common(seed, task, model), *pretrained])
-        out = self.work / "eval" / run / f"{part}_fold{fold}"
+        out = eval_folder(self.work, run, part, fold)
         distances = [] if part in DISTANCE_PARTS else ["--no_distance_metrics"]
         evaluate = ["pirl_pipeline.cli.evaluate_missing", "-d", dataset, "-f", str(fold), "-t", task, "-tr", trainer,
                     "--disable_tta", *distances, "-device", b.device]
         self.add(f"evaluate {run} {part} fold{fold}", run, out / SUMMARY, [*evaluate, "-o", str(out)])
         external = EXTERNAL_TESTS.get(part)
         if external is not None and model.key in external.keys:
-            out = self.work / "eval" / run / f"{external.name}_fold{fold}"
+            out = eval_folder(self.work, run, external.name, fold)
             images = self.work / "raw" / PARTS[external.dataset_part][0] / "imagesTr"
             self.add(f"evaluate {run} {external.name} fold{fold}", run, out / SUMMARY,
                      [*evaluate, "-i", str(images), "-o", str(out)])
@@ -181,7 +183,7 @@ class Experiment:
     def add_seg4_representation(self) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
         models never drops the others' rows), and of SwinUNETR from scratch after its seg training."""
-        b, out = self.budget, representation_csv(self.work)
+        b, out = self.budget, representation_csv(self.work, "seg4")
         fold, planned = b.seg4_folds[0], {m.key for m in self.models("seg4")}
         checkpoints, swinunetr = [], []
         for m in PART_MODELS["seg4"]:
@@ -216,7 +218,7 @@ class Experiment:
                 for steps, path in [*points, (model.pretrain_scale * b.pretrain_steps, folder.checkpoint())]]
 
     def add_references(self, part: str, fold: int) -> None:
-        out = self.work / "eval" / "references" / f"{part}_fold{fold}"
+        out = eval_folder(self.work, "references", part, fold)
         self.add(f"references {part} fold{fold}", "shared", out / "done",
                  ["experiments.reference_rows", "--work", str(self.work), "--part", part, "--fold", str(fold)])
 
@@ -244,8 +246,7 @@ class Experiment:
             for row in b.ablation_rows:
                 self.add_model(ablation_model(row), "translation", b.translation_folds[0], b.seeds[0])
         if "representation" in parts:
-            out = self.work / "eval" / "representation"
-            self.add("representation", "shared", out / "representation.csv",
+            self.add("representation", "shared", representation_csv(self.work),
                      ["experiments.representation_rows", "--work", str(self.work), "--fold",
                       str(b.translation_folds[0]), "--rows", *map(str, b.ablation_rows)])
 

@@ -20,6 +20,7 @@ from experiments.config import (
     TABLE11_TRANSLATION,
     Budget,
     model_of_run,
+    representation_csv,
 )
 from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
 from experiments.tables import (
@@ -141,7 +142,7 @@ BOTTLENECK_STAGE = "after seg training, deepest encoder state"  # a SwinUNETR's 
 
 
 def representation_label(model_label: str, fold: int, seed: int, stage: str = "pre-training") -> str:
-    """The row name of one seg4 run in :func:`representation_csv`."""
+    """The row name of one seg4 run in ``representation_csv(work, "seg4")``."""
     return f"{model_label} {stage} (seg4 fold {fold}, seed {seed})"
 
 
@@ -153,15 +154,10 @@ def _run_of(row_name: str) -> tuple[str, str]:
     return row_name, "first"
 
 
-def representation_csv(work: Path) -> Path:
-    """Where the seg4 representation measurement writes its rows (``run.Experiment.add_seg4_representation``)."""
-    return work / "eval" / "representation_seg4" / "representation.csv"
-
-
 def held_out_rows(work: Path) -> pd.DataFrame:
     """The held-out rows of :func:`representation_csv` (X_h', and SwinUNETR's bottleneck) with ``model`` = the
     row name without its seed and ``seed``; empty when not measured."""
-    path = representation_csv(work)
+    path = representation_csv(work, PART)
     if not path.is_file():
         return pd.DataFrame()
     rows = pd.read_csv(path)

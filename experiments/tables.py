@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.config import COMPARISON, ablation_model, model_of_run, table7_terms
+from experiments.config import COMPARISON, ablation_model, eval_folder, model_of_run, table7_terms
 from experiments.reference_rows import REFERENCE_LABELS
 from pirl_pipeline.evaluation.image_similarity import SCALE_PERCENTILES
 from pirl_pipeline.file_io import atomic_path
@@ -43,7 +43,7 @@ def load_per_case(work: Path, part: str, model_keys: list[str]) -> pd.DataFrame:
         model, seed = model_of_run(folder.name)
         if model not in model_keys:
             continue
-        for csv in sorted(folder.glob(f"{part}_fold*/{PER_CASE}")):
+        for csv in sorted(folder.glob(f"{eval_folder(work, folder.name, part, '*').name}/{PER_CASE}")):
             frame = pd.read_csv(csv)
             frames.append(frame.assign(model=model, seed=seed, fold=int(csv.parent.name.rsplit("fold", 1)[1])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -239,16 +239,16 @@ def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path
 
 
 def test_pretraining_length_curve_reads_every_kept_checkpoint_and_the_fine_tunings(tmp_path):
-    from experiments.config import TABLE11
-    from experiments.table11 import pretraining_length_section, representation_csv, representation_label
+    from experiments.config import TABLE11, representation_csv
+    from experiments.table11 import pretraining_length_section, representation_label
 
     label = next(m.label for m in TABLE11 if m.key == "pirl_long")
     rows = [{"model": representation_label(label, 0, 12345, f"after {steps} steps"), "dataset": "Dataset601_RealBraTS4",
              "representation": "x_h", "subjects": 8, "retrieval_top1_centered": r, "health_spread": 0.4,
              "health_swap": 0.0} for steps, r in ((40, 0.25), (80, 0.5))]
     rows.append({**rows[0], "model": representation_label("PIRL", 0, 12345)})  # not a curve point
-    representation_csv(tmp_path).parent.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(representation_csv(tmp_path), index=False)
+    representation_csv(tmp_path, "seg4").parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(representation_csv(tmp_path, "seg4"), index=False)
     for model, dice in (("pirl", 0.6), ("pirl_long", 0.7)):
         out = tmp_path / "eval" / model / "seg4_fold0"
         out.mkdir(parents=True)
@@ -260,5 +260,5 @@ def test_pretraining_length_curve_reads_every_kept_checkpoint_and_the_fine_tunin
     assert curve["held-out retrieval (chance 0.125)"].tolist() == [0.25, 0.5]
     assert (tmp_path / "table11_pretraining_length.png").is_file()
     assert f"PIRL (default: fixes on) 0.600, {label} 0.700." in text
-    representation_csv(tmp_path).unlink()
+    representation_csv(tmp_path, "seg4").unlink()
     assert pretraining_length_section(tmp_path, tmp_path) == []
