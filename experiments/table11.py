@@ -179,24 +179,28 @@ def pretraining_length_section(work: Path, out: Path) -> list[str]:
     if points.empty or points["curve"].isna().all():
         return []
     rows = rows.assign(curve=points["curve"], steps=pd.to_numeric(points["steps"])).dropna(subset=["curve"])
+    rows["steps"] = rows["steps"].astype(int)
     curve = rows.groupby(["curve", "steps"], sort=False)[list(LENGTH_COLUMNS)].mean().rename(columns=LENGTH_COLUMNS)
     write_csv(curve, out / "table11_pretraining_length.csv")
     plot_curves(curve, out / "table11_pretraining_length.png", "X_h' on 8 held-out subjects against pre-training "
                 "steps", "pre-training steps")
     lines = ["### Pre-training length: X_h' on the held-out subjects against pre-training steps", "",
              ("Each kept checkpoint of the long pre-trainings (first seed), measured as the rows above; the first "
-              "point has the budget's pre-training steps."), "", to_markdown(curve, 3), "",
+              "point has the budget's pre-training steps. One seed: the seed spreads of the rows above are the "
+              "yardstick for a difference."), "", to_markdown(curve, 3), "",
              "![pre-training length](table11_pretraining_length.png)", ""]
     dice = load_rows(work)
     if not dice.empty:
-        dice = dice[(dice["seed"] == "first") & (dice["subset"] == dice["subset"].iloc[-1])]
-        means = dice.groupby("model")["Dice/whole tumour"].mean()
-        for long in [m for m in TABLE11 if m.pretrain_scale > 1 and m.key in means.index]:
+        dice = dice[dice["seed"] == "first"]
+        every = dice.groupby(["model", "subset"])["Dice/whole tumour"].mean().groupby("model").mean()
+        full = dice[dice["subset"] == dice["subset"].iloc[-1]].groupby("model")["Dice/whole tumour"].mean()
+        for long in [m for m in TABLE11 if m.pretrain_scale > 1 and m.key in full.index]:
             short = next(m for m in TABLE11 if m.variant == long.variant and m.pretrain_scale == 1
                          and m.pretrain_key == m.key and not m.pretrain_only and not m.sets)
-            if short.key in means.index:
-                lines.append(f"- Whole-tumour Dice with all four modalities after fine-tuning (first seed): "
-                             f"{short.label} {means[short.key]:.3f}, {long.label} {means[long.key]:.3f}.")
+            if short.key in full.index:
+                lines.append(f"- Whole-tumour Dice after fine-tuning (first seed), all four modalities / mean of the "
+                             f"{dice['subset'].nunique()} subsets: {short.label} {full[short.key]:.3f} / "
+                             f"{every[short.key]:.3f}, {long.label} {full[long.key]:.3f} / {every[long.key]:.3f}.")
     return [*lines, ""]
 
 

@@ -252,13 +252,15 @@ def test_pretraining_length_curve_reads_every_kept_checkpoint_and_the_fine_tunin
     for model, dice in (("pirl", 0.6), ("pirl_long", 0.7)):
         out = tmp_path / "eval" / model / "seg4_fold0"
         out.mkdir(parents=True)
-        pd.DataFrame([{"case": "a", "subset": "T1+FLAIR", "Dice/whole tumor": dice}]).to_csv(out / "per_case.csv",
-                                                                                           index=False)
+        pd.DataFrame([{"case": "a", "subset": "FLAIR", "Dice/whole tumor": dice - 0.4},  # the last subset: all
+                      {"case": "a", "subset": "T1+FLAIR", "Dice/whole tumor": dice}]).to_csv(out / "per_case.csv",
+                                                                                             index=False)
     text = "\n".join(pretraining_length_section(tmp_path, tmp_path))
     curve = pd.read_csv(tmp_path / "table11_pretraining_length.csv", index_col=[0, 1])
     assert list(curve.index) == [(label, 40), (label, 80)]
     assert curve["held-out retrieval (chance 0.125)"].tolist() == [0.25, 0.5]
     assert (tmp_path / "table11_pretraining_length.png").is_file()
-    assert f"PIRL (default: fixes on) 0.600, {label} 0.700." in text
+    assert f"mean of the 2 subsets: PIRL (default: fixes on) 0.600 / 0.400, {label} 0.700 / 0.500." in text
+    assert f"| {label} | 40 | 0.250 |" in text  # steps as integers
     representation_csv(tmp_path, "seg4").unlink()
     assert pretraining_length_section(tmp_path, tmp_path) == []
