@@ -119,3 +119,26 @@ def test_the_whole_lesion_target_is_found_by_one_rule_whatever_the_spelling():
     assert whole_target(["tumor core", "whole tumor", "enhancing tumor"]) == "whole tumor"
     assert whole_target(["Whole_Tumour", "tumour core"]) == "Whole_Tumour"
     assert whole_target(["lesion"]) is None
+
+
+def test_an_input_folder_of_another_dataset_must_number_its_channels_as_the_model(dataset, tmp_path):
+    """Same contrasts per index (aliases allowed) pass; another order is refused with both names; a folder
+    outside any dataset is not checked."""
+    from pirl_pipeline.data.dataset_json import check_input_channels
+
+    dj = load_dataset_json(dataset)
+    check_input_channels(dataset / "imagesTr", dj)
+    other = tmp_path / "other"
+    (other / "imagesTr").mkdir(parents=True)
+    names = dict(dj.channel_names)
+    d = json.loads((dataset / "dataset.json").read_text())
+    assert names["1"] == "T1ce"
+    (other / "dataset.json").write_text(json.dumps({**d, "channel_names": {**names, "1": "T1Gd"}}))  # an alias
+    check_input_channels(other / "imagesTr", dj)
+    swapped = {**names, "0": names["1"], "1": names["0"]}
+    (other / "dataset.json").write_text(json.dumps({**d, "channel_names": swapped}))
+    with pytest.raises(PirlInputError, match=rf"other/dataset.json: its channels are not the model's \(0: {names['1']} "
+                                             rf"vs {names['0']}; 1: {names['0']} vs {names['1']}\)"):
+        check_input_channels(other / "imagesTr", dj)
+    (tmp_path / "loose").mkdir()
+    check_input_channels(tmp_path / "loose", dj)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pirl_pipeline.cli.common import DEVICE_HELP, command, positive_int, resolve_device
 from pirl_pipeline.cli.evaluate import add_small_et_arguments, segmentation_options
 from pirl_pipeline.cli.predict import model_folders
-from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.data.dataset_json import check_input_channels, group_channel_files
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import (
     segmentation_matrices,
@@ -63,6 +63,8 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor) -> dict[str
     dj = predictor.model.dataset_json
     name = find_dataset_name(args.dataset, raw_root())
     images = args.images or raw_root() / name / "imagesTr"
+    if args.images is not None:
+        check_input_channels(images, dj)
     cases = group_channel_files(images, dj)
     if args.images is None:  # the fold's validation cases, which its model never trained on
         splits_file = preprocessed_root() / name / "splits_final.json"

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from pirl_pipeline import run_lock
 from pirl_pipeline.cli.common import cli_entry, positive_int
-from pirl_pipeline.data.dataset_json import group_channel_files
+from pirl_pipeline.data.dataset_json import check_input_channels, group_channel_files
 from pirl_pipeline.data.image_io import data_problem
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import remove_stale
@@ -184,6 +184,7 @@ def select_cases(args: argparse.Namespace, predictor: PIRLPredictor | TrainerEns
     to predict: ``--channels`` picks the inputs; ``--missing_only`` the channels absent from INPUT_DIR (a
     case that has every channel is left out: nothing to write)."""
     dj = predictor.model.dataset_json
+    check_input_channels(args.input, dj)
     cases = found = group_channel_files(args.input, dj)
     if keep is not None:
         unknown = sorted(keep - set(range(dj.num_channels)))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pirl_pipeline.data.modalities import modality_key
 from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.file_io import NAME_MAX, loads, save_json
 
@@ -245,6 +246,21 @@ def parse_channel_file_name(name: str, file_ending: str) -> tuple[str, int] | No
     """(case, channel) of a ``CASE_XXXX<ending>`` file name; None for any other name."""
     m = re.fullmatch(r"(.+)_(\d{4})" + re.escape(file_ending), name, re.DOTALL)
     return (m.group(1), int(m.group(2))) if m else None
+
+
+def check_input_channels(folder: str | Path, dj: DatasetJson) -> None:
+    """An input folder inside another raw dataset (``folder/../dataset.json``, e.g. its imagesTr) must number its
+    channels as the model does (``dj``): the same contrast per index, aliases allowed (T1ce = T1Gd). Otherwise
+    CASE_0001 would be read as the wrong modality without a word. A folder without one is not checked."""
+    other = Path(folder).parent
+    if not (other / "dataset.json").is_file():
+        return
+    theirs = load_dataset_json(other).channel_names
+    differ = [f"{k}: {theirs.get(k)} vs {name}" for k, name in dj.channel_names.items()
+              if k in theirs and modality_key(theirs[k]) != modality_key(name)]
+    if differ:
+        raise PirlInputError(f"{other / 'dataset.json'}: its channels are not the model's ({'; '.join(differ)}); "
+                             "rename the files so that each channel index names the model's modality")
 
 
 def group_channel_files(folder: str | Path, dj: DatasetJson, strict: bool = True) -> dict[str, dict[int, Path]]:
