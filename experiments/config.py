@@ -25,7 +25,6 @@ PETCT_ID, PETCT_NAME = 605, "STSPetCT"  # 16 real FDG PET/CT soft-tissue-sarcoma
 PETCT_FOLDS = 4  # 12 train / 4 validate each (pirl's own seeded k-fold, splits.make_splits)
 
 
-
 def eval_folder(work: Path, run: str, part: str, fold: int | str) -> Path:
     """``WORK/eval/RUN/PART_foldF``: one run's evaluation of a part's fold (``run``: a run key, ``reference_KIND``
     or ``references``, whose folder holds the reference stage's ``done``); ``fold="*"``: a glob pattern."""

@@ -23,9 +23,8 @@ import pandas as pd
 
 from experiments.config import EXTERNAL_TESTS, PARTS, eval_folder
 from pirl_pipeline.cli.common import cli_entry
-from pirl_pipeline.data.dataset_json import load_dataset_json
+from pirl_pipeline.data.dataset_json import check_input_channels, load_dataset_json
 from pirl_pipeline.data.modalities import modality
-from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.evaluation.missing_modalities import modality_subsets, subset_name
 from pirl_pipeline.evaluation.references.common import raw_cases
 from pirl_pipeline.evaluation.references.segmentation import (
@@ -84,9 +83,7 @@ def run(work: Path, part: str, fold: int) -> None:
         test, test_labels = raw_cases(raw, dj, split["val"])
     else:
         other = work / "raw" / PARTS[external.dataset_part][0]
-        if load_dataset_json(other).channel_names != dj.channel_names:
-            raise PirlInputError(f"{other / 'dataset.json'}: channels {load_dataset_json(other).channel_names} "
-                                 f"differ from {dataset}'s {dj.channel_names}; its cases cannot test {owner}'s models")
+        check_input_channels(other / "imagesTr", dj)  # the same contrast per channel index as the owner's data
         test, test_labels = raw_cases(other, dj)
     if part == "petct":
         petct_references(work, dj, train, train_labels, test, test_labels, fold)
