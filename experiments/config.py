@@ -219,7 +219,8 @@ class ExternalTest:
 
 #: Table 11's translation models (trained on 6 BraTS-2018 cases) also on the 8 four-modality cases of the
 #: translation data: with the 2 held-out BraTS-2018 cases, 10 of the 16 four-modality cases in ../shared/data
-#: (no subject in both: FLAIR correlation <= 0.40 between any Dataset601 and any BraTS-2018 case)
+#: (no subject in both: FLAIR correlation <= 0.40 between each BraTS-2018 case and the 7 Dataset601 cases on its
+#: 240x240x155 grid; the eighth, ex0 (GLISTR), lies on another grid and was not compared)
 EXTERNAL_TESTS = {"seg4_translation": ExternalTest("seg4_translation_external", "translation",
                                                    tuple(m.key for m in TABLE11_TRANSLATION))}
 

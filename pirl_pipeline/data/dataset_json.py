@@ -256,7 +256,7 @@ def check_input_channels(folder: str | Path, dj: DatasetJson) -> None:
     if not (other / "dataset.json").is_file():
         return
     theirs = load_dataset_json(other).channel_names
-    differ = [f"{k}: {theirs.get(k)} vs {name}" for k, name in dj.channel_names.items()
+    differ = [f"{k}: {theirs[k]} vs {name}" for k, name in dj.channel_names.items()
               if k in theirs and modality_key(theirs[k]) != modality_key(name)]
     if differ:
         raise PirlInputError(f"{other / 'dataset.json'}: its channels are not the model's ({'; '.join(differ)}); "
