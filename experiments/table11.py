@@ -19,6 +19,7 @@ from experiments.config import (
     TABLE11_ROW6,
     TABLE11_TRANSLATION,
     Budget,
+    Model,
     model_of_run,
     representation_csv,
 )
@@ -84,15 +85,16 @@ def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("model")
 
 
-def health_rows(work: Path) -> pd.DataFrame:
-    """One row per (model, seed, stage, epoch) of every PIRLNet run of the part: the logged ``val/health_*``."""
+def health_rows(work: Path, models: tuple[Model, ...] = TABLE11) -> pd.DataFrame:
+    """One row per (model, seed, stage, epoch) of every PIRLNet run of ``models`` in the part: the logged
+    ``val/health_*``."""
     from experiments.run import Experiment  # the one owner of the results-folder layout
 
     layout, rows = Experiment(Budget(), work), []
     results = work / "results"
     for run in sorted(p.name for p in results.iterdir()) if results.is_dir() else []:
         key, seed = model_of_run(run)
-        model = next((m for m in TABLE11 if m.key == key and m.network == "PIRL"), None)
+        model = next((m for m in models if m.key == key and m.network == "PIRL"), None)
         if model is None:
             continue
         for stage, trainer in (("pre-training", "PIRLPretrainer"), ("fine-tuning", model.trainer("seg"))):
@@ -275,6 +277,22 @@ def table11_translation_section(work: Path, out: Path) -> list[str]:
             *external_translation_block(work, out, held_out_per_fold(rows, keys)), *table7_block(work, out, rows)]
 
 
+def pretraining_health(work: Path, keys: dict[str, dict[str, int]], fold: int) -> pd.DataFrame:
+    """Index (preset, Table-7 row id); columns swap, spread, retrieval: the last pre-training epoch's health of
+    each row's first seed on ``fold`` (``keys``: preset -> model key -> row id); empty when none was logged."""
+    columns = ["swap", "spread", "retrieval"]
+    models = tuple(m for m in (*TABLE11, *TABLE11_ABLATION) if any(m.key in k for k in keys.values()))
+    rows = health_rows(work, models)
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows = rows[(rows["stage"] == "pre-training") & (rows["seed"] == "first") & (rows["fold"] == fold)]
+    last = rows.sort_values("epoch").groupby("model").tail(1).set_index("model")
+    index = [(variant, row) for variant, k in keys.items() for key, row in k.items() if key in last.index]
+    values = [last.loc[key, [f"health_{c}" for c in columns]].to_numpy(float)
+              for k in keys.values() for key in k if key in last.index]
+    return pd.DataFrame(values, columns=columns, index=pd.MultiIndex.from_tuples(index, names=["preset", "ID"]))
+
+
 def held_out_per_fold(rows: pd.DataFrame, keys: list[str]) -> int:
     """How many cases one fold's models of ``keys`` were tested on (the largest fold)."""
     return int(rows[rows["model"].isin(keys)].groupby("fold")["case"].nunique().max())
@@ -315,10 +333,14 @@ def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[
     tables = {variant: ablation_table(rows, k) for variant, k in keys.items()
               if set(k) - set(TABLE11_ROW6.values()) & set(rows["model"])}
     table = pd.concat(tables, names=["preset", "ID"])
+    health = pretraining_health(work, keys, fold)
+    table = table.join(health) if not health.empty else table
     write_csv(table, out / "table11_table7.csv")
     lines = [title, "", (f"Rows 1-5: pre-training with the row's terms off (`--disable ...`) in the preset, then the "
                          f"preset's translation fine-tuning; row 6 = the preset's PIRL row above; fold {fold}, first "
-                         "seed, means over the 12 pairs and the held-out cases."), "", to_markdown(table, 3), ""]
+                         "seed, means over the 12 pairs and the held-out cases. swap / spread / retrieval: the "
+                         "pre-training's representation health after its last epoch (its 2 validation subjects, "
+                         "retrieval chance 0.5; as in the health table above)."), "", to_markdown(table, 3), ""]
     for variant, part in tables.items():
         lines += [f"{variant} preset:", *ablation_verdicts(part), ""]
     references = translation_rows[translation_rows["model"].isin(TRANSLATION_REFERENCES)

@@ -8,6 +8,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 
 from experiments import data
 from experiments.config import FULL
@@ -199,8 +200,16 @@ def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_r
         pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
             out / "per_case.csv", index=False)
     references = pd.DataFrame([{"model": "reference_identity", "fold": 0, "case": "a", "PSNR": 10.0, "SSIM": 0.2}])
+    for run, retrieval in (("ablation_row1_paper", 0.75), ("ablation_row1_paper_seed2", 0.25)):  # first seed read
+        checkpoint = experiment.fold_folder(run, "seg4", "PIRLPretrainer", 0).checkpoint()
+        checkpoint.parent.mkdir(parents=True)
+        history = [{"epoch": e, "val/health_swap": 0.001, "val/health_spread": 0.4,
+                    "val/health_retrieval": retrieval + e / 10} for e in range(2)]  # the last epoch is read
+        torch.save({"config": {"iters_per_epoch": 4}, "history": history}, checkpoint)
     text = "\n".join(table7_block(tmp_path, tmp_path, references))
     table = pd.read_csv(tmp_path / "table11_table7.csv", index_col=[0, 1])
+    assert table.loc[("paper", 1), "retrieval"] == 0.85 and table.loc[("paper", 1), "swap"] == 0.001
+    assert table["retrieval"].isna().sum() == 3  # rows whose pre-training logged no health
     assert table.loc[("default", 6), "PSNR"] == 12.0 and table.loc[("default", 1), "PSNR"] == 12.5  # first seed
     assert table.loc[("paper", 6), "PSNR"] == 11.0 and len(table) == 4
     assert "default preset:\n- PSNR: of the other 1 rows, 1 beat the full objective" in text
