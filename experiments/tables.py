@@ -56,10 +56,17 @@ def write_csv(table: pd.DataFrame, path: Path, index: bool = True) -> None:
 
 
 def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Per model: max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no spread known)."""
-    per_seed = rows.groupby(["model", "seed"], sort=False)[metric].mean()
-    return per_seed.groupby(level="model", sort=False).agg(
-        lambda v: float(v.max() - v.min()) if len(v) > 1 else math.nan)
+    """Per model: max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no spread known). With a
+    ``case`` column each seed's mean covers only the cases every seed of the model was tested on, so folds run
+    with fewer seeds cannot pass for seed variation."""
+    spreads = {}
+    for model, group in rows.groupby("model", sort=False):
+        if "case" in group:
+            common = set.intersection(*group.groupby("seed")["case"].agg(set))
+            group = group[group["case"].isin(common)]
+        per_seed = group.groupby("seed")[metric].mean()
+        spreads[model] = float(per_seed.max() - per_seed.min()) if len(per_seed) > 1 else math.nan
+    return pd.Series(spreads, dtype=float)
 
 
 def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -29,6 +30,18 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     drop = dilution(rows)
     assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
     assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
+
+
+def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread():
+    from experiments.table11 import seed_means, table11
+    from experiments.tables import seed_spread
+
+    runs = [("first", 0, "a", 0.8), ("2", 0, "a", 0.6), ("first", 1, "c", 0.2)]  # fold 1: the first seed only
+    rows = pd.DataFrame([{"model": "pirl", "seed": seed, "fold": fold, "case": case, "subset": "FLAIR",
+                          "Dice/whole tumour": dice} for seed, fold, case, dice in runs])
+    assert seed_spread(rows, "Dice/whole tumour")["pirl"] == pytest.approx(0.2)  # case a only, not 0.5 vs 0.6
+    assert table11(seed_means(rows)).loc["FLAIR", ("PIRL (default: fixes on)", "WT")] == pytest.approx(0.45)
+    assert math.isnan(seed_spread(rows[rows["seed"] == "first"], "Dice/whole tumour")["pirl"])
 
 
 def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
