@@ -182,19 +182,23 @@ class Experiment:
 
     def add_seg4_representation(self) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
-        models never drops the others' rows), and of SwinUNETR from scratch after its seg training."""
+        models or seeds never drops the others' rows), and of SwinUNETR from scratch after its seg training.
+        Always fold 0's networks (the held-out subjects are in no fold), so a run of other folds leaves the rows as
+        they are."""
         b, out = self.budget, representation_csv(self.work, "seg4")
-        fold, planned = b.seg4_folds[0], {m.key for m in self.models("seg4")}
+        fold = 0
+        planned = {m.key for m in self.models("seg4")} if fold in b.seg4_folds else set()
         checkpoints, swinunetr = [], []
         for m in PART_MODELS["seg4"]:
-            for seed in m.seeds(b):
+            for seed in dict.fromkeys((*m.seeds(b), *m.seeds(FULL))):  # the default seeds: kept when on disk
+                wanted = m.key in planned and seed in m.seeds(b)
                 if m.pretrain_key == m.key:
                     points = self.pretrain_points(m, "seg4", fold, seed)
-                    if m.key in planned or points[-1][1].is_file():
+                    if wanted or points[-1][1].is_file():
                         checkpoints += [f"{label}={path}" for label, path in points]
                 elif m.network == "SwinUNETR" and m.pretrain_key is None:
                     path = self.fold_folder(run_key(m.key, seed, b), "seg4", m.trainer("seg"), fold).checkpoint()
-                    if m.key in planned or path.is_file():
+                    if wanted or path.is_file():
                         swinunetr.append(f"{representation_label(m.label, fold, seed, BOTTLENECK_STAGE)}={path}")
         if checkpoints:  # measured again whenever the checkpoints to measure change
             self.add("representation seg4", "shared", out,

@@ -44,6 +44,25 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
     assert math.isnan(seed_spread(rows[rows["seed"] == "first"], "Dice/whole tumour")["pirl"])
 
 
+def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_rows_of_fold_0(tmp_path):
+    from experiments.config import FULL
+
+    def representation_stage(budget, models=None):
+        experiment = Experiment(budget, tmp_path, models)
+        experiment.plan(["seg4"])
+        return next(s[3] for s in experiment.stages if s[0] == "representation seg4")
+
+    everything = representation_stage(FULL)  # fold 0, both seeds, every model
+    for model in ("pirl", "pirl_seed2"):  # fold 0's pre-trainings on disk
+        checkpoint = Experiment(FULL, tmp_path).fold_folder(model, "seg4", "PIRLPretrainer", 0).checkpoint()
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.touch()
+    fold1 = representation_stage(dataclasses.replace(FULL, seeds=(12345,), seg4_folds=(1,)), ["pirl"])
+    assert all("fold_1" not in a for a in fold1)
+    assert sum("pirl/" in a for a in fold1) == 1 and sum("pirl_seed2/" in a for a in fold1) == 1
+    assert set(fold1) <= set(everything)
+
+
 def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
     from experiments.config import FULL
 
