@@ -247,7 +247,9 @@ def table11_section(work: Path, out: Path) -> list[str]:
     if rows.empty or not set(KEYS) & set(rows["model"]):
         return [title, "", "Not run yet."]
     spread = seed_spread(rows[rows["subset"] == rows["subset"].iloc[-1]], "Dice/whole tumour")
-    seeds = rows.groupby("model")["seed"].nunique()
+    per_fold = rows.groupby(["model", "fold"])["seed"].nunique().unstack(fill_value=0)  # (model, fold)
+    seeds = per_fold.max(axis=1)
+    seeds_text = {k: "/".join(str(n) for n in per_fold.loc[k]) for k in seeds.index}  # one count per fold
     rows = seed_means(rows)  # every case counts once, however many seeds its fold ran
     table = table11(rows)
     write_csv(table, out / "table11_seg4.csv")
@@ -255,8 +257,8 @@ def table11_section(work: Path, out: Path) -> list[str]:
     lines = [title, "",
              (f"{PARTS[PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds {folds}); every one of "
               "the 15 modality subsets predicted by one model per row (trained with random modality dropout); "
-              "Dice of the BraTS regions on the original grid. Seeds: "
-              + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in KEYS if k in seeds.index)
+              f"Dice of the BraTS regions on the original grid. Seeds{' per fold' if len(folds) > 1 else ''}: "
+              + ", ".join(f"{LABELS[k]} {seeds_text[k]}" for k in KEYS if k in seeds.index)
               + ". Whole-tumour seed spread (all modalities, max - min of the seed means over the cases every seed was "
               "tested on): "
               + ", ".join(f"{LABELS[k]} {spread[k]:.3f}" for k in KEYS if k in spread.index and seeds[k] > 1)

@@ -32,13 +32,20 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
 
 
-def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread():
-    from experiments.table11 import seed_means, table11
+def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread(tmp_path):
+    from experiments.table11 import seed_means, table11, table11_section
     from experiments.tables import seed_spread
 
-    runs = [("first", 0, "a", 0.8), ("2", 0, "a", 0.6), ("first", 1, "c", 0.2)]  # fold 1: the first seed only
-    rows = pd.DataFrame([{"model": "pirl", "seed": seed, "fold": fold, "case": case, "subset": "FLAIR",
-                          "Dice/whole tumour": dice} for seed, fold, case, dice in runs])
+    runs = [("pirl", 0, "a", 0.8), ("pirl_seed2", 0, "a", 0.6), ("pirl", 1, "c", 0.2)]  # fold 1: first seed only
+    for run, fold, case, dice in runs:
+        folder = tmp_path / "eval" / run / f"seg4_fold{fold}"
+        folder.mkdir(parents=True)
+        pd.DataFrame([{"case": case, "subset": "FLAIR", "Dice/whole tumor": dice}]).to_csv(folder / "per_case.csv")
+    text = "\n".join(table11_section(tmp_path, tmp_path))
+    assert "Seeds per fold: PIRL (default: fixes on) 2/1." in text and "fixes on) 0.200." in text
+    assert pd.read_csv(tmp_path / "table11_seg4.csv", header=[0, 1], index_col=0).iloc[0, 0] == pytest.approx(0.45)
+    rows = pd.DataFrame([{"model": "pirl", "seed": "2" if "seed2" in run else "first", "fold": fold, "case": case,
+                          "subset": "FLAIR", "Dice/whole tumour": dice} for run, fold, case, dice in runs])
     assert seed_spread(rows, "Dice/whole tumour")["pirl"] == pytest.approx(0.2)  # case a only, not 0.5 vs 0.6
     assert table11(seed_means(rows)).loc["FLAIR", ("PIRL (default: fixes on)", "WT")] == pytest.approx(0.45)
     assert math.isnan(seed_spread(rows[rows["seed"] == "first"], "Dice/whole tumour")["pirl"])
