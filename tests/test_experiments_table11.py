@@ -42,7 +42,7 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
         folder.mkdir(parents=True)
         pd.DataFrame([{"case": case, "subset": "FLAIR", "Dice/whole tumor": dice}]).to_csv(folder / "per_case.csv")
     text = "\n".join(table11_section(tmp_path, tmp_path))
-    assert "Seeds per fold: PIRL (default: fixes on) 2/1." in text and "fixes on) 0.200." in text
+    assert "Seeds per fold: PIRL (default: fixes on) 2/1." in text and "fixes on) 0.200 / 0.200." in text
     assert pd.read_csv(tmp_path / "table11_seg4.csv", header=[0, 1], index_col=0).iloc[0, 0] == pytest.approx(0.45)
     rows = pd.DataFrame([{"model": "pirl", "seed": "2" if "seed2" in run else "first", "fold": fold, "case": case,
                           "subset": "FLAIR", "Dice/whole tumour": dice} for run, fold, case, dice in runs])
