@@ -40,6 +40,7 @@ from experiments.config import (
     PARTS,
     QUICK,
     SHARED_PART,
+    TABLE11_ABLATION,
     Budget,
     Model,
     ablation_model,
@@ -182,14 +183,14 @@ class Experiment:
 
     def add_seg4_representation(self) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
-        models or seeds never drops the others' rows), and of SwinUNETR from scratch after its seg training.
-        Always fold 0's networks (the held-out subjects are in no fold), so a run of other folds leaves the rows as
-        they are."""
+        models or seeds never drops the others' rows; the Table-7 rows of ``seg4_translation`` when on disk), and
+        of SwinUNETR from scratch after its seg training. Always fold 0's networks (the held-out subjects are in no
+        fold), so a run of other folds leaves the rows as they are."""
         b, out = self.budget, representation_csv(self.work, "seg4")
         fold = 0
         planned = {m.key for m in self.models("seg4")} if fold in b.seg4_folds else set()
         checkpoints, swinunetr = [], []
-        for m in PART_MODELS["seg4"]:
+        for m in (*PART_MODELS["seg4"], *TABLE11_ABLATION):
             for seed in dict.fromkeys((*m.seeds(b), *m.seeds(FULL))):  # the default seeds: kept when on disk
                 wanted = m.key in planned and seed in m.seeds(b)
                 if m.pretrain_key == m.key:

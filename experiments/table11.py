@@ -13,6 +13,7 @@ import pandas as pd
 
 from experiments.config import (
     EXTERNAL_TESTS,
+    FULL,
     PARTS,
     TABLE11,
     TABLE11_ABLATION,
@@ -152,7 +153,12 @@ BOTTLENECK_STAGE = "after seg training, deepest encoder state"  # a SwinUNETR's 
 
 def representation_label(model_label: str, fold: int, seed: int, stage: str = "pre-training") -> str:
     """The row name of one seg4 run in ``representation_csv(work, "seg4")``."""
-    return f"{model_label} {stage} (seg4 fold {fold}, seed {seed})"
+    return f"{held_out_name(model_label, fold, stage)[:-1]}, seed {seed})"
+
+
+def held_out_name(model_label: str, fold: int = 0, stage: str = "pre-training") -> str:
+    """A :func:`representation_label` without its seed: ``model`` of :func:`held_out_rows`."""
+    return f"{model_label} {stage} (seg4 fold {fold})"
 
 
 def _run_of(row_name: str) -> tuple[str, str]:
@@ -173,6 +179,10 @@ def held_out_rows(work: Path) -> pd.DataFrame:
     rows = rows[rows["representation"].isin(["x_h", BOTTLENECK]) & (rows["dataset"] == PARTS["translation"][0])]
     named = [_run_of(name) for name in rows["model"]]
     return rows.assign(model=[m for m, _ in named], seed=[s for _, s in named])
+
+
+#: held-out row name (seed removed) -> (preset, Table-7 row id) of seg4_translation's pre-training rows 1-5
+TABLE7_HELD_OUT = {held_out_name(m.label): (m.variant, ablation_keys(m.variant)[m.key]) for m in TABLE11_ABLATION}
 
 
 LENGTH_POINT = re.compile(r"^(?P<curve>.*) after (?P<steps>\d+) steps \(seg4 fold \d+\)$")
@@ -218,6 +228,7 @@ def held_out_representation(work: Path) -> list[str]:
     data, which no seg4 run saw (``representation_rows --held-out``): retrieval, spread, collapse check and
     health; mean over seeds with the seed spread (max - min) of retrieval and spread."""
     rows = held_out_rows(work)
+    rows = rows[~rows["model"].isin(TABLE7_HELD_OUT)] if not rows.empty else rows  # in the Table-7 block
     if rows.empty:
         return []
     columns = ["retrieval_top1_centered", "health_spread", "between_std_relative", "cosine_other_subjects",
@@ -307,6 +318,26 @@ def pretraining_health(work: Path, keys: dict[str, dict[str, int]], fold: int) -
     return pd.DataFrame(values, columns=columns, index=pd.MultiIndex.from_tuples(index, names=["preset", "ID"]))
 
 
+def table7_held_out(work: Path, keys: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """Index (preset, Table-7 row id); columns held-out retrieval / spread: each pre-training's X_h' (first seed,
+    fold 0) on the 8 held-out subjects (the seg4 representation stage; rows 1-5 once their checkpoints exist)."""
+    rows = held_out_rows(work)
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows[rows["seed"] == str(FULL.seeds[0])]
+    names = dict(TABLE7_HELD_OUT)
+    for variant, row6 in TABLE11_ROW6.items():
+        if variant in keys:
+            label = next(m.label for m in TABLE11 if m.key == row6)
+            names[held_out_name(label)] = (variant, 6)
+    rows = rows[rows["model"].isin(names)]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.set_index(pd.MultiIndex.from_tuples([names[m] for m in rows["model"]], names=["preset", "ID"]))
+    return table[["retrieval_top1_centered", "health_spread"]].rename(
+        columns={"retrieval_top1_centered": "held-out retrieval", "health_spread": "held-out spread"})
+
+
 def held_out_per_fold(rows: pd.DataFrame, keys: list[str]) -> int:
     """How many cases one fold's models of ``keys`` were tested on (the largest fold)."""
     return int(rows[rows["model"].isin(keys)].groupby("fold")["case"].nunique().max())
@@ -349,12 +380,16 @@ def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[
     table = pd.concat(tables, names=["preset", "ID"])
     health = pretraining_health(work, keys, fold)
     table = table.join(health) if not health.empty else table
+    held_out = table7_held_out(work, keys) if fold == 0 else pd.DataFrame()
+    table = table.join(held_out) if not held_out.empty else table
     write_csv(table, out / "table11_table7.csv")
     lines = [title, "", (f"Rows 1-5: pre-training with the row's terms off (`--disable ...`) in the preset, then the "
                          f"preset's translation fine-tuning; row 6 = the preset's PIRL row above; fold {fold}, first "
                          "seed, means over the 12 pairs and the held-out cases. swap / spread / retrieval: the "
                          "pre-training's representation health after its last epoch (its 2 validation subjects, "
-                         "retrieval chance 0.5; as in the health table above)."), "", to_markdown(table, 3), ""]
+                         "retrieval chance 0.5; as in the health table above); held-out retrieval / spread: its "
+                         "X_h' on the 8 held-out subjects (chance 0.125; as in the held-out table above)."), "",
+             to_markdown(table, 3), ""]
     for variant, part in tables.items():
         lines += [f"{variant} preset:", *ablation_verdicts(part), ""]
     references = translation_rows[translation_rows["model"].isin(TRANSLATION_REFERENCES)

@@ -67,7 +67,11 @@ def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_
     fold1 = representation_stage(dataclasses.replace(FULL, seeds=(12345,), seg4_folds=(1,)), ["pirl"])
     assert all("fold_1" not in a for a in fold1)
     assert sum("pirl/" in a for a in fold1) == 1 and sum("pirl_seed2/" in a for a in fold1) == 1
-    assert set(fold1) <= set(everything)
+    assert set(fold1) <= set(everything) and not any("Table 7" in a for a in everything)
+    row3 = Experiment(FULL, tmp_path).fold_folder("ablation_row3_paper", "seg4", "PIRLPretrainer", 0).checkpoint()
+    row3.parent.mkdir(parents=True)
+    row3.touch()  # a Table-7 pre-training of seg4_translation: measured once it exists
+    assert sum(a.startswith("Table 7 row 3, paper preset pre-training") for a in representation_stage(FULL)) == 1
 
 
 def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
@@ -219,7 +223,8 @@ def test_external_references_fit_on_the_owning_parts_training_cases_and_score_ev
 
 
 def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_row6(tmp_path):
-    from experiments.table11 import table7_block
+    from experiments.config import representation_csv
+    from experiments.table11 import representation_label, table7_block
 
     models = ["pirl", "pirl_paper", "ablation_row1", "ablation_row1_paper"]
     experiment = Experiment(FULL, tmp_path, models)
@@ -245,9 +250,17 @@ def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_r
         history = [{"epoch": e, "val/health_swap": 0.001, "val/health_spread": 0.4,
                     "val/health_retrieval": retrieval + e / 10} for e in range(2)]  # the last epoch is read
         torch.save({"config": {"iters_per_epoch": 4}, "history": history}, checkpoint)
+    held_out = [{"model": representation_label(label, 0, seed), "dataset": "Dataset601_RealBraTS4",
+                 "representation": "x_h", "retrieval_top1_centered": r, "health_spread": 0.5}
+                for label, seed, r in (("Table 7 row 1, paper preset", 12345, 0.375), ("PIRL, paper preset", 12345, 0.25),
+                                       ("PIRL, paper preset", 2, 0.5))]  # the first seed is read
+    representation_csv(tmp_path, "seg4").parent.mkdir(parents=True)
+    pd.DataFrame(held_out).to_csv(representation_csv(tmp_path, "seg4"), index=False)
     text = "\n".join(table7_block(tmp_path, tmp_path, references))
     table = pd.read_csv(tmp_path / "table11_table7.csv", index_col=[0, 1])
     assert table.loc[("paper", 1), "retrieval"] == 0.85 and table.loc[("paper", 1), "swap"] == 0.001
+    assert table.loc[("paper", 1), "held-out retrieval"] == 0.375 and table.loc[("paper", 6), "held-out retrieval"] == 0.25
+    assert table["held-out retrieval"].isna().sum() == 2
     assert table["retrieval"].isna().sum() == 3  # rows whose pre-training logged no health
     assert table.loc[("default", 6), "PSNR"] == 12.0 and table.loc[("default", 1), "PSNR"] == 12.5  # first seed
     assert table.loc[("paper", 6), "PSNR"] == 11.0 and len(table) == 4
@@ -277,8 +290,10 @@ def test_held_out_representation_averages_the_seeds_of_each_pretraining(tmp_path
                             ("random initialisation", 0.125))]
     rows.append({**rows[0], "model": representation_label("SwinUNETR", 0, 2, BOTTLENECK_STAGE),
                  "representation": "bottleneck", "retrieval_top1_centered": 0.75})
+    rows.append({**rows[0], "model": representation_label("Table 7 row 1", 0, 12345)})  # in the Table-7 block
     pd.DataFrame(rows).to_csv(out / "representation.csv", index=False)
     table = "\n".join(held_out_representation(tmp_path))
+    assert "Table 7 row 1" not in table
     assert "| PIRL pre-training (seg4 fold 0) | 8 | 2 | 0.375 |" in table  # mean of the two seeds
     assert table.count("| random initialisation | 8 | 1 | 0.125 |") == 1
     assert "| SwinUNETR after seg training, deepest encoder state (seg4 fold 0) | 8 | 1 | 0.750 |" in table
