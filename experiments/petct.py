@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -48,18 +49,21 @@ def target_of(rows: pd.DataFrame) -> str:
 
 
 def fold_means(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Per (model, subset): the mean over folds of each fold's case mean, averaged over seeds; ``seeds``, ``folds``
-    and ``n`` (rows) beside it, and the Dice seed spread (max - min of the seed means; NaN with one seed)."""
+    """Per (model, subset): the mean over folds of each fold's case mean (averaged over the seeds that fold ran, so
+    a fold with more seeds does not weigh more); ``seeds``, ``folds`` and ``n`` (rows) beside it, and the Dice seed
+    spread (max - min of the seed means over the folds every seed ran; NaN with one seed)."""
     keys = ["model", "subset"]
     per_fold = rows.groupby([*keys, "seed", "fold"], sort=False)[columns].mean()
-    per_seed = per_fold.groupby(level=[*keys, "seed"], sort=False).mean()
-    table = per_seed.groupby(level=keys, sort=False).mean()
-    seeds = per_seed.groupby(level=keys, sort=False).size()
-    spread = per_seed[columns[0]].groupby(level=keys, sort=False).agg(lambda v: float(v.max() - v.min()))
-    table["seeds"] = seeds
+    table = per_fold.groupby(level=[*keys, "fold"], sort=False).mean().groupby(level=keys, sort=False).mean()
+    spreads = {}
+    for key, group in per_fold.reset_index().groupby(keys, sort=False):
+        common = set.intersection(*group.groupby("seed")["fold"].agg(set))
+        means = group[group["fold"].isin(common)].groupby("seed")[columns[0]].mean()
+        spreads[key] = float(means.max() - means.min()) if len(means) > 1 else math.nan
+    table["seeds"] = rows.groupby(keys, sort=False)["seed"].nunique()
     table["folds"] = rows.groupby(keys, sort=False)["fold"].nunique()
     table["n"] = rows.groupby(keys, sort=False).size()
-    table[f"{columns[0].split('/')[0]} seed spread"] = spread.where(seeds > 1)
+    table[f"{columns[0].split('/')[0]} seed spread"] = pd.Series(spreads, dtype=float)
     return table
 
 

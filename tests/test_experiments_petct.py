@@ -184,6 +184,17 @@ def test_petct_table7_with_two_seeds_judges_rows_by_their_seed_spread():
 
 
 @pytest.mark.shared_data
+def test_petct_means_count_each_fold_once_and_spread_only_over_folds_every_seed_ran():
+    from experiments.petct import fold_means
+
+    runs = [("first", 0, 0.8), ("2", 0, 0.6), ("first", 1, 0.2)]  # fold 1: the first seed only
+    rows = pd.DataFrame([{"model": "pirl", "subset": "PET+CT", "seed": seed, "fold": fold, "case": f"c{fold}",
+                          "Dice/lesion": dice} for seed, fold, dice in runs])
+    table = fold_means(rows, ["Dice/lesion"]).loc[("pirl", "PET+CT")]
+    assert table["Dice/lesion"] == pytest.approx(0.45)  # (0.7 + 0.2) / 2, not the seeds' (0.5 + 0.6) / 2
+    assert table["Dice seed spread"] == pytest.approx(0.2) and table["seeds"] == 2 and table["folds"] == 2
+
+
 def test_real_petct_preparation_and_references(shared_data, tmp_path):
     """The 16 real subjects convert onto the PET grid, plan at the planner's own spacing, split into pirl's 4 folds;
     fold 0's references: the uptake rules touch every tumour, and whole_brain on PET + CT is every voxel."""
