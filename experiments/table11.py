@@ -6,6 +6,7 @@ Health (``pirl_pipeline.evaluation.health``) comes from every PIRLNet run's own 
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -390,8 +391,13 @@ def table7_block(work: Path, out: Path, translation_rows: pd.DataFrame) -> list[
                          "retrieval chance 0.5; as in the health table above); held-out retrieval / spread: its "
                          "X_h' on the 8 held-out subjects (chance 0.125; as in the held-out table above)."), "",
              to_markdown(table, 3), ""]
+    row6_spread = seed_spread(translation_rows[translation_rows["fold"] == fold], "PSNR") \
+        if not translation_rows.empty else pd.Series(dtype=float)
     for variant, part in tables.items():
-        lines += [f"{variant} preset:", *ablation_verdicts(part), ""]
+        scale = row6_spread.get(TABLE11_ROW6[variant], math.nan)
+        lines += [f"{variant} preset:", *ablation_verdicts(part),
+                  *([f"- For scale: row 6's PSNR seed spread (its seeds above) {scale:.2f} dB."]
+                    if not math.isnan(scale) else []), ""]
     references = translation_rows[translation_rows["model"].isin(TRANSLATION_REFERENCES)
                                   & (translation_rows["fold"] == fold)]
     return [*lines, *translation_references_line(references, LABELS), ""]

@@ -62,7 +62,7 @@ def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
     spreads = {}
     for model, group in rows.groupby("model", sort=False):
         if "case" in group:
-            common = set.intersection(*group.groupby("seed")["case"].agg(set))
+            common = set.intersection(set(group["case"]), *group.groupby("seed")["case"].agg(set))
             group = group[group["case"].isin(common)]
         per_seed = group.groupby("seed")[metric].mean()
         spreads[model] = float(per_seed.max() - per_seed.min()) if len(per_seed) > 1 else math.nan

@@ -243,7 +243,9 @@ def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_r
         out.mkdir(parents=True)
         pd.DataFrame([{"case": "a", "source": "T1", "target": "T2", "PSNR": psnr, "NMSE": 0.5, "SSIM": 0.3}]).to_csv(
             out / "per_case.csv", index=False)
-    references = pd.DataFrame([{"model": "reference_identity", "fold": 0, "case": "a", "PSNR": 10.0, "SSIM": 0.2}])
+    references = pd.DataFrame([{"model": "reference_identity", "fold": 0, "case": "a", "PSNR": 10.0, "SSIM": 0.2},
+                               *({"model": "pirl_paper", "seed": seed, "fold": 0, "case": "a", "PSNR": psnr, "SSIM": 0.3}
+                                 for seed, psnr in (("first", 11.0), ("2", 11.5)))])
     for run, retrieval in (("ablation_row1_paper", 0.75), ("ablation_row1_paper_seed2", 0.25)):  # first seed read
         checkpoint = experiment.fold_folder(run, "seg4", "PIRLPretrainer", 0).checkpoint()
         checkpoint.parent.mkdir(parents=True)
@@ -268,6 +270,8 @@ def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_r
     assert "paper preset:\n- PSNR: of the other 1 rows, 0 beat the full objective (row 6) by more than 0.05, 1 tie" \
         in text
     assert "copy the source modality 10.000 dB / SSIM 0.200" in text
+    assert text.count("- For scale: row 6's PSNR seed spread") == 1  # the paper preset's: the default has one seed
+    assert "(the paper: row 6 best).\n- For scale: row 6's PSNR seed spread (its seeds above) 0.50 dB.\n" in text
 
 
 def _plans_folder(root, cases):
