@@ -55,15 +55,11 @@ def fold_means(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     keys = ["model", "subset"]
     per_fold = rows.groupby([*keys, "seed", "fold"], sort=False)[columns].mean()
     table = per_fold.groupby(level=[*keys, "fold"], sort=False).mean().groupby(level=keys, sort=False).mean()
-    spreads = {}
-    for key, group in per_fold.reset_index().groupby(keys, sort=False):
-        common = set.intersection(*group.groupby("seed")["fold"].agg(set))
-        means = group[group["fold"].isin(common)].groupby("seed")[columns[0]].mean()
-        spreads[key] = float(means.max() - means.min()) if len(means) > 1 else math.nan
+    spreads = seed_spread(per_fold.reset_index(), columns[0], keys=keys, units=["fold"])
     table["seeds"] = rows.groupby(keys, sort=False)["seed"].nunique()
     table["folds"] = rows.groupby(keys, sort=False)["fold"].nunique()
     table["n"] = rows.groupby(keys, sort=False).size()
-    table[f"{columns[0].split('/')[0]} seed spread"] = pd.Series(spreads, dtype=float)
+    table[f"{columns[0].split('/')[0]} seed spread"] = spreads
     return table
 
 
@@ -199,7 +195,10 @@ def table7_verdict(table: pd.DataFrame) -> str:
                 "is evidence.")
     above, below, unjudged = [], [], []
     for i, row in table.drop(6).iterrows():
-        margin = max(row[spread], six[spread])  # NaN when either has one seed
+        if pd.isna(row[spread]) or pd.isna(six[spread]):  # either ran one seed
+            margin = math.nan
+        else:
+            margin = max(row[spread], six[spread])
         if pd.isna(margin):
             unjudged.append(f"row {i}")
         elif abs(row[column] - six[column]) > margin:

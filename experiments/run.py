@@ -53,6 +53,7 @@ from experiments.stages import StageRunner
 from experiments.table11 import BOTTLENECK_STAGE, representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
+from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.fold_folder import SUMMARY, FoldFolder
 from pirl_pipeline.paths import model_folder
 
@@ -108,6 +109,10 @@ def budget_from(args: argparse.Namespace) -> Budget:
             overrides[key] = tuple(getattr(args, key))
     if args.device:
         overrides["device"] = args.device
+    if overrides.get("seeds", FULL.seeds)[0] != FULL.seeds[0]:
+        raise PirlInputError(f"--seeds must start with {FULL.seeds[0]}: a run folder names the first seed by the "
+                             f"bare model key (config.run_key), so another first seed would be read as "
+                             f"{FULL.seeds[0]}'s runs; e.g. --seeds {FULL.seeds[0]} {' '.join(map(str, args.seeds))}")
     return dataclasses.replace(budget, **overrides)
 
 

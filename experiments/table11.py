@@ -276,7 +276,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + ". Whole-tumour seed spread (max - min of the seed means over the cases every seed was tested on), "
               "all four modalities / mean of the 15 subsets: "
               + ", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
-                          if k in spread.index and seeds[k] > 1)
+                          if not math.isnan(spread.get(k, math.nan)))
               + "."), "",
              to_markdown(table.rename(columns=lambda c: c), 3), "",
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]

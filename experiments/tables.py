@@ -55,17 +55,22 @@ def write_csv(table: pd.DataFrame, path: Path, index: bool = True) -> None:
         table.to_csv(tmp, index=index)
 
 
-def seed_spread(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """Per model: max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no spread known). With a
-    ``case`` column each seed's mean covers only the cases every seed of the model was tested on, so folds run
-    with fewer seeds cannot pass for seed variation."""
+def seed_spread(rows: pd.DataFrame, metric: str, keys: list[str] | None = None,
+                units: list[str] | None = None) -> pd.Series:
+    """Per ``keys`` (default: model): max - min over seeds of the seed's mean ``metric`` (NaN with one seed: no
+    spread known). Each seed's mean covers only the ``units`` (default: the (fold, case) pairs, whichever columns
+    exist) that every seed of the group ran, so folds run with fewer seeds cannot pass for seed variation."""
+    keys = keys or ["model"]
+    units = [u for u in (units or ["fold", "case"]) if u in rows.columns]
     spreads = {}
-    for model, group in rows.groupby("model", sort=False):
-        if "case" in group:
-            common = set.intersection(set(group["case"]), *group.groupby("seed")["case"].agg(set))
-            group = group[group["case"].isin(common)]
+    for key, group in rows.groupby(keys if len(keys) > 1 else keys[0], sort=False):
+        if units:
+            unit = pd.MultiIndex.from_frame(group[units])
+            common = set(unit).intersection(*(set(unit[(group["seed"] == s).to_numpy()])
+                                              for s in group["seed"].dropna().unique()))
+            group = group[unit.isin(list(common))]
         per_seed = group.groupby("seed")[metric].mean()
-        spreads[model] = float(per_seed.max() - per_seed.min()) if len(per_seed) > 1 else math.nan
+        spreads[key] = float(per_seed.max() - per_seed.min()) if len(per_seed) > 1 else math.nan
     return pd.Series(spreads, dtype=float)
 
 

@@ -11,6 +11,7 @@ import pytest
 from experiments import data
 from experiments.config import FULL, PART_MODELS, PARTS, PETCT, QUICK
 from experiments.run import Experiment, budget_from, build_parser, data_parts, spacing_argv, spacing_tag
+from pirl_pipeline.errors import PirlInputError
 
 ONE_SEED = dataclasses.replace(FULL, seeds=(12345,))
 
@@ -30,6 +31,9 @@ def test_petct_conversion_resamples_onto_the_pet_grid_and_keeps_the_planners_spa
     assert spacing_argv(FULL, "petct") == ["--overwrite_plans"] and spacing_tag(FULL, "petct") == "plans"
     assert spacing_argv(FULL, "petct_translation") == ["--overwrite_plans"]
     assert spacing_argv(FULL, "seg") == ["--spacing", "3", "3", "3"]
+    with pytest.raises(PirlInputError, match="--seeds must start with 12345"):  # seed 2 would reuse 12345's folders
+        budget_from(build_parser().parse_args(["--seeds", "2"]))
+    assert budget_from(build_parser().parse_args(["--seeds", "12345"])).seeds == (12345,)
     forced = budget_from(build_parser().parse_args(["--petct-spacing", "4", "--petct-folds", "0", "1", "2", "3"]))
     assert spacing_argv(forced, "petct") == ["--spacing", "4", "4", "4"] and forced.folds("petct") == (0, 1, 2, 3)
     assert forced.folds("petct_translation") == (0, 1, 2, 3) and FULL.folds("petct") == QUICK.folds("petct") == (0,)
@@ -183,7 +187,6 @@ def test_petct_table7_with_two_seeds_judges_rows_by_their_seed_spread():
         "below it: row 1 0.610; one seed, not judged: row 2 (the paper: row 6 best).")
 
 
-@pytest.mark.shared_data
 def test_petct_means_count_each_fold_once_and_spread_only_over_folds_every_seed_ran():
     from experiments.petct import fold_means
 
@@ -195,6 +198,7 @@ def test_petct_means_count_each_fold_once_and_spread_only_over_folds_every_seed_
     assert table["Dice seed spread"] == pytest.approx(0.2) and table["seeds"] == 2 and table["folds"] == 2
 
 
+@pytest.mark.shared_data
 def test_real_petct_preparation_and_references(shared_data, tmp_path):
     """The 16 real subjects convert onto the PET grid, plan at the planner's own spacing, split into pirl's 4 folds;
     fold 0's references: the uptake rules touch every tumour, and whole_brain on PET + CT is every voxel."""

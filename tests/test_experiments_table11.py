@@ -49,6 +49,9 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
     assert seed_spread(rows, "Dice/whole tumour")["pirl"] == pytest.approx(0.2)  # case a only, not 0.5 vs 0.6
     assert table11(seed_means(rows)).loc["FLAIR", ("PIRL (default: fixes on)", "WT")] == pytest.approx(0.45)
     assert math.isnan(seed_spread(rows[rows["seed"] == "first"], "Dice/whole tumour")["pirl"])
+    external = pd.DataFrame([{"model": "pirl", "seed": seed, "fold": fold, "case": "x", "PSNR": v}  # one case, 2 folds
+                             for seed, fold, v in (("first", 0, 10.5), ("2", 0, 10.4), ("first", 1, 10.9))])
+    assert seed_spread(external, "PSNR")["pirl"] == pytest.approx(0.1)  # fold 0's models only
 
 
 def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_rows_of_fold_0(tmp_path):
