@@ -18,7 +18,8 @@ from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, represent
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
-from experiments.table11 import table11_section, table11_translation_section
+from experiments.table11 import table11_section
+from experiments.table11_translation import table11_translation_section
 from experiments.tables import (
     PERCENTILE_SCALED,
     ablation_keys,
@@ -307,7 +308,7 @@ def coverage(work: Path, parts: list[str] | None = None) -> list[str]:
     """What has results, per part (of ``parts``; None: all): the models (with their number of seeds) and the
     references."""
     lines = []
-    for part in [p for p in PARTS if p not in PART_MODELS and (parts is None or p in parts)]:  # seg4: table11.py
+    for part in [p for p in PARTS if p not in PART_MODELS and (parts is None or p in parts)]:  # seg4*: table11*.py, petct*: petct.py
         references = TRANSLATION_REFERENCES if part == "translation" else SEGMENTATION_REFERENCES
         rows = load_per_case(work, part, COMPARISON_KEYS + references)
         if rows.empty:

@@ -124,7 +124,7 @@ def test_long_pretraining_keeps_every_budget_multiple_measures_each_and_fine_tun
 
 
 def test_seg4_translation_fine_tunes_both_presets_from_table11s_pretrainings(tmp_path):
-    from experiments.table11 import table11_translation_section
+    from experiments.table11_translation import table11_translation_section
 
     experiment = Experiment(dataclasses.replace(FULL, seeds=(12345,)), tmp_path)
     experiment.plan(["seg4", "seg4_translation"])
@@ -157,7 +157,7 @@ def test_seg4_translation_models_are_also_scored_on_every_case_of_the_translatio
     """The main translation rows (not the on-request Table-7 rows) predict all Dataset601 cases too, beside
     references fitted on seg4's training cases; the report gives them their own block."""
     from experiments.run import data_parts
-    from experiments.table11 import table11_translation_section
+    from experiments.table11_translation import table11_translation_section
 
     experiment = Experiment(FULL, tmp_path, ["pirl", "swin_scratch", "ablation_row1"])
     experiment.plan(["seg4_translation"])
@@ -227,7 +227,8 @@ def test_external_references_fit_on_the_owning_parts_training_cases_and_score_ev
 
 def test_seg4_table7_rows_run_on_request_with_both_presets_beside_each_presets_row6(tmp_path):
     from experiments.config import representation_csv
-    from experiments.table11 import representation_label, table7_block
+    from experiments.table11 import representation_label
+    from experiments.table11_translation import table7_block
 
     models = ["pirl", "pirl_paper", "ablation_row1", "ablation_row1_paper"]
     experiment = Experiment(FULL, tmp_path, models)
