@@ -28,6 +28,7 @@ from experiments.tables import (
     ablation_keys,
     load_per_case,
     plot_curves,
+    seed_means,
     seed_spread,
     to_markdown,
     write_csv,
@@ -55,13 +56,6 @@ def table11(rows: pd.DataFrame) -> pd.DataFrame:
     table = table.reindex(columns=[(m, SHORT[r]) for m in models for r in regions])
     table.loc["mean"] = table.mean()
     return table
-
-
-def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per-case rows averaged over seeds (one row per subset, model, fold and case), so that a fold run with more
-    seeds than another does not weigh more in the means over cases."""
-    dice = [c for c in rows.columns if c.startswith("Dice/")]
-    return rows.groupby(["subset", "model", "fold", "case"], sort=False)[dice].mean().reset_index()
 
 
 def dilution(rows: pd.DataFrame) -> pd.DataFrame:
@@ -256,7 +250,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
     per_fold = rows.groupby(["model", "fold"])["seed"].nunique().unstack(fill_value=0)  # (model, fold)
     seeds = per_fold.max(axis=1)
     seeds_text = {k: "/".join(str(n) for n in per_fold.loc[k]) for k in seeds.index}  # one count per fold
-    rows = seed_means(rows)  # every case counts once, however many seeds its fold ran
+    rows = seed_means(rows, ["subset"], [c for c in rows.columns if c.startswith("Dice/")])  # cases once
     table = table11(rows)
     write_csv(table, out / "table11_seg4.csv")
     folds = sorted(int(f) for f in set(rows["fold"]))

@@ -74,8 +74,17 @@ def seed_spread(rows: pd.DataFrame, metric: str, keys: list[str] | None = None,
     return pd.Series(spreads, dtype=float)
 
 
+def seed_means(rows: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per-case rows averaged over seeds: one row per model, fold, case (the columns that exist) and ``by``, so that
+    a fold run with more seeds than another weighs no more in a mean over cases."""
+    keys = ["model", *[c for c in ("fold", "case") if c in rows.columns], *by]
+    return rows.groupby(keys, sort=False, dropna=False)[list(metrics)].mean().reset_index()
+
+
 def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Table 10 layout: index model label, columns (``SRC->TGT``, metric), means over cases."""
+    """Table 10 layout: index model label, columns (``SRC->TGT``, metric), means over cases (each case's seeds
+    averaged first)."""
+    rows = seed_means(rows, ["source", "target"], list(IMAGE))
     rows = rows.assign(pair=rows["source"] + "->" + rows["target"])
     pairs = list(dict.fromkeys(rows["pair"]))
     table = rows.groupby(["model", "pair"], sort=False)[list(IMAGE)].mean().unstack("pair")
@@ -84,10 +93,12 @@ def translation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFram
 
 
 def translation_summary(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
-    """Per model: each metric's mean and std over all (pair, case, seed) rows, the spread of the PSNR/SSIM
-    means across seeds, the number of seeds and of rows."""
-    stats = rows.groupby("model", sort=False)[list(IMAGE)].agg(["mean", "std"])
-    stats.columns = [f"{m} {s}" for m, s in stats.columns]
+    """Per model: each metric's mean over (pair, case) rows (each case's seeds averaged first) and std over all
+    (pair, case, seed) rows, the spread of the PSNR/SSIM means across seeds, the number of seeds and of rows."""
+    means = seed_means(rows, ["source", "target"], list(IMAGE)).groupby("model", sort=False)[list(IMAGE)].mean()
+    stds = rows.groupby("model", sort=False)[list(IMAGE)].std()
+    stats = pd.concat({f"{m} {stat}": frame[m] for m in IMAGE for stat, frame in (("mean", means), ("std", stds))},
+                      axis=1)
     for metric in ("PSNR", "SSIM"):
         stats[f"{metric} seed spread"] = seed_spread(rows, metric)
     stats["seeds"] = rows.groupby("model", sort=False)["seed"].nunique()
@@ -96,7 +107,9 @@ def translation_summary(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFr
 
 
 def pair_wins(rows: pd.DataFrame, model: str, other: str, metric: str) -> tuple[int, int]:
-    """On how many source -> target pairs ``model`` beats ``other`` (mean over cases); NMSE: lower wins."""
+    """On how many source -> target pairs ``model`` beats ``other`` (mean over cases, each case's seeds averaged
+    first); NMSE: lower wins."""
+    rows = seed_means(rows, ["source", "target"], [metric])
     means = rows.groupby(["model", "source", "target"])[metric].mean()
     if model not in means.index.get_level_values(0) or other not in means.index.get_level_values(0):
         return 0, 0

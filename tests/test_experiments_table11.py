@@ -33,8 +33,8 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
 
 
 def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread(tmp_path):
-    from experiments.table11 import seed_means, table11, table11_section
-    from experiments.tables import seed_spread
+    from experiments.table11 import table11, table11_section
+    from experiments.tables import seed_means, seed_spread, translation_summary, translation_table
 
     runs = [("pirl", 0, "a", 0.8), ("pirl_seed2", 0, "a", 0.6), ("pirl", 1, "c", 0.2)]  # fold 1: first seed only
     for run, fold, case, dice in runs:
@@ -47,11 +47,16 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
     rows = pd.DataFrame([{"model": "pirl", "seed": "2" if "seed2" in run else "first", "fold": fold, "case": case,
                           "subset": "FLAIR", "Dice/whole tumour": dice} for run, fold, case, dice in runs])
     assert seed_spread(rows, "Dice/whole tumour")["pirl"] == pytest.approx(0.2)  # case a only, not 0.5 vs 0.6
-    assert table11(seed_means(rows)).loc["FLAIR", ("PIRL (default: fixes on)", "WT")] == pytest.approx(0.45)
+    averaged = seed_means(rows, ["subset"], ["Dice/whole tumour"])
+    assert table11(averaged).loc["FLAIR", ("PIRL (default: fixes on)", "WT")] == pytest.approx(0.45)
     assert math.isnan(seed_spread(rows[rows["seed"] == "first"], "Dice/whole tumour")["pirl"])
     external = pd.DataFrame([{"model": "pirl", "seed": seed, "fold": fold, "case": "x", "PSNR": v}  # one case, 2 folds
                              for seed, fold, v in (("first", 0, 10.5), ("2", 0, 10.4), ("first", 1, 10.9))])
     assert seed_spread(external, "PSNR")["pirl"] == pytest.approx(0.1)  # fold 0's models only
+    external = external.assign(source="T1", target="T2", NMSE=0.5, SSIM=0.3)
+    summary = translation_summary(external, {"pirl": "PIRL"})
+    assert summary.loc["PIRL", "PSNR mean"] == pytest.approx((10.45 + 10.9) / 2)  # each fold's case once, not 10.6
+    assert translation_table(external, {"pirl": "PIRL"}).loc["PIRL", ("T1->T2", "PSNR")] == pytest.approx(10.675)
 
 
 def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_rows_of_fold_0(tmp_path):
