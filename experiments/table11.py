@@ -248,8 +248,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
     every_subset = rows.groupby(["model", "seed", "fold", "case"], as_index=False)["Dice/whole tumour"].mean()
     spread15 = seed_spread(every_subset, "Dice/whole tumour")
     per_fold = rows.groupby(["model", "fold"])["seed"].nunique().unstack(fill_value=0)  # (model, fold)
-    seeds = per_fold.max(axis=1)
-    seeds_text = {k: "/".join(str(n) for n in per_fold.loc[k]) for k in seeds.index}  # one count per fold
+    seeds_text = {k: "/".join(str(n) for n in per_fold.loc[k]) for k in per_fold.index}  # one count per fold
     rows = seed_means(rows, ["subset"], [c for c in rows.columns if c.startswith("Dice/")])  # cases once
     table = table11(rows)
     write_csv(table, out / "table11_seg4.csv")
@@ -258,7 +257,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
              (f"{PARTS[PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds {folds}); every one of "
               "the 15 modality subsets predicted by one model per row (trained with random modality dropout); "
               f"Dice of the BraTS regions on the original grid. Seeds{' per fold' if len(folds) > 1 else ''}: "
-              + ", ".join(f"{LABELS[k]} {seeds_text[k]}" for k in KEYS if k in seeds.index)
+              + ", ".join(f"{LABELS[k]} {seeds_text[k]}" for k in KEYS if k in seeds_text)
               + ". Whole-tumour seed spread (max - min of the seed means over the cases every seed was tested on), "
               "all four modalities / mean of the 15 subsets: "
               + ", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
