@@ -26,6 +26,7 @@ import pandas as pd
 
 from experiments import data
 from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, model_of_run
+from experiments.records import has_run, run_meta
 from experiments.stages import StageRunner
 from experiments.tables import model_labels, to_markdown, write_csv
 from pirl_pipeline.checkpoint import load_checkpoint
@@ -33,7 +34,6 @@ from pirl_pipeline.cli.common import cli_entry
 from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.fold_folder import FINAL, LATEST, FoldFolder
 from pirl_pipeline.paths import model_folder
-from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,9 +140,9 @@ def finetune_curve_rows(work: Path, part: str) -> pd.DataFrame:
         model = next((m for m in models if m.key == model_of_run(run)[0] and not m.pretrain_only), None)
         for fold in range(8) if model is not None else []:
             path = layout.fold_folder(run, part, model.trainer(task), fold).checkpoint()
-            if not path.is_file():
+            if not has_run(path):
                 continue
-            meta = load_checkpoint_meta(path)
+            meta = run_meta(path)
             iters = (meta.get("config") or {}).get("iters_per_epoch")
             for record in meta.get("history") or []:
                 dice = sorted(k for k in record if k.startswith("val/volume_dice_"))

@@ -17,6 +17,7 @@ from experiments import data
 from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, representation_csv
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
+from experiments.records import has_run, run_meta
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
 from experiments.table11 import table11_section
 from experiments.table11_translation import table11_translation_section
@@ -41,7 +42,6 @@ from experiments.tables import (
 from pirl_pipeline.data.dataset_json import whole_target
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
 from pirl_pipeline.file_io import atomic_path, load_json
-from pirl_pipeline.report.collect import load_checkpoint_meta
 from pirl_pipeline.report.markdown import table as markdown_table
 
 COMPARISON_KEYS = [m.key for m in COMPARISON]
@@ -241,9 +241,9 @@ def pretraining_loss_shares(work: Path, table_rows: list[int], fold: int) -> lis
     for row in table_rows:
         key = {r: k for k, r in ablation_keys().items()}[row]
         path = layout.fold_folder(key, "translation", "PIRLPretrainer", fold).checkpoint()
-        if not path.is_file():
+        if not has_run(path):
             continue
-        last = (load_checkpoint_meta(path).get("history") or [{}])[-1]  # the weights are never read
+        last = (run_meta(path).get("history") or [{}])[-1]  # the weights are never read
         terms = {k.split("/")[1]: v for k, v in last.items() if k.startswith("train/") and k != "train/loss"}
         if terms and last.get("train/loss"):
             share = terms.get("decomposition", 0.0) / last["train/loss"]

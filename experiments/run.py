@@ -20,7 +20,8 @@
    pre-training-length curve on request (``--models pirl_long pirl_paper_long``: 5x the steps, every kept
    checkpoint's representation measured on held-out subjects, the last one fine-tuned).
 Everything runs through the pirl commands users type (convert, plan + preprocess, pirl_train,
-pirl_evaluate_missing), each a logged, resumable stage; then tables (CSV + PNG) and RESULTS.md. Main rows
+pirl_evaluate_missing), each a logged, resumable stage; then the report's inputs are recorded in OUT/records/ (in
+git; ``experiments.records``) and the tables (CSV + PNG) and RESULTS.md are written from them. Main rows
 run with every seed of the budget. ``--quick``: one fold, one ablation row, 2 steps per training: a smoke
 test of the whole chain (minutes), its numbers meaningless. Results of the full run: ``experiments/RESULTS.md``.
 """
@@ -48,6 +49,7 @@ from experiments.config import (
     representation_csv,
     run_key,
 )
+from experiments.records import save_records
 from experiments.report import write_report
 from experiments.stages import StageRunner
 from experiments.table11 import BOTTLENECK_STAGE, representation_label
@@ -314,7 +316,7 @@ def run(args: argparse.Namespace) -> None:
         prepare_data(runner, budget, work, parts)
         for name, results, done, argv, same_command in experiment.stages:
             runner.run(name, argv, done, results, same_command)
-    report = write_report(work, out, budget, quick=args.quick, parts=args.only)
+    report = write_report(save_records(work, out), out, budget, quick=args.quick, parts=args.only)
     print(f"experiments finished in {(time.perf_counter() - start) / 60:.1f} min; results: {report}")
 
 

@@ -22,6 +22,7 @@ from experiments.config import (
     model_of_run,
     representation_csv,
 )
+from experiments.records import has_run, run_meta
 from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES
 from experiments.tables import (
     REGIONS,
@@ -36,7 +37,6 @@ from experiments.tables import (
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
 from pirl_pipeline.evaluation.representation import BOTTLENECK
-from pirl_pipeline.report.collect import load_checkpoint_meta
 
 PART = "seg4"
 KEYS = [m.key for m in TABLE11]
@@ -95,9 +95,9 @@ def health_rows(work: Path, models: tuple[Model, ...] = TABLE11) -> pd.DataFrame
         for stage, trainer in (("pre-training", "PIRLPretrainer"), ("fine-tuning", model.trainer("seg"))):
             for fold in range(8):
                 path = layout.fold_folder(run, PART, trainer, fold).checkpoint()
-                if not path.is_file():
+                if not has_run(path):
                     continue
-                meta = load_checkpoint_meta(path)
+                meta = run_meta(path)
                 iters = (meta.get("config") or {}).get("iters_per_epoch") or 0
                 for record in meta.get("history") or []:
                     values = {k: record.get(f"val/{k}") for k in HEALTH_KEYS}
@@ -235,7 +235,7 @@ def held_out_representation(work: Path) -> list[str]:
              "seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
              "between_std_relative: between-subject std / RMS of X_h' (about 0: every subject at one point); "
              "cosine_other_subjects: mean cosine between different subjects. Every row: "
-             "`representation.csv` of `work/eval/representation_seg4/`."), "",
+             "`representation.csv` of `records/eval/representation_seg4/`."), "",
             to_markdown(table, 3), ""]
 
 

@@ -11,9 +11,11 @@ import torch
 from experiments import data
 from experiments.config import COMPARISON, FULL, QUICK, ablation_model, table7_terms
 from experiments.curves import finetune_curves_section
+from experiments.records import has_run, run_meta, save_records
 from experiments.report import segmentation_verdicts, settings_run, write_report
 from experiments.run import Experiment, prepare_data
 from experiments.stages import StageRunner
+from experiments.tables import load_per_case
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.demo import FINETUNE_SET
 from pirl_pipeline.file_io import load_json, save_json
@@ -223,3 +225,28 @@ def test_a_measurement_stage_runs_again_when_its_command_changes_a_training_neve
     out = capsys.readouterr().out
     assert out.count("finished in") == 2 and out.count("done before") == 2
     assert "[2/4] measure: done before" in out and "[4/4] train: done before" in out
+
+
+def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_folder(tmp_path):
+    first, second, out = tmp_path / "work", tmp_path / "work_new_checkout", tmp_path / "out"
+    _fake_segmentation(first, "pirl", 0, ["p5", "p6"], dice=0.4)
+    (first / "eval" / "pirl" / "seg_fold0" / "heatmap.png").write_bytes(b"\x89PNG")
+    folder = Experiment(FULL, first).fold_folder("pirl", "seg", "PIRLSegTrainer", 0).path
+    folder.mkdir(parents=True)
+    history = [{"epoch": e, "val/volume_dice_whole_tumour": v} for e, v in enumerate([0.5, 0.7])]
+    torch.save({"config": {"iters_per_epoch": 5}, "history": history, "network_weights": {"w": torch.ones(3)}},
+               folder / "checkpoint_final.pth")
+    save_json({"train pirl": {"seconds": 60.0, "command": "a"}}, first / "timings.json")
+    root = save_records(first, out)
+    assert (root / "eval" / "pirl" / "seg_fold0" / "per_case.csv").is_file()
+    assert not (root / "eval" / "pirl" / "seg_fold0" / "heatmap.png").exists()  # no images in git
+    recorded = root / folder.relative_to(first) / "checkpoint_final.pth"
+    assert has_run(recorded) and not recorded.exists()  # the metadata stands in for the checkpoint
+    assert run_meta(recorded)["history"] == history and "network_weights" not in run_meta(recorded)
+    assert finetune_curves_section(root, "seg") == finetune_curves_section(first, "seg")
+    # a later session, on a new checkout, runs another model: both are in the records, the timings merge
+    _fake_segmentation(second, "swin_scratch", 0, ["p5", "p6"], dice=0.6)
+    save_json({"train swin_scratch": {"seconds": 30.0, "command": "b"}}, second / "timings.json")
+    save_records(second, out)
+    assert set(load_per_case(root, "seg", ["pirl", "swin_scratch"])["model"]) == {"pirl", "swin_scratch"}
+    assert set(load_json(root / "timings.json")) == {"train pirl", "train swin_scratch"}
