@@ -340,3 +340,16 @@ def test_pretraining_length_curve_reads_every_kept_checkpoint_and_the_fine_tunin
     assert f"| {label} | 40 | 0.250 |" in text  # steps as integers
     representation_csv(tmp_path, "seg4").unlink()
     assert pretraining_length_section(tmp_path, tmp_path) == []
+
+
+def test_the_collapse_probe_measures_the_shared_share_and_sees_identical_subjects_as_one(one_torch_thread):
+    from experiments.collapse_probe import PATCH, measure
+    from pirl_pipeline.networks import PIRLNet
+
+    torch.manual_seed(0)
+    net = PIRLNet(4, 4, PATCH, 12, depths=(1, 1, 1, 1), window_size=4, fusion="joint").eval()
+    different = measure(net, torch.randn(3, 4, *PATCH))
+    assert 0 < different["shared"] < 1 and different["z_between_std"] > 0
+    same = measure(net, torch.randn(1, 4, *PATCH).expand(3, -1, -1, -1, -1).contiguous())
+    assert same["z_between_std"] < 1e-6  # three copies of one subject: nothing tells them apart
+    assert same["shared"] > different["shared"]
