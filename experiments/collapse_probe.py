@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pirl_pipeline.evaluation.representation import center_patch, load_preprocessed_cases, retrieval_top1
 from pirl_pipeline.file_io import load_json
@@ -55,11 +54,11 @@ def measure(net: PIRLNet, held_out: torch.Tensor) -> dict[str, float]:
     """held_out (S, M, *patch) -> the probe's four numbers."""
     h, z, x_h = [], [], []
     for m in range(held_out.shape[1]):
-        hidden = net.swinViT(net.single_modality(held_out, m), normalize=False)[4]  # (S, C, *grid)
-        normed = F.layer_norm(hidden.movedim(1, -1), hidden.shape[1:2]).movedim(-1, 1)  # swinViT's normalize
-        h.append(hidden.flatten(1))
-        z.append(normed.flatten(1))
-        x_h.append(net.bottleneck(normed).flatten(1))
+        x = net.single_modality(held_out, m)
+        h.append(net.swinViT(x, normalize=False)[4].flatten(1))  # the deepest state before its layer norm
+        z_m, x_h_m, _ = net.encode(x, skips=False)
+        z.append(z_m.flatten(1))
+        x_h.append(x_h_m.flatten(1))
     h, z, x_h = (torch.stack(t, 1).double() for t in (h, z, x_h))  # (S, M, D)
     shared = float(h.mean((0, 1)).pow(2).sum() / h.pow(2).sum(-1).mean())
     z = (z - z.mean((0, 1))).numpy()
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             (z * torch.randn_like(z)).sum().backward()
         else:
             objective(net, train[name][None], backward=lambda loss: loss.backward(), subjects=[name])
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+        torch.nn.utils.clip_grad_norm_(trained, 12.0)
         optimizer.step()
 
 

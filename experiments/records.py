@@ -1,28 +1,33 @@
-"""The durable record of an experiment: the small files the report reads, kept in git beside RESULTS.md.
+"""The durable record of an experiment: what the report reads, kept in git beside RESULTS.md.
 
 The work folder (data, checkpoints, predictions) is large and not in git, so a new checkout loses it, and with it
 every finished stage's numbers: a report of folds 1-3 alone would then drop fold 0. ``save_records`` copies what
-the report reads into ``OUT/records/`` with the work folder's layout: the evaluation tree (``eval/``: per-case
-CSVs, summaries, ``done`` markers; no images), ``timings.json`` (the recorded commands), and, for every training
-run, its checkpoint's metadata (config and per-epoch history, no weights) as ``checkpoint_final.pth.meta.json``.
-The report then reads the records (``run_meta`` stands in for a checkpoint), so runs of different sessions add
-up: what a session re-runs replaces its own files, everything else stays.
+the report reads into ``OUT/records/`` with the work folder's layout: each evaluation's ``per_case.csv`` and the
+representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands), and, for
+every training run, its checkpoint's metadata (config and per-epoch history, no weights) as
+``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
+so runs of different sessions add up: a file of the work folder replaces its record, the rows of a
+representation measurement and the stages of ``timings.json`` replace their own rows only, everything else stays.
+To forget a run, delete its records (``git rm -r OUT/records/eval/RUN``).
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
+from experiments.config import representation_csv
+from experiments.stages import TIMINGS
 from pirl_pipeline.file_io import atomic_path, load_json, save_json
-from pirl_pipeline.fold_folder import FINAL
+from pirl_pipeline.fold_folder import FINAL, PER_CASE
 from pirl_pipeline.report.collect import load_checkpoint_meta
 
 RECORDS = "records"
-TIMINGS = "timings.json"
 META_SUFFIX = ".meta.json"
-#: what of ``eval/`` is recorded: tables, summaries and stage markers (``done``), never images or volumes
-RECORDED_SUFFIXES = ("", ".csv", ".json", ".txt")
-MAX_FILE_BYTES = 2_000_000
+REPRESENTATION = representation_csv(Path()).name
+#: a representation measurement's rows: one per (model, dataset, representation)
+REPRESENTATION_KEY = ["model", "dataset", "representation"]
 
 
 def records_root(out: Path) -> Path:
@@ -45,26 +50,40 @@ def run_meta(checkpoint: Path) -> dict:
     return load_checkpoint_meta(checkpoint) if checkpoint.is_file() else load_json(meta_path(checkpoint))
 
 
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _merge_rows(source: Path, target: Path) -> None:
+    """The recorded rows of other models, then ``source``'s rows (a measurement covers what its work folder has)."""
+    new = pd.read_csv(source)
+    if target.is_file():
+        old = pd.read_csv(target)
+        kept = ~old.set_index(REPRESENTATION_KEY).index.isin(new.set_index(REPRESENTATION_KEY).index)
+        new = pd.concat([old[kept], new], ignore_index=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        new.to_csv(tmp, index=False)
+
+
 def save_records(work: Path, out: Path) -> Path:
-    """Copy the report's inputs from ``work`` into ``records_root(out)`` (files of ``work`` replace their records,
-    records ``work`` lacks stay; timings merge by stage, ``work``'s winning); returns the records root."""
+    """Copy the report's inputs from ``work`` into ``records_root(out)`` (see the module docstring); returns the
+    records root."""
     root = records_root(out)
     evaluations = work / "eval"
-    for source in sorted(evaluations.rglob("*")) if evaluations.is_dir() else []:
-        if source.is_file() and source.suffix in RECORDED_SUFFIXES and source.stat().st_size <= MAX_FILE_BYTES:
-            target = root / source.relative_to(work)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
+    for name, store in ((PER_CASE, _copy), (REPRESENTATION, _merge_rows)):
+        for source in sorted(evaluations.rglob(name)) if evaluations.is_dir() else []:
+            store(source, root / source.relative_to(work))
     results = work / "results"
     for checkpoint in sorted(results.rglob(FINAL)) if results.is_dir() else []:
         meta = load_checkpoint_meta(checkpoint)
         target = meta_path(root / checkpoint.relative_to(work))
         target.parent.mkdir(parents=True, exist_ok=True)
         save_json({k: meta[k] for k in ("config", "history", "epoch", "trainer_name") if k in meta}, target)
-    timings = {name: load_json(path) for name, path in (("old", root / TIMINGS), ("new", work / TIMINGS))
-               if path.is_file()}
+    timings = [load_json(path) for path in (root / TIMINGS, work / TIMINGS) if path.is_file()]
     if timings:
         root.mkdir(parents=True, exist_ok=True)
-        save_json(timings.get("old", {}) | timings.get("new", {}), root / TIMINGS)
+        save_json({name: t for stages in timings for name, t in stages.items()}, root / TIMINGS)
     return root

@@ -19,6 +19,7 @@ from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
 from experiments.records import has_run, run_meta
 from experiments.reference_rows import SEGMENTATION_REFERENCES, TRANSLATION_REFERENCES
+from experiments.stages import TIMINGS
 from experiments.table11 import table11_section
 from experiments.table11_translation import table11_translation_section
 from experiments.tables import (
@@ -54,7 +55,7 @@ def _doc_item(i: int) -> str:
 
 
 def _timings(work: Path) -> str:
-    file = work / "timings.json"
+    file = work / TIMINGS
     if not file.is_file():
         return "No stage has run yet."
     timings = load_json(file)
@@ -74,7 +75,7 @@ def settings_run(work: Path) -> str:
     steps, lr 0.001, window 4, full_modality_share=0.5 lr_schedule=poly" — the truth when runs used other
     budgets (a command without ``--lr`` / ``--window-size`` ran the defaults: 2e-4, the plans' window 7; a DynUNet
     trainer has no window)."""
-    file = work / "timings.json"
+    file = work / TIMINGS
     kinds: dict[str, set[str]] = {}
     for name, t in (load_json(file) if file.is_file() else {}).items():
         words = t.get("command", "").split()

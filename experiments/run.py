@@ -311,12 +311,15 @@ def run(args: argparse.Namespace) -> None:
     experiment = Experiment(budget, work, args.models)
     experiment.plan(parts)
     start = time.perf_counter()
-    if not args.report_only:
-        runner = StageRunner(work, total=len(experiment.stages) + 2 * len(data_parts(parts)))
-        prepare_data(runner, budget, work, parts)
-        for name, results, done, argv, same_command in experiment.stages:
-            runner.run(name, argv, done, results, same_command)
-    report = write_report(save_records(work, out), out, budget, quick=args.quick, parts=args.only)
+    try:
+        if not args.report_only:
+            runner = StageRunner(work, total=len(experiment.stages) + 2 * len(data_parts(parts)))
+            prepare_data(runner, budget, work, parts)
+            for name, results, done, argv, same_command in experiment.stages:
+                runner.run(name, argv, done, results, same_command)
+    finally:  # a failed stage keeps the finished ones' records
+        records = save_records(work, out)
+    report = write_report(records, out, budget, quick=args.quick, parts=args.only)
     print(f"experiments finished in {(time.perf_counter() - start) / 60:.1f} min; results: {report}")
 
 

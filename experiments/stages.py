@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pirl_pipeline.file_io import load_json, save_json
 
+TIMINGS = "timings.json"  # in the work folder: each stage's wall time and command
+
 
 class StageFailed(RuntimeError):
     """A stage's command exited non-zero: an internal failure (its traceback is in the stage's log, whose last
@@ -28,7 +30,7 @@ class StageRunner:
         self.work, self.total, self.count = work, total, 0
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.timings_file = work / "timings.json"
+        self.timings_file = work / TIMINGS
         self.timings: dict[str, dict] = load_json(self.timings_file) if self.timings_file.is_file() else {}
 
     def env(self, results: str) -> dict[str, str]:

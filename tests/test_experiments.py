@@ -231,6 +231,12 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     first, second, out = tmp_path / "work", tmp_path / "work_new_checkout", tmp_path / "out"
     _fake_segmentation(first, "pirl", 0, ["p5", "p6"], dice=0.4)
     (first / "eval" / "pirl" / "seg_fold0" / "heatmap.png").write_bytes(b"\x89PNG")
+    (first / "eval" / "references" / "seg_fold0").mkdir(parents=True)
+    (first / "eval" / "references" / "seg_fold0" / "done").touch()  # an empty stage marker
+    representation = first / "eval" / "representation_seg4" / "representation.csv"
+    representation.parent.mkdir(parents=True)
+    pd.DataFrame({"model": ["a", "a"], "dataset": "D", "representation": ["z", "x_h"], "retrieval": [0.1, 0.2]}
+                 ).to_csv(representation, index=False)
     folder = Experiment(FULL, first).fold_folder("pirl", "seg", "PIRLSegTrainer", 0).path
     folder.mkdir(parents=True)
     history = [{"epoch": e, "val/volume_dice_whole_tumour": v} for e, v in enumerate([0.5, 0.7])]
@@ -243,10 +249,19 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     recorded = root / folder.relative_to(first) / "checkpoint_final.pth"
     assert has_run(recorded) and not recorded.exists()  # the metadata stands in for the checkpoint
     assert run_meta(recorded)["history"] == history and "network_weights" not in run_meta(recorded)
-    assert finetune_curves_section(root, "seg") == finetune_curves_section(first, "seg")
-    # a later session, on a new checkout, runs another model: both are in the records, the timings merge
+    curves = finetune_curves_section(root, "seg")
+    assert curves and curves == finetune_curves_section(first, "seg")
+    # a later session, on a new checkout, runs another model and measures another representation: all add up
     _fake_segmentation(second, "swin_scratch", 0, ["p5", "p6"], dice=0.6)
     save_json({"train swin_scratch": {"seconds": 30.0, "command": "b"}}, second / "timings.json")
+    again = second / representation.relative_to(first)
+    again.parent.mkdir(parents=True)
+    pd.DataFrame({"model": ["b", "a"], "dataset": "D", "representation": ["z", "z"], "retrieval": [0.3, 0.4]}
+                 ).to_csv(again, index=False)
     save_records(second, out)
     assert set(load_per_case(root, "seg", ["pirl", "swin_scratch"])["model"]) == {"pirl", "swin_scratch"}
     assert set(load_json(root / "timings.json")) == {"train pirl", "train swin_scratch"}
+    rows = pd.read_csv(root / representation.relative_to(first)).set_index(["model", "representation"])
+    assert rows["retrieval"].to_dict() == {("a", "x_h"): 0.2, ("b", "z"): 0.3, ("a", "z"): 0.4}  # a/z measured again
+    report = write_report(root, out, QUICK, quick=False, parts=["seg"]).read_text()  # from the records alone
+    assert "PIRL pre-train -> fine-tune (1 seed(s), folds [0]); SwinUNETR from scratch (1 seed(s), folds [0])" in report
