@@ -54,11 +54,11 @@ def measure(net: PIRLNet, held_out: torch.Tensor) -> dict[str, float]:
     """held_out (S, M, *patch) -> the probe's four numbers."""
     h, z, x_h = [], [], []
     for m in range(held_out.shape[1]):
-        x = net.single_modality(held_out, m)
-        h.append(net.swinViT(x, normalize=False)[4].flatten(1))  # the deepest state before its layer norm
-        z_m, x_h_m, _ = net.encode(x, skips=False)
+        deepest = net.swinViT(net.single_modality(held_out, m), normalize=False)[4]  # before its layer norm
+        z_m = net.swinViT.proj_out(deepest, normalize=True)  # z, as PIRLNet.encode takes it
+        h.append(deepest.flatten(1))
         z.append(z_m.flatten(1))
-        x_h.append(x_h_m.flatten(1))
+        x_h.append(net.bottleneck(z_m).flatten(1))
     h, z, x_h = (torch.stack(t, 1).double() for t in (h, z, x_h))  # (S, M, D)
     shared = float(h.mean((0, 1)).pow(2).sum() / h.pow(2).sum(-1).mean())
     z = (z - z.mean((0, 1))).numpy()
