@@ -3,7 +3,7 @@
 The work folder (data, checkpoints, predictions) is large and not in git, so a new checkout loses it, and with it
 every finished stage's numbers: a report of folds 1-3 alone would then drop fold 0. ``save_records`` copies what
 the report reads into ``OUT/records/`` with the work folder's layout: each evaluation's ``per_case.csv`` and the
-representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands), and, for
+representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands, the work folder written ``WORK``), and, for
 every training run, its checkpoint's metadata (config and per-epoch history, no weights) as
 ``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
 so runs of different sessions add up: a file of the work folder replaces its record, the rows of a
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.config import representation_csv
+from experiments.data import SHARED_DATA
 from experiments.stages import TIMINGS
 from pirl_pipeline.file_io import atomic_path, load_json, save_json
 from pirl_pipeline.fold_folder import FINAL, PER_CASE
@@ -68,6 +69,20 @@ def _merge_rows(source: Path, target: Path) -> None:
         new.to_csv(tmp, index=False)
 
 
+def _portable(stages: dict, work: Path) -> dict:
+    """``stages`` (timings.json) with this machine's folders in the commands written as ``WORK`` and
+    ``../shared/data``, so that the records name no one's checkout."""
+    folders = {str(work.resolve()): "WORK", str(work): "WORK", str(SHARED_DATA.resolve()): "../shared/data",
+               str(SHARED_DATA): "../shared/data"}
+    portable = {}
+    for name, stage in stages.items():
+        command = stage.get("command", "")
+        for folder, word in sorted(folders.items(), key=lambda item: -len(item[0])):
+            command = command.replace(folder, word)
+        portable[name] = {**stage, "command": command} if "command" in stage else stage
+    return portable
+
+
 def save_records(work: Path, out: Path) -> Path:
     """Copy the report's inputs from ``work`` into ``records_root(out)`` (see the module docstring); returns the
     records root."""
@@ -85,5 +100,6 @@ def save_records(work: Path, out: Path) -> Path:
     timings = [load_json(path) for path in (root / TIMINGS, work / TIMINGS) if path.is_file()]
     if timings:
         root.mkdir(parents=True, exist_ok=True)
-        save_json({name: t for stages in timings for name, t in stages.items()}, root / TIMINGS)
+        merged = {name: t for stages in timings for name, t in stages.items()}
+        save_json(_portable(merged, work), root / TIMINGS)
     return root

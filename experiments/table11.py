@@ -80,6 +80,22 @@ def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("model")
 
 
+def fold_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Whole-tumour Dice per model (rows) and fold (columns "fold F: all four / mean of 15"), the cases of a fold and
+    the seeds (``rows``: seed means) averaged, with the fold spread (max - min of the fold means; the spread over
+    which 2 test cases a fold has, seed noise included)."""
+    full = rows["subset"].iloc[-1]
+    whole = rows.groupby(["model", "fold", "subset"], sort=False)["Dice/whole tumour"].mean()
+    out = []
+    for model in [k for k in [*KEYS, *REFERENCES] if k in whole.index.get_level_values(0)]:
+        w = whole[model].unstack("subset")
+        every, four = w.mean(axis=1), w[full]
+        row = {f"fold {int(f)}": f"{four[f]:.3f} / {every[f]:.3f}" for f in sorted(w.index)}
+        row["fold spread"] = f"{four.max() - four.min():.3f} / {every.max() - every.min():.3f}"
+        out.append({"model": LABELS[model], **row})
+    return pd.DataFrame(out).set_index("model")
+
+
 def health_rows(work: Path, models: tuple[Model, ...] = TABLE11) -> pd.DataFrame:
     """One row per (model, seed, stage, epoch) of every PIRLNet run of ``models`` in the part: the logged
     ``val/health_*``."""
@@ -235,7 +251,7 @@ def held_out_representation(work: Path) -> list[str]:
              "seed spread = max - min. retrieval_top1_centered: chance 1/8 = 0.125; "
              "between_std_relative: between-subject std / RMS of X_h' (about 0: every subject at one point); "
              "cosine_other_subjects: mean cosine between different subjects. Every row: "
-             "`representation.csv` of `records/eval/representation_seg4/`."), "",
+             f"`{work.name}/eval/representation_seg4/representation.csv`."), "",
             to_markdown(table, 3), ""]
 
 
@@ -260,9 +276,11 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + ", ".join(f"{LABELS[k]} {seeds_text[k]}" for k in KEYS if k in seeds_text)
               + ". Whole-tumour seed spread (max - min of the seed means over the cases every seed was tested on), "
               "all four modalities / mean of the 15 subsets: "
-              + ", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
-                          if not math.isnan(spread.get(k, math.nan)))
+              + (", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
+                           if not math.isnan(spread.get(k, math.nan))) or "none (one seed per row)")
               + "."), "",
              to_markdown(table.rename(columns=lambda c: c), 3), "",
+             *(["Whole-tumour Dice per fold, all four modalities / mean of the 15 subsets (2 test cases a fold):", "",
+                to_markdown(fold_table(rows)), ""] if len(folds) > 1 else []),
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
     return [*lines, *health_section(work, out), *held_out_representation(work), *pretraining_length_section(work, out)]

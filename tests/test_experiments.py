@@ -253,7 +253,8 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     assert curves and curves == finetune_curves_section(first, "seg")
     # a later session, on a new checkout, runs another model and measures another representation: all add up
     _fake_segmentation(second, "swin_scratch", 0, ["p5", "p6"], dice=0.6)
-    save_json({"train swin_scratch": {"seconds": 30.0, "command": "b"}}, second / "timings.json")
+    save_json({"train swin_scratch": {"seconds": 30.0, "command": f"python -m x --work {second.resolve()}"}},
+              second / "timings.json")
     again = second / representation.relative_to(first)
     again.parent.mkdir(parents=True)
     pd.DataFrame({"model": ["b", "a"], "dataset": "D", "representation": ["z", "z"], "retrieval": [0.3, 0.4]}
@@ -261,6 +262,7 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     save_records(second, out)
     assert set(load_per_case(root, "seg", ["pirl", "swin_scratch"])["model"]) == {"pirl", "swin_scratch"}
     assert set(load_json(root / "timings.json")) == {"train pirl", "train swin_scratch"}
+    assert load_json(root / "timings.json")["train swin_scratch"]["command"] == "python -m x --work WORK"
     rows = pd.read_csv(root / representation.relative_to(first)).set_index(["model", "representation"])
     assert rows["retrieval"].to_dict() == {("a", "x_h"): 0.2, ("b", "z"): 0.3, ("a", "z"): 0.4}  # a/z measured again
     report = write_report(root, out, QUICK, quick=False, parts=["seg"]).read_text()  # from the records alone

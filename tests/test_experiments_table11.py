@@ -43,7 +43,10 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
         pd.DataFrame([{"case": case, "subset": "FLAIR", "Dice/whole tumor": dice}]).to_csv(folder / "per_case.csv")
     text = "\n".join(table11_section(tmp_path, tmp_path))
     assert "Seeds per fold: PIRL (default: fixes on) 2/1." in text and "fixes on) 0.200 / 0.200." in text
+    assert "| PIRL (default: fixes on) | 0.700 / 0.700 | 0.200 / 0.200 | 0.500 / 0.500 |" in text  # per fold
     assert pd.read_csv(tmp_path / "table11_seg4.csv", header=[0, 1], index_col=0).iloc[0, 0] == pytest.approx(0.45)
+    shutil.rmtree(tmp_path / "eval" / "pirl_seed2")
+    assert "the 15 subsets: none (one seed per row)." in "\n".join(table11_section(tmp_path, tmp_path))
     rows = pd.DataFrame([{"model": "pirl", "seed": "2" if "seed2" in run else "first", "fold": fold, "case": case,
                           "subset": "FLAIR", "Dice/whole tumour": dice} for run, fold, case, dice in runs])
     assert seed_spread(rows, "Dice/whole tumour")["pirl"] == pytest.approx(0.2)  # case a only, not 0.5 vs 0.6
