@@ -84,16 +84,41 @@ def fold_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Whole-tumour Dice per model (rows) and fold (columns "fold F: all four / mean of 15"), the cases of a fold and
     the seeds (``rows``: seed means) averaged, with the fold spread (max - min of the fold means; the spread over
     which 2 test cases a fold has, seed noise included)."""
-    full = rows["subset"].iloc[-1]
+    full, folds = rows["subset"].iloc[-1], sorted(set(rows["fold"]))
     whole = rows.groupby(["model", "fold", "subset"], sort=False)["Dice/whole tumour"].mean()
     out = []
     for model in [k for k in [*KEYS, *REFERENCES] if k in whole.index.get_level_values(0)]:
         w = whole[model].unstack("subset")
         every, four = w.mean(axis=1), w[full]
-        row = {f"fold {int(f)}": f"{four[f]:.3f} / {every[f]:.3f}" for f in sorted(w.index)}
-        row["fold spread"] = f"{four.max() - four.min():.3f} / {every.max() - every.min():.3f}"
+        row = {f"fold {int(f)}": f"{four[f]:.3f} / {every[f]:.3f}" if f in w.index else "-" for f in folds}
+        row["fold spread"] = f"{four.max() - four.min():.3f} / {every.max() - every.min():.3f}" if len(w) > 1 else "-"
         out.append({"model": LABELS[model], **row})
     return pd.DataFrame(out).set_index("model")
+
+
+#: (model, other): what the difference says: pre-training, the fixes, PIRL against the plain baseline, PIRL's weights
+PAIRS = [("pirl", "pirl_scratch"), ("pirl", "pirl_paper"), ("pirl", "swin_scratch"), ("swin_pirl", "swin_scratch")]
+CASE_BY_CASE = ("Case by case (whole-tumour Dice, seeds averaged; each case is one patient, so the cases, not the "
+                "subsets, are the independent units):")
+
+
+def paired_cases(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per pair of ``PAIRS``: the whole-tumour Dice difference model - other, case by case (``rows``: seed means;
+    each case's mean over the 15 subsets, and all four modalities): mean, min, max and on how many cases the model
+    is ahead, over the cases both rows were tested on."""
+    full = rows["subset"].iloc[-1]
+    out = []
+    for model, other in PAIRS:
+        both = rows[rows["model"].isin([model, other])]
+        for name, subset in (("mean of 15", both), ("all four", both[both["subset"] == full])):
+            case = subset.groupby(["model", "fold", "case"])["Dice/whole tumour"].mean().unstack("model")
+            if model not in case or other not in case:
+                continue
+            diff = (case[model] - case[other]).dropna()
+            out.append({"model - other": f"{LABELS[model]} - {LABELS[other]}", "subsets": name,
+                        "mean": diff.mean(), "min": diff.min(), "max": diff.max(),
+                        "cases ahead": f"{int((diff > 0).sum())}/{len(diff)}"})
+    return pd.DataFrame(out).set_index("model - other") if out else pd.DataFrame()
 
 
 def health_rows(work: Path, models: tuple[Model, ...] = TABLE11) -> pd.DataFrame:
@@ -269,6 +294,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
     table = table11(rows)
     write_csv(table, out / "table11_seg4.csv")
     folds = sorted(int(f) for f in set(rows["fold"]))
+    pairs = paired_cases(rows)
     lines = [title, "",
              (f"{PARTS[PART][0]}: test cases {', '.join(sorted(set(rows['case'])))} (folds {folds}); every one of "
               "the 15 modality subsets predicted by one model per row (trained with random modality dropout); "
@@ -282,5 +308,6 @@ def table11_section(work: Path, out: Path) -> list[str]:
              to_markdown(table.rename(columns=lambda c: c), 3), "",
              *(["Whole-tumour Dice per fold, all four modalities / mean of the 15 subsets (2 test cases a fold):", "",
                 to_markdown(fold_table(rows)), ""] if len(folds) > 1 else []),
+             *([CASE_BY_CASE, "", to_markdown(pairs, 3), ""] if not pairs.empty else []),
              "Dilution (whole tumour): does adding a modality cost Dice?", "", to_markdown(dilution(rows), 3), ""]
     return [*lines, *health_section(work, out), *held_out_representation(work), *pretraining_length_section(work, out)]

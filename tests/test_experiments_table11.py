@@ -17,7 +17,7 @@ from experiments.run import Experiment
 
 
 def test_table11_lays_out_every_subset_and_measures_the_dilution():
-    from experiments.table11 import dilution, table11
+    from experiments.table11 import dilution, paired_cases, table11
 
     subsets = ["FLAIR", "T1", "FLAIR+T1"]
     rows = pd.DataFrame([{"model": model, "seed": "first", "fold": 0, "case": case, "subset": subset,
@@ -30,6 +30,9 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     drop = dilution(rows)
     assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
     assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
+    pairs = paired_cases(rows).reset_index().set_index("subsets")  # the one pair both rows are in
+    assert pairs.loc["mean of 15", "mean"] == pytest.approx(0.22 / 3) and pairs.loc["all four", "min"] == pytest.approx(0.22)
+    assert list(pairs["cases ahead"]) == ["2/2", "2/2"]
 
 
 def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread(tmp_path):
