@@ -3,9 +3,9 @@
 The work folder (data, checkpoints, predictions) is large and not in git, so a new checkout loses it, and with it
 every finished stage's numbers: a report of folds 1-3 alone would then drop fold 0. ``save_records`` copies what
 the report reads into ``OUT/records/`` with the work folder's layout: each evaluation's ``per_case.csv`` and the
-representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands, the work folder written ``WORK``), and, for
-every training run, its checkpoint's metadata (config and per-epoch history, no weights) as
-``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
+representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands, this
+machine's work and data folders written ``WORK`` and ``../shared/data``), and, for every training run, its
+checkpoint's metadata (config and per-epoch history, no weights) as ``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
 so runs of different sessions add up: a file of the work folder replaces its record, the rows of a
 representation measurement and the stages of ``timings.json`` replace their own rows only, everything else stays.
 To forget a run, delete its records (``git rm -r OUT/records/eval/RUN``).
@@ -69,18 +69,14 @@ def _merge_rows(source: Path, target: Path) -> None:
         new.to_csv(tmp, index=False)
 
 
-def _portable(stages: dict, work: Path) -> dict:
-    """``stages`` (timings.json) with this machine's folders in the commands written as ``WORK`` and
-    ``../shared/data``, so that the records name no one's checkout."""
+def _portable(command: str, work: Path) -> str:
+    """A recorded command with this machine's work and data folders written ``WORK`` and ``../shared/data``, so
+    that the records name no one's checkout."""
     folders = {str(work.resolve()): "WORK", str(work): "WORK", str(SHARED_DATA.resolve()): "../shared/data",
                str(SHARED_DATA): "../shared/data"}
-    portable = {}
-    for name, stage in stages.items():
-        command = stage.get("command", "")
-        for folder, word in sorted(folders.items(), key=lambda item: -len(item[0])):
-            command = command.replace(folder, word)
-        portable[name] = {**stage, "command": command} if "command" in stage else stage
-    return portable
+    for folder in sorted(folders, key=len, reverse=True):  # the longest first: a resolved path contains others
+        command = command.replace(folder, folders[folder])
+    return command
 
 
 def save_records(work: Path, out: Path) -> Path:
@@ -101,5 +97,6 @@ def save_records(work: Path, out: Path) -> Path:
     if timings:
         root.mkdir(parents=True, exist_ok=True)
         merged = {name: t for stages in timings for name, t in stages.items()}
-        save_json(_portable(merged, work), root / TIMINGS)
+        save_json({name: {**t, "command": _portable(t["command"], work)} if "command" in t else t
+                   for name, t in merged.items()}, root / TIMINGS)
     return root

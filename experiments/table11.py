@@ -45,6 +45,11 @@ LABELS = {m.key: m.label for m in TABLE11} | REFERENCE_LABELS
 SHORT = {"whole tumour": "WT", "tumour core": "TC", "enhancing tumour": "ET"}
 
 
+def all_modalities(rows: pd.DataFrame) -> str:
+    """The subset of ``rows`` with every modality ("T1+T1ce+T2+FLAIR")."""
+    return max(rows["subset"].unique(), key=lambda subset: subset.count("+"))
+
+
 def table11(rows: pd.DataFrame) -> pd.DataFrame:
     """Index: subsets (enumeration order) plus "mean"; columns: (model label, WT/TC/ET) mean Dice over cases and
     seeds."""
@@ -64,7 +69,7 @@ def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     whole = rows.groupby(["model", "subset"], sort=False)["Dice/whole tumour"].mean()
     subsets = list(dict.fromkeys(rows["subset"]))
     singles = [s for s in subsets if "+" not in s]
-    full = subsets[-1]
+    full = all_modalities(rows)
     kinds = {s: sorted(modality(n).name for n in s.split("+")) for s in subsets}
     flair = next((s for s in singles if kinds[s] == ["FLAIR"]), None)
     flair_t1 = next((s for s in subsets if kinds[s] == ["FLAIR", "T1"]), None)
@@ -84,7 +89,7 @@ def fold_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Whole-tumour Dice per model (rows) and fold (columns "fold F: all four / mean of 15"), the cases of a fold and
     the seeds (``rows``: seed means) averaged, with the fold spread (max - min of the fold means; the spread over
     which 2 test cases a fold has, seed noise included)."""
-    full, folds = rows["subset"].iloc[-1], sorted(set(rows["fold"]))
+    full, folds = all_modalities(rows), sorted(set(rows["fold"]))
     whole = rows.groupby(["model", "fold", "subset"], sort=False)["Dice/whole tumour"].mean()
     out = []
     for model in [k for k in [*KEYS, *REFERENCES] if k in whole.index.get_level_values(0)]:
@@ -106,7 +111,7 @@ def paired_cases(rows: pd.DataFrame) -> pd.DataFrame:
     """Per pair of ``PAIRS``: the whole-tumour Dice difference model - other, case by case (``rows``: seed means;
     each case's mean over the 15 subsets, and all four modalities): mean, min, max and on how many cases the model
     is ahead, over the cases both rows were tested on."""
-    full = rows["subset"].iloc[-1]
+    full = all_modalities(rows)
     out = []
     for model, other in PAIRS:
         both = rows[rows["model"].isin([model, other])]
@@ -240,7 +245,7 @@ def pretraining_length_section(work: Path, out: Path) -> list[str]:
     if not dice.empty:
         dice = dice[dice["seed"] == "first"]
         every = dice.groupby(["model", "subset"])["Dice/whole tumour"].mean().groupby("model").mean()
-        full = dice[dice["subset"] == dice["subset"].iloc[-1]].groupby("model")["Dice/whole tumour"].mean()
+        full = dice[dice["subset"] == all_modalities(dice)].groupby("model")["Dice/whole tumour"].mean()
         for long in [m for m in TABLE11 if m.pretrain_scale > 1 and m.key in full.index]:
             short = next(m for m in TABLE11 if m.variant == long.variant and m.pretrain_scale == 1
                          and m.pretrain_key == m.key and not m.pretrain_only and not m.sets)
@@ -285,7 +290,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
     rows = load_rows(work)
     if rows.empty or not set(KEYS) & set(rows["model"]):
         return [title, "", "Not run yet."]
-    spread = seed_spread(rows[rows["subset"] == rows["subset"].iloc[-1]], "Dice/whole tumour")
+    spread = seed_spread(rows[rows["subset"] == all_modalities(rows)], "Dice/whole tumour")
     every_subset = rows.groupby(["model", "seed", "fold", "case"], as_index=False)["Dice/whole tumour"].mean()
     spread15 = seed_spread(every_subset, "Dice/whole tumour")
     per_fold = rows.groupby(["model", "fold"])["seed"].nunique().unstack(fill_value=0)  # (model, fold)

@@ -31,7 +31,8 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     assert drop.loc["PIRL, paper preset", "FLAIR+T1 - FLAIR"] == pytest.approx(-0.2)
     assert drop.loc["PIRL (default: fixes on)", "all - best single"] == pytest.approx(0.02)
     pairs = paired_cases(rows).reset_index().set_index("subsets")  # the one pair both rows are in
-    assert pairs.loc["mean of 15", "mean"] == pytest.approx(0.22 / 3) and pairs.loc["all four", "min"] == pytest.approx(0.22)
+    assert pairs.loc["mean of 15", "mean"] == pytest.approx(0.22 / 3)
+    assert pairs.loc["all four", "min"] == pytest.approx(0.22)
     assert list(pairs["cases ahead"]) == ["2/2", "2/2"]
 
 
