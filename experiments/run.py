@@ -49,9 +49,9 @@ from experiments.config import (
     representation_csv,
     run_key,
 )
-from experiments.records import save_records
+from experiments.records import records_root, save_records
 from experiments.report import write_report
-from experiments.stages import StageRunner
+from experiments.stages import StageRunner, plan_table
 from experiments.table11 import BOTTLENECK_STAGE, representation_label
 from pirl_pipeline.cli.common import command
 from pirl_pipeline.demo import FINETUNE_LR, FINETUNE_SET
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", choices=ALL_PARTS,
                    help="run only these parts (the report covers whatever has results)")
     p.add_argument("--report-only", action="store_true", help="no training: tables and RESULTS.md from results")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned stages (done, recorded only, to run) and their expected minutes; run nothing")
     p.add_argument("-device", choices=["cpu", "cuda"], help="default cpu")
     for name, kind in (("spacing", float), ("patch", int), ("feature-size", int), ("epochs", int),
                        ("pretrain-iters-per-epoch", int), ("finetune-iters-per-epoch", int),
@@ -310,6 +312,9 @@ def run(args: argparse.Namespace) -> None:
     parts = args.only or ALL_PARTS
     experiment = Experiment(budget, work, args.models)
     experiment.plan(parts)
+    if args.dry_run:
+        print(plan_table(experiment.stages, work, records_root(out)))
+        return
     start = time.perf_counter()
     try:
         if not args.report_only:

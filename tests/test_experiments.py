@@ -14,7 +14,7 @@ from experiments.curves import finetune_curves_section
 from experiments.records import has_run, run_meta, save_records
 from experiments.report import segmentation_verdicts, settings_run, write_report
 from experiments.run import Experiment, prepare_data
-from experiments.stages import StageRunner
+from experiments.stages import StageRunner, plan_table
 from experiments.tables import load_per_case
 from pirl_pipeline.data.dataset_json import load_dataset_json
 from pirl_pipeline.demo import FINETUNE_SET
@@ -225,6 +225,25 @@ def test_a_measurement_stage_runs_again_when_its_command_changes_a_training_neve
     out = capsys.readouterr().out
     assert out.count("finished in") == 2 and out.count("done before") == 2
     assert "[2/4] measure: done before" in out and "[4/4] train: done before" in out
+
+
+def test_dry_run_table_says_what_is_done_recorded_or_to_run_and_scales_the_minutes_by_steps(tmp_path):
+    work, records = tmp_path / "work", tmp_path / "records"
+    (work / "done").parent.mkdir(parents=True)
+    (work / "done").touch()
+    train = ["pirl_pipeline.cli.train", "D", "pretrain", "--epochs", "10", "--iters", "4"]
+    save_json({"pretrain pirl seg4 fold1": {"seconds": 240.0, "command": "python -m x --epochs 10 --iters 4"},
+               "evaluate pirl seg4 fold0": {"seconds": 60.0, "command": "python -m y"}}, records / "timings.json")
+    stages = [("pretrain pirl seg4 fold0", "pirl", work / "done", train, False),  # done in the work folder
+              ("evaluate pirl seg4 fold0", "pirl", work / "no", ["y"], False),  # only recorded: its own time
+              ("pretrain pirl_long seg4 fold0", "pirl", work / "no", [*train[:-3], "50", "--iters", "4"], False),
+              ("references seg4 fold0", "shared", work / "no", ["r"], False)]  # nothing of its kind recorded
+    table = plan_table(stages, work, records)
+    assert "| pretrain pirl seg4 fold0 | done | - |" in table
+    assert "| evaluate pirl seg4 fold0 | to run (recorded: a rerun replaces the record) | 1.0 |" in table
+    assert "| pretrain pirl_long seg4 fold0 | to run | 20.0 |" in table  # 200 steps at 6 s a step
+    assert "| references seg4 fold0 | to run | ? |" in table
+    assert "3 of 4 stages to run, about 21 min by the recorded wall times (1 without one)" in table
 
 
 def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_folder(tmp_path):
