@@ -50,14 +50,24 @@ def all_modalities(rows: pd.DataFrame) -> str:
     return max(rows["subset"].unique(), key=lambda subset: subset.count("+"))
 
 
+def row_labels(rows: pd.DataFrame) -> dict[str, str]:
+    """Each model's label, marked "(fold 0 only)" (or "(folds 0, 1 only)") where it was tested on fewer folds
+    than the part ran, so that a mean over 2 cases is never read beside means over 8 as their equal."""
+    folds = rows.groupby("model")["fold"].agg(lambda f: sorted({int(x) for x in f}))
+    every = sorted({int(f) for f in rows["fold"]})
+    return {m: LABELS[m] + ("" if f == every else f" ({'fold' if len(f) == 1 else 'folds'} "
+                                                   f"{', '.join(map(str, f))} only)") for m, f in folds.items()}
+
+
 def table11(rows: pd.DataFrame) -> pd.DataFrame:
     """Index: subsets (enumeration order) plus "mean"; columns: (model label, WT/TC/ET) mean Dice over cases and
-    seeds."""
+    seeds (labels as ``row_labels``)."""
+    labels = row_labels(rows)
     regions = [r for r in REGIONS if f"Dice/{r}" in rows.columns]
     table = rows.groupby(["subset", "model"], sort=False)[[f"Dice/{r}" for r in regions]].mean().unstack("model")
     table = table.reindex(list(dict.fromkeys(rows["subset"])))
-    table.columns = pd.MultiIndex.from_tuples([(LABELS[m], SHORT[c.removeprefix("Dice/")]) for c, m in table.columns])
-    models = [LABELS[k] for k in [*KEYS, *REFERENCES] if k in set(rows["model"])]
+    table.columns = pd.MultiIndex.from_tuples([(labels[m], SHORT[c.removeprefix("Dice/")]) for c, m in table.columns])
+    models = [labels[k] for k in [*KEYS, *REFERENCES] if k in set(rows["model"])]
     table = table.reindex(columns=[(m, SHORT[r]) for m in models for r in regions])
     table.loc["mean"] = table.mean()
     return table
@@ -65,7 +75,8 @@ def table11(rows: pd.DataFrame) -> pd.DataFrame:
 
 def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     """Per model, whole-tumour Dice: FLAIR alone, FLAIR+T1, their difference; the best single modality and all
-    modalities (the issue's target: all >= best single, FLAIR -> FLAIR+T1 drop <= 0.03)."""
+    modalities (the issue's target: all >= best single, FLAIR -> FLAIR+T1 drop <= 0.03); labels as ``row_labels``."""
+    labels = row_labels(rows)
     whole = rows.groupby(["model", "subset"], sort=False)["Dice/whole tumour"].mean()
     subsets = list(dict.fromkeys(rows["subset"]))
     singles = [s for s in subsets if "+" not in s]
@@ -77,7 +88,7 @@ def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     for model in [k for k in KEYS if k in whole.index.get_level_values(0)]:
         w = whole[model]
         best = max(singles, key=lambda s: w[s])
-        row = {"model": LABELS[model], "best single": f"{best} {w[best]:.3f}", "all": w[full],
+        row = {"model": labels[model], "best single": f"{best} {w[best]:.3f}", "all": w[full],
                "all - best single": w[full] - w[best]}
         if flair and flair_t1:
             row |= {"FLAIR": w[flair], "FLAIR+T1": w[flair_t1], "FLAIR+T1 - FLAIR": w[flair_t1] - w[flair]}
@@ -159,10 +170,15 @@ def health_section(work: Path, out: Path) -> list[str]:
         return []
     write_csv(rows, out / "table11_health.csv", index=False)
     last = rows.sort_values("epoch").groupby(["stage", "model", "seed", "fold"]).tail(1)
-    final = last.groupby(["stage", "model"], sort=False)[list(HEALTH_KEYS)].mean()
-    final = final.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
+    by_fold = last.groupby(["stage", "model", "fold"])[list(HEALTH_KEYS)].mean()  # a fold's seeds first
+    final = by_fold.groupby(["stage", "model"]).mean()
+    final["folds"] = by_fold.groupby(["stage", "model"]).size()
+    final["runs"] = last.groupby(["stage", "model"]).size()
+    order = [(stage, k) for stage in ("pre-training", "fine-tuning") for k in KEYS if (stage, k) in final.index]
+    final = final.reindex(order).rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
     pre = rows[rows["stage"] == "pre-training"]
-    curve = pre.groupby(["model", "steps"])[["health_swap", "health_spread", "health_retrieval"]].mean()
+    curve = (pre.groupby(["model", "steps", "fold"])[["health_swap", "health_spread", "health_retrieval"]].mean()
+             .groupby(["model", "steps"]).mean())
     curve = curve.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
     return ["### Representation health (after the last epoch; `evaluation/health.py`)", "",
             ("On the centre patches of the fold's 2 validation subjects, each modality alone (retrieval chance "
@@ -170,8 +186,10 @@ def health_section(work: Path, out: Path) -> list[str]:
              "(0 = bypassed); spread: sqrt(between / within subject variance) of X_h' (and of z); prior_entropy: "
              "attention entropy / log C (1 = uniform); prior_share: the O path's share of X_h' variance. Targets "
              "(issue 23): swap >= 0.05, prior_entropy < 0.8, prior_share > 0.01, spread and retrieval above the "
-             "paper preset. Mean over seeds and folds; every epoch in `table11_health.csv`."), "",
-            to_markdown(final, 3), "", "Health against pre-training steps (mean over seeds):", "",
+             "paper preset. Mean over folds of each fold's seed mean (folds: how many; runs: seeds x folds); every "
+             "epoch in `table11_health.csv`."), "",
+            to_markdown(final, 3), "", "Health against pre-training steps (mean over folds of each fold's seed mean):",
+            "",
             to_markdown(curve, 3), ""]
 
 

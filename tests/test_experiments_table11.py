@@ -34,6 +34,10 @@ def test_table11_lays_out_every_subset_and_measures_the_dilution():
     assert pairs.loc["mean of 15", "mean"] == pytest.approx(0.22 / 3)
     assert pairs.loc["all four", "min"] == pytest.approx(0.22)
     assert list(pairs["cases ahead"]) == ["2/2", "2/2"]
+    fold1 = rows[rows["model"] == "pirl"].assign(fold=1, case=lambda r: r["case"] + "1")  # only pirl tested on fold 1
+    marked = "PIRL, paper preset (fold 0 only)"  # 2 cases beside the other row's 4: said in its label
+    assert (marked, "WT") in table11(pd.concat([rows, fold1])).columns
+    assert marked in dilution(pd.concat([rows, fold1])).index
 
 
 def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for_seed_spread(tmp_path):
@@ -360,3 +364,21 @@ def test_the_collapse_probe_measures_the_shared_share_and_sees_identical_subject
     same = measure(net, torch.randn(1, 4, *PATCH).expand(3, -1, -1, -1, -1).contiguous())
     assert same["z_between_std"] < 1e-6  # three copies of one subject: nothing tells them apart
     assert same["shared"] > different["shared"]
+
+
+def test_health_table_counts_each_fold_once_and_says_how_many_folds_and_runs(tmp_path):
+    from experiments.table11 import health_section
+
+    experiment = Experiment(FULL, tmp_path)
+    for run, fold, retrieval in (("pirl", 0, 0.2), ("pirl_seed2", 0, 0.4), ("pirl", 1, 0.9)):
+        checkpoint = experiment.fold_folder(run, "seg4", "PIRLPretrainer", fold).checkpoint()
+        checkpoint.parent.mkdir(parents=True)
+        history = [{"epoch": 0, "val/health_swap": 0.0, "val/health_retrieval": retrieval}]
+        torch.save({"config": {"iters_per_epoch": 4}, "history": history}, checkpoint)
+    text = "\n".join(health_section(tmp_path, tmp_path))
+    # fold 0's two seeds averaged first (0.3), then the folds: 0.6, not the runs' mean 0.5
+    assert "| pre-training | PIRL (default: fixes on) | 0.000 |" in text
+    line = next(row for row in text.splitlines() if row.startswith("| pre-training | PIRL (default"))
+    assert "| 0.600 |" in line and line.endswith("| 2 | 3 |")
+    curve = next(row for row in text.splitlines() if row.startswith("| PIRL (default: fixes on) | 4 |"))
+    assert "| 0.600 |" in curve
