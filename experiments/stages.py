@@ -53,7 +53,7 @@ def plan_table(stages: list[tuple], work: Path, records: Path) -> str:
     per_step: dict[tuple[str, ...], list[float]] = {}
     for name, entry in known.items():
         for kind in _kinds(name):
-            per_step.setdefault(kind, []).append(entry["seconds"] / _steps(shlex.split(entry["command"])))
+            per_step.setdefault(kind, []).append(entry["seconds"] / _steps(shlex.split(entry.get("command", ""))))
     lines = ["| stage | status | minutes |", "|---|---|---|"]
     todo, minutes, unknown = 0, 0.0, 0
     for name, _, done, argv, same_command in stages:
