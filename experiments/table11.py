@@ -170,15 +170,15 @@ def health_section(work: Path, out: Path) -> list[str]:
         return []
     write_csv(rows, out / "table11_health.csv", index=False)
     last = rows.sort_values("epoch").groupby(["stage", "model", "seed", "fold"]).tail(1)
-    by_fold = last.groupby(["stage", "model", "fold"])[list(HEALTH_KEYS)].mean()  # a fold's seeds first
-    final = by_fold.groupby(["stage", "model"]).mean()
+    by_fold = seed_means(last, ["stage"], list(HEALTH_KEYS))  # a fold's seeds first
+    final = by_fold.groupby(["stage", "model"])[list(HEALTH_KEYS)].mean()
     final["folds"] = by_fold.groupby(["stage", "model"]).size()
     final["runs"] = last.groupby(["stage", "model"]).size()
     order = [(stage, k) for stage in ("pre-training", "fine-tuning") for k in KEYS if (stage, k) in final.index]
     final = final.reindex(order).rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
     pre = rows[rows["stage"] == "pre-training"]
-    curve = (pre.groupby(["model", "steps", "fold"])[["health_swap", "health_spread", "health_retrieval"]].mean()
-             .groupby(["model", "steps"]).mean())
+    columns = ["health_swap", "health_spread", "health_retrieval"]
+    curve = seed_means(pre, ["steps"], columns).groupby(["model", "steps"])[columns].mean()
     curve = curve.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
     return ["### Representation health (after the last epoch; `evaluation/health.py`)", "",
             ("On the centre patches of the fold's 2 validation subjects, each modality alone (retrieval chance "
