@@ -8,15 +8,7 @@ from pirl_pipeline.errors import PirlInputError
 from pirl_pipeline.networks import PIRLNet, attention_heads, repeat_modality
 
 SMALL = {"feature_size": 12, "depths": (1, 1, 1, 1), "proj_dim": 16, "window_size": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: as fast for these tiny tensors and immune to oversubscription on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(
