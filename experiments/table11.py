@@ -73,6 +73,17 @@ def table11(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def region_tables(table: pd.DataFrame) -> list[str]:
+    """``table11`` as markdown, one table per region (subsets x models) as the paper lays Table 11 out: one table
+    of every (model, region) column is too wide to read."""
+    regions = {short: name for name, short in SHORT.items()}
+    lines = []
+    for short in dict.fromkeys(region for _, region in table.columns):
+        lines += [f"{regions[short].capitalize()} ({short}) Dice, mean over the cases (a case's seeds averaged first):", "",
+                  to_markdown(table.xs(short, axis=1, level=1), 3), ""]
+    return lines
+
+
 def dilution(rows: pd.DataFrame) -> pd.DataFrame:
     """Per model, whole-tumour Dice: FLAIR alone, FLAIR+T1, their difference; the best single modality and all
     modalities (the issue's target: all >= best single, FLAIR -> FLAIR+T1 drop <= 0.03); labels as ``row_labels``."""
@@ -328,7 +339,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + (", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
                            if not math.isnan(spread.get(k, math.nan))) or "none (one seed per row)")
               + "."), "",
-             to_markdown(table.rename(columns=lambda c: c), 3), "",
+             *region_tables(table),
              *(["Whole-tumour Dice per fold, all four modalities / mean of the 15 subsets (2 test cases a fold):", "",
                 to_markdown(fold_table(rows)), ""] if len(folds) > 1 else []),
              *([CASE_BY_CASE, "", to_markdown(pairs, 3), ""] if not pairs.empty else []),
