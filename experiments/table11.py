@@ -191,6 +191,8 @@ def health_section(work: Path, out: Path) -> list[str]:
     columns = ["health_swap", "health_spread", "health_retrieval"]
     curve = seed_means(pre, ["steps"], columns).groupby(["model", "steps"])[columns].mean()
     curve = curve.rename(index=LABELS, level="model").rename(columns=lambda c: c.removeprefix("health_"))
+    plot_curves(curve, out / "table11_health_curve.png", "Representation health on the validation subjects against "
+                "pre-training steps", "pre-training steps")
     return ["### Representation health (after the last epoch; `evaluation/health.py`)", "",
             ("On the centre patches of the fold's 2 validation subjects, each modality alone (retrieval chance "
              "0.5). swap: share of the decoder output that changes when a subject's X_h' is replaced by the other's "
@@ -199,9 +201,19 @@ def health_section(work: Path, out: Path) -> list[str]:
              "(issue 23): swap >= 0.05, prior_entropy < 0.8, prior_share > 0.01, spread and retrieval above the "
              "paper preset. Mean over folds of each fold's seed mean (folds: how many; runs: seeds x folds); every "
              "epoch in `table11_health.csv`."), "",
-            to_markdown(final, 3), "", "Health against pre-training steps (mean over folds of each fold's seed mean):",
-            "",
-            to_markdown(curve, 3), ""]
+            to_markdown(final, 3), "",
+            ("Health against pre-training steps (mean over folds of each fold's seed mean; every point in "
+             "`table11_health.csv`); the table gives each curve's first, middle and last point:"), "",
+            to_markdown(curve_points(curve), 3), "", "![health against pre-training steps](table11_health_curve.png)",
+            ""]
+
+
+def curve_points(curve: pd.DataFrame) -> pd.DataFrame:
+    """The first, middle and last row of each curve of ``curve`` (index: (curve, steps)): a curve of 50 points is
+    drawn, not tabled."""
+    def points(part: pd.DataFrame) -> pd.DataFrame:
+        return part.iloc[sorted({0, (len(part) - 1) // 2, len(part) - 1})]
+    return pd.concat([points(part) for _, part in curve.groupby(level=0, sort=False)])
 
 
 def load_rows(work: Path) -> pd.DataFrame:

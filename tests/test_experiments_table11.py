@@ -384,3 +384,13 @@ def test_health_table_counts_each_fold_once_and_says_how_many_folds_and_runs(tmp
     assert "| 0.600 |" in line and line.endswith("| 2 | 3 |")
     curve = next(row for row in text.splitlines() if row.startswith("| PIRL (default: fixes on) | 4 |"))
     assert "| 0.600 |" in curve
+    assert (tmp_path / "table11_health_curve.png").stat().st_size > 0
+
+
+def test_a_long_health_curve_is_tabled_by_its_first_middle_and_last_points():
+    from experiments.table11 import curve_points
+
+    index = pd.MultiIndex.from_tuples([("long", s) for s in range(4, 204, 4)] + [("one point", 4)],
+                                      names=["model", "steps"])
+    table = curve_points(pd.DataFrame({"swap": range(51)}, index=index))
+    assert list(table.index) == [("long", 4), ("long", 100), ("long", 200), ("one point", 4)]
