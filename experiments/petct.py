@@ -5,7 +5,8 @@
   seeds; the references (``reference_rows.PETCT_REFERENCES``) as rows of their own, scored by the same evaluator.
   Every network was trained once, on PET + CT with random modality dropout; its "PET" row is the same model given
   PET alone (``pirl_evaluate_missing`` scores every channel subset; CT alone is in the CSV only).
-- Table 7 layout: the pre-training rows 1-5 (run on request) beside row 6 (= the PIRL row), the same fine-tuning.
+- Table 7 layout: the pre-training rows 1-5 (run on request) beside row 6 (= the PIRL row), the same fine-tuning,
+  and rows 1-5 minus row 6 subject by subject (the yardstick where a row ran one seed).
 - PET -> CT and CT -> PET translation beside copying the source and the fitted intensity mapping, in the
   evaluator's percentile-scaled (scale-free) PSNR / NMSE / SSIM.
 """
@@ -22,6 +23,7 @@ from experiments.reference_rows import PETCT_REFERENCES, REFERENCE_KEYS, REFEREN
 from experiments.tables import (
     PERCENTILE_SCALED,
     ablation_keys,
+    case_difference,
     load_per_case,
     seed_spread,
     to_markdown,
@@ -179,7 +181,27 @@ def table7_section(rows: pd.DataFrame, out: Path) -> list[str]:
                          "folds the rows 1-5 ran on, mean over folds then seeds."), "", to_markdown(table, 3), ""]
     if 6 in table.index and len(table) > 1:
         lines.append(f"- {table7_verdict(table)}")
-    return [*lines, *_references_on(rows, table7_runs(rows)), ""]
+    lines += [*_references_on(rows, table7_runs(rows)), ""]
+    cases = table7_cases(rows)
+    if not cases.empty:
+        lines += [("Subject by subject (each subject one patient, its seeds averaged): rows 1-5 minus row 6, and "
+                   "on how many subjects the row is ahead:"), "", to_markdown(cases, 3), ""]
+    return lines
+
+
+def table7_cases(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows 1-5 against row 6 subject by subject: the PET+CT lesion Dice difference (each subject's seeds
+    averaged, on the runs of ``table7_runs``): mean, min, max and on how many subjects the row is ahead. With one
+    seed the subjects, not a seed spread, say whether a difference holds."""
+    target = target_of(rows)
+    in_runs = pd.Series(list(zip(rows["seed"], rows["fold"])), index=rows.index).isin(table7_runs(rows))
+    scored = rows[rows["model"].isin(ABLATION_KEYS) & in_runs & (rows["subset"] == INPUTS[0])]
+    case = scored.groupby(["model", "fold", "case"])[f"Dice/{target}"].mean().unstack("model")
+    out = {f"row {row} - row 6": difference for key, row in sorted(ABLATION_KEYS.items(), key=lambda kv: kv[1])
+           if row != 6 and (difference := case_difference(case, key, "pirl"))}
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = f"Dice {INPUTS[0]}"
+    return table
 
 
 def table7_verdict(table: pd.DataFrame) -> str:
@@ -191,8 +213,8 @@ def table7_verdict(table: pd.DataFrame) -> str:
     if table[spread].isna().all():
         better = [f"row {i} {v:.3f}" for i, v in table[column].drop(6).items() if v > six[column] + 0.005]
         return (head + "; rows above it by more than 0.005: " + (", ".join(better) if better else "none")
-                + " (the paper: row 6 best). One seed: no seed spread to judge these differences, so none of them "
-                "is evidence.")
+                + " (the paper: row 6 best). One seed: no seed spread to judge these differences by; the subject-by-"
+                "subject differences below are the yardstick.")
     above, below, unjudged = [], [], []
     for i, row in table.drop(6).iterrows():
         if pd.isna(row[spread]) or pd.isna(six[spread]):  # either ran one seed

@@ -27,6 +27,7 @@ from experiments.reference_rows import REFERENCE_LABELS, SEGMENTATION_REFERENCES
 from experiments.tables import (
     REGIONS,
     ablation_keys,
+    case_difference,
     load_per_case,
     plot_curves,
     seed_means,
@@ -139,12 +140,8 @@ def paired_cases(rows: pd.DataFrame) -> pd.DataFrame:
         both = rows[rows["model"].isin([model, other])]
         for name, subset in (("mean of 15", both), ("all four", both[both["subset"] == full])):
             case = subset.groupby(["model", "fold", "case"])["Dice/whole tumour"].mean().unstack("model")
-            if model not in case or other not in case:
-                continue
-            diff = (case[model] - case[other]).dropna()
-            out.append({"model - other": f"{LABELS[model]} - {LABELS[other]}", "subsets": name,
-                        "mean": diff.mean(), "min": diff.min(), "max": diff.max(),
-                        "cases ahead": f"{int((diff > 0).sum())}/{len(diff)}"})
+            if difference := case_difference(case, model, other):
+                out.append({"model - other": f"{LABELS[model]} - {LABELS[other]}", "subsets": name, **difference})
     return pd.DataFrame(out).set_index("model - other") if out else pd.DataFrame()
 
 

@@ -163,6 +163,17 @@ def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFra
     return table.rename(index=labels, level="model")
 
 
+def case_difference(case: pd.DataFrame, model: str, other: str) -> dict | None:
+    """``case``: one score per case (rows) and model (columns). The difference ``model - other`` over the cases
+    both were scored on: mean, min, max and on how many cases ``model`` is ahead; None where either is missing.
+    Each case is one patient, so the cases, not the subsets or seeds, are the independent units."""
+    if model not in case or other not in case:
+        return None
+    diff = (case[model] - case[other]).dropna()
+    return {"mean": diff.mean(), "min": diff.min(), "max": diff.max(),
+            "cases ahead": f"{int((diff > 0).sum())}/{len(diff)}"}
+
+
 def ablation_keys(variant: str = "default", row6: str = "pirl") -> dict[str, int]:
     """Model key -> Table-7 row id: rows 1-5 of ``variant`` and ``row6`` (the full objective)."""
     return {ablation_model(r, variant).key: r for r in range(1, 6)} | {row6: 6}
