@@ -37,6 +37,7 @@ from experiments.tables import (
 )
 from pirl_pipeline.data.modalities import modality
 from pirl_pipeline.evaluation.health import HEALTH_KEYS
+from pirl_pipeline.evaluation.missing_modalities import heatmap_png
 from pirl_pipeline.evaluation.representation import BOTTLENECK
 
 PART = "seg4"
@@ -74,14 +75,18 @@ def table11(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def region_tables(table: pd.DataFrame) -> list[str]:
-    """``table11`` as markdown, one table per region (subsets x models) as the paper lays Table 11 out: one table
-    of every (model, region) column is too wide to read."""
+def region_tables(table: pd.DataFrame, out: Path) -> list[str]:
+    """``table11`` as markdown, one table per region (subsets x models) as the paper lays Table 11 out (one table
+    of every (model, region) column is too wide to read), each also drawn as a heat map ``table11_{region}.png``."""
     regions = {short: name for name, short in SHORT.items()}
     lines = []
     for short in dict.fromkeys(region for _, region in table.columns):
-        lines += [f"{regions[short].capitalize()} ({short}) Dice, mean over the cases (a case's seeds averaged first):", "",
-                  to_markdown(table.xs(short, axis=1, level=1), 3), ""]
+        title = f"{regions[short].capitalize()} ({short}) Dice"
+        region = table.xs(short, axis=1, level=1)
+        heatmap_png(region.rename_axis(index="subset", columns="model"), out / f"table11_{short.lower()}.png",
+                    f"{title}, mean over the cases")
+        lines += [f"{title}, mean over the cases (a case's seeds averaged first):", "", to_markdown(region, 3), "",
+                  f"![{title}](table11_{short.lower()}.png)", ""]
     return lines
 
 
@@ -348,7 +353,7 @@ def table11_section(work: Path, out: Path) -> list[str]:
               + (", ".join(f"{LABELS[k]} {spread[k]:.3f} / {spread15[k]:.3f}" for k in KEYS
                            if not math.isnan(spread.get(k, math.nan))) or "none (one seed per row)")
               + "."), "",
-             *region_tables(table),
+             *region_tables(table, out),
              *(["Whole-tumour Dice per fold, all four modalities / mean of the 15 subsets (2 test cases a fold):", "",
                 to_markdown(fold_table(rows)), ""] if len(folds) > 1 else []),
              *([CASE_BY_CASE, "", to_markdown(pairs, 3), ""] if not pairs.empty else []),

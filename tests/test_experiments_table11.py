@@ -54,6 +54,7 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
     assert "| PIRL (default: fixes on) | 0.700 / 0.700 | 0.200 / 0.200 | 0.500 / 0.500 |" in text  # per fold
     assert "Whole tumour (WT) Dice, mean over the cases (a case's seeds averaged first):\n\n| subset | PIRL (default: fixes on) |" in text
     assert "| FLAIR | 0.450 |" in text  # one table per region: a subset's row holds one number per model
+    assert "![Whole tumour (WT) Dice](table11_wt.png)" in text and (tmp_path / "table11_wt.png").stat().st_size > 0
     assert pd.read_csv(tmp_path / "table11_seg4.csv", header=[0, 1], index_col=0).iloc[0, 0] == pytest.approx(0.45)
     shutil.rmtree(tmp_path / "eval" / "pirl_seed2")
     assert "the 15 subsets: none (one seed per row)." in "\n".join(table11_section(tmp_path, tmp_path))
