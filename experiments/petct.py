@@ -111,14 +111,18 @@ def table7_runs(rows: pd.DataFrame) -> set[tuple[str, int]]:
     return set(zip(ablated["seed"], ablated["fold"]))
 
 
+def table7_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows 1-6 of ``rows`` on the runs of ``table7_runs`` (row 6 = the PIRL row, restricted to them)."""
+    in_runs = pd.Series(list(zip(rows["seed"], rows["fold"])), index=rows.index).isin(table7_runs(rows))
+    return rows[rows["model"].isin(ABLATION_KEYS) & in_runs]
+
+
 def table7(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 7 layout on PET/CT: ID, pre-training terms, Dice / HD95 on each input (mean over folds, then seeds),
     seeds and the PET+CT Dice seed spread; only the seeds and folds the rows 1-5 ran on (row 6 = the PIRL row,
     restricted to them)."""
     target = target_of(rows)
-    runs = table7_runs(rows)
-    in_runs = pd.Series(list(zip(rows["seed"], rows["fold"])), index=rows.index).isin(runs)
-    rows = rows[rows["model"].isin(ABLATION_KEYS) & in_runs]
+    rows = table7_rows(rows)
     means = fold_means(rows, [f"Dice/{target}", f"HD95/{target}"])
     out = {}
     for key in dict.fromkeys(rows["model"]):
@@ -194,8 +198,8 @@ def table7_cases(rows: pd.DataFrame) -> pd.DataFrame:
     averaged, on the runs of ``table7_runs``): mean, min, max and on how many subjects the row is ahead. With one
     seed the subjects, not a seed spread, say whether a difference holds."""
     target = target_of(rows)
-    in_runs = pd.Series(list(zip(rows["seed"], rows["fold"])), index=rows.index).isin(table7_runs(rows))
-    scored = rows[rows["model"].isin(ABLATION_KEYS) & in_runs & (rows["subset"] == INPUTS[0])]
+    scored = table7_rows(rows)
+    scored = scored[scored["subset"] == INPUTS[0]]
     case = scored.groupby(["model", "fold", "case"])[f"Dice/{target}"].mean().unstack("model")
     out = {f"row {row} - row 6": difference for key, row in sorted(ABLATION_KEYS.items(), key=lambda kv: kv[1])
            if row != 6 and (difference := case_difference(case, key, "pirl"))}
