@@ -190,14 +190,15 @@ class Experiment:
             self.add(f"evaluate {run} {external.name} fold{fold}", run, out / SUMMARY,
                      [*evaluate, "-i", str(images), "-o", str(out)])
 
-    def add_seg4_representation(self) -> None:
+    def add_seg4_representation(self, parts: list[str]) -> None:
         """One measurement of every seg4 pre-training planned now or already on disk (so that a run of some
-        models or seeds never drops the others' rows; the Table-7 rows of ``seg4_translation`` when on disk), and
-        of SwinUNETR from scratch after its seg training. Always fold 0's networks (the held-out subjects are in no
-        fold), so a run of other folds leaves the rows as they are."""
+        models or seeds never drops the others' rows; the Table-7 rows of ``seg4_translation`` when planned in
+        ``parts`` or on disk), and of SwinUNETR from scratch after its seg training. Always fold 0's networks (the
+        held-out subjects are in no fold), so a run of other folds leaves the rows as they are."""
         b, out = self.budget, representation_csv(self.work, "seg4")
         fold = 0
-        planned = {m.key for m in self.models("seg4")} if fold in b.seg4_folds else set()
+        planned = {m.key for part in ("seg4", "seg4_translation") if part in parts and fold in b.folds(part)
+                   for m in self.models(part)}
         checkpoints, swinunetr = [], []
         for m in (*PART_MODELS["seg4"], *TABLE11_ABLATION):
             for seed in dict.fromkeys((*m.seeds(b), *m.seeds(FULL))):  # the default seeds: kept when on disk
@@ -255,7 +256,7 @@ class Experiment:
                     for seed in model.seeds(b):
                         self.add_model(model, part, fold, seed)
         if "seg4" in parts:  # the seg4 pre-trainings' representation on the 8 subjects of the translation data
-            self.add_seg4_representation()
+            self.add_seg4_representation(parts)
         if "ablation" in parts:
             for row in b.ablation_rows:
                 self.add_model(ablation_model(row), "translation", b.translation_folds[0], b.seeds[0])

@@ -94,6 +94,10 @@ def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_
     row3.parent.mkdir(parents=True)
     row3.touch()  # a Table-7 pre-training of seg4_translation: measured once it exists
     assert sum(a.startswith("Table 7 row 3, paper preset pre-training") for a in representation_stage(FULL)) == 1
+    planned = Experiment(FULL, tmp_path, ["pirl", "ablation_row2_paper"])
+    planned.plan(["seg4", "seg4_translation"])  # a Table-7 row trained in the same run: measured, not yet on disk
+    measured = next(s[3] for s in planned.stages if s[0] == "representation seg4")
+    assert sum(a.startswith("Table 7 row 2, paper preset pre-training") for a in measured) == 1
 
 
 def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
