@@ -76,9 +76,9 @@ def test_a_fold_run_with_fewer_seeds_neither_outweighs_the_others_nor_passes_for
 def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_rows_of_fold_0(tmp_path):
     from experiments.config import FULL
 
-    def representation_stage(budget, models=None):
+    def representation_stage(budget, models=None, parts=("seg4",)):
         experiment = Experiment(budget, tmp_path, models)
-        experiment.plan(["seg4"])
+        experiment.plan(list(parts))
         return next(s[3] for s in experiment.stages if s[0] == "representation seg4")
 
     everything = representation_stage(FULL)  # fold 0, both seeds, every model
@@ -94,10 +94,8 @@ def test_a_run_of_another_fold_or_fewer_seeds_keeps_the_held_out_representation_
     row3.parent.mkdir(parents=True)
     row3.touch()  # a Table-7 pre-training of seg4_translation: measured once it exists
     assert sum(a.startswith("Table 7 row 3, paper preset pre-training") for a in representation_stage(FULL)) == 1
-    planned = Experiment(FULL, tmp_path, ["pirl", "ablation_row2_paper"])
-    planned.plan(["seg4", "seg4_translation"])  # a Table-7 row trained in the same run: measured, not yet on disk
-    measured = next(s[3] for s in planned.stages if s[0] == "representation seg4")
-    assert sum(a.startswith("Table 7 row 2, paper preset pre-training") for a in measured) == 1
+    planned = representation_stage(FULL, ["pirl", "ablation_row2_paper"], ["seg4", "seg4_translation"])  # not on disk yet
+    assert sum(a.startswith("Table 7 row 2, paper preset pre-training") for a in planned) == 1
 
 
 def test_table11_plan_fine_tunes_swinunetr_from_the_pirl_pretraining_and_measures_the_representation(tmp_path):
