@@ -4,7 +4,8 @@
   folds (each fold's mean over its 4 held-out subjects; then over seeds), the seed spread of the Dice with two
   seeds; the references (``reference_rows.PETCT_REFERENCES``) as rows of their own, scored by the same evaluator.
   Every network was trained once, on PET + CT with random modality dropout; its "PET" row is the same model given
-  PET alone (``pirl_evaluate_missing`` scores every channel subset; CT alone is in the CSV only).
+  PET alone, its "CT" row (beyond the paper's inputs) the same model given CT alone (``pirl_evaluate_missing``
+  scores every channel subset).
 - Table 7 layout: the pre-training rows 1-5 (run on request) beside row 6 (= the PIRL row), the same fine-tuning,
   and rows 1-5 minus row 6 subject by subject (the yardstick where a row ran one seed).
 - PET -> CT and CT -> PET translation beside copying the source and the fitted intensity mapping, in the
@@ -33,6 +34,7 @@ from experiments.tables import (
 
 PART, TRANSLATION_PART = "petct", "petct_translation"
 INPUTS = ("PET+CT", "PET")  # the paper's Table 8 inputs
+SCORED = (*INPUTS, "CT")  # the tables' inputs: the paper's, then CT alone (not in the paper)
 COLUMNS = ("Dice", "TPR", "FPR", "HD95", "CaseTPR")
 MODEL_KEYS = [m.key for m in PART_MODELS[PART] if not m.key.startswith("ablation_row")]
 ABLATION_KEYS = ablation_keys()
@@ -66,13 +68,13 @@ def fold_means(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def table8(rows: pd.DataFrame) -> pd.DataFrame:
-    """Index (input, row label): the models on each of ``INPUTS`` (in that order), then the references under
+    """Index (input, row label): the models on each of ``SCORED`` (in that order), then the references under
     "reference (reads X)"; columns ``COLUMNS`` (lesion), seeds, folds, n, Dice seed spread."""
     target = target_of(rows)
     means = fold_means(rows, [f"{c}/{target}" for c in COLUMNS])
     means.columns = [c.split("/")[0] if "/" in c else c for c in means.columns]
     order = []
-    for subset in INPUTS:
+    for subset in SCORED:
         order += [(k, subset) for k in MODEL_KEYS if (k, subset) in means.index]
     order += [(k, s) for k in REFERENCES for s in dict.fromkeys(rows["subset"]) if (k, s) in means.index]
     table = means.loc[order]
@@ -83,14 +85,14 @@ def table8(rows: pd.DataFrame) -> pd.DataFrame:
 
 def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """Per input: each model against the best reference (all references read only PET, or nothing that matters,
-    so they stand beside both inputs), PIRL against the best other model within the seed spread; and per model,
-    what adding CT to PET changed."""
+    so they stand beside every input), PIRL against the best other model within the seed spread; and per model,
+    what adding CT to PET, and PET to CT, changed."""
     from experiments.report import segmentation_verdicts  # report imports this module
 
     target = target_of(rows)
     lines = []
     references = table[table.index.get_level_values("input").str.startswith("reference")]["Dice"].droplevel("input")
-    for subset in INPUTS:
+    for subset in SCORED:
         if subset not in table.index.get_level_values("input"):
             continue
         scores = pd.concat([table.loc[subset, "Dice"], references])
@@ -98,10 +100,13 @@ def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         lines += [f"- {line}" for line in segmentation_verdicts(
             scores, LABELS, subset, spread={LABELS[k]: v for k, v in spreads.items() if k in LABELS},
             models=MODEL_KEYS, references=REFERENCES)]
-    if set(INPUTS) <= set(table.index.get_level_values("input")):
-        both, pet = table.loc[INPUTS[0], "Dice"], table.loc[INPUTS[1], "Dice"]
-        gains = [f"{m} {both[m] - pet[m]:+.3f}" for m in both.index if m in pet.index]
-        lines.append("- Dice with CT added to PET (PET+CT minus PET, the same model): " + ", ".join(gains) + ".")
+    inputs = set(table.index.get_level_values("input"))
+    for alone, added in (("PET", "CT"), ("CT", "PET")):
+        if {INPUTS[0], alone} <= inputs:
+            both, single = table.loc[INPUTS[0], "Dice"], table.loc[alone, "Dice"]
+            gains = [f"{m} {both[m] - single[m]:+.3f}" for m in both.index if m in single.index]
+            lines.append(f"- Dice with {added} added to {alone} (PET+CT minus {alone}, the same model): "
+                         + ", ".join(gains) + ".")
     return lines
 
 
@@ -118,7 +123,7 @@ def table7_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def table7(rows: pd.DataFrame) -> pd.DataFrame:
-    """Table 7 layout on PET/CT: ID, pre-training terms, Dice / HD95 on each input (mean over folds, then seeds),
+    """Table 7 layout on PET/CT: ID, pre-training terms, Dice / HD95 on each of ``SCORED`` (mean over folds, then seeds),
     seeds and the PET+CT Dice seed spread; only the seeds and folds the rows 1-5 ran on (row 6 = the PIRL row,
     restricted to them)."""
     target = target_of(rows)
@@ -127,7 +132,7 @@ def table7(rows: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for key in dict.fromkeys(rows["model"]):
         row = {"Pretrain": table7_terms(ABLATION_KEYS[key])}
-        for subset in INPUTS:  # NaN where the row was not scored on the input
+        for subset in SCORED:  # NaN where the row was not scored on the input
             scores = means.reindex([(key, subset)]).iloc[0]
             row |= {f"Dice {subset}": scores[f"Dice/{target}"], f"HD95 {subset}": scores[f"HD95/{target}"]}
         both = means.reindex([(key, INPUTS[0])]).iloc[0]
@@ -145,7 +150,8 @@ def petct_section(work: Path, out: Path) -> list[str]:
     if rows.empty or not set(MODEL_KEYS) & set(rows["model"]):
         return [title, "", "Not run yet."]
     rows = rows.assign(seed=rows["seed"].astype(str))
-    main = rows[rows["model"].isin([*MODEL_KEYS, *REFERENCES])]
+    trained = set(rows.loc[rows["model"].isin(MODEL_KEYS), "fold"])  # a fold still training: no references
+    main = rows[rows["model"].isin(MODEL_KEYS) | (rows["model"].isin(REFERENCES) & rows["fold"].isin(trained))]
     table = table8(main)
     write_csv(table, out / "table8_petct.csv")
     everything = table.xs(LABELS["reference_whole_brain"], level="row")["FPR"] if LABELS[
@@ -158,8 +164,9 @@ def petct_section(work: Path, out: Path) -> list[str]:
               f"{sorted(int(f) for f in set(main['fold']))} of 4, 4 subjects each). Each network is trained ONCE "
               "on PET + CT with random modality dropout (half the samples keep both, the rest a random non-empty "
               "subset; a plain network gets a dropped channel as zeros, PIRLNet fuses the modalities it is given) "
-              "and scored on PET + CT and on PET alone; the paper trains one model per input set, so the PET rows "
-              "are a cheaper stand-in for a PET-only model. Lesion metrics on the PET grid (the label's), mean over "
+              "and scored on PET + CT and on PET alone (the paper's inputs), and on CT alone (not in the paper); "
+              "the paper trains one model per input set, so the PET and CT rows are a cheaper stand-in for a "
+              "single-modality model. Lesion metrics on the PET grid (the label's), mean over "
               "folds then seeds; HD95 in mm (an empty prediction scores the evaluator's penalty); CaseTPR = share "
               "of subjects whose tumour is touched by the prediction; CaseTNR is undefined (every crop holds a "
               "tumour). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in MODEL_KEYS if k in seeds.index)

@@ -137,8 +137,8 @@ def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_pat
         *_rows("reference_suv_threshold", ("PET",), {"PET": 0.6}, folds=(0, 1)),
         *_rows("reference_whole_brain", ("PET+CT",), {"PET+CT": 0.03}, folds=(0, 1))])
     table = table8(rows)
-    assert list(table.index.get_level_values("input")) == ["PET+CT", "PET+CT", "PET", "PET", "reference (reads PET)",
-                                                           "reference (reads PET+CT)"]
+    assert list(table.index.get_level_values("input")) == ["PET+CT", "PET+CT", "PET", "PET", "CT", "CT",
+                                                           "reference (reads PET)", "reference (reads PET+CT)"]
     assert list(table.columns[:5]) == ["Dice", "TPR", "FPR", "HD95", "CaseTPR"]
     pirl = table.loc[("PET+CT", LABELS["pirl"])]
     assert pirl["Dice"] == pytest.approx(0.71) and pirl["seeds"] == 2 and pirl["Dice seed spread"] == pytest.approx(0.02)
@@ -147,11 +147,14 @@ def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_pat
     assert any(line.startswith("- PET: best reference (reference) SUV >= 2.5 0.600; no model beats it") for line in lines)
     assert any("PET+CT: best reference (reference) SUV >= 2.5 0.600; beaten (by > 0.005) by: PIRL" in line
                for line in lines)
-    assert lines[-1].startswith("- Dice with CT added to PET") and "+0.200" in lines[-1]
+    assert lines[-2].startswith("- Dice with CT added to PET") and "+0.200" in lines[-2]
+    assert lines[-1].startswith("- Dice with PET added to CT (PET+CT minus CT") and "+0.600" in lines[-1]
+    assert any(line.startswith("- CT: best reference (reference) SUV >= 2.5 0.600; no model beats it") for line in lines)
     # Table 7: the ablation rows beside row 6 on their folds, first seed
     ablation = pd.DataFrame([*_rows("ablation_row1", ("PET", "PET+CT"), {"PET": 0.4, "PET+CT": 0.6})])
     seven = table7(pd.concat([rows, ablation]))
     assert list(seven.index) == [1, 6] and seven.loc[6, "Dice PET+CT"] == pytest.approx(0.7)
+    assert seven.loc[6, "Dice CT"] == pytest.approx(0.1) and pd.isna(seven.loc[1, "Dice CT"])  # row 1: no CT rows
     out = tmp_path / "out"
     out.mkdir()
     for (model, fold), group in pd.concat([rows, ablation]).groupby(["model", "fold"]):
@@ -274,3 +277,19 @@ def test_grid_comparison_scores_each_prediction_on_both_grids(tmp_path):
     (tmp_path / "raw_pet" / "labelsTr" / "c1.nii.gz").unlink()
     with pytest.raises(PirlInputError, match="no reference label"):
         score({"CT": tmp_path / "pred_ct"}, raw)
+
+
+def test_petct_table8_scores_the_references_only_on_the_folds_a_model_was_tested_on(tmp_path):
+    from experiments.petct import LABELS, petct_section
+
+    rows = [*_rows("pirl", ("PET+CT",), {"PET+CT": 0.7}), *_rows("reference_suv_threshold", ("PET",), {"PET": 0.6}),
+            *_rows("reference_suv_threshold", ("PET",), {"PET": 0.9}, folds=(1,))]  # fold 1: no model yet
+    for (model, fold), part in pd.DataFrame(rows).groupby(["model", "fold"]):
+        folder = tmp_path / "work" / "eval" / model / f"petct_fold{fold}"
+        folder.mkdir(parents=True)
+        part.drop(columns=["model", "seed", "fold"]).to_csv(folder / "per_case.csv", index=False)
+    (tmp_path / "out").mkdir()
+    text = "\n".join(petct_section(tmp_path / "work", tmp_path / "out"))
+    table = pd.read_csv(tmp_path / "out" / "table8_petct.csv").set_index("row")
+    assert table.loc[LABELS["reference_suv_threshold"], "Dice"] == pytest.approx(0.6)
+    assert "(folds [0] of 4" in text
