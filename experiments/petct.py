@@ -1,6 +1,6 @@
 """The PET/CT tables on real patients (``petct``, ``petct_translation``): the one owner of their RESULTS.md blocks.
 
-- Table 8 layout: one row per (input, model): Dice, TPR, FPR, HD95 (mm) and CaseTPR of the lesion, mean over the
+- Table 8 layout: one row per (input, model): Dice, TPR, TNR, FNR, FPR, HD95 (mm) and CaseTPR of the lesion, mean over the
   folds (each fold's mean over its 4 held-out subjects; then over seeds), the seed spread of the Dice with two
   seeds; the references (``reference_rows.PETCT_REFERENCES``) as rows of their own, scored by the same evaluator.
   Every network was trained once, on PET + CT with random modality dropout; its "PET" row is the same model given
@@ -35,7 +35,7 @@ from experiments.tables import (
 PART, TRANSLATION_PART = "petct", "petct_translation"
 INPUTS = ("PET+CT", "PET")  # the paper's Table 8 inputs
 SCORED = (*INPUTS, "CT")  # the tables' inputs: the paper's, then CT alone (not in the paper)
-COLUMNS = ("Dice", "TPR", "FPR", "HD95", "CaseTPR")
+COLUMNS = ("Dice", "TPR", "TNR", "FNR", "FPR", "HD95", "CaseTPR")  # the paper's Table 8 metrics, HD95, CaseTPR
 MODEL_KEYS = [m.key for m in PART_MODELS[PART] if not m.key.startswith("ablation_row")]
 ABLATION_KEYS = ablation_keys()
 REFERENCES = [REFERENCE_KEYS[k] for k in PETCT_REFERENCES]
@@ -167,7 +167,8 @@ def petct_section(work: Path, out: Path) -> list[str]:
               "and scored on PET + CT and on PET alone (the paper's inputs), and on CT alone (not in the paper); "
               "the paper trains one model per input set, so the PET and CT rows are a cheaper stand-in for a "
               "single-modality model. Lesion metrics on the PET grid (the label's), mean over "
-              "folds then seeds; HD95 in mm (an empty prediction scores the evaluator's penalty); CaseTPR = share "
+              "folds then seeds; TPR / TNR / FNR / FPR voxel-wise (so FNR = 1 - TPR, TNR = 1 - FPR); HD95 in mm "
+              "(an empty prediction scores the evaluator's penalty); CaseTPR = share "
               "of subjects whose tumour is touched by the prediction; CaseTNR is undefined (every crop holds a "
               "tumour). Seeds: " + ", ".join(f"{LABELS[k]} {seeds[k]}" for k in MODEL_KEYS if k in seeds.index)
               + "."), "",

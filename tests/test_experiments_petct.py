@@ -123,7 +123,7 @@ def test_petct_translation_fine_tunes_the_petct_pretraining(tmp_path):
 def _rows(model, subsets, dice, seeds=("first",), folds=(0,), cases=("a", "b")):
     return [{"model": model, "seed": seed, "fold": fold, "case": f"{case}{fold}", "subset": subset,
              "Dice/lesion": dice[subset] + (0.02 if seed != "first" else 0.0), "TPR/lesion": 0.7,
-             "FPR/lesion": 0.01, "HD95/lesion": 10.0, "CaseTPR/lesion": 1.0}
+             "TNR/lesion": 0.99, "FNR/lesion": 0.3, "FPR/lesion": 0.01, "HD95/lesion": 10.0, "CaseTPR/lesion": 1.0}
             for seed, fold, case, subset in itertools.product(seeds, folds, cases, subsets)]
 
 
@@ -139,7 +139,7 @@ def test_petct_table8_rows_references_and_verdicts_come_from_the_numbers(tmp_pat
     table = table8(rows)
     assert list(table.index.get_level_values("input")) == ["PET+CT", "PET+CT", "PET", "PET", "CT", "CT",
                                                            "reference (reads PET)", "reference (reads PET+CT)"]
-    assert list(table.columns[:5]) == ["Dice", "TPR", "FPR", "HD95", "CaseTPR"]
+    assert list(table.columns[:7]) == ["Dice", "TPR", "TNR", "FNR", "FPR", "HD95", "CaseTPR"]
     pirl = table.loc[("PET+CT", LABELS["pirl"])]
     assert pirl["Dice"] == pytest.approx(0.71) and pirl["seeds"] == 2 and pirl["Dice seed spread"] == pytest.approx(0.02)
     assert pd.isna(table.loc[("PET", LABELS["dynunet_scratch"]), "Dice seed spread"])
