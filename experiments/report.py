@@ -181,10 +181,15 @@ def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str
     if refs:
         best_ref = max(refs, key=lambda r: scores[r])
         beaten = [m for m in models if scores[m] > scores[best_ref] + tie]
-        out.append(f"{subset}: best reference {best_ref} {scores[best_ref]:.3f}; "
-                   + (f"beaten (by > {tie}) by: {', '.join(f'{m} {scores[m]:.3f}' for m in beaten)}." if beaten else
-                      f"no model beats it by more than {tie} (best model {max(scores[m] for m in models):.3f}): "
-                      "at this budget the models have not learned more than the reference."))
+        named = {m: f"{m} {scores[m]:.3f}" for m in models}
+        if beaten:
+            kept = [named[m] for m in models if m not in beaten]
+            verdict = (f"beaten (by > {tie}) by: {', '.join(named[m] for m in beaten)}"
+                       + (f"; not by: {', '.join(kept)}." if kept else "."))
+        else:
+            verdict = (f"no model beats it by more than {tie} (best model {max(scores[m] for m in models):.3f}): "
+                       "at this budget the models have not learned more than the reference.")
+        out.append(f"{subset}: best reference {best_ref} {scores[best_ref]:.3f}; {verdict}")
     if "pirl" in labels and labels["pirl"] in scores:
         pirl, others = scores[labels["pirl"]], scores[[m for m in models if m != labels["pirl"]]]
         if len(others):

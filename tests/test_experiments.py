@@ -136,7 +136,7 @@ def test_report_tables_and_verdicts_come_from_the_numbers(tmp_path):
     assert ("FLAIR+T1c: PIRL 0.400 vs best other model (SwinUNETR from scratch) 0.600: one seed, so no seed spread "
             "to judge it: not evidence (-0.200)" in report)
     assert ("FLAIR+T1c: best reference (reference) intensity threshold fitted on the training cases 0.500; "
-            "beaten (by > 0.005) by: SwinUNETR from scratch 0.600.") in report
+            "beaten (by > 0.005) by: SwinUNETR from scratch 0.600; not by: PIRL pre-train -> fine-tune 0.400.") in report
     assert "SSIM: of the other 1 rows, 1 beat the full objective (row 6) by more than 0.001, 0 tie" in report
     table10 = pd.read_csv(out / "results" / "translation_summary.csv", index_col=0)
     assert np.isclose(table10.loc["PIRL pre-train -> fine-tune", "PSNR mean"], 22 + 5.5)
