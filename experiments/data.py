@@ -1,4 +1,4 @@
-"""The three real datasets of the experiments, built from ``../shared/data`` with pirl's own converters.
+"""The five real datasets of the experiments, built from ``../shared/data`` with pirl's own converters.
 
 - Dataset601_RealBraTS4 (translation, Table 10 / Table 7): all eight real 4-modality cases, converted by one
   ``pirl_convert_brats --no-labels`` run over a folder of symlinks to their case folders. It reads every
@@ -155,3 +155,14 @@ def write_splits(preprocessed_dataset: Path, splits: list[dict[str, list[str]]])
     path = preprocessed_dataset / "splits_final.json"
     if not path.is_file() or load_json(path) != splits:
         save_json(splits, path)
+
+
+#: each part's dataset: its item in this module's list above
+PART_DATASET = {"translation": 1, "ablation": 1, "representation": 1, "seg": 2, "seg2": 3, "seg4": 4,
+                "seg4_translation": 4, "petct": 5, "petct_translation": 5}
+
+
+def describe_datasets(parts: list[str] | None = None) -> list[str]:
+    """One line per dataset the ``parts`` use (None: all five), from this module's list above."""
+    items = __doc__.split("\nNothing is copied")[0].split("\n- ")
+    return [" ".join(items[i].split()) for i in sorted({PART_DATASET[p] for p in (parts or PART_DATASET)})]

@@ -49,11 +49,6 @@ COMPARISON_KEYS = [m.key for m in COMPARISON]
 
 
 
-def _doc_item(i: int) -> str:
-    """Item ``i`` of the data module's bullet list, on one line."""
-    return " ".join(data.__doc__.split("\n- ")[i].split())
-
-
 def _timings(work: Path) -> str:
     file = work / TIMINGS
     if not file.is_file():
@@ -348,6 +343,9 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
     sections = [line for part, write in writers.items() if parts is None or part in parts for line in [*write(), ""]]
     sections = [s.replace("](", f"]({rel}/") if rel != "." and s.startswith("![") else s for s in sections]
     b = budget
+    uses_petct = parts is None or {"petct", "petct_translation"} & set(parts)
+    own = f"{b.petct_spacing:g} mm" if b.petct_spacing else "the planner's own"
+    petct_spacing = f" (PET/CT: {own})" if uses_petct else ""
     head = [
         "# Experiments: the paper's claims on real images" + (" (QUICK smoke test: numbers meaningless)" if quick
                                                               else ""),
@@ -358,9 +356,9 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
         "",
         "## What was run",
         "",
-        f"- Translation data (real images from `../shared/data`, converted by pirl's converters): {_doc_item(1)}",
-        f"- Segmentation data: {_doc_item(2)} {_doc_item(3).split('Nothing')[0].strip()}",
-        (f"- Budget (equal for every model): spacing {b.spacing:g} mm, patch {b.patch}^3, feature_size "
+        *(f"- Data (real images from `../shared/data`, converted by pirl's converters): {line}"
+          for line in data.describe_datasets(parts)),
+        (f"- Budget (equal for every model): spacing {b.spacing:g} mm{petct_spacing}, patch {b.patch}^3, feature_size "
          f"{b.feature_size}, batch {b.batch_size}, {b.epochs} epochs; pre-training {b.pretrain_steps} steps, "
          f"fine-tuning {b.finetune_steps('seg')} seg / {b.finetune_steps('translate')} translation steps (the "
          f"'equal total steps' baseline adds {b.pretrain_steps}); Swin window {b.window_size}; AdamW, "
@@ -374,7 +372,7 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
         (f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
          f"{torch.__version__}, device {b.device}."),
         ("- Scale: the paper trains 1000 epochs on 4 GPUs with hundreds of subjects; this is a few hundred steps "
-         "on 2-6 training subjects, so absolute numbers are far below the paper's, and with 2 test cases per fold "
+         "on 2-12 training subjects, so absolute numbers are far below the paper's, and with 2-4 test cases per fold "
          "a small difference between models is not evidence: read the seed spreads."),
         "",
         "## What has results (computed from the result folders)",
