@@ -84,9 +84,10 @@ def table8(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """Per input: each model against the best reference (all references read only PET, or nothing that matters,
-    so they stand beside every input), PIRL against the best other model within the seed spread; and per model,
-    what adding CT to PET, and PET to CT, changed."""
+    """Per input: each model against the best reference on the paper's inputs (the references read only PET, or
+    nothing that matters, so they stand beside PET + CT and PET, not beside CT alone, which never sees PET), PIRL
+    against the best other model within the seed spread; and per model, what adding CT to PET, and PET to CT,
+    changed."""
     from experiments.report import segmentation_verdicts  # report imports this module
 
     target = target_of(rows)
@@ -95,7 +96,7 @@ def verdicts(rows: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     for subset in SCORED:
         if subset not in table.index.get_level_values("input"):
             continue
-        scores = pd.concat([table.loc[subset, "Dice"], references])
+        scores = pd.concat([table.loc[subset, "Dice"], references if subset in INPUTS else None])
         spreads = seed_spread(rows[rows["subset"] == subset], f"Dice/{target}")
         lines += [f"- {line}" for line in segmentation_verdicts(
             scores, LABELS, subset, spread={LABELS[k]: v for k, v in spreads.items() if k in LABELS},

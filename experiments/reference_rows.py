@@ -10,7 +10,8 @@ by the same evaluator on the same held-out cases as the models, as per-case CSVs
   the raw PET (SUV), nothing fitted: ``suv_threshold`` (SUV >= 2.5) and ``suvmax_fraction`` (>= 41 % of the
   case's SUVmax in the crop); ``whole_brain`` on PET + CT, which is every voxel of the crop (CT air is -1000 HU,
   never 0: its FPR of 1.000 in the table shows it); and ``threshold`` fitted on the training cases' PET. Each
-  reads only PET (or nothing that matters), so it is one row beside both inputs (PET + CT and PET).
+  reads only PET (or nothing that matters), so it is one row beside both of the paper's inputs (PET + CT and PET; not
+  beside CT alone).
 Rows go to ``WORK/eval/reference_<kind>/<part>_fold<k>/per_case.csv`` (the layout of ``pirl_evaluate_missing``);
 the fitted thresholds and mappings to ``fitted.json`` beside them.
 """
