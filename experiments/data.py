@@ -32,6 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from experiments.config import (
+    PARTS,
     PETCT_FOLDS,
     PETCT_ID,
     PETCT_NAME,
@@ -157,12 +158,11 @@ def write_splits(preprocessed_dataset: Path, splits: list[dict[str, list[str]]])
         save_json(splits, path)
 
 
-#: each part's dataset: its item in this module's list above
-PART_DATASET = {"translation": 1, "ablation": 1, "representation": 1, "seg": 2, "seg2": 3, "seg4": 4,
-                "seg4_translation": 4, "petct": 5, "petct_translation": 5}
-
-
 def describe_datasets(parts: list[str] | None = None) -> list[str]:
-    """One line per dataset the ``parts`` use (None: all five), from this module's list above."""
-    items = __doc__.split("\nNothing is copied")[0].split("\n- ")
-    return [" ".join(items[i].split()) for i in sorted({PART_DATASET[p] for p in (parts or PART_DATASET)})]
+    """One line per dataset the ``parts`` use (None: all; ``ablation``: the translation data; ``representation``:
+    every dataset), this module's list above matched by the dataset folder names of ``config.PARTS``."""
+    items = [" ".join(item.split()) for item in __doc__.split("\nNothing is copied")[0].split("\n- ")[1:]]
+    every = parts is None or "representation" in parts
+    names = {PARTS[part][0] for part in (PARTS if every else parts) if part in PARTS}
+    names |= {PARTS["translation"][0]} if parts and "ablation" in parts else set()
+    return [item for item in items if item.split(" ", 1)[0] in names]

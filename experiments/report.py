@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from experiments import data
-from experiments.config import COMPARISON, PART_MODELS, PARTS, Budget, representation_csv
+from experiments.config import COMPARISON, PART_MODELS, PARTS, SHARED_PART, Budget, representation_csv
 from experiments.curves import finetune_curves_section
 from experiments.petct import petct_section, petct_translation_section
 from experiments.records import has_run, run_meta
@@ -166,10 +166,11 @@ def segmentation_section(work: Path, out: Path, part: str = "seg") -> list[str]:
 def segmentation_verdicts(scores: pd.Series, labels: dict[str, str], subset: str, tie: float = 0.005,
                           spread: dict[str, float] | None = None, models: list[str] | None = None,
                           references: list[str] | None = None) -> list[str]:
-    """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference), and
-    PIRL against the best other model: a lead no larger than the seed spread (``spread``: model label -> max -
-    min of its seed means; NaN: one seed) of either model is "within the seed spread", not a win. ``models`` / ``references``:
-    their keys (default COMPARISON's and the BraTS parts' references)."""
+    """Whole-tumour Dice of each model against the best reference (|difference| < ``tie``: no difference; those
+    that beat it, then those that do not), and PIRL against the best other model: a lead no larger than the seed
+    spread (``spread``: model label -> max - min of its seed means; NaN: one seed) of either model is "within the
+    seed spread", not a win. ``models`` / ``references``: their keys (default COMPARISON's and the BraTS parts'
+    references)."""
     refs = [labels[k] for k in (references or SEGMENTATION_REFERENCES) if k in labels and labels[k] in scores]
     models = [labels[k] for k in (models or COMPARISON_KEYS) if k in labels and labels[k] in scores]
     out = []
@@ -343,7 +344,7 @@ def write_report(work: Path, out: Path, budget: Budget, quick: bool, parts: list
     sections = [line for part, write in writers.items() if parts is None or part in parts for line in [*write(), ""]]
     sections = [s.replace("](", f"]({rel}/") if rel != "." and s.startswith("![") else s for s in sections]
     b = budget
-    uses_petct = parts is None or {"petct", "petct_translation"} & set(parts)
+    uses_petct = any(SHARED_PART.get(part, part) == "petct" for part in (PARTS if parts is None else parts))
     own = f"{b.petct_spacing:g} mm" if b.petct_spacing else "the planner's own"
     petct_spacing = f" (PET/CT: {own})" if uses_petct else ""
     head = [

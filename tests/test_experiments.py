@@ -173,6 +173,8 @@ def test_report_without_results_says_not_run(tmp_path):
     assert report.count("Not run yet.") == 9 and "QUICK smoke test" in report  # seven BraTS parts, two PET/CT
     data_lines = [line for line in report.splitlines() if line.startswith("- Data ")]
     assert [line.split(": ", 1)[1][:10] for line in data_lines] == [f"Dataset60{i}" for i in range(1, 6)]
+    assert data.describe_datasets(["ablation"]) == data.describe_datasets(["translation"])  # the same data
+    assert len(data.describe_datasets(["representation"])) == 5 and data.describe_datasets([]) == []
     petct = write_report(tmp_path / "work", tmp_path, QUICK, quick=True, parts=["petct"]).read_text()
     assert [line for line in petct.splitlines() if line.startswith("- Data ")] == [data_lines[-1]]
     assert "(PET/CT: the planner's own)" in petct and "(PET/CT" not in write_report(
