@@ -190,18 +190,19 @@ def test_petct_table7_with_two_seeds_judges_rows_by_their_seed_spread():
         "below it: row 1 0.610; one seed, not judged: row 2 (the paper: row 6 best).")
 
 
-def test_petct_table7_subject_by_subject_counts_the_subjects_a_row_is_ahead_on():
+def test_petct_table7_subject_by_subject_counts_the_subjects_and_trainings_a_row_is_ahead_on():
     from experiments.petct import table7_cases
 
     rows = pd.DataFrame([
         *_rows("pirl", ("PET", "PET+CT"), {"PET": 0.5, "PET+CT": 0.7}, seeds=("first", "2"), folds=(0, 1)),
         *_rows("ablation_row1", ("PET", "PET+CT"), {"PET": 0.9, "PET+CT": 0.6}, folds=(0, 1))])
-    rows.loc[(rows["model"] == "ablation_row1") & (rows["case"] == "a0"), "Dice/lesion"] = 0.8
+    rows.loc[(rows["model"] == "ablation_row1") & (rows["case"] == "a0"), "Dice/lesion"] = 0.9
     cases = table7_cases(rows)  # row 6 on the first seed only: the runs row 1 has; PET alone never counts
     assert list(cases.index) == ["row 1 - row 6"] and cases.loc["row 1 - row 6", "cases ahead"] == "1/4"
-    assert cases.loc["row 1 - row 6", "max"] == pytest.approx(0.1) and cases.loc["row 1 - row 6", "min"] == (
+    assert cases.loc["row 1 - row 6", "trainings ahead"] == "1/2"  # fold 0: (0.9 + 0.6) / 2 > 0.7; fold 1 not
+    assert cases.loc["row 1 - row 6", "max"] == pytest.approx(0.2) and cases.loc["row 1 - row 6", "min"] == (
         pytest.approx(-0.1))
-    assert cases.loc["row 1 - row 6", "mean"] == pytest.approx(-0.05)
+    assert cases.loc["row 1 - row 6", "mean"] == pytest.approx(-0.025)
 
 
 def test_petct_means_count_each_fold_once_and_spread_only_over_folds_every_seed_ran():
