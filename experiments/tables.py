@@ -166,7 +166,8 @@ def segmentation_table(rows: pd.DataFrame, labels: dict[str, str]) -> pd.DataFra
 def case_difference(case: pd.DataFrame, model: str, other: str) -> dict | None:
     """``case``: one score per case (rows) and model (columns). The difference ``model - other`` over the cases
     both were scored on: mean, min, max and on how many cases ``model`` is ahead; None where either is missing.
-    Each case is one patient, so the cases, not the subsets or seeds, are the independent units."""
+    Each case is one patient (its subsets and seeds are not independent of each other), but the cases of one fold
+    share that fold's training: they are independent draws of the patients, not of the training's noise."""
     if model not in case or other not in case:
         return None
     diff = (case[model] - case[other]).dropna()
