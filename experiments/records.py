@@ -5,7 +5,8 @@ every finished stage's numbers: a report of folds 1-3 alone would then drop fold
 the report reads into ``OUT/records/`` with the work folder's layout: each evaluation's ``per_case.csv`` and the
 representation measurements' ``representation.csv`` (``eval/``), ``timings.json`` (the recorded commands, this
 machine's work and data folders written ``WORK`` and ``../shared/data``), and, for every training run, its
-checkpoint's metadata (config and per-epoch history, no weights) as ``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
+checkpoint's metadata (config, its paths written the same way, and per-epoch history; no weights) as
+``checkpoint_final.pth.meta.json``. The report then reads the records (``run_meta`` stands in for a checkpoint),
 so runs of different sessions add up: a file of the work folder replaces its record, the rows of a
 representation measurement and the stages of ``timings.json`` replace their own rows only, everything else stays.
 To forget a run, delete its records (``git rm -r OUT/records/eval/RUN``).
@@ -92,7 +93,10 @@ def save_records(work: Path, out: Path) -> Path:
         meta = load_checkpoint_meta(checkpoint)
         target = meta_path(root / checkpoint.relative_to(work))
         target.parent.mkdir(parents=True, exist_ok=True)
-        save_json({k: meta[k] for k in ("config", "history", "epoch", "trainer_name") if k in meta}, target)
+        kept = {k: meta[k] for k in ("config", "history", "epoch", "trainer_name") if k in meta}
+        if isinstance(kept.get("config"), dict):  # its paths (e.g. ``pretrained``) written as the commands' are
+            kept["config"] = {k: _portable(v, work) if isinstance(v, str) else v for k, v in kept["config"].items()}
+        save_json(kept, target)
     timings = [load_json(path) for path in (root / TIMINGS, work / TIMINGS) if path.is_file()]
     if timings:
         root.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,8 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     folder = Experiment(FULL, first).fold_folder("pirl", "seg", "PIRLSegTrainer", 0).path
     folder.mkdir(parents=True)
     history = [{"epoch": e, "val/volume_dice_whole_tumour": v} for e, v in enumerate([0.5, 0.7])]
-    torch.save({"config": {"iters_per_epoch": 5}, "history": history, "network_weights": {"w": torch.ones(3)}},
+    config = {"iters_per_epoch": 5, "pretrained": str(first.resolve() / "results" / "pirl" / "pretrain.pth")}
+    torch.save({"config": config, "history": history, "network_weights": {"w": torch.ones(3)}},
                folder / "checkpoint_final.pth")
     save_json({"train pirl": {"seconds": 60.0, "command": "a"}}, first / "timings.json")
     root = save_records(first, out)
@@ -276,6 +277,7 @@ def test_records_keep_what_the_report_reads_when_a_new_checkout_lost_the_work_fo
     recorded = root / folder.relative_to(first) / "checkpoint_final.pth"
     assert has_run(recorded) and not recorded.exists()  # the metadata stands in for the checkpoint
     assert run_meta(recorded)["history"] == history and "network_weights" not in run_meta(recorded)
+    assert run_meta(recorded)["config"] == {"iters_per_epoch": 5, "pretrained": "WORK/results/pirl/pretrain.pth"}
     curves = finetune_curves_section(root, "seg")
     assert curves and curves == finetune_curves_section(first, "seg")
     # a later session, on a new checkout, runs another model and measures another representation: all add up
